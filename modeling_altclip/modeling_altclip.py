@@ -1,0 +1,349 @@
+"""AltCLIP model: transformers' XLM-R encoder as the text tower, transformers' CLIP ViT as the vision tower.
+
+The towers are composed, not copied: `AltCLIPTextModel` wraps `XLMRobertaModel` and adds the released
+``pre_LN`` + ``transformation`` head, `AltCLIPVisionModel` is `CLIPVisionModel` with input checks.
+Weight names match the released BAAI checkpoints, so those load directly (see `from_pretrained`).
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionModel, PreTrainedModel, XLMRobertaModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndProjection
+from transformers.models.clip.modeling_clip import CLIPOutput
+from transformers.utils import can_return_tuple
+
+from .configuration_altclip import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig
+
+# Checkpoints name encoder blocks `encoder.layer.N` (BAAI on the Hub, transformers 5 when it saves AltCLIP) or
+# `encoder.layers.N` (transformers 5 module names, original CLIP). The text tower's XLM-R uses `layer`, the
+# vision tower's CLIP uses `layers`; both spellings load into either.
+# (transformers joins all renamings into one regex, so these use lookarounds rather than capture groups.)
+TEXT_LAYER_RENAMING = {r"(?<=roberta\.encoder\.)layers\.(?=\d)": "layer."}
+VISION_LAYER_RENAMING = {
+    r"(?<=^vision_model\.encoder\.)layer\.(?=\d)": "layers.",  # inside AltCLIPModel
+    r"(?<=^encoder\.)layer\.(?=\d)": "layers.",  # a vision tower saved on its own
+}
+
+# Weights that released checkpoints carry but that the released architecture never uses.
+# FlagAI's text tower keeps XLM-R's pooler; old transformers versions stored `position_ids` buffers.
+IGNORED_CHECKPOINT_KEYS = [r"(^|\.)roberta\.pooler\.", r"(^|\.)position_ids$"]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose weights do not fit the model: missing, unexpected or wrongly shaped tensors."""
+
+
+@dataclass
+class AltCLIPOutput(CLIPOutput):
+    """Output of `AltCLIPModel.forward`: CLIP's fields (`logits_per_image`, `text_embeds`, ...)."""
+
+
+def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over a square similarity matrix whose diagonal holds the matching pairs."""
+    labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.t(), labels)) / 2
+
+
+def _check_input_ids(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, vocab_size: int) -> None:
+    if input_ids is None:
+        return
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (batch, sequence); got shape {tuple(input_ids.shape)}.")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
+        )
+    if input_ids.numel() and (int(input_ids.max()) >= vocab_size or int(input_ids.min()) < 0):
+        raise ValueError(
+            f"input_ids hold token ids outside [0, {vocab_size}) (min {int(input_ids.min())}, max "
+            f"{int(input_ids.max())}): the tokenizer does not belong to this model's vocabulary."
+        )
+
+
+def _check_pixel_values(pixel_values: torch.Tensor | None, config: AltCLIPVisionConfig, interpolate: bool) -> None:
+    if pixel_values is None:
+        raise ValueError("pixel_values are required by the vision tower.")
+    if pixel_values.dim() != 4:
+        raise ValueError(
+            f"pixel_values must have shape (batch, channels, height, width); got shape {tuple(pixel_values.shape)}."
+        )
+    channels, height, width = pixel_values.shape[1:]
+    if channels != config.num_channels:
+        raise ValueError(
+            f"pixel_values have {channels} channels but the vision tower expects {config.num_channels} "
+            "(convert images to RGB before processing)."
+        )
+    size = config.image_size
+    expected = (size, size) if isinstance(size, int) else tuple(size)
+    if not interpolate and (height, width) != expected:
+        raise ValueError(
+            f"pixel_values are {height}x{width} but the vision tower expects {expected[0]}x{expected[1]}; "
+            "resize with the model's processor or pass interpolate_pos_encoding=True."
+        )
+
+
+class StrictReleasedLoadingMixin:
+    """`from_pretrained` that reads released weight names and refuses partial loads.
+
+    Missing, unexpected (other than `IGNORED_CHECKPOINT_KEYS`) or mis-shaped weights raise
+    `CheckpointMismatchError` naming the keys, instead of leaving random weights in the model.
+    """
+
+    checkpoint_key_renaming: dict[str, str] = {}
+    _keys_to_ignore_on_load_unexpected = IGNORED_CHECKPOINT_KEYS
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
+        """Load like `PreTrainedModel.from_pretrained`; raises `CheckpointMismatchError` on any weight mismatch."""
+        key_mapping = {**cls.checkpoint_key_renaming, **(kwargs.pop("key_mapping", None) or {})}
+        return_info = kwargs.pop("output_loading_info", False)
+        allow_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        # Let transformers finish loading so that every problem is collected, then raise one error naming them all.
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            key_mapping=key_mapping,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **kwargs,
+        )
+        problems = {
+            "missing_keys": sorted(info.get("missing_keys") or ()),
+            "unexpected_keys": sorted(info.get("unexpected_keys") or ()),
+            "mismatched_keys": [] if allow_mismatched_sizes else [
+                f"{key} (checkpoint {tuple(saved)} vs model {tuple(expected)})"
+                for key, saved, expected in sorted(info.get("mismatched_keys") or ())
+            ],
+        }
+        problems = {name: keys for name, keys in problems.items() if keys}
+        if problems:
+            details = "; ".join(
+                f"{name}: {', '.join(keys[:20])}" + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
+                for name, keys in problems.items()
+            )
+            raise CheckpointMismatchError(
+                f"The checkpoint at {pretrained_model_name_or_path} does not fit {cls.__name__} ({details})."
+            )
+        # Save under this module's own weight names, whatever spelling the checkpoint used.
+        model._weight_conversions = None
+        return (model, info) if return_info else model
+
+
+class AltCLIPPreTrainedModel(StrictReleasedLoadingMixin, PreTrainedModel):
+    """Shared loading rules of every AltCLIP class: released weight names, strict loading, SDPA."""
+
+    config: AltCLIPConfig
+    config_class = AltCLIPConfig
+    base_model_prefix = "altclip"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["XLMRobertaEmbeddings", "XLMRobertaLayer", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    checkpoint_key_renaming = {**TEXT_LAYER_RENAMING, **VISION_LAYER_RENAMING}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, AltCLIPModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            factor = self.config.initializer_factor
+            init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5 * factor)
+            init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
+
+class AltCLIPTextModel(AltCLIPPreTrainedModel):
+    """XLM-R encoder whose last hidden states go through ``pre_LN`` and ``transformation``; [CLS] is the feature."""
+
+    config: AltCLIPTextConfig
+    config_class = AltCLIPTextConfig
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+
+    def __init__(self, config: AltCLIPTextConfig):
+        super().__init__(config)
+        self.roberta = XLMRobertaModel(config, add_pooling_layer=False)
+        self.pre_LN = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.transformation = nn.Linear(config.hidden_size, config.project_dim)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.roberta.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.roberta.embeddings.word_embeddings = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPoolingAndProjection:
+        """Returns ``last_hidden_state`` (every position, projected to ``project_dim``) and ``pooler_output`` ([CLS])."""
+        _check_input_ids(input_ids, attention_mask, self.config.vocab_size)
+        outputs = self.roberta(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        projected = self.transformation(self.pre_LN(outputs.last_hidden_state))
+        return BaseModelOutputWithPoolingAndProjection(
+            last_hidden_state=projected,
+            pooler_output=projected[:, 0],
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class AltCLIPVisionModel(StrictReleasedLoadingMixin, CLIPVisionModel):
+    """transformers' CLIP ViT with this package's config and a readable error for malformed ``pixel_values``."""
+
+    config: AltCLIPVisionConfig
+    config_class = AltCLIPVisionConfig
+    checkpoint_key_renaming = VISION_LAYER_RENAMING
+
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool | None = False, **kwargs: Any
+    ) -> BaseModelOutputWithPooling:
+        """Returns the ViT's ``last_hidden_state`` and ``pooler_output`` (the post-LayerNorm [CLS] token)."""
+        _check_pixel_values(pixel_values, self.config, bool(interpolate_pos_encoding))
+        return super().forward(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+
+
+class AltCLIPModel(AltCLIPPreTrainedModel):
+    """The dual encoder: image and text embeddings in one space, scaled cosine similarities as logits."""
+
+    config: AltCLIPConfig
+    main_input_name = "input_ids"
+
+    def __init__(self, config: AltCLIPConfig):
+        super().__init__(config)
+        self.projection_dim = config.projection_dim
+        self.text_embed_dim = config.text_config.project_dim
+        self.vision_embed_dim = config.vision_config.hidden_size
+        self.text_model = AltCLIPTextModel._from_config(config.text_config)
+        self.vision_model = AltCLIPVisionModel._from_config(config.vision_config)
+        self.visual_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
+        self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`; with remote code on, also maps the zero-shot Auto class to this model."""
+        if self._auto_class is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map["AutoModelForZeroShotImageClassification"] = f"{module}.{type(self).__name__}"
+            self.config.auto_map = auto_map
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPoolingAndProjection:
+        """Text tower output whose ``pooler_output`` is the projected (not yet normalised) text embedding."""
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            **kwargs,
+        )
+        outputs.pooler_output = self.text_projection(outputs.pooler_output)
+        return outputs
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Any
+    ) -> BaseModelOutputWithPooling:
+        """Vision tower output whose ``pooler_output`` is the projected (not yet normalised) image embedding."""
+        outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+        outputs.pooler_output = self.visual_projection(outputs.pooler_output)
+        return outputs
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Any,
+    ) -> AltCLIPOutput:
+        """Embeds both modalities; ``logits_per_image[i, j]`` scores image i against text j.
+
+        With ``return_loss=True`` the i-th text must describe the i-th image, so both batches must be equal.
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError("AltCLIPModel.forward needs both input_ids and pixel_values; "
+                             "use get_text_features / get_image_features for one modality.")
+        if return_loss and input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"return_loss=True pairs text i with image i, but got {input_ids.shape[0]} texts and "
+                f"{pixel_values.shape[0]} images."
+            )
+        vision_outputs = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
+        text_outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            **kwargs,
+        )
+        image_embeds = F.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
+        text_embeds = F.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
+
+        logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device)
+        logits_per_text = logits_per_text * self.logit_scale.exp().to(text_embeds.device)
+        logits_per_image = logits_per_text.t()
+
+        return AltCLIPOutput(
+            loss=contrastive_loss(logits_per_text) if return_loss else None,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+
+__all__ = [
+    "AltCLIPModel",
+    "AltCLIPOutput",
+    "AltCLIPPreTrainedModel",
+    "AltCLIPTextModel",
+    "AltCLIPVisionModel",
+    "CheckpointMismatchError",
+    "contrastive_loss",
+]

@@ -1,0 +1,36 @@
+"""altclip: multilingual CLIP (AltCLIP) for Hugging Face transformers: model, training, evaluation, Hub, demo."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="altclip",
+    version="0.1.0",
+    description="AltCLIP: CLIP with a multilingual XLM-R text tower, as a transformers-compatible package",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modeling_altclip", "modeling_altclip.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.24,<6",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "tokenizers>=0.21",
+        "pillow>=10",
+        "numpy>=1.24",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
