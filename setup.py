@@ -14,7 +14,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_altclip", "modeling_altclip.*"]),
+    packages=find_packages(include=["modeling_altclip", "modeling_altclip.*", "training", "training.*"]),
+    package_data={"training": ["configs/*.yaml", "configs/*.json"]},
+    entry_points={"console_scripts": ["altclip-train = training.cli:main"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.24,<6",
@@ -24,6 +26,11 @@ setup(
         "pillow>=10",
         "numpy>=1.24",
         "pyyaml>=6",
+        # training
+        "accelerate>=1.1",
+        "datasets>=3",
+        "matplotlib>=3.7",
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -57,10 +57,12 @@ def _copy_weights(target: torch.nn.Module, source_state: dict[str, torch.Tensor]
 
 
 @torch.no_grad()
-def altclip_from_models(clip: CLIPModel, text_encoder: XLMRobertaModel) -> AltCLIPModel:
+def altclip_from_models(
+    clip: CLIPModel, text_encoder: XLMRobertaModel, attn_implementation: str | None = None
+) -> AltCLIPModel:
     """A new `AltCLIPModel` holding `clip`'s vision side and `text_encoder`'s weights (both left untouched)."""
     config = altclip_config_from(clip.config, text_encoder.config)
-    model = AltCLIPModel(config)
+    model = AltCLIPModel._from_config(config, attn_implementation=attn_implementation)
     encoder_state = {k: v for k, v in text_encoder.state_dict().items() if not k.startswith("pooler.")}
     _copy_weights(model.text_model.roberta, encoder_state, "The text encoder")
     _copy_weights(model.vision_model, clip.vision_model.state_dict(), "The CLIP vision tower")
@@ -87,7 +89,7 @@ def build_altclip(
     encoder = XLMRobertaModel.from_pretrained(
         text_encoder_name_or_path, add_pooling_layer=False, **from_pretrained_kwargs
     )
-    model = altclip_from_models(clip, encoder)
+    model = altclip_from_models(clip, encoder, from_pretrained_kwargs.get("attn_implementation"))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path or text_encoder_name_or_path)
     tokenizer.model_max_length = min(tokenizer.model_max_length, MAX_TEXT_LENGTH)
     image_processor = AutoImageProcessor.from_pretrained(clip_name_or_path)

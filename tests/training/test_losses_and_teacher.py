@@ -1,0 +1,77 @@
+"""Losses, the frozen teacher and its feature cache."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPTextModel
+
+from modeling_altclip.modeling_altclip import contrastive_loss
+from training.losses import ClipLoss, distillation_loss
+from training.teacher import FrozenTextTeacher, cached_teacher_features, load_teacher
+from training.toy_setup import english_word_tokenizer
+
+
+def test_clip_loss_on_one_process_is_the_models_symmetric_loss():
+    torch.manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    scale = torch.tensor(14.0)
+    torch.testing.assert_close(ClipLoss()(images, texts, scale), contrastive_loss(scale * texts @ images.t()))
+
+
+def test_clip_loss_needs_pairs():
+    with pytest.raises(ValueError, match="3 images but 2 texts"):
+        ClipLoss()(torch.randn(3, 4), torch.randn(2, 4), torch.tensor(1.0))
+
+
+def test_distillation_losses():
+    student, teacher = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert distillation_loss(student, teacher, "mse").item() == pytest.approx(0.25)
+    assert distillation_loss(student, teacher, "cosine").item() == pytest.approx(0.0)
+    assert distillation_loss(student, -teacher, "cosine").item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="Unknown distillation loss 'l1'"):
+        distillation_loss(student, teacher, "l1")
+    with pytest.raises(ValueError, match=r"\(2, 2\) and teacher features \(2, 3\) differ"):
+        distillation_loss(student, torch.zeros(2, 3))
+
+
+def test_teacher_is_frozen_and_stays_in_eval_mode(toy):
+    teacher = load_teacher(str(toy["clip"]))
+    teacher.train()
+    assert not teacher.training and not teacher.text_model.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    tokenizer = english_word_tokenizer()
+    batch = tokenizer(["a red circle", "a blue square"], return_tensors="pt", padding=True)
+    reference = CLIPTextModel.from_pretrained(str(toy["clip"])).eval()
+    with torch.no_grad():
+        expected = reference(**batch).pooler_output
+    features = teacher(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(features, expected)
+    assert not features.requires_grad and teacher.width == 32
+
+
+def test_teacher_must_be_a_clip_text_tower(toy):
+    with pytest.raises(ValueError, match="is not a usable CLIP text tower"):
+        load_teacher(str(toy["xlmr"]))
+
+
+def test_teacher_features_are_cached_and_reused(tmp_path, toy, monkeypatch):
+    teacher, tokenizer = load_teacher(str(toy["clip"])), english_word_tokenizer()
+    texts = ["a red circle", "a blue square", "a black triangle"]
+    features = cached_teacher_features(teacher, tokenizer, texts, tmp_path, batch_size=2)
+    assert features.shape == (3, 32) and isinstance(features, np.memmap)
+    with torch.no_grad():
+        direct = teacher(**tokenizer(texts[1:2], return_tensors="pt"))
+    np.testing.assert_allclose(features[1], direct[0].numpy(), rtol=1e-5, atol=1e-6)
+    files = list(tmp_path.glob("teacher-*.npy"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.partial"))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the teacher ran although its features were cached")
+
+    monkeypatch.setattr(FrozenTextTeacher, "forward", fail)
+    again = cached_teacher_features(teacher, tokenizer, texts, tmp_path)
+    np.testing.assert_array_equal(again, features)
+    monkeypatch.undo()
+    cached_teacher_features(teacher, tokenizer, texts + ["a green circle"], tmp_path)
+    assert len(list(tmp_path.glob("teacher-*.npy"))) == 2  # another corpus, another cache file

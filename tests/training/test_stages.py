@@ -1,0 +1,150 @@
+"""Both stages end to end through the CLI on the toy setup: loss falls, outputs load, options do what they say."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from stage_runs import logged_losses, run_stage
+from safetensors.torch import load_file
+from transformers import AutoModel, CLIPModel
+
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from training.cli import config_file_to_flags, expand_config
+from training.toy_setup import write_tiny_clip
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def teacher_flags(toy, *extra):
+    return ("--clip_model_name_or_path", str(toy["clip"]), "--text_encoder_name_or_path", str(toy["xlmr"]),
+            "--train_files", str(toy["parallel"]), "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
+            "--logging_steps", "5", *extra)
+
+
+def test_teacher_learning_loss_falls_and_the_result_is_a_complete_model(tmp_path, toy):
+    summary = run_stage("teacher", tmp_path, *teacher_flags(toy, "--max_steps", "30", "--save_steps", "30"))
+    assert summary["last_loss"] < 0.7 * summary["first_loss"], summary
+    model = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(model, AltCLIPModel)
+    assert isinstance(AltCLIPProcessor.from_pretrained(tmp_path), AltCLIPProcessor)
+    clip = CLIPModel.from_pretrained(toy["clip"])
+    for name, tensor in clip.vision_model.state_dict().items():  # stage 1 leaves CLIP's image side untouched
+        torch.testing.assert_close(model.vision_model.state_dict()[name], tensor)
+    torch.testing.assert_close(model.text_projection.weight, clip.text_projection.weight)
+    assert (tmp_path / "loss_curve.png").read_bytes().startswith(PNG_SIGNATURE)
+    checkpoint = load_file(tmp_path / "checkpoint-30" / "model.safetensors")
+    assert not any(key.startswith(("teacher", "text_model.teacher")) for key in checkpoint)  # teacher not saved
+
+
+def test_precomputed_teacher_features_give_the_same_losses(tmp_path, toy):
+    common = ("--max_steps", "4", "--logging_steps", "1", "--train_sampling_strategy", "sequential", "--save_steps", "4")
+    run_stage("teacher", tmp_path / "live", *teacher_flags(toy, *common))
+    summary = run_stage("teacher", tmp_path / "cached", *teacher_flags(toy, *common, "--precompute_teacher_features", "true"))
+    assert list((tmp_path / "cached" / "teacher_cache").glob("teacher-*.npy"))
+    live, cached = logged_losses(tmp_path / "live"), logged_losses(tmp_path / "cached")
+    assert live.keys() == cached.keys() == {1, 2, 3, 4}
+    for step in live:
+        assert cached[step] == pytest.approx(live[step], rel=1e-4), step
+    assert summary["global_step"] == 4
+
+
+def test_cosine_distillation_and_streaming_input(tmp_path, toy):
+    summary = run_stage("teacher", tmp_path, *teacher_flags(
+        toy, "--max_steps", "25", "--distillation_loss", "cosine", "--streaming", "true", "--save_strategy", "no"))
+    assert summary["distillation_loss"] == "cosine" and summary["last_loss"] < summary["first_loss"]
+
+
+def test_teacher_wider_than_the_students_project_dim_is_refused(tmp_path, toy, teacher_model_dir):
+    wide_clip = write_tiny_clip(tmp_path / "wide_clip", text_width=40)
+    with pytest.raises(ValueError, match=r"text width 40, but the student's transformation maps to project_dim=32"):
+        run_stage("teacher", tmp_path / "out", "--model_name_or_path", str(teacher_model_dir),
+                  "--clip_model_name_or_path", str(wide_clip), "--train_files", str(toy["parallel"]), "--max_steps", "1")
+
+
+def test_missing_column_is_reported_with_file_and_row(tmp_path, toy):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"en": "a red circle", "fr": "un cercle rouge"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: missing column\(s\) english, translation"):
+        run_stage("teacher", tmp_path / "out", *teacher_flags(toy, "--max_steps", "1"), "--train_files", str(bad))
+
+
+def contrastive_flags(start_dir, toy, *extra):
+    return ("--model_name_or_path", str(start_dir), "--train_files", str(toy["captions"]),
+            "--per_device_train_batch_size", "24", "--learning_rate", "2e-3", "--logging_steps", "5", *extra)
+
+
+def test_contrastive_loss_falls_with_the_image_tower_frozen(tmp_path, toy, teacher_model_dir):
+    summary = run_stage("contrastive", tmp_path, *contrastive_flags(teacher_model_dir, toy, "--max_steps", "60",
+                                                                    "--save_strategy", "no"))
+    assert summary["last_loss"] < 0.85 * summary["first_loss"], summary
+    assert summary["image_tower_frozen"] is True
+    start, trained = AltCLIPModel.from_pretrained(teacher_model_dir), AltCLIPModel.from_pretrained(tmp_path)
+    for name, tensor in start.vision_model.state_dict().items():
+        torch.testing.assert_close(trained.vision_model.state_dict()[name], tensor)
+    torch.testing.assert_close(trained.visual_projection.weight, start.visual_projection.weight)
+    assert not torch.equal(trained.text_model.transformation.weight, start.text_model.transformation.weight)
+    assert (tmp_path / "loss_curve.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_unfreezing_the_image_tower_trains_it(tmp_path, toy, teacher_model_dir):
+    run_stage("contrastive", tmp_path, *contrastive_flags(teacher_model_dir, toy, "--max_steps", "3",
+                                                          "--unfreeze_vision", "true", "--save_strategy", "no"))
+    start, trained = AltCLIPModel.from_pretrained(teacher_model_dir), AltCLIPModel.from_pretrained(tmp_path)
+    assert not torch.equal(trained.vision_model.encoder.layers[0].mlp.fc1.weight, start.vision_model.encoder.layers[0].mlp.fc1.weight)
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path, toy, teacher_model_dir):
+    rows = toy["captions"].read_text().splitlines()[:40]
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    rows += [json.dumps({"image": str(tmp_path / "corrupt.png"), "caption": "broken"}),
+             json.dumps({"image": "images/none.png", "caption": "missing"}),
+             json.dumps({"image": "images/red_circle_0.png", "caption": ""}), "{not json"]
+    table = toy["captions"].parent / "with_bad_rows.jsonl"
+    table.write_text("\n".join(rows) + "\n")
+    summary = run_stage("contrastive", tmp_path / "out", *contrastive_flags(teacher_model_dir, toy, "--max_steps", "4",
+                        "--save_strategy", "no"), "--train_files", str(table))
+    assert summary["skipped_records"] >= 4
+    assert set(summary["skipped_by_reason_on_rank0"]) == {"unreadable image", "image file not found", "empty caption",
+                                                          "not valid JSON"}
+
+
+def test_logit_scale_is_clamped_at_100(tmp_path, toy, teacher_model_dir):
+    start = AltCLIPModel.from_pretrained(teacher_model_dir)
+    with torch.no_grad():
+        start.logit_scale.fill_(math.log(500.0))
+    start.save_pretrained(tmp_path / "hot")
+    AltCLIPProcessor.from_pretrained(teacher_model_dir).save_pretrained(tmp_path / "hot")
+    run_stage("contrastive", tmp_path / "out", *contrastive_flags(tmp_path / "hot", toy, "--max_steps", "2",
+                                                                  "--learning_rate", "1e-6", "--save_strategy", "no"))
+    assert AltCLIPModel.from_pretrained(tmp_path / "out").logit_scale.exp().item() <= 100.0 + 1e-3
+
+
+def test_an_output_folder_with_checkpoints_is_not_overwritten(tmp_path, toy):
+    run_stage("teacher", tmp_path, *teacher_flags(toy, "--max_steps", "2", "--save_steps", "2"))
+    with pytest.raises(SystemExit, match="already holds checkpoint-2. Pass --resume_from_checkpoint true"):
+        run_stage("teacher", tmp_path, *teacher_flags(toy, "--max_steps", "4"))
+
+
+def test_resuming_gives_the_losses_of_an_uninterrupted_run(tmp_path, toy, teacher_model_dir):
+    flags = contrastive_flags(teacher_model_dir, toy, "--max_steps", "6", "--logging_steps", "1", "--save_steps", "3")
+    run_stage("contrastive", tmp_path / "whole", *flags)
+    # A run interrupted after step 3 leaves exactly what the whole run had at that point: checkpoint-3.
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", tmp_path / "broken" / "checkpoint-3")
+    run_stage("contrastive", tmp_path / "broken", *flags, "--resume_from_checkpoint", "true")
+    whole, resumed = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "broken")
+    assert set(whole) == {1, 2, 3, 4, 5, 6} and {4, 5, 6} <= set(resumed)
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-5), step
+
+
+def test_config_file_supplies_flags_and_later_flags_win(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("train_files: [a.jsonl, b.jsonl]\nbf16: true\nlearning_rate: 0.001\nseed: null\n")
+    assert config_file_to_flags(str(config)) == ["--train_files", "a.jsonl", "b.jsonl", "--bf16", "true",
+                                                 "--learning_rate", "0.001"]
+    assert expand_config(["--config", str(config), "--learning_rate", "0.5"])[-2:] == ["--learning_rate", "0.5"]
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(SystemExit, match="must map flag names to values"):
+        config_file_to_flags(str(tmp_path / "list.yaml"))

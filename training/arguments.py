@@ -1,0 +1,81 @@
+"""Command-line arguments of ``altclip-train``, parsed with `HfArgumentParser` beside `TrainingArguments`."""
+
+from dataclasses import dataclass, field
+
+from .losses import DISTILLATION_LOSSES
+
+
+@dataclass
+class ModelArguments:
+    """Where the model starts: an AltCLIP checkpoint, or a CLIP plus an XLM-R-family encoder joined anew."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An AltCLIP checkpoint to continue from (e.g. the output of stage 1)."}
+    )
+    clip_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A CLIP checkpoint: the teacher of stage 1 and, without --model_name_or_path, the vision side."},
+    )
+    text_encoder_name_or_path: str | None = field(
+        default=None, metadata={"help": "An XLM-R-family encoder for a new AltCLIP's text tower."}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "The student's tokenizer, if not the text encoder's own."}
+    )
+    teacher_tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "The teacher's tokenizer, if not the CLIP checkpoint's own."}
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa or flash_attention_2."})
+
+
+@dataclass
+class DataArguments:
+    """Training data: files (JSONL/CSV/TSV, `datasets` folders, .tar shards) mixed by sampling weights."""
+
+    train_files: list[str] = field(default_factory=list, metadata={"help": "One or more training data files."})
+    train_file_weights: list[float] | None = field(
+        default=None, metadata={"help": "Sampling weight of each training file (languages, corpora)."}
+    )
+    validation_files: list[str] | None = field(default=None, metadata={"help": "Held-out files for eval_loss."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Read files lazily (corpora larger than memory, tar shards); needs max_steps."}
+    )
+    max_text_length: int = field(default=77, metadata={"help": "Student tokens per text after truncation."})
+    english_column: str = field(default="english", metadata={"help": "Teacher learning: the English column."})
+    translation_column: str = field(default="translation", metadata={"help": "Teacher learning: the translation."})
+    image_column: str = field(default="image", metadata={"help": "Contrastive: image path (or image) column."})
+    caption_column: str = field(default="caption", metadata={"help": "Contrastive: caption column."})
+    image_root: str | None = field(
+        default=None, metadata={"help": "Folder that relative image paths start from (default: the table's folder)."}
+    )
+
+
+@dataclass
+class TeacherLearningArguments:
+    """Stage 1 options."""
+
+    distillation_loss: str = field(default="mse", metadata={"help": "mse or cosine.", "choices": DISTILLATION_LOSSES})
+    include_english_pairs: bool = field(
+        default=True, metadata={"help": "Also train English-English pairs so the student keeps the teacher's English."}
+    )
+    student_dropout: bool = field(default=False, metadata={"help": "Keep the student's dropout on (off by default)."})
+    teacher_dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, float16."}
+    )
+    precompute_teacher_features: bool = field(
+        default=False, metadata={"help": "Run the teacher once over all English texts and reuse the features."}
+    )
+    teacher_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where precomputed features live (default: OUTPUT_DIR/teacher_cache)."}
+    )
+
+
+@dataclass
+class ContrastiveArguments:
+    """Stage 2 options."""
+
+    unfreeze_vision: bool = field(default=False, metadata={"help": "Train the image tower too (frozen by default)."})
+    max_logit_scale: float = field(default=100.0, metadata={"help": "Upper clamp of exp(logit_scale)."})
+    gather_with_grad: bool = field(
+        default=True, metadata={"help": "Back-propagate through the cross-rank gather (exact global-batch gradient)."}
+    )

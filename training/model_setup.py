@@ -1,0 +1,73 @@
+"""Turning `ModelArguments` into the model, processor and (stage 1) teacher that a run trains."""
+
+import logging
+
+import torch
+from transformers import AutoTokenizer
+
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip.conversion_altclip import build_altclip
+
+from .arguments import ModelArguments
+from .teacher import FrozenTextTeacher, load_teacher
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_or_build_model(args: ModelArguments) -> tuple[AltCLIPModel, AltCLIPProcessor]:
+    """An existing AltCLIP checkpoint, or a new one from a CLIP and an XLM-R-family encoder."""
+    if args.model_name_or_path:
+        model = AltCLIPModel.from_pretrained(args.model_name_or_path, attn_implementation=args.attn_implementation)
+        processor = AltCLIPProcessor.from_pretrained(args.tokenizer_name_or_path or args.model_name_or_path)
+        return model, processor
+    if not (args.clip_model_name_or_path and args.text_encoder_name_or_path):
+        raise ValueError(
+            "Give --model_name_or_path (an AltCLIP checkpoint), or both --clip_model_name_or_path and "
+            "--text_encoder_name_or_path to start a new AltCLIP."
+        )
+    model, processor = build_altclip(
+        args.clip_model_name_or_path, args.text_encoder_name_or_path, args.tokenizer_name_or_path,
+        attn_implementation=args.attn_implementation,
+    )
+    return model, processor
+
+
+def teacher_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"Unknown teacher dtype {name!r}; choose auto, {', '.join(DTYPES)}.") from None
+
+
+def load_teacher_for(model: AltCLIPModel, args: ModelArguments, dtype_name: str):
+    """The frozen CLIP text teacher and its tokenizer; its width must equal the student's ``project_dim``."""
+    if not args.clip_model_name_or_path:
+        raise ValueError("Teacher learning needs --clip_model_name_or_path: the CLIP whose text features are taught.")
+    teacher: FrozenTextTeacher = load_teacher(args.clip_model_name_or_path, dtype=teacher_dtype(dtype_name))
+    project_dim = model.config.text_config.project_dim
+    if teacher.width != project_dim:
+        raise ValueError(
+            f"The teacher {args.clip_model_name_or_path} has text width {teacher.width}, but the student's "
+            f"transformation maps to project_dim={project_dim}; they must be equal."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(args.teacher_tokenizer_name_or_path or args.clip_model_name_or_path)
+    return teacher, tokenizer
+
+
+def disable_dropout(module: torch.nn.Module) -> None:
+    """Sets every dropout probability in `module` to zero (the saved config keeps its values)."""
+    for child in module.modules():
+        if isinstance(child, torch.nn.Dropout):
+            child.p = 0.0
+
+
+def freeze_image_tower(model: AltCLIPModel) -> None:
+    """Stage 2 default: the vision tower and ``visual_projection`` keep CLIP's weights."""
+    model.vision_model.requires_grad_(False)
+    model.visual_projection.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Image tower frozen; %s trainable parameters", f"{trainable:,}")

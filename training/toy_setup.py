@@ -1,0 +1,148 @@
+"""A toy setup that needs no download: tiny random CLIP and XLM-R checkpoints and a multilingual shapes dataset.
+
+It lets both stages run end to end on a CPU in seconds (the README's tiny run, the tests). The images are
+drawn here (coloured circles, squares, triangles); the captions exist in five languages; the student uses
+XLM-R's real tokenizer, the tiny CLIP teacher a word-level tokenizer over the English captions.
+"""
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+
+from modeling_altclip.assets import load_xlmr_tokenizer
+
+IMAGE_SIZE = 32
+COLORS = {  # English, German (masc., neut.), French, Spanish, Chinese, RGB
+    "red": ("roter", "rotes", "rouge", "rojo", "红色", (220, 30, 30)),
+    "green": ("grüner", "grünes", "vert", "verde", "绿色", (30, 170, 60)),
+    "blue": ("blauer", "blaues", "bleu", "azul", "蓝色", (30, 70, 220)),
+    "yellow": ("gelber", "gelbes", "jaune", "amarillo", "黄色", (240, 210, 30)),
+    "purple": ("lila", "lila", "violet", "morado", "紫色", (140, 50, 170)),
+    "black": ("schwarzer", "schwarzes", "noir", "negro", "黑色", (20, 20, 20)),
+}
+SHAPES = {  # English, German noun and gender, French, Spanish, Chinese
+    "circle": ("Kreis", "m", "cercle", "círculo", "圆形"),
+    "square": ("Quadrat", "n", "carré", "cuadrado", "正方形"),
+    "triangle": ("Dreieck", "n", "triangle", "triángulo", "三角形"),
+}
+LANGUAGES = ("en", "de", "fr", "es", "zh")
+
+
+def caption(color: str, shape: str, language: str) -> str:
+    """'a red circle' in one of `LANGUAGES`."""
+    de_masc, de_neut, fr, es, zh, _ = COLORS[color]
+    de_noun, gender, fr_noun, es_noun, zh_noun = SHAPES[shape]
+    return {
+        "en": f"a {color} {shape}",
+        "de": f"ein {de_masc if gender == 'm' else de_neut} {de_noun}",
+        "fr": f"un {fr_noun} {fr}",
+        "es": f"un {es_noun} {es}",
+        "zh": f"一个{zh}的{zh_noun}",
+    }[language]
+
+
+def draw_shape(color: str, shape: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Image:
+    """One coloured shape at a random place and size on a light background."""
+    background = tuple(rng.randint(215, 255) for _ in range(3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    extent = rng.randint(size // 2, size - 4)
+    left, top = rng.randint(0, size - extent), rng.randint(0, size - extent)
+    box = (left, top, left + extent, top + extent)
+    fill = COLORS[color][5]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(left + extent / 2, top), (left, top + extent), (left + extent, top + extent)], fill=fill)
+    return image
+
+
+def write_shapes_dataset(folder: str | Path, images_per_class: int = 4, seed: int = 0) -> dict[str, Path]:
+    """Writes ``parallel.jsonl`` (english, translation, language), ``images/*.png`` and ``captions.jsonl``
+    (image, caption, language: every image captioned once per language)."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    parallel, captions = [], []
+    for color in COLORS:
+        for shape in SHAPES:
+            english = caption(color, shape, "en")
+            parallel += [{"english": english, "translation": caption(color, shape, lang), "language": lang}
+                         for lang in LANGUAGES if lang != "en"]
+            for number in range(images_per_class):
+                name = f"images/{color}_{shape}_{number}.png"
+                draw_shape(color, shape, rng).save(folder / name)
+                captions += [{"image": name, "caption": caption(color, shape, lang), "language": lang}
+                             for lang in LANGUAGES]
+    paths = {"parallel": folder / "parallel.jsonl", "captions": folder / "captions.jsonl"}
+    for key, rows in (("parallel", parallel), ("captions", captions)):
+        paths[key].write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return paths
+
+
+def english_word_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the English captions, standing in for CLIP's BPE in the toy teacher."""
+    words = sorted({word for color in COLORS for shape in SHAPES for word in caption(color, shape, "en").split()})
+    vocabulary = {"<pad>": 0, "<unk>": 1, **{word: index + 2 for index, word in enumerate(words)}}
+    vocabulary["<|startoftext|>"] = len(vocabulary)
+    vocabulary["<|endoftext|>"] = len(vocabulary)
+    backend = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[(token, vocabulary[token]) for token in ("<|startoftext|>", "<|endoftext|>")],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<pad>",
+        unk_token="<unk>", model_max_length=77,
+    )
+
+
+def write_tiny_clip(folder: str | Path, seed: int = 0, text_width: int = 32) -> Path:
+    """A tiny random CLIP (ViT on 32x32 images) with its tokenizer and image processor."""
+    torch.manual_seed(seed)
+    tokenizer = english_word_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_width, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=77, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                           image_size=IMAGE_SIZE, patch_size=8),
+        projection_dim=16,
+    )
+    folder = Path(folder)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_xlmr(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny random XLM-R encoder over XLM-R's real 250,002-piece vocabulary, with that tokenizer."""
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(vocab_size=250002, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64, max_position_embeddings=514, type_vocab_size=1,
+                              layer_norm_eps=1e-5)
+    folder = Path(folder)
+    XLMRobertaModel(config).save_pretrained(folder)
+    load_xlmr_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_toy_setup(folder: str | Path, images_per_class: int = 4, seed: int = 0) -> dict[str, Path]:
+    """Everything the tiny CPU run needs under `folder`: clip/, xlmr/ and data/."""
+    folder = Path(folder)
+    return {
+        "clip": write_tiny_clip(folder / "clip", seed),
+        "xlmr": write_tiny_xlmr(folder / "xlmr", seed + 1),
+        **write_shapes_dataset(folder / "data", images_per_class, seed),
+    }
