@@ -116,7 +116,9 @@ class StrictReleasedLoadingMixin:
         problems = {
             "missing_keys": sorted(info.get("missing_keys") or ()),
             "unexpected_keys": sorted(info.get("unexpected_keys") or ()),
-            "mismatched_keys": [] if allow_mismatched_sizes else [
+            "mismatched_keys": []
+            if allow_mismatched_sizes
+            else [
                 f"{key} (checkpoint {tuple(saved)} vs model {tuple(expected)})"
                 for key, saved, expected in sorted(info.get("mismatched_keys") or ())
             ],
@@ -158,6 +160,7 @@ class AltCLIPPreTrainedModel(StrictReleasedLoadingMixin, PreTrainedModel):
             init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5 * factor)
             init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
 
+
 class AltCLIPTextModel(AltCLIPPreTrainedModel):
     """XLM-R encoder whose last hidden states go through ``pre_LN`` and ``transformation``; [CLS] is the feature."""
 
@@ -189,7 +192,7 @@ class AltCLIPTextModel(AltCLIPPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPoolingAndProjection:
-        """Returns ``last_hidden_state`` (every position, projected to ``project_dim``) and ``pooler_output`` ([CLS])."""
+        """``last_hidden_state``: every position projected to ``project_dim``; ``pooler_output``: its [CLS] row."""
         _check_input_ids(input_ids, attention_mask, self.config.vocab_size)
         outputs = self.roberta(
             input_ids=input_ids,
@@ -282,7 +285,9 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Any
     ) -> BaseModelOutputWithPooling:
         """Vision tower output whose ``pooler_output`` is the projected (not yet normalised) image embedding."""
-        outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+        outputs = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
         outputs.pooler_output = self.visual_projection(outputs.pooler_output)
         return outputs
 
@@ -303,8 +308,10 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         With ``return_loss=True`` the i-th text must describe the i-th image, so both batches must be equal.
         """
         if input_ids is None or pixel_values is None:
-            raise ValueError("AltCLIPModel.forward needs both input_ids and pixel_values; "
-                             "use get_text_features / get_image_features for one modality.")
+            raise ValueError(
+                "AltCLIPModel.forward needs both input_ids and pixel_values; "
+                "use get_text_features / get_image_features for one modality."
+            )
         if return_loss and input_ids.shape[0] != pixel_values.shape[0]:
             raise ValueError(
                 f"return_loss=True pairs text i with image i, but got {input_ids.shape[0]} texts and "

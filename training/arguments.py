@@ -14,7 +14,9 @@ class ModelArguments:
     )
     clip_model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A CLIP checkpoint: the teacher of stage 1 and, without --model_name_or_path, the vision side."},
+        metadata={
+            "help": "A CLIP checkpoint: the teacher of stage 1 and, without --model_name_or_path, the vision side."
+        },
     )
     text_encoder_name_or_path: str | None = field(
         default=None, metadata={"help": "An XLM-R-family encoder for a new AltCLIP's text tower."}

@@ -102,8 +102,11 @@ def parse(stage: str, argv: Sequence[str]):
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING,
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING,
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     level = training_args.get_process_log_level()
     transformers.utils.logging.set_verbosity(level)
     for name in ("training", "modeling_altclip"):
@@ -163,15 +166,21 @@ def run_teacher_learning(model_args, data_args, stage_args, training_args) -> No
     if not stage_args.student_dropout:
         disable_dropout(student)
     dataset_class = StreamingParallelText if data_args.streaming else ParallelTextDataset
-    columns = dict(english_column=data_args.english_column, translation_column=data_args.translation_column,
-                   include_english_pairs=stage_args.include_english_pairs, seed=training_args.seed)
+    columns = dict(
+        english_column=data_args.english_column,
+        translation_column=data_args.translation_column,
+        include_english_pairs=stage_args.include_english_pairs,
+        seed=training_args.seed,
+    )
     train_dataset = dataset_class(data_args.train_files, weights=data_args.train_file_weights, **columns)
     eval_dataset = dataset_class(data_args.validation_files, **columns) if data_args.validation_files else None
     features = None
     if stage_args.precompute_teacher_features:
         if data_args.streaming or eval_dataset is not None:
-            raise SystemExit("altclip-train: --precompute_teacher_features needs in-memory training data only "
-                             "(no --streaming, no --validation_files).")
+            raise SystemExit(
+                "altclip-train: --precompute_teacher_features needs in-memory training data only "
+                "(no --streaming, no --validation_files)."
+            )
         cache_dir = stage_args.teacher_cache_dir or str(Path(training_args.output_dir) / "teacher_cache")
         with training_args.main_process_first(desc="teacher features"):
             features = cached_teacher_features(
@@ -189,8 +198,14 @@ def run_teacher_learning(model_args, data_args, stage_args, training_args) -> No
     )
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
-    finish(trainer, model, processor, training_args, "teacher",
-           {"distillation_loss": stage_args.distillation_loss, "teacher": model_args.clip_model_name_or_path})
+    finish(
+        trainer,
+        model,
+        processor,
+        training_args,
+        "teacher",
+        {"distillation_loss": stage_args.distillation_loss, "teacher": model_args.clip_model_name_or_path},
+    )
 
 
 def run_contrastive(model_args, data_args, stage_args, training_args) -> None:
@@ -198,12 +213,19 @@ def run_contrastive(model_args, data_args, stage_args, training_args) -> None:
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
     dataset_class = StreamingImageTextDataset if data_args.streaming else ImageTextDataset
-    columns = dict(image_column=data_args.image_column, caption_column=data_args.caption_column,
-                   image_root=data_args.image_root, seed=training_args.seed)
+    columns = dict(
+        image_column=data_args.image_column,
+        caption_column=data_args.caption_column,
+        image_root=data_args.image_root,
+        seed=training_args.seed,
+    )
     image_processor = processor.image_processor
-    train_dataset = dataset_class(data_args.train_files, image_processor, weights=data_args.train_file_weights, **columns)
-    eval_dataset = (dataset_class(data_args.validation_files, image_processor, **columns)
-                    if data_args.validation_files else None)
+    train_dataset = dataset_class(
+        data_args.train_files, image_processor, weights=data_args.train_file_weights, **columns
+    )
+    eval_dataset = (
+        dataset_class(data_args.validation_files, image_processor, **columns) if data_args.validation_files else None
+    )
     trainer = ContrastiveTrainer(
         model=model,
         args=training_args,
@@ -215,8 +237,14 @@ def run_contrastive(model_args, data_args, stage_args, training_args) -> None:
         skipped_while_reading=getattr(train_dataset, "skipped", None),
     )
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    finish(trainer, trainer.accelerator.unwrap_model(trainer.model), processor, training_args, "contrastive",
-           {"image_tower_frozen": not stage_args.unfreeze_vision})
+    finish(
+        trainer,
+        trainer.accelerator.unwrap_model(trainer.model),
+        processor,
+        training_args,
+        "contrastive",
+        {"image_tower_frozen": not stage_args.unfreeze_vision},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
 from .mixing import interleave, shard_position, weighted_selection
-from .records import DataFormatError, Record, SkipCounter, Skipped, iter_records, record_format
+from .records import DataFormatError, SkipCounter, Skipped, iter_records, record_format, split_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def _table_rows(path: str, image_column: str, caption_column: str, image_root: s
 
 def _tar_rows(path: str) -> Iterator[tuple]:
     """(where, image bytes, caption) of a webdataset shard: members grouped by the name before the first dot."""
+
     def finish(key: str, members: dict[str, bytes]) -> tuple:
         where = f"{path}:{key}"
         image = next((members[s] for s in IMAGE_SUFFIXES if s in members), None)
@@ -211,12 +212,12 @@ class ContrastiveCollator:
         self.max_length = max_length
 
     def __call__(self, rows: list[dict]) -> dict:
-        skipped = [row["skipped"] for row in rows if "skipped" in row]
-        rows = [row for row in rows if "skipped" not in row]
-        if not rows:
-            raise ValueError(f"Every row of a batch was unusable, e.g. {skipped[0].where}: {skipped[0].reason}.")
+        rows, skipped = split_skipped(rows)
         text = self.tokenizer(
-            [row["caption"] for row in rows], padding=True, truncation=True, max_length=self.max_length,
+            [row["caption"] for row in rows],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
             return_tensors="pt",
         )
         return {

@@ -61,7 +61,9 @@ def interleave(
     exhausted = [probability == 0 for probability in probabilities]
     live = [probability > 0 for probability in probabilities]
     while any(live) and not all(exhausted):
-        index = rng.choices(range(len(sources)), weights=[p if alive else 0 for p, alive in zip(probabilities, live)])[0]
+        index = rng.choices(range(len(sources)), weights=[p if alive else 0 for p, alive in zip(probabilities, live)])[
+            0
+        ]
         try:
             yield next(iterators[index])
         except StopIteration:

@@ -28,7 +28,9 @@ def load_or_build_model(args: ModelArguments) -> tuple[AltCLIPModel, AltCLIPProc
             "--text_encoder_name_or_path to start a new AltCLIP."
         )
     model, processor = build_altclip(
-        args.clip_model_name_or_path, args.text_encoder_name_or_path, args.tokenizer_name_or_path,
+        args.clip_model_name_or_path,
+        args.text_encoder_name_or_path,
+        args.tokenizer_name_or_path,
         attn_implementation=args.attn_implementation,
     )
     return model, processor

@@ -43,7 +43,11 @@ def record_format(path: str | Path) -> str:
     """``jsonl``, ``csv``, ``tsv``, ``datasets`` (a save_to_disk folder) or ``tar`` (webdataset shard)."""
     path = Path(path)
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        if (
+            (path / "dataset_info.json").is_file()
+            or (path / "state.json").is_file()
+            or (path / "dataset_dict.json").is_file()
+        ):
             return "datasets"
         raise DataFormatError(f"{path} is a folder but not one written by datasets' save_to_disk.")
     if not path.exists():
@@ -152,3 +156,12 @@ class SkipCounter:
     @property
     def total(self) -> int:
         return sum(self.by_reason.values())
+
+
+def split_skipped(rows: list[dict]) -> tuple[list[dict], list[Skipped]]:
+    """A batch's usable rows and its `Skipped` markers; a batch with nothing usable is an error."""
+    skipped = [row["skipped"] for row in rows if "skipped" in row]
+    usable = [row for row in rows if "skipped" not in row]
+    if not usable:
+        raise ValueError(f"Every row of a batch was unusable, e.g. {skipped[0].where}: {skipped[0].reason}.")
+    return usable, skipped

@@ -100,7 +100,10 @@ def cached_teacher_features(
     teacher = teacher.to(device)
     for start in tqdm(range(0, len(texts), batch_size), desc="Teacher features", unit="batch"):
         batch = tokenizer(
-            list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=max_length,
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
             return_tensors="pt",
         ).to(device)
         features[start : start + len(batch["input_ids"])] = teacher(**batch).float().cpu().numpy()

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from .mixing import interleave, shard_position, weighted_selection
-from .records import Record, SkipCounter, Skipped, iter_records
+from .records import Record, SkipCounter, Skipped, iter_records, split_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,7 @@ def _pair_from(record: Record, english_column: str, translation_column: str) -> 
     return english.strip(), translation.strip()
 
 
-def read_parallel_pairs(
-    path: str, english_column: str, translation_column: str
-) -> Iterator[tuple[str, str] | Skipped]:
+def read_parallel_pairs(path: str, english_column: str, translation_column: str) -> Iterator[tuple[str, str] | Skipped]:
     """(english, translation) pairs of one file, or `Skipped` for unusable rows."""
     for row in iter_records(path, (english_column, translation_column)):
         yield row if isinstance(row, Skipped) else _pair_from(row, english_column, translation_column)
@@ -157,13 +155,13 @@ class DistillationCollator:
         self.teacher_features = teacher_features
 
     def __call__(self, rows: list[dict]) -> dict:
-        skipped = [row["skipped"] for row in rows if "skipped" in row]
-        rows = [row for row in rows if "skipped" not in row]
-        if not rows:
-            raise ValueError(f"Every row of a batch was unusable, e.g. {skipped[0].where}: {skipped[0].reason}.")
+        rows, skipped = split_skipped(rows)
         student = self.student_tokenizer(
             [row["student_text"] for row in rows],
-            padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         batch = {
             "input_ids": student["input_ids"],
@@ -176,7 +174,10 @@ class DistillationCollator:
         else:
             teacher = self.teacher_tokenizer(
                 [row["teacher_text"] for row in rows],
-                padding=True, truncation=True, max_length=self.teacher_max_length, return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.teacher_max_length,
+                return_tensors="pt",
             )
             batch["teacher_input_ids"] = teacher["input_ids"]
             batch["teacher_attention_mask"] = teacher["attention_mask"]

@@ -12,7 +12,14 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    PreTrainedTokenizerFast,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
 
 from modeling_altclip.assets import load_xlmr_tokenizer
 
@@ -74,13 +81,17 @@ def write_shapes_dataset(folder: str | Path, images_per_class: int = 4, seed: in
     for color in COLORS:
         for shape in SHAPES:
             english = caption(color, shape, "en")
-            parallel += [{"english": english, "translation": caption(color, shape, lang), "language": lang}
-                         for lang in LANGUAGES if lang != "en"]
+            parallel += [
+                {"english": english, "translation": caption(color, shape, lang), "language": lang}
+                for lang in LANGUAGES
+                if lang != "en"
+            ]
             for number in range(images_per_class):
                 name = f"images/{color}_{shape}_{number}.png"
                 draw_shape(color, shape, rng).save(folder / name)
-                captions += [{"image": name, "caption": caption(color, shape, lang), "language": lang}
-                             for lang in LANGUAGES]
+                captions += [
+                    {"image": name, "caption": caption(color, shape, lang), "language": lang} for lang in LANGUAGES
+                ]
     paths = {"parallel": folder / "parallel.jsonl", "captions": folder / "captions.jsonl"}
     for key, rows in (("parallel", parallel), ("captions", captions)):
         paths[key].write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
@@ -101,8 +112,12 @@ def english_word_tokenizer() -> PreTrainedTokenizerFast:
         special_tokens=[(token, vocabulary[token]) for token in ("<|startoftext|>", "<|endoftext|>")],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<pad>",
-        unk_token="<unk>", model_max_length=77,
+        tokenizer_object=backend,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=77,
     )
 
 
@@ -111,27 +126,49 @@ def write_tiny_clip(folder: str | Path, seed: int = 0, text_width: int = 32) -> 
     torch.manual_seed(seed)
     tokenizer = english_word_tokenizer()
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_width, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=77, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                           image_size=IMAGE_SIZE, patch_size=8),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=text_width,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=77,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     folder = Path(folder)
     CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    ).save_pretrained(folder)
     return folder
 
 
 def write_tiny_xlmr(folder: str | Path, seed: int = 0) -> Path:
     """A tiny random XLM-R encoder over XLM-R's real 250,002-piece vocabulary, with that tokenizer."""
     torch.manual_seed(seed)
-    config = XLMRobertaConfig(vocab_size=250002, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                              intermediate_size=64, max_position_embeddings=514, type_vocab_size=1,
-                              layer_norm_eps=1e-5)
+    config = XLMRobertaConfig(
+        vocab_size=250002,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+    )
     folder = Path(folder)
     XLMRobertaModel(config).save_pretrained(folder)
     load_xlmr_tokenizer().save_pretrained(folder)

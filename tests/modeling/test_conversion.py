@@ -3,7 +3,7 @@
 import pytest
 import torch
 from tiny_models import TINY_IMAGE_SIZE, random_images
-from transformers import CLIPConfig, CLIPModel, XLMRobertaConfig, XLMRobertaModel, BertConfig, BertModel
+from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, XLMRobertaConfig, XLMRobertaModel
 
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from modeling_altclip.conversion_altclip import build_altclip
@@ -15,10 +15,22 @@ CLIP_TEXT_WIDTH = 40
 def clip_dir(tmp_path_factory, image_processor):
     torch.manual_seed(3)
     config = CLIPConfig(
-        text_config=dict(vocab_size=99, hidden_size=CLIP_TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=37, max_position_embeddings=20),
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                           image_size=TINY_IMAGE_SIZE, patch_size=6),
+        text_config=dict(
+            vocab_size=99,
+            hidden_size=CLIP_TEXT_WIDTH,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=20,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=6,
+        ),
         projection_dim=12,
     )
     model = CLIPModel(config)
@@ -33,8 +45,15 @@ def clip_dir(tmp_path_factory, image_processor):
 @pytest.fixture(scope="module")
 def xlmr_dir(tmp_path_factory, xlmr_tokenizer):
     torch.manual_seed(4)
-    config = XLMRobertaConfig(vocab_size=250002, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                              intermediate_size=37, max_position_embeddings=514, type_vocab_size=1)
+    config = XLMRobertaConfig(
+        vocab_size=250002,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+    )
     path = tmp_path_factory.mktemp("xlmr")
     XLMRobertaModel(config).save_pretrained(path)  # saved with its pooler, as released encoders are
     xlmr_tokenizer.save_pretrained(path)
@@ -70,7 +89,9 @@ def test_built_model_reproduces_clip_image_features_and_encoder_states(clip_dir,
             clip.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output,
         )
         torch.testing.assert_close(
-            model.text_model.roberta(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state,
+            model.text_model.roberta(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            ).last_hidden_state,
             encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state,
         )
 
@@ -86,8 +107,9 @@ def test_built_model_saves_and_reloads(tmp_path, clip_dir, xlmr_dir):
 
 
 def test_builder_rejects_an_encoder_of_another_family(tmp_path, clip_dir):
-    BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                         intermediate_size=37)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'bert' model; AltCLIP's text tower takes an XLM-R-family encoder"):
         build_altclip(clip_dir, tmp_path)
 

@@ -38,7 +38,9 @@ def test_text_feature_is_projected_cls_of_pre_ln_transformation(tiny_model, batc
         hidden = tiny_model.text_model.roberta(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state
-        expected = tiny_model.text_projection(tiny_model.text_model.transformation(tiny_model.text_model.pre_LN(hidden))[:, 0])
+        expected = tiny_model.text_projection(
+            tiny_model.text_model.transformation(tiny_model.text_model.pre_LN(hidden))[:, 0]
+        )
         features = tiny_model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     torch.testing.assert_close(features.pooler_output, expected)
 
@@ -108,7 +110,9 @@ def test_sdpa_and_eager_attention_agree_on_padded_batches(tiny_model_dir, batch)
     assert sdpa.vision_model.config._attn_implementation == "sdpa"
     assert eager.text_model.config._attn_implementation == "eager"
     with torch.no_grad():
-        torch.testing.assert_close(sdpa(**batch).logits_per_image, eager(**batch).logits_per_image, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            sdpa(**batch).logits_per_image, eager(**batch).logits_per_image, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_dtype_argument_loads_half_precision_weights(tiny_model_dir, batch):
@@ -155,7 +159,10 @@ def test_wrong_image_size_is_a_clear_error_unless_interpolating(tiny_model):
     pixels = torch.randn(1, 3, 36, 36)
     with pytest.raises(ValueError, match="36x36 but the vision tower expects 30x30"):
         tiny_model.get_image_features(pixel_values=pixels)
-    assert tiny_model.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True).pooler_output.shape == (1, 16)
+    assert tiny_model.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True).pooler_output.shape == (
+        1,
+        16,
+    )
 
 
 def test_pixel_values_of_wrong_rank_are_a_clear_error(tiny_model):

@@ -76,24 +76,37 @@ def test_transformers_checkpoint_writes_encoder_layer_names(reference_dir):
     [("layer", "layers"), ("layers", "layers"), ("layer", "layer"), ("layers", "layer")],
     ids=["hub-baai", "transformers-module-names", "transformers-5-save", "mixed"],
 )
-def test_both_block_spellings_load_in_either_tower(tmp_path, reference_dir, reference_inputs, text_spelling, vision_spelling):
+def test_both_block_spellings_load_in_either_tower(
+    tmp_path, reference_dir, reference_inputs, text_spelling, vision_spelling
+):
     def rename(key):
-        for tower, spelling in (("text_model.roberta.encoder.", text_spelling), ("vision_model.encoder.", vision_spelling)):
+        for tower, spelling in (
+            ("text_model.roberta.encoder.", text_spelling),
+            ("vision_model.encoder.", vision_spelling),
+        ):
             if key.startswith(tower):
-                block = key[len(tower):].split(".", 1)[1]
+                block = key[len(tower) :].split(".", 1)[1]
                 return f"{tower}{spelling}.{block}"
         return key
 
     path = rewrite_checkpoint(reference_dir, tmp_path / "ckpt", rename=rename)
     assert any(f"text_model.roberta.encoder.{text_spelling}.0." in k for k in load_file(path / "model.safetensors"))
-    assert_same_outputs(transformers.AltCLIPModel.from_pretrained(reference_dir), AltCLIPModel.from_pretrained(path), reference_inputs)
+    assert_same_outputs(
+        transformers.AltCLIPModel.from_pretrained(reference_dir), AltCLIPModel.from_pretrained(path), reference_inputs
+    )
 
 
 def add_baai_stale_fields(config):
     """The extra fields BAAI/AltCLIP's config.json carries from transformers 4 and FlagAI."""
     config.update(direct_kd=False, num_layers=3, _commit_hash=None, torch_dtype="float32")
-    config["text_config"].update(pooler_fn="cls", learn_encoder=False, position_embedding_type="absolute",
-                                 bad_words_ids=None, chunk_size_feed_forward=0, num_beams=1)
+    config["text_config"].update(
+        pooler_fn="cls",
+        learn_encoder=False,
+        position_embedding_type="absolute",
+        bad_words_ids=None,
+        chunk_size_feed_forward=0,
+        num_beams=1,
+    )
     config["vision_config"].update(dropout=0.0, bad_words_ids=None, num_beams=1)
     config["text_config_dict"] = {"hidden_size": config["text_config"]["hidden_size"], "num_hidden_layers": 2}
     config["vision_config_dict"] = {"hidden_size": config["vision_config"]["hidden_size"], "patch_size": 6}
@@ -132,7 +145,9 @@ def test_flagai_checkpoint_with_pooler_and_position_ids_loads(tmp_path, referenc
     config = json.loads((reference_dir / "config.json").read_text())
     add_baai_stale_fields(config)
     (path / "config.json").write_text(json.dumps(config))
-    assert_same_outputs(transformers.AltCLIPModel.from_pretrained(reference_dir), AltCLIPModel.from_pretrained(path), reference_inputs)
+    assert_same_outputs(
+        transformers.AltCLIPModel.from_pretrained(reference_dir), AltCLIPModel.from_pretrained(path), reference_inputs
+    )
 
 
 def test_unknown_weights_are_an_error_naming_them(tmp_path, reference_dir):

@@ -45,7 +45,9 @@ def test_remote_code_loads_where_the_package_cannot_be_imported(tiny_model_dir, 
             pass
         model = AutoModel.from_pretrained({str(tiny_model_dir)!r}, trust_remote_code=True).eval()
         processor = AutoProcessor.from_pretrained({str(tiny_model_dir)!r}, trust_remote_code=True)
-        zero_shot = AutoModelForZeroShotImageClassification.from_pretrained({str(tiny_model_dir)!r}, trust_remote_code=True)
+        zero_shot = AutoModelForZeroShotImageClassification.from_pretrained(
+            {str(tiny_model_dir)!r}, trust_remote_code=True
+        )
         assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
         assert type(processor).__module__.startswith("transformers_modules."), type(processor).__module__
         assert type(zero_shot).__name__ == "AltCLIPModel"

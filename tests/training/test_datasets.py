@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, CLIPImageProcessorPil
+from transformers import CLIPImageProcessorPil
 
 from training.image_text_data import ContrastiveCollator, ImageTextDataset, StreamingImageTextDataset
 from training.records import DataFormatError, Skipped
@@ -22,7 +22,9 @@ def image_processor():
 
 
 def write_jsonl(path, rows):
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n" for row in rows))
+    path.write_text(
+        "".join((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n" for row in rows)
+    )
     return path
 
 
@@ -33,8 +35,10 @@ def png_bytes(mode="RGB", size=(40, 30)):
 
 
 def test_parallel_text_keeps_one_english_pair_per_sentence_and_counts_skips(tmp_path):
-    de = write_jsonl(tmp_path / "de.jsonl", [{"english": "a cat", "translation": "eine Katze"},
-                                            {"english": "a dog", "translation": ""}, "{broken"])
+    de = write_jsonl(
+        tmp_path / "de.jsonl",
+        [{"english": "a cat", "translation": "eine Katze"}, {"english": "a dog", "translation": ""}, "{broken"],
+    )
     fr = write_jsonl(tmp_path / "fr.jsonl", [{"english": "a cat", "translation": "un chat"}])
     dataset = ParallelTextDataset([str(de), str(fr)])
     rows = [dataset[i] for i in range(len(dataset))]
@@ -77,13 +81,19 @@ def test_distillation_collator_tokenizes_for_both_towers_and_passes_skips_on(xlm
     teacher_tokenizer = xlmr_tokenizer  # any tokenizer serves here
     collator = DistillationCollator(xlmr_tokenizer, teacher_tokenizer, max_length=8)
     skipped = Skipped("f:3", "empty translation")
-    batch = collator([{"student_text": "eine Katze", "teacher_text": "a cat"}, {"skipped": skipped},
-                      {"student_text": "a cat " * 20, "teacher_text": "a cat"}])
+    batch = collator(
+        [
+            {"student_text": "eine Katze", "teacher_text": "a cat"},
+            {"skipped": skipped},
+            {"student_text": "a cat " * 20, "teacher_text": "a cat"},
+        ]
+    )
     assert batch["input_ids"].shape == (2, 8) and batch["skipped"] == [skipped]
     assert batch["teacher_input_ids"].shape[0] == 2
     features = np.arange(12, dtype=np.float32).reshape(3, 4)
     cached = DistillationCollator(xlmr_tokenizer, None, teacher_features=features)(
-        [{"student_text": "x", "teacher_text": "y", "teacher_index": 2}])
+        [{"student_text": "x", "teacher_text": "y", "teacher_index": 2}]
+    )
     assert torch.equal(cached["teacher_features"], torch.tensor([[8.0, 9, 10, 11]]))
     with pytest.raises(ValueError, match="Every row of a batch was unusable, e.g. f:3: empty translation"):
         collator([{"skipped": skipped}])
@@ -94,11 +104,17 @@ def test_bad_images_and_empty_captions_are_skipped_not_fatal(tmp_path, image_pro
     (tmp_path / "grey.png").write_bytes(png_bytes("L"))
     (tmp_path / "alpha.png").write_bytes(png_bytes("RGBA"))
     (tmp_path / "corrupt.png").write_bytes(b"not an image")
-    table = write_jsonl(tmp_path / "pairs.jsonl", [
-        {"image": "ok.png", "caption": "a grey square"}, {"image": "grey.png", "caption": "ein graues Quadrat"},
-        {"image": "alpha.png", "caption": "un carré gris"}, {"image": "corrupt.png", "caption": "broken"},
-        {"image": "missing.png", "caption": "missing"}, {"image": "ok.png", "caption": ""},
-    ])
+    table = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"image": "ok.png", "caption": "a grey square"},
+            {"image": "grey.png", "caption": "ein graues Quadrat"},
+            {"image": "alpha.png", "caption": "un carré gris"},
+            {"image": "corrupt.png", "caption": "broken"},
+            {"image": "missing.png", "caption": "missing"},
+            {"image": "ok.png", "caption": ""},
+        ],
+    )
     dataset = ImageTextDataset([str(table)], image_processor)
     rows = [dataset[i] for i in range(len(dataset))]
     reasons = [row["skipped"].reason.split(" (")[0] for row in rows if "skipped" in row]
@@ -118,13 +134,19 @@ def write_shard(path, samples):
 
 
 def test_webdataset_shards_stream_with_txt_or_json_captions(tmp_path, image_processor):
-    shard = write_shard(tmp_path / "shard-0.tar", [
-        ("0001.jpg", png_bytes()), ("0001.txt", "一只猫".encode()),
-        ("0002.png", png_bytes()), ("0002.json", json.dumps({"caption": "a dog"}).encode()),
-        ("0003.txt", b"no image here"),
-        ("0004.jpg", b"corrupt"), ("0004.txt", b"broken image"),
-        ("0005.jpg", png_bytes()),
-    ])
+    shard = write_shard(
+        tmp_path / "shard-0.tar",
+        [
+            ("0001.jpg", png_bytes()),
+            ("0001.txt", "一只猫".encode()),
+            ("0002.png", png_bytes()),
+            ("0002.json", json.dumps({"caption": "a dog"}).encode()),
+            ("0003.txt", b"no image here"),
+            ("0004.jpg", b"corrupt"),
+            ("0004.txt", b"broken image"),
+            ("0005.jpg", png_bytes()),
+        ],
+    )
     rows = list(StreamingImageTextDataset([str(shard)], image_processor))
     kept = [row["caption"] for row in rows if "skipped" not in row]
     assert kept == ["一只猫", "a dog"]
@@ -142,7 +164,8 @@ def test_saved_dataset_with_an_image_column(tmp_path, image_processor):
     images = [Image.new("RGB", (40, 30), color) for color in ("red", "blue")]
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     datasets.Dataset.from_dict({"image": images, "caption": ["rot", "bleu"]}, features=features).save_to_disk(
-        str(tmp_path / "saved"))
+        str(tmp_path / "saved")
+    )
     dataset = ImageTextDataset([str(tmp_path / "saved")], image_processor)
     rows = [dataset[i] for i in range(len(dataset))]
     assert [row["caption"] for row in rows] == ["rot", "bleu"]
@@ -153,6 +176,7 @@ def test_relative_image_paths_can_start_from_an_image_root(tmp_path, image_proce
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "a.png").write_bytes(png_bytes())
     table = write_jsonl(tmp_path / "pairs.jsonl", [{"img": "a.png", "text": "x"}])
-    dataset = ImageTextDataset([str(table)], image_processor, image_column="img", caption_column="text",
-                               image_root=str(tmp_path / "pics"))
+    dataset = ImageTextDataset(
+        [str(table)], image_processor, image_column="img", caption_column="text", image_root=str(tmp_path / "pics")
+    )
     assert "pixel_values" in dataset[0]

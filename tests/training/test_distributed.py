@@ -16,9 +16,26 @@ import pytest
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 REPO = Path(__file__).resolve().parents[2]
-COMMON = ["--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--seed", "0",
-          "--max_steps", "2", "--logging_steps", "1", "--save_steps", "2", "--train_sampling_strategy", "sequential",
-          "--learning_rate", "1e-3"]
+COMMON = [
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--dataloader_num_workers",
+    "0",
+    "--seed",
+    "0",
+    "--max_steps",
+    "2",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "2",
+    "--train_sampling_strategy",
+    "sequential",
+    "--learning_rate",
+    "1e-3",
+]
 
 
 def free_port() -> int:
@@ -28,10 +45,31 @@ def free_port() -> int:
 
 
 def train(stage: str, output_dir: Path, processes: int, batch_per_process: int, *flags: str) -> list[dict]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "training.cli"]
-    command = [*launcher, stage, "--output_dir", str(output_dir), *COMMON,
-               "--per_device_train_batch_size", str(batch_per_process), *flags]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(processes),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "training.cli",
+    ]
+    command = [
+        *launcher,
+        stage,
+        "--output_dir",
+        str(output_dir),
+        *COMMON,
+        "--per_device_train_batch_size",
+        str(batch_per_process),
+        *flags,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -75,6 +113,14 @@ def test_contrastive_without_gradient_through_the_gather_differs(tmp_path, toy, 
 
 
 def test_teacher_learning_two_processes_equal_one_process(tmp_path, toy):
-    flags = ["--clip_model_name_or_path", str(toy["clip"]), "--text_encoder_name_or_path", str(toy["xlmr"]),
-             "--train_files", str(toy["parallel"])]
-    assert_same_steps(train("teacher", tmp_path / "two", 2, 8, *flags), train("teacher", tmp_path / "one", 1, 16, *flags))
+    flags = [
+        "--clip_model_name_or_path",
+        str(toy["clip"]),
+        "--text_encoder_name_or_path",
+        str(toy["xlmr"]),
+        "--train_files",
+        str(toy["parallel"]),
+    ]
+    assert_same_steps(
+        train("teacher", tmp_path / "two", 2, 8, *flags), train("teacher", tmp_path / "one", 1, 16, *flags)
+    )

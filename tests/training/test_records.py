@@ -1,14 +1,13 @@
 """Record readers: formats, errors that name the file and row, skipped rows."""
 
 import json
+import random
 
 import datasets
 import pytest
 
 from training.mixing import interleave, normalised_weights, weighted_selection
 from training.records import DataFormatError, Record, SkipCounter, Skipped, iter_records
-
-import random
 
 
 def rows_of(path, required=("english", "translation")):
@@ -29,7 +28,9 @@ def test_jsonl_csv_tsv_and_saved_datasets_give_the_same_rows(tmp_path):
 
 def test_missing_column_in_a_header_names_file_row_and_columns(tmp_path):
     (tmp_path / "a.csv").write_text("english,text\na cat,un chat\n")
-    with pytest.raises(DataFormatError, match=r"a\.csv:1: the header lacks column\(s\) translation \(it has: english, text\)"):
+    with pytest.raises(
+        DataFormatError, match=r"a\.csv:1: the header lacks column\(s\) translation \(it has: english, text\)"
+    ):
         rows_of(tmp_path / "a.csv")
 
 

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-from stage_runs import logged_losses, run_stage
 from safetensors.torch import load_file
+from stage_runs import logged_losses, run_stage
 from transformers import AutoModel, CLIPModel
 
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
@@ -18,9 +18,21 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def teacher_flags(toy, *extra):
-    return ("--clip_model_name_or_path", str(toy["clip"]), "--text_encoder_name_or_path", str(toy["xlmr"]),
-            "--train_files", str(toy["parallel"]), "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
-            "--logging_steps", "5", *extra)
+    return (
+        "--clip_model_name_or_path",
+        str(toy["clip"]),
+        "--text_encoder_name_or_path",
+        str(toy["xlmr"]),
+        "--train_files",
+        str(toy["parallel"]),
+        "--per_device_train_batch_size",
+        "16",
+        "--learning_rate",
+        "1e-3",
+        "--logging_steps",
+        "5",
+        *extra,
+    )
 
 
 def test_teacher_learning_loss_falls_and_the_result_is_a_complete_model(tmp_path, toy):
@@ -39,9 +51,20 @@ def test_teacher_learning_loss_falls_and_the_result_is_a_complete_model(tmp_path
 
 
 def test_precomputed_teacher_features_give_the_same_losses(tmp_path, toy):
-    common = ("--max_steps", "4", "--logging_steps", "1", "--train_sampling_strategy", "sequential", "--save_steps", "4")
+    common = (
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--train_sampling_strategy",
+        "sequential",
+        "--save_steps",
+        "4",
+    )
     run_stage("teacher", tmp_path / "live", *teacher_flags(toy, *common))
-    summary = run_stage("teacher", tmp_path / "cached", *teacher_flags(toy, *common, "--precompute_teacher_features", "true"))
+    summary = run_stage(
+        "teacher", tmp_path / "cached", *teacher_flags(toy, *common, "--precompute_teacher_features", "true")
+    )
     assert list((tmp_path / "cached" / "teacher_cache").glob("teacher-*.npy"))
     live, cached = logged_losses(tmp_path / "live"), logged_losses(tmp_path / "cached")
     assert live.keys() == cached.keys() == {1, 2, 3, 4}
@@ -51,16 +74,31 @@ def test_precomputed_teacher_features_give_the_same_losses(tmp_path, toy):
 
 
 def test_cosine_distillation_and_streaming_input(tmp_path, toy):
-    summary = run_stage("teacher", tmp_path, *teacher_flags(
-        toy, "--max_steps", "25", "--distillation_loss", "cosine", "--streaming", "true", "--save_strategy", "no"))
+    summary = run_stage(
+        "teacher",
+        tmp_path,
+        *teacher_flags(
+            toy, "--max_steps", "25", "--distillation_loss", "cosine", "--streaming", "true", "--save_strategy", "no"
+        ),
+    )
     assert summary["distillation_loss"] == "cosine" and summary["last_loss"] < summary["first_loss"]
 
 
 def test_teacher_wider_than_the_students_project_dim_is_refused(tmp_path, toy, teacher_model_dir):
     wide_clip = write_tiny_clip(tmp_path / "wide_clip", text_width=40)
     with pytest.raises(ValueError, match=r"text width 40, but the student's transformation maps to project_dim=32"):
-        run_stage("teacher", tmp_path / "out", "--model_name_or_path", str(teacher_model_dir),
-                  "--clip_model_name_or_path", str(wide_clip), "--train_files", str(toy["parallel"]), "--max_steps", "1")
+        run_stage(
+            "teacher",
+            tmp_path / "out",
+            "--model_name_or_path",
+            str(teacher_model_dir),
+            "--clip_model_name_or_path",
+            str(wide_clip),
+            "--train_files",
+            str(toy["parallel"]),
+            "--max_steps",
+            "1",
+        )
 
 
 def test_missing_column_is_reported_with_file_and_row(tmp_path, toy):
@@ -71,13 +109,27 @@ def test_missing_column_is_reported_with_file_and_row(tmp_path, toy):
 
 
 def contrastive_flags(start_dir, toy, *extra):
-    return ("--model_name_or_path", str(start_dir), "--train_files", str(toy["captions"]),
-            "--per_device_train_batch_size", "24", "--learning_rate", "2e-3", "--logging_steps", "5", *extra)
+    return (
+        "--model_name_or_path",
+        str(start_dir),
+        "--train_files",
+        str(toy["captions"]),
+        "--per_device_train_batch_size",
+        "24",
+        "--learning_rate",
+        "2e-3",
+        "--logging_steps",
+        "5",
+        *extra,
+    )
 
 
 def test_contrastive_loss_falls_with_the_image_tower_frozen(tmp_path, toy, teacher_model_dir):
-    summary = run_stage("contrastive", tmp_path, *contrastive_flags(teacher_model_dir, toy, "--max_steps", "60",
-                                                                    "--save_strategy", "no"))
+    summary = run_stage(
+        "contrastive",
+        tmp_path,
+        *contrastive_flags(teacher_model_dir, toy, "--max_steps", "60", "--save_strategy", "no"),
+    )
     assert summary["last_loss"] < 0.85 * summary["first_loss"], summary
     assert summary["image_tower_frozen"] is True
     start, trained = AltCLIPModel.from_pretrained(teacher_model_dir), AltCLIPModel.from_pretrained(tmp_path)
@@ -89,25 +141,44 @@ def test_contrastive_loss_falls_with_the_image_tower_frozen(tmp_path, toy, teach
 
 
 def test_unfreezing_the_image_tower_trains_it(tmp_path, toy, teacher_model_dir):
-    run_stage("contrastive", tmp_path, *contrastive_flags(teacher_model_dir, toy, "--max_steps", "3",
-                                                          "--unfreeze_vision", "true", "--save_strategy", "no"))
+    run_stage(
+        "contrastive",
+        tmp_path,
+        *contrastive_flags(
+            teacher_model_dir, toy, "--max_steps", "3", "--unfreeze_vision", "true", "--save_strategy", "no"
+        ),
+    )
     start, trained = AltCLIPModel.from_pretrained(teacher_model_dir), AltCLIPModel.from_pretrained(tmp_path)
-    assert not torch.equal(trained.vision_model.encoder.layers[0].mlp.fc1.weight, start.vision_model.encoder.layers[0].mlp.fc1.weight)
+    assert not torch.equal(
+        trained.vision_model.encoder.layers[0].mlp.fc1.weight, start.vision_model.encoder.layers[0].mlp.fc1.weight
+    )
 
 
 def test_bad_rows_are_skipped_and_counted(tmp_path, toy, teacher_model_dir):
     rows = toy["captions"].read_text().splitlines()[:40]
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
-    rows += [json.dumps({"image": str(tmp_path / "corrupt.png"), "caption": "broken"}),
-             json.dumps({"image": "images/none.png", "caption": "missing"}),
-             json.dumps({"image": "images/red_circle_0.png", "caption": ""}), "{not json"]
+    rows += [
+        json.dumps({"image": str(tmp_path / "corrupt.png"), "caption": "broken"}),
+        json.dumps({"image": "images/none.png", "caption": "missing"}),
+        json.dumps({"image": "images/red_circle_0.png", "caption": ""}),
+        "{not json",
+    ]
     table = toy["captions"].parent / "with_bad_rows.jsonl"
     table.write_text("\n".join(rows) + "\n")
-    summary = run_stage("contrastive", tmp_path / "out", *contrastive_flags(teacher_model_dir, toy, "--max_steps", "4",
-                        "--save_strategy", "no"), "--train_files", str(table))
+    summary = run_stage(
+        "contrastive",
+        tmp_path / "out",
+        *contrastive_flags(teacher_model_dir, toy, "--max_steps", "4", "--save_strategy", "no"),
+        "--train_files",
+        str(table),
+    )
     assert summary["skipped_records"] >= 4
-    assert set(summary["skipped_by_reason_on_rank0"]) == {"unreadable image", "image file not found", "empty caption",
-                                                          "not valid JSON"}
+    assert set(summary["skipped_by_reason_on_rank0"]) == {
+        "unreadable image",
+        "image file not found",
+        "empty caption",
+        "not valid JSON",
+    }
 
 
 def test_logit_scale_is_clamped_at_100(tmp_path, toy, teacher_model_dir):
@@ -116,8 +187,13 @@ def test_logit_scale_is_clamped_at_100(tmp_path, toy, teacher_model_dir):
         start.logit_scale.fill_(math.log(500.0))
     start.save_pretrained(tmp_path / "hot")
     AltCLIPProcessor.from_pretrained(teacher_model_dir).save_pretrained(tmp_path / "hot")
-    run_stage("contrastive", tmp_path / "out", *contrastive_flags(tmp_path / "hot", toy, "--max_steps", "2",
-                                                                  "--learning_rate", "1e-6", "--save_strategy", "no"))
+    run_stage(
+        "contrastive",
+        tmp_path / "out",
+        *contrastive_flags(
+            tmp_path / "hot", toy, "--max_steps", "2", "--learning_rate", "1e-6", "--save_strategy", "no"
+        ),
+    )
     assert AltCLIPModel.from_pretrained(tmp_path / "out").logit_scale.exp().item() <= 100.0 + 1e-3
 
 
@@ -142,8 +218,15 @@ def test_resuming_gives_the_losses_of_an_uninterrupted_run(tmp_path, toy, teache
 def test_config_file_supplies_flags_and_later_flags_win(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("train_files: [a.jsonl, b.jsonl]\nbf16: true\nlearning_rate: 0.001\nseed: null\n")
-    assert config_file_to_flags(str(config)) == ["--train_files", "a.jsonl", "b.jsonl", "--bf16", "true",
-                                                 "--learning_rate", "0.001"]
+    assert config_file_to_flags(str(config)) == [
+        "--train_files",
+        "a.jsonl",
+        "b.jsonl",
+        "--bf16",
+        "true",
+        "--learning_rate",
+        "0.001",
+    ]
     assert expand_config(["--config", str(config), "--learning_rate", "0.5"])[-2:] == ["--learning_rate", "0.5"]
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(SystemExit, match="must map flag names to values"):
