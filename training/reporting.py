@@ -14,7 +14,7 @@ LOSS_CURVE_FILE = "loss_curve.png"
 SUMMARY_FILE = "training_summary.json"
 
 
-def _replace_atomically(path: Path, write) -> None:
+def replace_atomically(path: Path, write) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     write(partial)
     os.replace(partial, path)
@@ -36,12 +36,12 @@ def save_loss_curve(log_history: list[dict[str, Any]], path: str | os.PathLike, 
     if axis.get_legend_handles_labels()[0]:
         axis.legend()
     figure.tight_layout()
-    _replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
+    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
     plt.close(figure)
     return path
 
 
 def save_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
-    _replace_atomically(path, lambda partial: partial.write_text(json.dumps(summary, indent=2, ensure_ascii=False)))
+    replace_atomically(path, lambda partial: partial.write_text(json.dumps(summary, indent=2, ensure_ascii=False)))
     return path

@@ -11,7 +11,7 @@ from stage_runs import logged_losses, run_stage
 from transformers import AutoModel, CLIPModel
 
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
-from training.cli import config_file_to_flags, expand_config
+from training.config_files import config_file_to_flags, expand_config
 from training.toy_setup import write_tiny_clip
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

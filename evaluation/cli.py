@@ -1,0 +1,172 @@
+"""``altclip-eval zeroshot|retrieval``: the paper's benchmarks (and one's own data) for any AltCLIP checkpoint.
+
+Flags come from `EvalArguments`; ``--config FILE.yaml|json`` supplies them from a file (later flags win).
+Results go to ``--output_dir`` as results.json, results.md, results.png and model_index.json.
+"""
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from training.config_files import expand_config
+
+from .encode import Embedder
+from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, XTD_LANGUAGES, ClassificationSet
+from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir
+from .results import markdown_table, write_results
+from .retrieval import evaluate_retrieval
+from .zeroshot import ClassEmbeddingCache, evaluate_zero_shot
+
+logger = logging.getLogger("evaluation")
+
+TASKS = {"zeroshot": CLASSIFICATION_LOADERS, "retrieval": RETRIEVAL_LOADERS}
+DEFAULT_RETRIEVAL_LANGUAGE = {"flickr30k": "en", "flickr30k_cn": "zh", "coco_cn": "zh", "xtd10": "en"}
+USAGE = """usage: altclip-eval {zeroshot,retrieval} --model PATH_OR_ID --dataset NAME --data_dir DIR [--FLAG VALUE ...]
+
+  zeroshot   zero-shot classification: imagenet1k, cifar10, cifar100, image_folder
+  retrieval  image<->text recall@1/5/10: flickr30k, flickr30k_cn, coco_cn, xtd10, captions
+
+'altclip-eval TASK --help' lists every flag."""
+
+
+def default_cache_dir() -> str:
+    return str(Path(os.environ.get("ALTCLIP_CACHE", Path.home() / ".cache" / "altclip")) / "class_embeddings")
+
+
+@dataclass
+class EvalArguments:
+    model: str = field(metadata={"help": "AltCLIP checkpoint: a folder or a Hub id (BAAI/AltCLIP, BAAI/AltCLIP-m18)."})
+    dataset: str = field(
+        metadata={
+            "help": "zeroshot: imagenet1k|cifar10|cifar100|image_folder; retrieval: "
+            "flickr30k|flickr30k_cn|coco_cn|xtd10|captions."
+        }
+    )
+    data_dir: str = field(metadata={"help": "The local copy of the dataset (layouts in the README)."})
+    output_dir: str = field(default="outputs/eval", metadata={"help": "Where the results files go."})
+    languages: str = field(
+        default="",
+        metadata={
+            "help": "Comma-separated languages, e.g. 'en,cn,de' (zeroshot; clip-benchmark codes: cn, jp, or Babel "
+            "codes) or 'de,fr' (xtd10, captions). Default: en (zeroshot) or the dataset's own language."
+        },
+    )
+    templates: list[str] | None = field(
+        default=None,
+        metadata={"help": "Prompt templates with a {c} slot for image_folder (default: the bare class name)."},
+    )
+    prompts_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of clip-benchmark's class-name/template JSON files (default: the installed package)."
+        },
+    )
+    split: str = field(default="test", metadata={"help": "Split of Karpathy / Chinese-CLIP style retrieval sets."})
+    batch_size: int = field(default=64, metadata={"help": "Images or texts per forward pass."})
+    num_workers: int = field(
+        default=min(4, os.cpu_count() or 1), metadata={"help": "DataLoader workers decoding images."}
+    )
+    device: str = field(default="auto", metadata={"help": "auto (GPU if present), cpu, cuda, cuda:1, ..."})
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16."}
+    )
+    max_text_length: int = field(default=77, metadata={"help": "Token limit of prompts and captions."})
+    cache_dir: str = field(
+        default_factory=default_cache_dir,
+        metadata={"help": "Class embeddings are kept here per model and class list; '' keeps them in memory only."},
+    )
+
+    def language_list(self, default: str) -> list[str]:
+        return [code.strip() for code in (self.languages or default).split(",") if code.strip()]
+
+
+def parse(task: str, argv: Sequence[str]) -> EvalArguments:
+    parser = HfArgumentParser(EvalArguments)
+    parser.prog = f"altclip-eval {task}"
+    (args,) = parser.parse_args_into_dataclasses(args=expand_config(argv))
+    if args.dataset not in TASKS[task]:
+        raise SystemExit(
+            f"altclip-eval {task}: unknown --dataset {args.dataset!r}; choose from {', '.join(TASKS[task])}."
+        )
+    return args
+
+
+def classification_prompts(args: EvalArguments, dataset: ClassificationSet) -> dict[str, ClassPrompts]:
+    """Per language: the folder's own names (classnames.json / folder names) or clip-benchmark's published lists."""
+    languages = args.language_list("en")
+    if args.dataset == "image_folder":
+        prompts = {}
+        for language in languages:
+            names = dataset.classnames_by_language.get(language)
+            if names is None and not dataset.classnames_by_language and len(languages) == 1:
+                names = dataset.classnames  # no classnames.json: the folder names are the class names
+            if names is None:
+                known = ", ".join(dataset.classnames_by_language) or "none (no classnames.json)"
+                raise SystemExit(
+                    f"altclip-eval: {args.data_dir}/classnames.json has no {language!r} names; it has {known}."
+                )
+            prompts[language] = custom_prompts(language, names, args.templates)
+        return prompts
+    folder = prompts_dir(args.prompts_dir)
+    return {language: class_prompts(args.dataset, language, folder, dataset.classnames) for language in languages}
+
+
+def run_zero_shot(args: EvalArguments, make_embedder: Callable[[], Embedder]) -> list[dict]:
+    dataset = CLASSIFICATION_LOADERS[args.dataset](args.data_dir)
+    prompts = classification_prompts(args, dataset)  # data and lists are checked before the model loads
+    return evaluate_zero_shot(make_embedder(), dataset, prompts, ClassEmbeddingCache(args.cache_dir or None))
+
+
+def run_retrieval(args: EvalArguments, make_embedder: Callable[[], Embedder]) -> list[dict]:
+    languages = args.language_list(DEFAULT_RETRIEVAL_LANGUAGE.get(args.dataset, ""))
+    loader = RETRIEVAL_LOADERS[args.dataset]
+    if args.dataset == "xtd10":
+        unknown = sorted(set(languages) - set(XTD_LANGUAGES))
+        if unknown:
+            raise SystemExit(f"altclip-eval: XTD10 has no {', '.join(unknown)}; it has {', '.join(XTD_LANGUAGES)}.")
+    datasets = {language: loader(args.data_dir, language, split=args.split) for language in languages}
+    if not languages:  # a caption table without --languages: all of its rows together
+        datasets = {"all": loader(args.data_dir, None, split=args.split)}
+    embedder, memo = make_embedder(), {}
+    return [evaluate_retrieval(embedder, dataset, language, memo) for language, dataset in datasets.items()]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in TASKS:
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    task = argv[0]
+    args = parse(task, argv[1:])
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+
+    def make_embedder() -> Embedder:
+        return Embedder.from_pretrained(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            max_text_length=args.max_text_length,
+        )
+
+    try:
+        results = (run_zero_shot if task == "zeroshot" else run_retrieval)(args, make_embedder)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        raise SystemExit(f"altclip-eval {task}: {error.args[0] if error.args else error}") from error
+    paths = write_results(results, args.output_dir, args.model)
+    print(markdown_table(results))
+    print("Wrote " + ", ".join(str(path) for path in paths.values()))
+
+
+if __name__ == "__main__":
+    main()

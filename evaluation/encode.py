@@ -1,0 +1,129 @@
+"""Normalised image and text embeddings of a model, batched, with progress bars and skipped-image counting.
+
+Images are decoded and preprocessed in DataLoader workers; texts are embedded longest-first so that each batch
+pads to similar lengths. On a GPU the model runs in half precision unless told otherwise.
+"""
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from training.image_text_data import open_rgb_image
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """``auto``: the GPU if there is one, in bf16 where supported (else fp16); the CPU in fp32."""
+    chosen = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if dtype == "auto":
+        if chosen.type != "cuda":
+            return chosen, torch.float32
+        return chosen, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return chosen, {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+class _PreprocessedImages(Dataset):
+    def __init__(self, sources: Sequence[Any], image_processor):
+        self.sources, self.image_processor = sources, image_processor
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int):
+        source = self.sources[index]
+        try:
+            image = open_rgb_image(source.read() if hasattr(source, "read") else source)
+        except Exception as error:  # any decoding failure: the image is left out and counted
+            return index, None, f"{source}: {type(error).__name__}: {error}"
+        return index, self.image_processor(images=image, return_tensors="pt")["pixel_values"][0], None
+
+
+def _collate(rows):
+    kept = [row for row in rows if row[1] is not None]
+    pixels = torch.stack([row[1] for row in kept]) if kept else None
+    return [row[0] for row in kept], pixels, [row[2] for row in rows if row[1] is None]
+
+
+class Embedder:
+    """Embeds images and texts with one AltCLIP model; ``fingerprint`` identifies its text side for caching."""
+
+    def __init__(
+        self,
+        model: AltCLIPModel,
+        processor: AltCLIPProcessor,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        max_text_length: int = 77,
+    ):
+        self.device, self.dtype = resolve_device_and_dtype(device, dtype)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.processor = processor
+        self.batch_size, self.num_workers, self.max_text_length = batch_size, num_workers, max_text_length
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "Embedder":
+        return cls(AltCLIPModel.from_pretrained(name_or_path), AltCLIPProcessor.from_pretrained(name_or_path), **kwargs)
+
+    @torch.no_grad()
+    def images(self, sources: Sequence[Any], description: str = "images") -> tuple[torch.Tensor, list[int], list[str]]:
+        """(embeddings of the readable images, their indices in `sources`, reasons for the unreadable ones)."""
+        loader = DataLoader(
+            _PreprocessedImages(sources, self.processor.image_processor),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+        )
+        embeddings, kept, failures = [], [], []
+        for indices, pixels, problems in tqdm(loader, desc=f"Embedding {description}", unit="batch"):
+            failures += problems
+            if pixels is None:
+                continue
+            features = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)).pooler_output
+            embeddings.append(F.normalize(features.float(), dim=-1).cpu())
+            kept += indices
+        for problem in failures[:5]:
+            logger.warning("Leaving out unreadable image %s", problem)
+        if not embeddings:
+            raise ValueError(f"None of the {len(sources)} {description} could be read, e.g. {failures[:1]}.")
+        return torch.cat(embeddings), kept, failures
+
+    @torch.no_grad()
+    def texts(self, texts: Sequence[str], description: str = "texts") -> torch.Tensor:
+        """Normalised embeddings of `texts`, in their order."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        embeddings = torch.empty(len(texts), self.model.config.projection_dim)
+        tokenizer = self.processor.tokenizer
+        for start in tqdm(range(0, len(texts), self.batch_size), desc=f"Embedding {description}", unit="batch"):
+            batch = order[start : start + self.batch_size]
+            tokens = tokenizer(
+                [texts[i] for i in batch],
+                padding=True,
+                truncation=True,
+                max_length=self.max_text_length,
+                return_tensors="pt",
+            ).to(self.device)
+            features = self.model.get_text_features(**tokens).pooler_output
+            embeddings[batch] = F.normalize(features.float(), dim=-1).cpu()
+        return embeddings
+
+    def fingerprint(self) -> str:
+        """A checksum of the text side's weights and tokenizer size: equal fingerprints, equal text embeddings."""
+        digest = hashlib.sha256()
+        text_side = [*self.model.text_model.named_parameters(), ("text_projection", self.model.text_projection.weight)]
+        for name, parameter in text_side:
+            flat = parameter.detach().float().flatten()
+            digest.update(f"{name}{tuple(parameter.shape)}{flat.double().sum().item():.10e}".encode())
+            digest.update(flat[:: max(1, flat.numel() // 64)].cpu().numpy().tobytes())
+        digest.update(f"{len(self.processor.tokenizer)}{self.max_text_length}{self.dtype}".encode())
+        return digest.hexdigest()[:20]

@@ -1,0 +1,111 @@
+"""Class names and prompt templates in many languages, from the lists that `clip-benchmark` publishes.
+
+Install the data files without clip-benchmark's dependencies (torchvision, open_clip, a CUDA torch):
+``pip install --no-deps clip-benchmark``. The package is located, never imported.
+
+- ``{lang}_classnames.json`` / ``{lang}_zeroshot_classification_templates.json`` for en, cn, it, jp, ar
+  (templates use ``{c}``);
+- ``babel_imagenet.json``: ImageNet class names in 93 languages, each a subset of the 1000 classes
+  (``{"DE": [[class indices], [names]]}``);
+- ``nllb_dist13b_prompts.json``: CLIP's 80 ImageNet templates machine-translated into 90 languages (``{}``).
+"""
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+PACKAGE = "clip-benchmark"
+NATIVE_LANGUAGES = ("en", "cn", "it", "jp", "ar")  # clip-benchmark's own hand-made lists
+BABEL_FILE = "babel_imagenet.json"
+NLLB_FILE = "nllb_dist13b_prompts.json"
+
+
+@dataclass(frozen=True)
+class ClassPrompts:
+    """The candidate classes of one benchmark in one language: names, templates, and their dataset labels."""
+
+    language: str
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]  # each with a single ``{c}`` slot
+    labels: tuple[int, ...]  # the dataset label of each class (a subset for Babel-ImageNet languages)
+
+    def prompts(self, index: int) -> list[str]:
+        return [template.replace("{c}", self.classnames[index]) for template in self.templates]
+
+
+def prompts_dir(explicit: str | Path | None = None) -> Path:
+    """The folder of clip-benchmark's JSON lists: `explicit`, or the installed package's ``datasets/`` folder."""
+    if explicit is not None:
+        folder = Path(explicit)
+    else:
+        spec = importlib.util.find_spec("clip_benchmark")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                f"Class names and templates come from the PyPI package {PACKAGE}: pip install --no-deps {PACKAGE} "
+                "(or pass --prompts_dir to a folder holding its datasets/*.json files)."
+            )
+        folder = Path(next(iter(spec.submodule_search_locations))) / "datasets"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: no class-name lists there.")
+    return folder
+
+
+@cache
+def _read_json(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall {PACKAGE} or point --prompts_dir elsewhere.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def available_languages(folder: Path) -> list[str]:
+    """Languages with an ImageNet list: clip-benchmark's own and Babel-ImageNet's (lower-case codes)."""
+    babel = {code.lower() for code in _read_json(folder / BABEL_FILE)}
+    native = {lang for lang in NATIVE_LANGUAGES if (folder / f"{lang}_classnames.json").is_file()}
+    return sorted(native | babel)
+
+
+def _babel_code(language: str) -> str:
+    return {"cn": "ZH", "jp": "JA"}.get(language, language).upper()
+
+
+def class_prompts(
+    benchmark: str, language: str, folder: Path, dataset_classnames: list[str] | None = None
+) -> ClassPrompts:
+    """Class names and templates of `benchmark` (e.g. ``imagenet1k``, ``cifar10``) in `language`.
+
+    clip-benchmark's own lists come first; names the dataset carries itself (CIFAR's English names) are used
+    with the published templates; for other languages ImageNet uses Babel-ImageNet names with the NLLB
+    templates. An unknown combination is an error that lists what exists.
+    """
+    names_file = folder / f"{language}_classnames.json"
+    templates_file = folder / f"{language}_zeroshot_classification_templates.json"
+    templates = _read_json(templates_file).get(benchmark) if templates_file.is_file() else None
+    names = _read_json(names_file).get(benchmark) if names_file.is_file() else None
+    if names is None and language == "en":
+        names = dataset_classnames
+    if names is not None:
+        if templates is None and language == "en":
+            templates = ["{c}"]
+        if templates is not None:
+            return ClassPrompts(language, tuple(names), tuple(templates), tuple(range(len(names))))
+    if benchmark == "imagenet1k":
+        babel, nllb = _read_json(folder / BABEL_FILE), _read_json(folder / NLLB_FILE)
+        code = _babel_code(language)
+        if code in babel:
+            labels, names = babel[code]
+            templates = [template.replace("{}", "{c}") for template in nllb.get(code, ["{}"])]
+            return ClassPrompts(language, tuple(names), tuple(templates), tuple(labels))
+    raise KeyError(
+        f"No {benchmark} class names in {language!r}. ImageNet exists in: {', '.join(available_languages(folder))}; "
+        f"English lists exist for: {', '.join(sorted(_read_json(folder / 'en_classnames.json')))}."
+    )
+
+
+def custom_prompts(language: str, classnames: list[str], templates: list[str] | None) -> ClassPrompts:
+    """Prompts for a dataset of one's own: class names as given, templates with ``{c}`` (default: the bare name)."""
+    templates = templates or ["{c}"]
+    if not all("{c}" in template for template in templates):
+        raise ValueError(f"Every template needs a {{c}} slot for the class name; got {templates}.")
+    return ClassPrompts(language, tuple(classnames), tuple(templates), tuple(range(len(classnames))))

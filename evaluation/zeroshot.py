@@ -1,0 +1,97 @@
+"""Zero-shot classification: one text embedding per class (its templates averaged), images ranked against them."""
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .encode import Embedder
+from .loaders import ClassificationSet
+from .metrics import load_metric
+from .prompts import ClassPrompts
+
+logger = logging.getLogger(__name__)
+TOP_K = 5
+
+
+class ClassEmbeddingCache:
+    """Class embeddings by (model fingerprint, class names, templates): in memory, and on disk if given a folder."""
+
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder) if folder else None
+        self.memory: dict[str, torch.Tensor] = {}
+
+    def get(self, embedder: Embedder, prompts: ClassPrompts) -> torch.Tensor:
+        import hashlib
+
+        key = hashlib.sha256(
+            "\0".join([embedder.fingerprint(), *prompts.classnames, "\1", *prompts.templates]).encode()
+        ).hexdigest()[:24]
+        if key in self.memory:
+            return self.memory[key]
+        path = self.folder / f"classes-{key}.pt" if self.folder else None
+        if path is not None and path.is_file():
+            embeddings = torch.load(path, weights_only=True)
+        else:
+            embeddings = class_embeddings(embedder, prompts)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(".partial")
+                torch.save(embeddings, partial)
+                partial.replace(path)
+        self.memory[key] = embeddings
+        return embeddings
+
+
+def class_embeddings(embedder: Embedder, prompts: ClassPrompts) -> torch.Tensor:
+    """[classes, dim]: the mean of each class's normalised template embeddings, normalised again."""
+    texts = [text for index in range(len(prompts.classnames)) for text in prompts.prompts(index)]
+    embeddings = embedder.texts(texts, f"{len(prompts.classnames)} classes x {len(prompts.templates)} templates")
+    per_class = embeddings.view(len(prompts.classnames), len(prompts.templates), -1).mean(dim=1)
+    return torch.nn.functional.normalize(per_class, dim=-1)
+
+
+def rank_classes(image_embeddings: torch.Tensor, class_embeddings_: torch.Tensor, k: int = TOP_K) -> torch.Tensor:
+    """[images, k] class indices, best first."""
+    scores = image_embeddings @ class_embeddings_.t()
+    return scores.topk(min(k, scores.shape[1]), dim=1).indices
+
+
+def evaluate_zero_shot(
+    embedder: Embedder,
+    dataset: ClassificationSet,
+    prompts_by_language: dict[str, ClassPrompts],
+    cache: ClassEmbeddingCache | None = None,
+) -> list[dict]:
+    """One result per language: top-1, top-5, mean per-class recall over the images of that language's classes.
+
+    The images are embedded once. A language whose list names only some classes (Babel-ImageNet) is scored on the
+    images of those classes, with those classes as the candidates.
+    """
+    cache = cache or ClassEmbeddingCache()
+    image_embeddings, kept, failures = embedder.images(dataset.images, f"{dataset.name} images")
+    labels = torch.tensor([dataset.labels[i] for i in kept])
+    metric = load_metric("zeroshot_accuracy")
+    results = []
+    for language, prompts in prompts_by_language.items():
+        class_labels = torch.tensor(prompts.labels)
+        members = torch.isin(labels, class_labels)
+        if not members.any():
+            raise ValueError(f"No image of {dataset.name} belongs to a class named in {language}.")
+        ranked = class_labels[rank_classes(image_embeddings[members], cache.get(embedder, prompts))]
+        ks = [1, TOP_K] if ranked.shape[1] >= TOP_K else [1]
+        scores = metric.compute(predictions=ranked.tolist(), references=labels[members].tolist(), ks=ks)
+        results.append(
+            {
+                "task": "zero-shot classification",
+                "dataset": dataset.name,
+                "language": language,
+                "num_classes": len(prompts.classnames),
+                "num_templates": len(prompts.templates),
+                "num_images": int(members.sum()),
+                "skipped_images": len(failures),
+                "metrics": {name: round(100 * value, 2) for name, value in scores.items()},
+            }
+        )
+        logger.info("%s %s: %s", dataset.name, language, results[-1]["metrics"])
+    return results

@@ -1,0 +1,213 @@
+"""``altclip-eval`` end to end on a tiny saved model and small copies of every layout; its numbers checked against
+the model's own forward pass, its files, its class-embedding cache and its errors."""
+
+import json
+
+import pytest
+import torch
+from dataset_layouts import (
+    CLASSES,
+    write_caption_table,
+    write_chinese_clip_format,
+    write_cifar,
+    write_image_folder,
+    write_imagenet_val,
+    write_karpathy,
+    write_xtd,
+)
+
+import evaluation.zeroshot
+from evaluation.cli import main
+from evaluation.encode import Embedder
+from evaluation.loaders import load_caption_table, load_image_folder
+from evaluation.prompts import class_prompts, prompts_dir
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from training.image_text_data import open_rgb_image
+
+
+def run_eval(task, model_dir, dataset, data_dir, output_dir, *flags):
+    main(
+        [
+            task,
+            "--model",
+            str(model_dir),
+            "--dataset",
+            dataset,
+            "--data_dir",
+            str(data_dir),
+            "--output_dir",
+            str(output_dir),
+            "--num_workers",
+            "0",
+            "--batch_size",
+            "4",
+            *map(str, flags),
+        ]
+    )
+    return json.loads((output_dir / "results.json").read_text())["results"]
+
+
+@torch.no_grad()
+def model_scores(model_dir, images, texts) -> torch.Tensor:
+    """[images, texts] logits straight from AltCLIPModel.forward: the reference the CLI must agree with."""
+    model, processor = AltCLIPModel.from_pretrained(model_dir).eval(), AltCLIPProcessor.from_pretrained(model_dir)
+    inputs = processor(
+        text=texts, images=[open_rgb_image(image) for image in images], padding=True, return_tensors="pt"
+    )
+    return model(**inputs).logits_per_image
+
+
+def test_zero_shot_image_folder_in_three_languages(tmp_path, tiny_model_dir):
+    data = write_image_folder(tmp_path / "folder", per_class=3)
+    results = run_eval(
+        "zeroshot",
+        tiny_model_dir,
+        "image_folder",
+        data,
+        tmp_path / "out",
+        "--languages",
+        "en,de,zh",
+        "--cache_dir",
+        tmp_path / "cache",
+    )
+    assert [r["language"] for r in results] == ["en", "de", "zh"]
+    dataset = load_image_folder(data)
+    labels = torch.tensor(dataset.labels)
+    for result in results:
+        scores = model_scores(tiny_model_dir, dataset.images, CLASSES[result["language"]])
+        expected_top1 = 100 * (scores.argmax(dim=1) == labels).float().mean().item()
+        assert result["metrics"]["top1"] == pytest.approx(expected_top1, abs=0.01)
+        assert result["num_images"] == 9 and result["num_classes"] == 3 and "top5" not in result["metrics"]
+    for name in ("results.md", "model_index.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
+    index = json.loads((tmp_path / "out" / "model_index.json").read_text())
+    assert {"task_type": "zero-shot-image-classification", "metric_type": "top1"}.items() <= index[0].items()
+    assert len(list((tmp_path / "cache").glob("classes-*.pt"))) == 3
+
+
+def test_class_embeddings_come_from_the_disk_cache(tmp_path, tiny_model_dir, monkeypatch):
+    data = write_image_folder(tmp_path / "folder")
+    flags = ("--languages", "de", "--cache_dir", tmp_path / "cache", "--templates", "ein Foto von {c}", "{c}")
+    first = run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "a", *flags)
+
+    def fail(*args):
+        raise AssertionError("class embeddings were recomputed")
+
+    monkeypatch.setattr(evaluation.zeroshot, "class_embeddings", fail)
+    assert run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "b", *flags) == first
+    with pytest.raises(AssertionError, match="recomputed"):  # other templates: another cache entry
+        run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "c", *flags[:-1])
+
+
+def test_zero_shot_cifar_with_published_templates(tmp_path, tiny_model_dir):
+    (result,) = run_eval("zeroshot", tiny_model_dir, "cifar10", write_cifar(tmp_path / "cifar"), tmp_path / "out")
+    assert result["num_classes"] == 10 and result["num_templates"] == len(
+        class_prompts("cifar10", "en", prompts_dir(), ["x"] * 10).templates
+    )
+    assert set(result["metrics"]) == {"top1", "top5", "mean_per_class_recall"}
+
+
+@pytest.mark.slow
+def test_zero_shot_imagenet_english_and_babel_german(tmp_path, tiny_model_dir):
+    german_labels = class_prompts("imagenet1k", "de", prompts_dir()).labels
+    outside = next(label for label in range(1000) if label not in german_labels)
+    data = write_imagenet_val(tmp_path / "imagenet", images_in=(german_labels[0], german_labels[1], outside))
+    english, german = run_eval(
+        "zeroshot",
+        tiny_model_dir,
+        "imagenet1k",
+        data,
+        tmp_path / "out",
+        "--languages",
+        "en,de",
+        "--cache_dir",
+        "",
+        "--batch_size",
+        "512",
+    )
+    assert english["num_images"] == 3 and english["num_classes"] == 1000
+    assert german["num_images"] == 2 and german["num_classes"] == len(german_labels)  # only its classes' images
+
+
+def test_retrieval_matches_the_model_forward(tmp_path, tiny_model_dir):
+    data = write_caption_table(tmp_path / "table")
+    (result,) = run_eval("retrieval", tiny_model_dir, "captions", data, tmp_path / "out", "--languages", "de")
+    dataset = load_caption_table(data, "de")
+    scores = model_scores(tiny_model_dir, dataset.images, dataset.captions)
+    owner = torch.tensor(dataset.caption_image)
+    image_to_text_r1 = (owner[scores.argmax(dim=1)] == torch.arange(len(dataset.images))).float().mean()
+    text_to_image_r1 = (scores.argmax(dim=0) == owner).float().mean()
+    assert result["metrics"]["image_to_text_recall@1"] == pytest.approx(100 * image_to_text_r1.item(), abs=0.01)
+    assert result["metrics"]["text_to_image_recall@1"] == pytest.approx(100 * text_to_image_r1.item(), abs=0.01)
+    assert result["num_images"] == 4 and result["num_captions"] == 8 and len(result["metrics"]) == 7
+
+
+def test_retrieval_layouts(tmp_path, tiny_model_dir, monkeypatch):
+    (flickr,) = run_eval("retrieval", tiny_model_dir, "flickr30k", write_karpathy(tmp_path / "f30k"), tmp_path / "a")
+    assert (flickr["language"], flickr["num_images"], flickr["num_captions"]) == ("en", 4, 8)
+    (chinese,) = run_eval(
+        "retrieval",
+        tiny_model_dir,
+        "flickr30k_cn",
+        write_chinese_clip_format(tmp_path / "cn"),
+        tmp_path / "b",
+        "--num_workers",
+        "2",
+    )  # base64 images decoded in worker processes
+    assert (chinese["language"], chinese["num_images"], chinese["skipped_images"]) == ("zh", 4, 0)
+
+    calls = []
+    original = Embedder.images
+    monkeypatch.setattr(Embedder, "images", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    xtd = run_eval(
+        "retrieval", tiny_model_dir, "xtd10", write_xtd(tmp_path / "xtd"), tmp_path / "c", "--languages", "en,de,zh"
+    )
+    assert [r["dataset"] for r in xtd] == ["xtd10_en", "xtd10_de", "xtd10_zh"]
+    assert len(calls) == 1  # one image set, embedded once for the three languages
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path, tiny_model_dir):
+    data = write_caption_table(tmp_path / "table")
+    (data / "images" / "2.png").write_bytes(b"not a png")
+    (result,) = run_eval("retrieval", tiny_model_dir, "captions", data, tmp_path / "out", "--languages", "en")
+    assert (result["num_images"], result["num_captions"], result["skipped_images"]) == (3, 6, 1)
+
+
+@pytest.mark.parametrize(
+    "task, dataset, make, flags, message",
+    [
+        ("zeroshot", "image_folder", lambda p: p / "nowhere", [], "nowhere is missing. Expected layout"),
+        (
+            "zeroshot",
+            "image_folder",
+            write_image_folder,
+            ["--languages", "fr"],
+            "classnames.json has no 'fr' names; it has en, de, zh",
+        ),
+        ("zeroshot", "imagenet1k", write_image_folder, [], "holds 0 WordNet-id class folders"),
+        ("zeroshot", "cifar10", write_cifar, ["--languages", "tlh"], "No cifar10 class names in 'tlh'"),
+        ("zeroshot", "mnist_digits", write_image_folder, [], "unknown --dataset 'mnist_digits'"),
+        ("retrieval", "flickr30k_cn", lambda p: p, [], "test_imgs.tsv is missing"),
+        ("retrieval", "xtd10", write_xtd, ["--languages", "de,xx"], "XTD10 has no xx"),
+    ],
+)
+def test_errors_name_the_problem_before_loading_the_model(tmp_path, capsys, task, dataset, make, flags, message):
+    data = make(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                task,
+                "--model",
+                str(tmp_path / "no-model-here"),
+                "--dataset",
+                dataset,
+                "--data_dir",
+                str(data),
+                "--output_dir",
+                str(tmp_path / "out"),
+                *flags,
+            ]
+        )
+    assert message in str(exit_info.value.code)
+    assert not (tmp_path / "out").exists()

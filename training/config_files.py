@@ -1,0 +1,50 @@
+"""``--config FILE.yaml|json`` for the command-line tools: a file of flags that later flags override."""
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+
+def config_file_to_flags(path: str) -> list[str]:
+    """A YAML/JSON mapping of flag names to values, as command-line flags."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise SystemExit(f"cannot read config file {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise SystemExit(f"{path} must map flag names to values.")
+    flags: list[str] = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        flags.append(f"--{name}")
+        if isinstance(value, bool):
+            flags.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            flags.extend(str(item) for item in value)
+        elif isinstance(value, dict):
+            flags.append(json.dumps(value))
+        else:
+            flags.append(str(value))
+    return flags
+
+
+def expand_config(argv: Sequence[str]) -> list[str]:
+    """Replaces ``--config FILE`` by the flags it holds, where it stands (so later flags override it)."""
+    expanded, index = [], 0
+    while index < len(argv):
+        if argv[index] == "--config":
+            if index + 1 >= len(argv):
+                raise SystemExit("--config needs a file.")
+            expanded.extend(config_file_to_flags(argv[index + 1]))
+            index += 2
+        elif argv[index].startswith("--config="):
+            expanded.extend(config_file_to_flags(argv[index].split("=", 1)[1]))
+            index += 1
+        else:
+            expanded.append(argv[index])
+            index += 1
+    return expanded
