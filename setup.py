@@ -15,11 +15,18 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["modeling_altclip", "modeling_altclip.*", "training", "training.*", "evaluation", "evaluation.*"]
+        include=["modeling_altclip*", "training*", "evaluation*", "hub*", "demo*"]
     ),
-    package_data={"training": ["configs/*.yaml", "configs/*.json"], "evaluation": ["metrics/*/*.py", "metrics/*/*.md"]},
+    package_data={"training": ["configs/*.yaml", "configs/*.json"], "evaluation": ["metrics/*/*.py", "metrics/*/*.md"],
+                  "hub": ["*.md"]},
     entry_points={
-        "console_scripts": ["altclip-train = training.cli:main", "altclip-eval = evaluation.cli:main"]
+        "console_scripts": [
+            "altclip-train = training.cli:main",
+            "altclip-eval = evaluation.cli:main",
+            "altclip-push = hub.cli:main",
+            "altclip-push-space = hub.cli:space_main",
+            "altclip-demo = demo.app:main",
+        ]
     },
     install_requires=[
         "torch>=2.4",
@@ -37,9 +44,12 @@ setup(
         "tqdm>=4.66",
         # evaluation (class names and templates: pip install --no-deps clip-benchmark)
         "evaluate>=0.4",
+        # hub
+        "jinja2>=3",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "demo": ["gradio>=5", "pandas", "scikit-image>=0.22"],
+        "test": ["pytest>=8", "gradio>=5", "gradio_client>=1", "pandas", "scikit-image>=0.22", "playwright>=1.40"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -27,3 +27,25 @@ def load_xlmr_tokenizer():
     from transformers import XLMRobertaTokenizer
 
     return XLMRobertaTokenizer(tokenizer_file=str(xlmr_tokenizer_file()), model_max_length=XLMR_MAX_LENGTH)
+
+
+DEFAULT_MODEL_ENV = "ALTCLIP_DEFAULT_MODEL"
+
+
+def default_model_dir() -> Path:
+    """The package's default model: ``$ALTCLIP_DEFAULT_MODEL``, else the one the README's main command builds
+    and caches in ``~/.cache/altclip/default_model`` (``$ALTCLIP_CACHE`` moves that folder)."""
+    if os.environ.get(DEFAULT_MODEL_ENV):
+        return Path(os.environ[DEFAULT_MODEL_ENV])
+    return Path(os.environ.get("ALTCLIP_CACHE", Path.home() / ".cache" / "altclip")) / "default_model"
+
+
+def require_default_model() -> Path:
+    """`default_model_dir()` if it holds a model, else an error saying how to get one."""
+    path = default_model_dir()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"No default AltCLIP model at {path}. Build it offline with `bash scripts/quickstart.sh`, "
+            f"set {DEFAULT_MODEL_ENV} to a model folder, or pass a model (folder or Hub id) explicitly."
+        )
+    return path

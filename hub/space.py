@@ -1,0 +1,65 @@
+"""A Gradio Space for the demo: ``app.py``, ``requirements.txt``, a README with the Space metadata, and the two
+packages the app runs (``demo/`` and the flat ``modeling_altclip/``), copied as source."""
+
+import shutil
+from pathlib import Path
+
+from huggingface_hub import SpaceCardData
+
+import demo
+import modeling_altclip
+
+from .staging import PushRefused
+
+APP = '''"""AltCLIP multilingual demo (Hugging Face Space): zero-shot classification, search and caption ranking."""
+
+import os
+
+from demo.app import build_demo
+from demo.engine import DemoEngine
+
+demo = build_demo(DemoEngine(os.environ.get("ALTCLIP_MODEL", {model!r})))
+
+if __name__ == "__main__":
+    demo.launch()
+'''
+REQUIREMENTS = """torch>=2.4
+transformers>=5.24,<6
+safetensors>=0.4
+gradio>=5
+pandas
+pillow>=10
+scikit-image
+"""
+SPACE_README = """---
+{metadata}
+---
+
+# AltCLIP multilingual demo
+
+Zero-shot image classification, text-to-image search and image-to-text ranking in many languages with
+[{model}](https://huggingface.co/{model}), made with the `altclip` package (`altclip-push-space`).
+"""
+
+
+def prepare_space_folder(target: str | Path, model: str, title: str = "AltCLIP multilingual demo") -> list[str]:
+    """Writes the Space into the empty (or new) folder `target`; returns its relative file paths."""
+    target = Path(target)
+    if target.exists() and any(target.iterdir()):
+        raise PushRefused(f"{target} is not empty; the Space folder must start empty.")
+    target.mkdir(parents=True, exist_ok=True)
+    for package in (demo, modeling_altclip):
+        source = Path(package.__file__).parent
+        shutil.copytree(source, target / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (target / "app.py").write_text(APP.format(model=model), encoding="utf-8")
+    (target / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
+    metadata = SpaceCardData(
+        title=title,
+        sdk="gradio",
+        app_file="app.py",
+        models=[model],
+        license="apache-2.0",
+        tags=["altclip", "multilingual", "zero-shot-image-classification"],
+    )
+    (target / "README.md").write_text(SPACE_README.format(metadata=metadata.to_yaml(), model=model), encoding="utf-8")
+    return sorted(str(path.relative_to(target)) for path in target.rglob("*") if path.is_file())

@@ -1,0 +1,77 @@
+"""The folder that a push uploads: the checkpoint re-saved from a model that was just loaded and run once.
+
+Re-saving (instead of copying the user's folder) guarantees safetensors weights, a config with `auto_map`, the
+modeling code for `trust_remote_code` and the processor files, and nothing else: no pickles, optimizer states or
+stray files from the training folder.
+"""
+
+import shutil
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+
+from .model_card import CardOptions, build_model_card
+
+ALLOWED_SUFFIXES = {".safetensors", ".json", ".py", ".md", ".png", ".txt", ".model"}
+COPIED_FROM_MODEL_DIR = ("training_summary.json", "loss_curve.png")
+
+
+class PushRefused(RuntimeError):
+    """The checkpoint or the folder to push is not fit to be published; the message says why."""
+
+
+def load_checked(model_dir: str | Path) -> tuple[AltCLIPModel, AltCLIPProcessor]:
+    """Loads model and processor and runs one forward pass on a blank image and two captions."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise PushRefused(f"{model_dir} is not a model folder: it has no config.json.")
+    try:
+        model = AltCLIPModel.from_pretrained(model_dir, dtype="auto").eval()
+        processor = AltCLIPProcessor.from_pretrained(model_dir)
+    except Exception as error:  # whatever stops loading stops the push, with the loader's own message
+        raise PushRefused(f"{model_dir} does not load: {type(error).__name__}: {error}") from error
+    smoke_test(model, processor, model_dir)
+    return model, processor
+
+
+@torch.no_grad()
+def smoke_test(model: AltCLIPModel, processor: AltCLIPProcessor, where: Path) -> None:
+    """One forward pass: finite logits of the expected shape, or `PushRefused`."""
+    try:
+        inputs = processor(
+            text=["a photo of a cat", "一张猫的照片"],
+            images=Image.new("RGB", (64, 48), (120, 90, 60)),
+            return_tensors="pt",
+            padding=True,
+        )
+        logits = model(**inputs).logits_per_image
+    except Exception as error:
+        raise PushRefused(f"{where}: the forward pass fails: {type(error).__name__}: {error}") from error
+    if logits.shape != (1, 2) or not torch.isfinite(logits).all():
+        raise PushRefused(
+            f"{where}: the forward pass gives {logits.tolist()} (shape {tuple(logits.shape)}), not two finite logits."
+        )
+
+
+def prepare_upload_folder(model_dir: str | Path, target: str | Path, repo_id: str, options: CardOptions) -> list[str]:
+    """Writes into the empty (or new) folder `target` exactly what would be uploaded; returns its relative paths."""
+    model_dir, target = Path(model_dir), Path(target)
+    if target.exists() and any(target.iterdir()):
+        raise PushRefused(f"{target} is not empty; the upload folder must start empty (nothing of yours is replaced).")
+    model, processor = load_checked(model_dir)
+    card = build_model_card(model, model_dir, repo_id, options)  # checks the results files before writing
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    card.save(target / "README.md")
+    for name in COPIED_FROM_MODEL_DIR:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, target / name)
+    files = sorted(str(path.relative_to(target)) for path in target.rglob("*") if path.is_file())
+    unexpected = [name for name in files if Path(name).suffix not in ALLOWED_SUFFIXES]
+    if unexpected:
+        raise PushRefused(f"Refusing to upload {unexpected}: only {sorted(ALLOWED_SUFFIXES)} files are published.")
+    return files

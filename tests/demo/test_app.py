@@ -1,0 +1,123 @@
+"""The Gradio app launched on 127.0.0.1: driven through its API with `gradio_client`, and in a real headless
+Chromium (Debian's package) that runs an example and finds the result, saving a screenshot."""
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from tiny_models import random_images
+
+from demo.app import build_demo
+from demo.engine import DemoEngine
+from demo.examples import example_photos
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dir):
+    """The app on a free port, with the tiny model (or $ALTCLIP_DEMO_MODEL, used for the README's screenshot)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    app = build_demo(DemoEngine(os.environ.get("ALTCLIP_DEMO_MODEL", tiny_model_dir), device="cpu"))
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def test_classify_through_the_api(client):
+    labels, chart = client.predict(
+        handle_file(example_photos()[1]), "Katze, Rakete\n猫", "ein Foto von {}", api_name="/classify"
+    )
+    confidences = {entry["label"]: entry["confidence"] for entry in labels["confidences"]}
+    assert set(confidences) == {"Katze", "Rakete", "猫"} and sum(confidences.values()) == pytest.approx(1, abs=1e-4)
+    assert [row[0] for row in chart["data"]] == [entry["label"] for entry in labels["confidences"]]
+
+
+def test_search_and_caption_ranking_through_the_api(client, tmp_path):
+    matches, note = client.predict("eine Katze", None, api_name="/search")  # the bundled photos
+    assert len(matches) == 5 and note == ""
+    ranking = client.predict(handle_file(example_photos()[0]), "an astronaut\n一只猫", api_name="/rank_captions")
+    assert {entry["label"] for entry in ranking["confidences"]} == {"an astronaut", "一只猫"}
+    random_images(1)[0].save(tmp_path / "mine.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    matches, note = client.predict(
+        "x", [handle_file(str(tmp_path / "mine.png")), handle_file(str(tmp_path / "broken.png"))], api_name="/search"
+    )
+    assert len(matches) == 1 and "Left out 1 unreadable file" in note
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ((None, "cat", "{}"), "Please upload an image first"),
+        (("photo", "  ", "{}"), "at least one label"),
+        (("photo", ",".join(map(str, range(60))), "{}"), "60 labels is too many"),
+        (("photo", "cat", "no slot"), "exactly one {}"),
+        (("broken", "cat", "{}"), "Could not read the image"),
+    ],
+)
+def test_bad_input_is_a_message_and_the_queue_goes_on(client, tmp_path, arguments, message):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    files = {"photo": handle_file(example_photos()[2]), "broken": handle_file(str(tmp_path / "broken.png")), None: None}
+    with pytest.raises(Exception, match=message):
+        client.predict(files[arguments[0]], *arguments[1:], api_name="/classify")
+    labels, _ = client.predict(handle_file(example_photos()[2]), "cup, cat", "{}", api_name="/classify")
+    assert len(labels["confidences"]) == 2  # the app still answers
+
+
+@pytest.mark.slow
+def test_headless_chromium_runs_an_example(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    screenshot = Path(os.environ.get("ALTCLIP_SCREENSHOT_DIR", tmp_path)) / "demo_screenshot.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url)
+        page.get_by_text("Examples (labels in several languages)").wait_for(timeout=60_000)
+        page.locator(".gallery-item, tr.tr-body, button.gallery-item").nth(1).click()  # the German example
+        expect(page.get_by_label("Labels (comma or newline separated, at most 50)")).to_have_value(
+            "Katze, Astronautin, Rakete, Tasse Kaffee, Motorrad", timeout=30_000
+        )
+        page.get_by_role("button", name="Classify").click()
+        best = page.locator("[data-testid='label-output-value']").first  # the top label, in large type
+        expect(best).to_have_text(re.compile("^(Katze|Astronautin|Rakete|Tasse Kaffee|Motorrad)$"), timeout=60_000)
+        expect(page.locator(".confidence-set, [data-testid='label-output-confidences']").first).to_contain_text("%")
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_command_without_a_default_model_says_how_to_get_one(tmp_path, monkeypatch):
+    from demo.app import main
+
+    monkeypatch.setenv("ALTCLIP_DEFAULT_MODEL", str(tmp_path / "none"))
+    with pytest.raises(SystemExit, match="No default AltCLIP model at .*none. Build it offline"):
+        main([])
+    with pytest.raises(SystemExit, match="neither a folder nor a Hub id"):
+        main(["--model", "not-a-model"])

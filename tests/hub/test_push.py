@@ -1,0 +1,216 @@
+"""altclip-push and altclip-push-space: the dry-run folder, refusals, and real one-commit uploads through
+`huggingface_hub` to a Hub-API server that the test runs on 127.0.0.1."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fake_hub import FakeHub
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
+from tiny_models import random_images
+
+from hub.cli import main, space_main
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+
+TOKEN = "hf_test_token"
+MODEL_FILES = {
+    "README.md",
+    "config.json",
+    "configuration_altclip.py",
+    "modeling_altclip.py",
+    "processing_altclip.py",
+    "processor_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def no_stored_login(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no `hf auth login` token from this machine
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.fixture
+def training_output(tmp_path, tiny_model_dir) -> Path:
+    """A model folder as training leaves it: the model plus a summary, checkpoints, pickles and an optimizer."""
+    folder = tmp_path / "trained"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "training_summary.json").write_text(
+        json.dumps({"stage": "contrastive", "global_step": 7, "first_loss": 2.0, "last_loss": 1.5})
+    )
+    (folder / "checkpoint-7").mkdir()
+    (folder / "checkpoint-7" / "optimizer.pt").write_bytes(b"optimizer state")
+    (folder / "training_args.bin").write_bytes(b"a pickle")
+    (folder / "notes.txt").write_text("private notes")
+    return folder
+
+
+@pytest.fixture
+def eval_results(tmp_path) -> Path:
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    results = [
+        {
+            "task": "zero-shot classification",
+            "dataset": "imagenet1k",
+            "language": "cn",
+            "metrics": {"top1": 12.5, "top5": 30.0},
+        },
+        {"task": "retrieval", "dataset": "xtd10_de", "language": "de", "metrics": {"mean_recall": 44.4}},
+    ]
+    (folder / "results.json").write_text(json.dumps({"model": "x", "results": results}))
+    return folder
+
+
+def push(*argv: str) -> None:
+    main([*map(str, argv)])
+
+
+def test_dry_run_writes_exactly_the_model_files_and_a_real_card(tmp_path, training_output, eval_results, capsys):
+    target = tmp_path / "upload"
+    push(
+        training_output,
+        "someone/tiny-altclip",
+        "--dry-run",
+        target,
+        "--results",
+        eval_results,
+        "--base-model",
+        "openai/clip-vit-base-patch32",
+        "FacebookAI/xlm-roberta-base",
+        "--dataset",
+        "laion/laion2B-en",
+    )
+    files = {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()}
+    assert files == MODEL_FILES | {"training_summary.json"}  # no checkpoint, pickle, optimizer or notes
+    assert "Dry run: 10 files" in capsys.readouterr().out
+
+    card = ModelCard.load(target / "README.md")
+    assert card.data.pipeline_tag == "zero-shot-image-classification" and card.data.library_name == "transformers"
+    assert card.data.language == ["zh", "de"] and card.data.license == "apache-2.0"
+    assert card.data.base_model == ["openai/clip-vit-base-patch32", "FacebookAI/xlm-roberta-base"]
+    assert card.data.datasets == ["laion/laion2B-en"]
+    assert {(r.dataset_type, r.metric_type, r.metric_value) for r in card.data.eval_results} == {
+        ("imagenet1k", "top1", 12.5),
+        ("imagenet1k", "top5", 30.0),
+        ("xtd10_de", "mean_recall", 44.4),
+    }
+    assert 'AutoModel.from_pretrained("someone/tiny-altclip", trust_remote_code=True)' in card.text
+    assert "| imagenet1k | cn | 12.50 | 30.00 |" in card.text and "7 steps (loss 2.000 → 1.500)" in card.text
+
+    config = json.loads((target / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_altclip.AltCLIPModel"
+    original, published = AltCLIPModel.from_pretrained(training_output), AltCLIPModel.from_pretrained(target)
+    inputs = AltCLIPProcessor.from_pretrained(target)(text=["ein Hund"], images=random_images(1), return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(original(**inputs).logits_per_image, published(**inputs).logits_per_image)
+
+
+def test_broken_checkpoints_are_refused(tmp_path, training_output):
+    weights = training_output / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["logit_scale"] = torch.tensor(float("nan"))
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(SystemExit, match="the forward pass gives.*not two finite logits"):
+        push(training_output, "someone/x", "--dry-run", tmp_path / "a")
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    with pytest.raises(SystemExit, match="does not load"):
+        push(training_output, "someone/x", "--dry-run", tmp_path / "b")
+    with pytest.raises(SystemExit, match="has no config.json"):
+        push(tmp_path, "someone/x", "--dry-run", tmp_path / "c")
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_dry_run_never_writes_into_a_used_folder(tmp_path, tiny_model_dir):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="is not empty"):
+        push(tiny_model_dir, "someone/x", "--dry-run", target)
+    assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_upload_arrives_in_one_commit_on_a_branch(tmp_path, training_output, no_stored_login, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    push(training_output, "someone/tiny-altclip", "--dry-run", tmp_path / "expected")
+    with FakeHub(TOKEN) as hub:
+        push(
+            training_output,
+            "someone/tiny-altclip",
+            "--private",
+            "--revision",
+            "dev",
+            "--commit-message",
+            "First model",
+            "--endpoint",
+            hub.endpoint,
+        )
+    record = hub.record
+    assert record.repos["someone/tiny-altclip"]["visibility"] == "private"
+    assert record.branches == [("someone/tiny-altclip", "dev")]
+    (commit,) = record.commits
+    assert (commit.repo_id, commit.revision, commit.message) == ("someone/tiny-altclip", "dev", "First model")
+    assert set(commit.files) == MODEL_FILES | {"training_summary.json"}
+    assert record.validated_metadata[0]["pipeline_tag"] == "zero-shot-image-classification"
+    for name, content in commit.files.items():
+        assert content == (tmp_path / "expected" / name).read_bytes(), name
+    assert "Uploaded 10 files to someone/tiny-altclip in one commit" in capsys.readouterr().out
+
+
+def test_command_line_upload_with_endpoint_and_token_from_the_environment(tmp_path, tiny_model_dir):
+    with FakeHub(TOKEN) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf")}
+        done = subprocess.run(
+            [sys.executable, "-m", "hub.cli", str(tiny_model_dir), "someone/cli-model"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (commit,) = hub.record.commits
+    assert set(commit.files) == MODEL_FILES and commit.revision == "main"
+    assert hub.record.repos["someone/cli-model"].get("visibility", "public") == "public"
+
+
+def test_no_token_no_upload(tmp_path, tiny_model_dir, no_stored_login):
+    with FakeHub(TOKEN) as hub:
+        with pytest.raises(SystemExit, match="No Hugging Face token"):
+            push(tiny_model_dir, "someone/x", "--endpoint", hub.endpoint)
+        with pytest.raises(Exception, match="401|Invalid credentials|Unauthorized"):
+            push(tiny_model_dir, "someone/x", "--endpoint", hub.endpoint, "--token", "hf_wrong")
+    assert hub.record.commits == [] and hub.record.unauthorized == 1
+
+
+def test_space_push(tmp_path, no_stored_login):
+    space_main(["someone/altclip-demo", "--model", "someone/tiny-altclip", "--dry-run", str(tmp_path / "space")])
+    files = {str(p.relative_to(tmp_path / "space")) for p in (tmp_path / "space").rglob("*") if p.is_file()}
+    assert {
+        "app.py",
+        "requirements.txt",
+        "README.md",
+        "demo/app.py",
+        "demo/engine.py",
+        "modeling_altclip/modeling_altclip.py",
+    } <= files
+    assert not any("__pycache__" in name for name in files)
+    assert "sdk: gradio" in (tmp_path / "space" / "README.md").read_text()
+    assert "'someone/tiny-altclip'" in (tmp_path / "space" / "app.py").read_text()
+    with FakeHub(TOKEN) as hub:
+        space_main(
+            ["someone/altclip-demo", "--model", "someone/tiny-altclip", "--endpoint", hub.endpoint, "--token", TOKEN]
+        )
+    assert hub.record.repos["someone/altclip-demo"]["type"] == "space"
+    assert hub.record.repos["someone/altclip-demo"]["sdk"] == "gradio"
+    (commit,) = hub.record.commits
+    assert set(commit.files) == files
