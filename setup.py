@@ -15,7 +15,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["modeling_altclip*", "training*", "evaluation*", "hub*", "demo*"]
+        include=["modeling_altclip*", "training*", "evaluation*", "hub*", "demo*", "reproduction*"]
     ),
     package_data={"training": ["configs/*.yaml", "configs/*.json"], "evaluation": ["metrics/*/*.py", "metrics/*/*.md"],
                   "hub": ["*.md"]},
@@ -26,6 +26,7 @@ setup(
             "altclip-push = hub.cli:main",
             "altclip-push-space = hub.cli:space_main",
             "altclip-demo = demo.app:main",
+            "altclip-reproduce = reproduction.run:main",
         ]
     },
     install_requires=[
@@ -46,6 +47,8 @@ setup(
         "evaluate>=0.4",
         # hub
         "jinja2>=3",
+        # reproduction (emoji names in 14 languages; the glyphs come from Debian's fonts-noto-color-emoji)
+        "emoji>=2.10",
     ],
     extras_require={
         "demo": ["gradio>=5", "pandas", "scikit-image>=0.22"],

@@ -76,6 +76,19 @@ class EvalArguments:
         default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16."}
     )
     max_text_length: int = field(default=77, metadata={"help": "Token limit of prompts and captions."})
+    reduced_decoding: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode JPEGs at the smallest DCT scale that still covers the model's input size (faster); false "
+            "decodes every pixel, as most reference pipelines do."
+        },
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "int8: dynamic int8 quantisation of the Linear layers (CPU only; faster, slightly different)."
+        },
+    )
     cache_dir: str = field(
         default_factory=default_cache_dir,
         metadata={"help": "Class embeddings are kept here per model and class list; '' keeps them in memory only."},
@@ -157,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             max_text_length=args.max_text_length,
+            quantization=args.quantization,
+            reduced_decoding=args.reduced_decoding,
         )
 
     try:

@@ -31,9 +31,16 @@ def resolve_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple
     return chosen, {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
+def model_input_side(image_processor) -> int | None:
+    """The shortest side the image processor resizes to (224 for CLIP), for reduced-size JPEG decoding."""
+    size = getattr(image_processor, "size", None) or {}
+    return size.get("shortest_edge") or size.get("height")
+
+
 class _PreprocessedImages(Dataset):
-    def __init__(self, sources: Sequence[Any], image_processor):
+    def __init__(self, sources: Sequence[Any], image_processor, reduced_decoding: bool = True):
         self.sources, self.image_processor = sources, image_processor
+        self.min_side = model_input_side(image_processor) if reduced_decoding else None
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -41,7 +48,7 @@ class _PreprocessedImages(Dataset):
     def __getitem__(self, index: int):
         source = self.sources[index]
         try:
-            image = open_rgb_image(source.read() if hasattr(source, "read") else source)
+            image = open_rgb_image(source.read() if hasattr(source, "read") else source, self.min_side)
         except Exception as error:  # any decoding failure: the image is left out and counted
             return index, None, f"{source}: {type(error).__name__}: {error}"
         return index, self.image_processor(images=image, return_tensors="pt")["pixel_values"][0], None
@@ -51,6 +58,14 @@ def _collate(rows):
     kept = [row for row in rows if row[1] is not None]
     pixels = torch.stack([row[1] for row in kept]) if kept else None
     return [row[0] for row in kept], pixels, [row[2] for row in rows if row[1] is None]
+
+
+def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Dynamic int8 quantisation of every Linear layer (weights int8, activations quantised on the fly): a CPU
+    inference speed-up whose accuracy change `benchmarks/embedding_throughput.py` measures."""
+    if device.type != "cpu":
+        raise ValueError("int8 dynamic quantisation runs on the CPU only; on a GPU use --dtype bfloat16.")
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 class Embedder:
@@ -65,11 +80,19 @@ class Embedder:
         batch_size: int = 64,
         num_workers: int = 0,
         max_text_length: int = 77,
+        quantization: str | None = None,
+        reduced_decoding: bool = True,
     ):
         self.device, self.dtype = resolve_device_and_dtype(device, dtype)
         self.model = model.to(self.device, self.dtype).eval()
         self.processor = processor
         self.batch_size, self.num_workers, self.max_text_length = batch_size, num_workers, max_text_length
+        self.quantization, self.reduced_decoding = quantization, reduced_decoding
+        self._fingerprint = self._text_side_checksum()  # before quantisation packs the Linear weights away
+        if quantization == "int8":
+            self.model = quantize_int8(self.model, self.device)
+        elif quantization is not None:
+            raise ValueError(f"Unknown quantization {quantization!r}; the CPU offers 'int8'.")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "Embedder":
@@ -79,7 +102,7 @@ class Embedder:
     def images(self, sources: Sequence[Any], description: str = "images") -> tuple[torch.Tensor, list[int], list[str]]:
         """(embeddings of the readable images, their indices in `sources`, reasons for the unreadable ones)."""
         loader = DataLoader(
-            _PreprocessedImages(sources, self.processor.image_processor),
+            _PreprocessedImages(sources, self.processor.image_processor, self.reduced_decoding),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,
@@ -118,12 +141,16 @@ class Embedder:
         return embeddings
 
     def fingerprint(self) -> str:
-        """A checksum of the text side's weights and tokenizer size: equal fingerprints, equal text embeddings."""
+        """A checksum of the text side's weights, tokenizer, precision and quantisation: equal fingerprints, equal
+        text embeddings."""
+        return self._fingerprint
+
+    def _text_side_checksum(self) -> str:
         digest = hashlib.sha256()
         text_side = [*self.model.text_model.named_parameters(), ("text_projection", self.model.text_projection.weight)]
         for name, parameter in text_side:
             flat = parameter.detach().float().flatten()
             digest.update(f"{name}{tuple(parameter.shape)}{flat.double().sum().item():.10e}".encode())
             digest.update(flat[:: max(1, flat.numel() // 64)].cpu().numpy().tobytes())
-        digest.update(f"{len(self.processor.tokenizer)}{self.max_text_length}{self.dtype}".encode())
+        digest.update(f"{len(self.processor.tokenizer)}{self.max_text_length}{self.dtype}{self.quantization}".encode())
         return digest.hexdigest()[:20]

@@ -28,18 +28,24 @@ CAPTION_SUFFIXES = ("txt", "json")
 MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit, applied explicitly
 
 
-def open_rgb_image(source: Any) -> Image.Image:
-    """A decoded RGB image from a path, raw bytes or a PIL image (palette, grey and alpha images converted)."""
+def open_rgb_image(source: Any, min_side: int | None = None) -> Image.Image:
+    """A decoded RGB image from a path, raw bytes or a PIL image (palette, grey and alpha images converted).
+
+    With `min_side`, a JPEG is decoded directly at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at
+    least `min_side` pixels: much less decoding and resizing for a model that looks at 224 pixels.
+    """
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, (bytes, bytearray)):
         image = Image.open(io.BytesIO(source))
     elif isinstance(source, dict) and ("bytes" in source or "path" in source):  # datasets' undecoded Image
-        return open_rgb_image(source.get("bytes") or source["path"])
+        return open_rgb_image(source.get("bytes") or source["path"], min_side)
     else:
         image = Image.open(source)
     if image.width * image.height > MAX_IMAGE_PIXELS:
         raise ValueError(f"image of {image.width}x{image.height} pixels is larger than {MAX_IMAGE_PIXELS}")
+    if min_side and image.format == "JPEG" and min(image.size) >= 2 * min_side:
+        image.draft("RGB", (min_side, min_side))
     image.load()
     return image if image.mode == "RGB" else image.convert("RGB")
 

@@ -98,9 +98,13 @@ def write_shapes_dataset(folder: str | Path, images_per_class: int = 4, seed: in
     return paths
 
 
-def english_word_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the English captions, standing in for CLIP's BPE in the toy teacher."""
-    words = sorted({word for color in COLORS for shape in SHAPES for word in caption(color, shape, "en").split()})
+def english_word_tokenizer(texts: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over English `texts` (default: the toy captions), standing in for CLIP's BPE in a
+    teacher trained from scratch."""
+    if texts is None:
+        texts = [caption(color, shape, "en") for color in COLORS for shape in SHAPES]
+    split = pre_tokenizers.Whitespace().pre_tokenize_str
+    words = sorted({word for text in texts for word, _ in split(text.lower())})
     vocabulary = {"<pad>": 0, "<unk>": 1, **{word: index + 2 for index, word in enumerate(words)}}
     vocabulary["<|startoftext|>"] = len(vocabulary)
     vocabulary["<|endoftext|>"] = len(vocabulary)
@@ -121,50 +125,61 @@ def english_word_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def write_tiny_clip(folder: str | Path, seed: int = 0, text_width: int = 32) -> Path:
-    """A tiny random CLIP (ViT on 32x32 images) with its tokenizer and image processor."""
+def write_tiny_clip(
+    folder: str | Path,
+    seed: int = 0,
+    text_width: int = 32,
+    *,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    vision_width: int = 32,
+    layers: int = 2,
+    image_size: int = IMAGE_SIZE,
+    projection_dim: int = 16,
+) -> Path:
+    """A small random CLIP (ViT, patch 8) with its tokenizer (default: the toy word-level one) and image
+    processor."""
     torch.manual_seed(seed)
-    tokenizer = english_word_tokenizer()
+    tokenizer = tokenizer or english_word_tokenizer()
     config = CLIPConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=text_width,
-            num_hidden_layers=2,
+            num_hidden_layers=layers,
             num_attention_heads=4,
-            intermediate_size=64,
+            intermediate_size=2 * text_width,
             max_position_embeddings=77,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         ),
         vision_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
+            hidden_size=vision_width,
+            num_hidden_layers=layers,
             num_attention_heads=4,
-            intermediate_size=64,
-            image_size=IMAGE_SIZE,
+            intermediate_size=2 * vision_width,
+            image_size=image_size,
             patch_size=8,
         ),
-        projection_dim=16,
+        projection_dim=projection_dim,
     )
     folder = Path(folder)
     CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(folder)
     return folder
 
 
-def write_tiny_xlmr(folder: str | Path, seed: int = 0) -> Path:
-    """A tiny random XLM-R encoder over XLM-R's real 250,002-piece vocabulary, with that tokenizer."""
+def write_tiny_xlmr(folder: str | Path, seed: int = 0, width: int = 32, layers: int = 2) -> Path:
+    """A small random XLM-R encoder over XLM-R's real 250,002-piece vocabulary, with that tokenizer."""
     torch.manual_seed(seed)
     config = XLMRobertaConfig(
         vocab_size=250002,
-        hidden_size=32,
-        num_hidden_layers=2,
+        hidden_size=width,
+        num_hidden_layers=layers,
         num_attention_heads=4,
-        intermediate_size=64,
+        intermediate_size=2 * width,
         max_position_embeddings=514,
         type_vocab_size=1,
         layer_norm_eps=1e-5,

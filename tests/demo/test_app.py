@@ -4,11 +4,11 @@ Chromium (Debian's package) that runs an example and finds the result, saving a 
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from ports import free_port
 from tiny_models import random_images
 
 from demo.app import build_demo
@@ -25,12 +25,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

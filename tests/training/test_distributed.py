@@ -6,12 +6,12 @@ without the gather each rank would see only its own negatives and the first loss
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
@@ -36,12 +36,6 @@ COMMON = [
     "--learning_rate",
     "1e-3",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train(stage: str, output_dir: Path, processes: int, batch_per_process: int, *flags: str) -> list[dict]:

@@ -1,0 +1,146 @@
+"""Shared pieces of the benchmarks: model shapes, the same random weights in ours and transformers' AltCLIPModel,
+real inputs (photos as JPEG files, multilingual sentences of mixed length), timing and peak-memory probes."""
+
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers
+from PIL import Image
+from transformers import CLIPImageProcessorPil
+
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip.assets import load_xlmr_tokenizer
+
+SHAPES = {
+    "vit-b-32_xlm-r-base": dict(
+        width=768,
+        layers=12,
+        heads=12,
+        patch=32,
+        projection_dim=512,
+        vision_width=768,
+        vision_layers=12,
+        vision_heads=12,
+        project_dim=768,
+    ),
+    "vit-l-14_xlm-r-large": dict(
+        width=1024,
+        layers=24,
+        heads=16,
+        patch=14,
+        projection_dim=768,
+        vision_width=1024,
+        vision_layers=24,
+        vision_heads=16,
+        project_dim=768,
+    ),
+}
+
+
+def reference_config(shape: str) -> transformers.AltCLIPConfig:
+    s = SHAPES[shape]
+    return transformers.AltCLIPConfig(
+        text_config=dict(
+            vocab_size=250002,
+            hidden_size=s["width"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            intermediate_size=4 * s["width"],
+            project_dim=s["project_dim"],
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            pad_token_id=1,
+            layer_norm_eps=1e-5,
+        ),
+        vision_config=dict(
+            hidden_size=s["vision_width"],
+            num_hidden_layers=s["vision_layers"],
+            num_attention_heads=s["vision_heads"],
+            intermediate_size=4 * s["vision_width"],
+            image_size=224,
+            patch_size=s["patch"],
+        ),
+        projection_dim=s["projection_dim"],
+    )
+
+
+def model_pair(shape: str, folder: Path, seed: int = 0) -> tuple[torch.nn.Module, AltCLIPModel, AltCLIPProcessor]:
+    """transformers' AltCLIPModel with random weights, and ours loaded from its saved checkpoint (same weights)."""
+    torch.manual_seed(seed)
+    reference = transformers.AltCLIPModel(reference_config(shape)).eval()
+    reference.save_pretrained(folder)
+    ours = AltCLIPModel.from_pretrained(folder).eval()
+    processor = AltCLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=load_xlmr_tokenizer())
+    return reference, ours, processor
+
+
+def photo_files(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` JPEG photos of COCO/Flickr-like sizes (500-800 px), cut from scikit-image's bundled photos."""
+    from skimage import data
+
+    sources = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.stereo_motorcycle()[0]]
+    rng, folder = random.Random(seed), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        image = Image.fromarray(sources[index % len(sources)])
+        width = rng.choice((500, 640, 800))
+        height = int(width * rng.choice((0.75, 0.66, 1.0)))
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+        paths.append(folder / f"photo_{index:04d}.jpg")
+        image.save(paths[-1], quality=90)
+    return paths
+
+
+def multilingual_sentences(count: int, seed: int = 0) -> list[str]:
+    """Real sentences of mixed length in many languages: clip-benchmark's NLLB-translated prompts filled with
+    Babel-ImageNet class names, alone (short) or run together by two to eight (long), shuffled."""
+    from evaluation.prompts import BABEL_FILE, NLLB_FILE, prompts_dir
+
+    folder = prompts_dir()
+    babel = json.loads((folder / BABEL_FILE).read_text(encoding="utf-8"))
+    templates = json.loads((folder / NLLB_FILE).read_text(encoding="utf-8"))
+    languages = sorted(set(babel) & set(templates))
+    rng = random.Random(seed)
+
+    def sentence() -> str:
+        code = rng.choice(languages)
+        return " ".join(rng.choice(templates[code]).replace("{}", rng.choice(babel[code][1])).split())
+
+    texts = []
+    for _ in range(count):
+        parts = 1 if rng.random() < 0.5 else rng.randint(2, 8)
+        texts.append(" ".join(sentence() for _ in range(parts)))
+    return texts
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_working_memory_mib(run: Callable[[], object]) -> float:
+    """How far the process's resident memory rises above its level before `run` (Linux: the peak counter is reset
+    through /proc/self/clear_refs, then read from VmHWM)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _rss_kib("VmRSS")
+    run()
+    return round((_rss_kib("VmHWM") - before) / 1024, 1)

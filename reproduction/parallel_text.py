@@ -1,0 +1,52 @@
+"""Parallel text for teacher learning from clip-benchmark's published lists: Babel-ImageNet class names paired
+with their English names, and NLLB-translated prompt sentences ("ein Foto von einer Schleie.") paired with the
+English ones."""
+
+import json
+import random
+from pathlib import Path
+
+from evaluation.prompts import BABEL_FILE, NLLB_FILE, prompts_dir
+
+
+def babel_code(language: str) -> str:
+    return language.upper()
+
+
+def imagenet_parallel_rows(
+    languages: list[str], sentences_per_class: int = 1, seed: int = 0, folder: Path | None = None
+) -> list[dict]:
+    """{english, translation, language} rows: each Babel class name with its English name, plus
+    `sentences_per_class` prompt sentences per class built from the same template in both languages."""
+    folder = prompts_dir(folder)
+    english_names = json.loads((folder / "en_classnames.json").read_text(encoding="utf-8"))["imagenet1k"]
+    babel = json.loads((folder / BABEL_FILE).read_text(encoding="utf-8"))
+    templates = json.loads((folder / NLLB_FILE).read_text(encoding="utf-8"))
+    rng, rows = random.Random(seed), []
+    for language in languages:
+        code = babel_code(language)
+        if code not in babel:
+            continue
+        labels, names = babel[code]
+        english_templates, translated_templates = templates.get("EN", []), templates.get(code, [])
+        for label, name in zip(labels, names):
+            rows.append({"english": english_names[label], "translation": name, "language": language})
+            for _ in range(sentences_per_class if translated_templates else 0):
+                index = rng.randrange(min(len(english_templates), len(translated_templates)))
+                rows.append(
+                    {
+                        "english": " ".join(english_templates[index].replace("{}", english_names[label]).split()),
+                        "translation": " ".join(translated_templates[index].replace("{}", name).split()),
+                        "language": language,
+                    }
+                )
+    return rows
+
+
+def write_imagenet_parallel(
+    path: str | Path, languages: list[str], sentences_per_class: int = 1, seed: int = 0
+) -> Path:
+    path = Path(path)
+    rows = imagenet_parallel_rows(languages, sentences_per_class, seed)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path

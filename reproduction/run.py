@@ -1,0 +1,280 @@
+"""``altclip-reproduce``: the AltCLIP recipe end to end on real offline data, on a CPU.
+
+1. data: emoji rendered from Noto Color Emoji, named in 14 languages; 15% of the emoji held out for testing;
+   parallel text from clip-benchmark's Babel-ImageNet names and NLLB-translated prompts;
+2. an English CLIP teacher trained from scratch on the training emoji (no pretrained CLIP is available offline);
+3. stage 1, teacher learning (``altclip-train teacher``): a fresh XLM-R text tower with the real XLM-R tokenizer
+   learns the teacher's text features from parallel text;
+4. stage 2, contrastive learning (``altclip-train contrastive``): training emoji named in all languages, image
+   tower frozen;
+5. evaluation (the package's ``evaluation`` code) on the held-out emoji: zero-shot top-1 and retrieval per language
+   for the student, the stage-1 student, and the teacher (English: the reference; other languages: the baseline).
+
+The student is then cached as the package's default model (``modeling_altclip.assets.default_model_dir``).
+"""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
+
+import training.cli
+from evaluation.encode import Embedder
+from evaluation.loaders import load_caption_table, load_image_folder
+from evaluation.prompts import custom_prompts
+from evaluation.results import write_results
+from evaluation.retrieval import evaluate_retrieval
+from evaluation.zeroshot import evaluate_zero_shot
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip.assets import default_model_dir
+from training.toy_setup import write_tiny_xlmr
+
+from .emoji_data import LANGUAGES, write_emoji_dataset
+from .parallel_text import write_imagenet_parallel
+from .report import write_report
+from .teacher_clip import TeacherSize, train_teacher_clip
+
+logger = logging.getLogger("reproduction")
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "configuration_altclip.py",
+    "modeling_altclip.py",
+    "processing_altclip.py",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_summary.json",
+    "loss_curve.png",
+)
+
+
+@dataclass
+class Preset:
+    emoji_limit: int | None = None
+    teacher: TeacherSize = field(default_factory=TeacherSize)
+    student_width: int = 128
+    student_layers: int = 3
+    sentences_per_class: int = 1
+    stage1_steps: int = 3000
+    stage1_batch_size: int = 128
+    stage1_learning_rate: float = 1e-3
+    stage2_steps: int = 600
+    stage2_batch_size: int = 128
+    stage2_learning_rate: float = 2e-4
+
+
+PRESETS = {
+    "full": Preset(),
+    # the reduced size of the end-to-end test: every step runs, on 80 emoji, in about a minute
+    "tiny": Preset(
+        emoji_limit=80,
+        teacher=TeacherSize(width=32, layers=1, image_size=32, projection_dim=16, steps=30, batch_size=32),
+        student_width=32,
+        student_layers=1,
+        sentences_per_class=0,
+        stage1_steps=20,
+        stage1_batch_size=32,
+        stage2_steps=10,
+        stage2_batch_size=32,
+    ),
+}
+
+
+def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, learning_rate: float, *flags: str) -> Path:
+    """One `altclip-train` stage, in this process, without intermediate checkpoints."""
+    training.cli.main(
+        [
+            stage,
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            str(steps),
+            "--per_device_train_batch_size",
+            str(batch_size),
+            "--learning_rate",
+            str(learning_rate),
+            "--lr_scheduler_type",
+            "cosine",
+            "--warmup_steps",
+            str(max(1, steps // 20)),
+            "--logging_steps",
+            str(max(1, min(50, steps // 10))),
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--seed",
+            "0",
+            "--disable_tqdm",
+            "false",
+            *flags,
+        ]
+    )
+    return output_dir
+
+
+def teacher_embedder(folder: Path) -> Embedder:
+    """The teacher CLIP behind the same embedding interface as an AltCLIP model."""
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil.from_pretrained(folder),
+        tokenizer=PreTrainedTokenizerFast.from_pretrained(folder),
+    )
+    return Embedder(CLIPModel.from_pretrained(folder), processor, device="cpu", batch_size=256, num_workers=0)
+
+
+def altclip_embedder(folder: Path) -> Embedder:
+    return Embedder(
+        AltCLIPModel.from_pretrained(folder),
+        AltCLIPProcessor.from_pretrained(folder),
+        device="cpu",
+        batch_size=256,
+        num_workers=0,
+    )
+
+
+def evaluate_on_held_out(embedder: Embedder, data_dir: Path, output_dir: Path, name: str) -> list[dict]:
+    """Zero-shot classification and retrieval on the test emoji, per language."""
+    test = load_image_folder(data_dir / "test")
+    prompts = {
+        language: custom_prompts(language, test.classnames_by_language[language], None) for language in LANGUAGES
+    }
+    results = evaluate_zero_shot(embedder, test, prompts)
+    memo: dict = {}
+    for language in LANGUAGES:
+        captions = load_caption_table(data_dir / "test_captions.jsonl", language)
+        results.append(evaluate_retrieval(embedder, captions, language, memo))
+    write_results(results, output_dir, name)
+    return results
+
+
+def cache_default_model(student_dir: Path, target: Path | None = None) -> Path:
+    """Copies the student's model files to the default-model folder, replacing it only once the copy is whole."""
+    target = target or default_model_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".default_model.", dir=target.parent))
+    for name in MODEL_FILES:
+        if (student_dir / name).is_file():
+            shutil.copy2(student_dir / name, staging / name)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)
+    return target
+
+
+def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True) -> dict:
+    """Runs every step into `output_dir` (which must be new or empty) and returns the report."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise SystemExit(f"altclip-reproduce: {output_dir} is not empty; choose a new --output_dir or remove it.")
+    started, timings = time.time(), {}
+
+    def timed(name: str, since: float) -> float:
+        timings[name] = round(time.time() - since, 1)
+        logger.info("%s done in %.0f s", name, timings[name])
+        return time.time()
+
+    clock = time.time()
+    data_dir = output_dir / "data"
+    data = write_emoji_dataset(data_dir, image_size=preset.teacher.image_size, limit=preset.emoji_limit)
+    parallel = write_imagenet_parallel(
+        data_dir / "parallel_imagenet.jsonl", [x for x in LANGUAGES if x != "en"], preset.sentences_per_class
+    )
+    clock = timed("data", clock)
+    teacher_dir = train_teacher_clip(data_dir, output_dir / "teacher_clip", preset.teacher)
+    clock = timed("teacher CLIP", clock)
+    xlmr_dir = write_tiny_xlmr(
+        output_dir / "xlmr_init", seed=1, width=preset.student_width, layers=preset.student_layers
+    )
+    stage1 = run_stage(
+        "teacher",
+        output_dir / "stage1_teacher_learning",
+        preset.stage1_steps,
+        preset.stage1_batch_size,
+        preset.stage1_learning_rate,
+        "--clip_model_name_or_path",
+        str(teacher_dir),
+        "--text_encoder_name_or_path",
+        str(xlmr_dir),
+        "--train_files",
+        str(data["parallel_emoji"]),
+        str(parallel),
+        "--precompute_teacher_features",
+        "true",
+        "--include_english_pairs",
+        "true",
+    )
+    clock = timed("stage 1 (teacher learning)", clock)
+    stage2 = run_stage(
+        "contrastive",
+        output_dir / "stage2_contrastive",
+        preset.stage2_steps,
+        preset.stage2_batch_size,
+        preset.stage2_learning_rate,
+        "--model_name_or_path",
+        str(stage1),
+        "--train_files",
+        str(data["train_captions"]),
+    )
+    clock = timed("stage 2 (contrastive)", clock)
+    evaluations = {
+        "teacher": evaluate_on_held_out(
+            teacher_embedder(teacher_dir), data_dir, output_dir / "eval" / "teacher", "English CLIP teacher"
+        ),
+        "stage1": evaluate_on_held_out(
+            altclip_embedder(stage1), data_dir, output_dir / "eval" / "stage1", "AltCLIP after stage 1"
+        ),
+        "student": evaluate_on_held_out(
+            altclip_embedder(stage2), data_dir, output_dir / "eval" / "student", "AltCLIP student"
+        ),
+    }
+    clock = timed("evaluation", clock)
+    counts = json.loads((data_dir / "counts.jsonl").read_text().splitlines()[0])
+    timings["total"] = round(time.time() - started, 1)
+    report = write_report(evaluations, output_dir, {"preset": asdict(preset), "timings_s": timings, **counts})
+    if cache_default:
+        report["default_model"] = str(cache_default_model(stage2))
+        logger.info("Cached the student as the default model in %s", report["default_model"])
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="altclip-reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", "--output-dir", default="outputs/reproduction")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument(
+        "--no_cache_default",
+        "--no-cache-default",
+        action="store_true",
+        help="do not install the student as the package's default model",
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    logging.getLogger("reproduction").setLevel(logging.INFO)
+    report = reproduce(args.output_dir, PRESETS[args.preset], cache_default=not args.no_cache_default)
+    print(report["table"])
+    print(
+        f"Report: {args.output_dir}/results.md, results.png, results.json; default model: "
+        f"{report.get('default_model', 'not cached')}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The Embedder's fast paths: reduced-scale JPEG decoding and int8 dynamic quantisation, against the plain path."""
+
+import pytest
+import torch
+from PIL import Image
+from tiny_models import random_images
+
+from evaluation.encode import Embedder
+from training.image_text_data import open_rgb_image
+
+
+def test_jpeg_decoded_at_reduced_scale_still_covers_the_model_input(tmp_path):
+    random_images(1, size=(800, 600))[0].save(tmp_path / "big.jpg", quality=90)
+    assert open_rgb_image(tmp_path / "big.jpg").size == (800, 600)
+    assert open_rgb_image(tmp_path / "big.jpg", min_side=224).size == (400, 300)  # 1/2 scale: both sides >= 224
+    assert open_rgb_image(tmp_path / "big.jpg", min_side=30).size == (100, 75)  # 1/8 scale
+    random_images(1, size=(800, 600))[0].save(tmp_path / "big.png")
+    assert open_rgb_image(tmp_path / "big.png", min_side=30).size == (800, 600)  # only JPEG has DCT scales
+
+
+def test_reduced_decoding_and_int8_stay_close_to_the_plain_path(tmp_path, tiny_model, processor):
+    files = []
+    for index, image in enumerate(random_images(6, size=(640, 480))):
+        image = image.resize((64, 48)).resize((640, 480), Image.Resampling.BILINEAR)  # smooth, photo-like content
+        image.save(tmp_path / f"{index}.jpg", quality=92)
+        files.append(tmp_path / f"{index}.jpg")
+    plain = Embedder(tiny_model, processor, device="cpu", batch_size=4, reduced_decoding=False)
+    fast = Embedder(tiny_model, processor, device="cpu", batch_size=4)
+    int8 = Embedder(tiny_model, processor, device="cpu", batch_size=4, quantization="int8")
+    reference = plain.images(files)[0]
+    assert (fast.images(files)[0] * reference).sum(-1).min() > 0.99
+    assert (int8.images(files)[0] * reference).sum(-1).min() > 0.9
+    texts = ["a cat", "ein Hund, der über eine Wiese rennt", "猫"]
+    assert (int8.texts(texts) * plain.texts(texts)).sum(-1).min() > 0.9
+    assert int8.fingerprint() != plain.fingerprint()  # cached class embeddings never mix the two
+    assert isinstance(tiny_model.text_projection.weight, torch.nn.Parameter)  # quantised a copy, not the model
+
+
+def test_quantisation_errors(tiny_model, processor):
+    with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
+        Embedder(tiny_model, processor, device="cpu", quantization="int4")

@@ -1,0 +1,68 @@
+"""The offline reproduction at a reduced size: every step runs (data, teacher CLIP, both stages, evaluation,
+report, default model), the test emoji stay out of training, and the cached student serves the demo by default."""
+
+import json
+
+import pytest
+
+from demo.engine import DemoEngine
+from demo.examples import example_photos
+from modeling_altclip.assets import require_default_model
+from reproduction.emoji_data import LANGUAGES, collect_emoji, render_glyph
+from reproduction.parallel_text import imagenet_parallel_rows
+from reproduction.run import PRESETS, reproduce
+
+
+def test_emoji_have_names_in_every_language_and_glyphs():
+    emoji = collect_emoji()
+    assert len(emoji) > 1000
+    grinning = next(item for item in emoji if item.char == "😀")
+    assert grinning.names["en"] == "grinning face" and set(grinning.names) == set(LANGUAGES)
+    glyph = render_glyph("😀")
+    assert glyph is not None and glyph.mode == "RGBA" and min(glyph.size) > 90
+
+
+def test_parallel_text_pairs_babel_names_and_translated_prompts():
+    rows = imagenet_parallel_rows(["de"], sentences_per_class=1)
+    names, sentences = rows[::2], rows[1::2]  # each class name is followed by one prompt sentence about it
+    assert names[0] == {"english": "tench", "translation": "Schleie", "language": "de"}
+    assert 400 < len(names) == len(sentences) < 1000
+    for name, sentence in zip(names, sentences):
+        assert name["english"] in sentence["english"] and name["translation"] in sentence["translation"]
+        assert "{}" not in sentence["translation"] and sentence["translation"] != sentence["english"]
+
+
+@pytest.mark.slow
+def test_reduced_reproduction_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALTCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ALTCLIP_DEFAULT_MODEL", raising=False)
+    report = reproduce(tmp_path / "run", PRESETS["tiny"])
+    run = tmp_path / "run"
+
+    assert set(report["summary"]) == {"teacher", "stage1", "student"}
+    for model, rows in report["summary"].items():
+        assert list(rows) == list(LANGUAGES), model
+        assert all(0 <= value <= 100 for row in rows.values() for value in row.values())
+        assert set(rows["en"]) == {"top1", "R@1", "R@5"}
+    assert report["test_emoji"] + report["train_emoji"] == PRESETS["tiny"].emoji_limit
+    assert "| en |" in (run / "results.md").read_text() and (run / "results.png").read_bytes()[:4] == b"\x89PNG"
+    for stage, steps in (("stage1_teacher_learning", 20), ("stage2_contrastive", 10)):
+        assert json.loads((run / stage / "training_summary.json").read_text())["global_step"] == steps
+
+    test_slugs = {p.name for p in (run / "data" / "test").iterdir() if p.is_dir()}
+    train_images = {
+        json.loads(line)["image"]
+        for name in ("teacher_train.jsonl", "train_captions.jsonl")
+        for line in (run / "data" / name).read_text().splitlines()
+    }
+    assert test_slugs and not {image.split("/")[-1].removesuffix(".png") for image in train_images} & test_slugs
+    english_test_names = set(json.loads((run / "data" / "test" / "classnames.json").read_text())["en"])
+    parallel = [json.loads(line) for line in (run / "data" / "parallel_emoji.jsonl").read_text().splitlines()]
+    assert not english_test_names & {row["english"] for row in parallel}  # their names are held out too
+
+    default = require_default_model()
+    assert default == tmp_path / "cache" / "default_model" and (default / "model.safetensors").is_file()
+    probabilities = DemoEngine(default, device="cpu").classify(example_photos()[1], "Katze, Rakete", "{}")
+    assert set(probabilities) == {"Katze", "Rakete"}
+    with pytest.raises(SystemExit, match="is not empty"):
+        reproduce(run, PRESETS["tiny"])
