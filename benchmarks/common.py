@@ -1,6 +1,8 @@
 """Shared pieces of the benchmarks: model shapes, the same random weights in ours and transformers' AltCLIPModel,
 real inputs (photos as JPEG files, multilingual sentences of mixed length), timing and peak-memory probes."""
 
+import ctypes
+import gc
 import json
 import random
 import statistics
@@ -138,9 +140,24 @@ def _rss_kib(field: str) -> int:
 
 
 def peak_working_memory_mib(run: Callable[[], object]) -> float:
-    """How far the process's resident memory rises above its level before `run` (Linux: the peak counter is reset
-    through /proc/self/clear_refs, then read from VmHWM)."""
+    """How far the process's resident memory rises above its level before `run` (Linux: freed heap is handed back
+    with malloc_trim, the peak counter reset through /proc/self/clear_refs, then read from VmHWM)."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     before = _rss_kib("VmRSS")
     run()
-    return round((_rss_kib("VmHWM") - before) / 1024, 1)
+    return (_rss_kib("VmHWM") - before) / 1024
+
+
+def paired_peak_memory_mib(
+    reference_run: Callable[[], object], ours_run: Callable[[], object], rounds: int = 3
+) -> tuple[float, float]:
+    """Medians of `peak_working_memory_mib` for both, measured in alternating order so that neither always runs on
+    the heap the other left behind."""
+    reference, ours = [], []
+    for index in range(rounds):
+        pair = [(reference, reference_run), (ours, ours_run)]
+        for values, run in pair if index % 2 == 0 else pair[::-1]:
+            values.append(peak_working_memory_mib(run))
+    return round(statistics.median(reference), 1), round(statistics.median(ours), 1)

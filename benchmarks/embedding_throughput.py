@@ -27,7 +27,7 @@ from benchmarks.common import (  # noqa: E402
     median_seconds,
     model_pair,
     multilingual_sentences,
-    peak_working_memory_mib,
+    paired_peak_memory_mib,
     photo_files,
 )
 from evaluation.encode import Embedder  # noqa: E402
@@ -70,9 +70,12 @@ def measure(shape: str, images: int, texts: int, batch_size: int, repeats: int, 
         rows, checks = [], {}
 
         def embedder(**kwargs) -> Embedder:
-            return Embedder(ours, processor, device="cpu", dtype="float32", batch_size=batch_size, **kwargs)
+            # no DataLoader worker: on a 2-core machine it would only compete with the model's threads
+            return Embedder(
+                ours, processor, device="cpu", dtype="float32", batch_size=batch_size, num_workers=0, **kwargs
+            )
 
-        fast, int8 = embedder(num_workers=1), embedder(num_workers=1, quantization="int8")
+        fast, int8 = embedder(), embedder(quantization="int8")
 
         def row(name, unit, count, reference_run, ours_run):
             ref_s, ours_s = median_seconds(reference_run, repeats), median_seconds(ours_run, repeats)
@@ -86,60 +89,52 @@ def measure(shape: str, images: int, texts: int, batch_size: int, repeats: int, 
                 }
             )
             print(
-                f"{name:44s} reference {count / ref_s:8.2f} {unit}   ours {count / ours_s:8.2f} {unit}   "
+                f"{name:52s} reference {count / ref_s:8.2f} {unit}   ours {count / ours_s:8.2f} {unit}   "
                 f"ratio {ref_s / ours_s:5.2f}x",
                 flush=True,
             )
+
+        def reference_image_run():
+            return reference_images(reference, processor, files, batch_size)
+
+        def reference_text_run():
+            return reference_texts(reference, processor, sentences, batch_size)
 
         row(
             "image embedding, files -> embeddings, fp32",
             "images/s",
             images,
-            lambda: reference_images(reference, processor, files, batch_size),
+            reference_image_run,
             lambda: fast.images(files),
         )
-        pixels = processor(
-            images=[__import__("PIL.Image").Image.open(files[0]).convert("RGB")] * batch_size, return_tensors="pt"
-        )["pixel_values"]
+        pixels = processor(images=[Image.open(files[0]).convert("RGB")] * batch_size, return_tensors="pt")[
+            "pixel_values"
+        ]
         with torch.no_grad():
+            reference_model_run = lambda: reference.get_image_features(pixel_values=pixels)  # noqa: E731
             row(
                 "image embedding, model only, fp32",
                 "images/s",
                 batch_size,
-                lambda: reference.get_image_features(pixel_values=pixels),
+                reference_model_run,
                 lambda: ours.get_image_features(pixel_values=pixels),
             )
-        row(
-            "image embedding, files -> embeddings, int8",
-            "images/s",
-            images,
-            lambda: reference_images(reference, processor, files, batch_size),
-            lambda: int8.images(files),
-        )
-        row(
-            "text embedding, mixed lengths, fp32",
-            "texts/s",
-            texts,
-            lambda: reference_texts(reference, processor, sentences, batch_size),
-            lambda: fast.texts(sentences),
-        )
-        row(
-            "text embedding, mixed lengths, int8",
-            "texts/s",
-            texts,
-            lambda: reference_texts(reference, processor, sentences, batch_size),
-            lambda: int8.texts(sentences),
-        )
-
-        reference_image_embeddings = reference_images(reference, processor, files, batch_size)
-        reference_text_embeddings = reference_texts(reference, processor, sentences, batch_size)
-        checks["fp32 images: cosine to reference"] = cosine_stats(fast.images(files)[0], reference_image_embeddings)
-        checks["int8 images: cosine to fp32"] = cosine_stats(int8.images(files)[0], reference_image_embeddings)
-        checks["fp32 texts: cosine to reference"] = cosine_stats(fast.texts(sentences), reference_text_embeddings)
-        checks["int8 texts: cosine to fp32"] = cosine_stats(int8.texts(sentences), reference_text_embeddings)
-        if compile_model:
-            compiled = torch.compile(ours.vision_model)
-            with torch.no_grad():
+            row(
+                "image embedding, model only, [CLS]-only last layer",
+                "images/s",
+                batch_size,
+                reference_model_run,
+                lambda: fast.image_features(pixels),
+            )
+            row(
+                "image embedding, model only, int8",
+                "images/s",
+                batch_size,
+                reference_model_run,
+                lambda: int8.image_features(pixels),
+            )
+            if compile_model:
+                compiled = torch.compile(ours.vision_model)
                 row(
                     "image tower, model only, torch.compile",
                     "images/s",
@@ -147,17 +142,33 @@ def measure(shape: str, images: int, texts: int, batch_size: int, repeats: int, 
                     lambda: reference.vision_model(pixel_values=pixels),
                     lambda: compiled(pixel_values=pixels),
                 )
+        row(
+            "image embedding, files -> embeddings, int8",
+            "images/s",
+            images,
+            reference_image_run,
+            lambda: int8.images(files),
+        )
+        row("text embedding, mixed lengths, fp32", "texts/s", texts, reference_text_run, lambda: fast.texts(sentences))
+        row("text embedding, mixed lengths, int8", "texts/s", texts, reference_text_run, lambda: int8.texts(sentences))
 
-        memory = {
-            "images: reference": peak_working_memory_mib(
-                lambda: reference_images(reference, processor, files, batch_size)
-            ),
-            "images: ours fp32": peak_working_memory_mib(lambda: fast.images(files)),
-            "texts: reference": peak_working_memory_mib(
-                lambda: reference_texts(reference, processor, sentences, batch_size)
-            ),
-            "texts: ours fp32": peak_working_memory_mib(lambda: fast.texts(sentences)),
-        }
+        reference_image_embeddings, reference_text_embeddings = reference_image_run(), reference_text_run()
+        checks["ours fp32 images: cosine to reference"] = cosine_stats(
+            fast.images(files)[0], reference_image_embeddings
+        )
+        checks["ours int8 images: cosine to reference"] = cosine_stats(
+            int8.images(files)[0], reference_image_embeddings
+        )
+        checks["ours fp32 texts: cosine to reference"] = cosine_stats(fast.texts(sentences), reference_text_embeddings)
+        checks["ours int8 texts: cosine to reference"] = cosine_stats(int8.texts(sentences), reference_text_embeddings)
+
+        memory = {}
+        memory["images: reference"], memory["images: ours fp32"] = paired_peak_memory_mib(
+            reference_image_run, lambda: fast.images(files)
+        )
+        memory["texts: reference"], memory["texts: ours fp32"] = paired_peak_memory_mib(
+            reference_text_run, lambda: fast.texts(sentences)
+        )
         for key, value in memory.items():
             print(f"peak working memory, {key:20s} {value:8.1f} MiB", flush=True)
         for key, value in checks.items():

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from training.image_text_data import open_rgb_image
 
+from .fast_paths import projected_image_features, supports_cls_only
+
 logger = logging.getLogger(__name__)
 
 
@@ -93,6 +95,7 @@ class Embedder:
             self.model = quantize_int8(self.model, self.device)
         elif quantization is not None:
             raise ValueError(f"Unknown quantization {quantization!r}; the CPU offers 'int8'.")
+        self.cls_only = supports_cls_only(self.model)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "Embedder":
@@ -112,7 +115,7 @@ class Embedder:
             failures += problems
             if pixels is None:
                 continue
-            features = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)).pooler_output
+            features = self.image_features(pixels.to(self.device, self.dtype))
             embeddings.append(F.normalize(features.float(), dim=-1).cpu())
             kept += indices
         for problem in failures[:5]:
@@ -120,6 +123,12 @@ class Embedder:
         if not embeddings:
             raise ValueError(f"None of the {len(sources)} {description} could be read, e.g. {failures[:1]}.")
         return torch.cat(embeddings), kept, failures
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected image features; the last layer runs for [CLS] only where the tower has CLIP's layout."""
+        if self.cls_only:
+            return projected_image_features(self.model, pixel_values)
+        return self.model.get_image_features(pixel_values=pixel_values).pooler_output
 
     @torch.no_grad()
     def texts(self, texts: Sequence[str], description: str = "texts") -> torch.Tensor:
@@ -149,8 +158,8 @@ class Embedder:
         digest = hashlib.sha256()
         text_side = [*self.model.text_model.named_parameters(), ("text_projection", self.model.text_projection.weight)]
         for name, parameter in text_side:
-            flat = parameter.detach().float().flatten()
-            digest.update(f"{name}{tuple(parameter.shape)}{flat.double().sum().item():.10e}".encode())
-            digest.update(flat[:: max(1, flat.numel() // 64)].cpu().numpy().tobytes())
+            flat = parameter.detach().flatten()  # a view: no copy of a 250k-row embedding matrix
+            digest.update(f"{name}{tuple(parameter.shape)}{flat.sum(dtype=torch.float64).item():.10e}".encode())
+            digest.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
         digest.update(f"{len(self.processor.tokenizer)}{self.max_text_length}{self.dtype}{self.quantization}".encode())
         return digest.hexdigest()[:20]

@@ -39,3 +39,31 @@ def test_reduced_decoding_and_int8_stay_close_to_the_plain_path(tmp_path, tiny_m
 def test_quantisation_errors(tiny_model, processor):
     with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
         Embedder(tiny_model, processor, device="cpu", quantization="int4")
+
+
+def test_cls_only_last_layer_equals_the_full_forward(tiny_model):
+    import transformers
+
+    from evaluation.fast_paths import projected_image_features, supports_cls_only
+
+    pixels = torch.randn(3, 3, 30, 30)
+    clip = transformers.CLIPModel(
+        transformers.CLIPConfig(
+            vision_config=dict(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=37,
+                image_size=30,
+                patch_size=6,
+            ),
+            text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37),
+            projection_dim=16,
+        )
+    ).eval()
+    for model in (tiny_model, clip):  # ours, and the teacher CLIP of the reproduction
+        assert supports_cls_only(model)
+        with torch.no_grad():
+            full = model.get_image_features(pixel_values=pixels).pooler_output
+            assert torch.allclose(projected_image_features(model, pixels), full, atol=1e-5)
+    assert not supports_cls_only(torch.nn.Linear(2, 2))
