@@ -3,7 +3,7 @@
 import pytest
 import torch
 from PIL import Image
-from tiny_models import random_images
+from tiny_models import TINY_VISION_CONFIG, random_images
 
 from evaluation.encode import Embedder
 from training.image_text_data import open_rgb_image
@@ -49,15 +49,8 @@ def test_cls_only_last_layer_equals_the_full_forward(tiny_model):
     pixels = torch.randn(3, 3, 30, 30)
     clip = transformers.CLIPModel(
         transformers.CLIPConfig(
-            vision_config=dict(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=37,
-                image_size=30,
-                patch_size=6,
-            ),
-            text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37),
+            vision_config=dict(TINY_VISION_CONFIG),
+            text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4),
             projection_dim=16,
         )
     ).eval()
