@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from modeling_altclip.assets import cache_dir
+
 PHOTOS = {  # file name -> scikit-image loader
     "astronaut.png": lambda data: data.astronaut(),
     "chelsea.png": lambda data: data.chelsea(),
@@ -35,7 +37,7 @@ CAPTIONS = "a cat lying on a rug\nein Astronaut im Raumanzug\nune fusée sur le 
 
 def example_folder() -> Path:
     """The photos as PNG files (Gradio examples are files), written once into the cache folder."""
-    folder = Path(os.environ.get("ALTCLIP_CACHE", Path.home() / ".cache" / "altclip")) / "demo_examples"
+    folder = cache_dir() / "demo_examples"
     missing = [name for name in PHOTOS if not (folder / name).is_file()]
     if missing:
         from skimage import data

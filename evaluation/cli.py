@@ -9,10 +9,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from modeling_altclip.assets import cache_dir
 from training.config_files import expand_config
 
 from .encode import Embedder
@@ -35,7 +35,7 @@ USAGE = """usage: altclip-eval {zeroshot,retrieval} --model PATH_OR_ID --dataset
 
 
 def default_cache_dir() -> str:
-    return str(Path(os.environ.get("ALTCLIP_CACHE", Path.home() / ".cache" / "altclip")) / "class_embeddings")
+    return str(cache_dir() / "class_embeddings")
 
 
 @dataclass

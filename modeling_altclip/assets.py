@@ -32,12 +32,18 @@ def load_xlmr_tokenizer():
 DEFAULT_MODEL_ENV = "ALTCLIP_DEFAULT_MODEL"
 
 
+def cache_dir() -> Path:
+    """The package's cache folder: ``$ALTCLIP_CACHE``, else ``~/.cache/altclip`` (default model, class embeddings,
+    demo examples)."""
+    return Path(os.environ.get("ALTCLIP_CACHE", Path.home() / ".cache" / "altclip"))
+
+
 def default_model_dir() -> Path:
     """The package's default model: ``$ALTCLIP_DEFAULT_MODEL``, else the one the README's main command builds
     and caches in ``~/.cache/altclip/default_model`` (``$ALTCLIP_CACHE`` moves that folder)."""
     if os.environ.get(DEFAULT_MODEL_ENV):
         return Path(os.environ[DEFAULT_MODEL_ENV])
-    return Path(os.environ.get("ALTCLIP_CACHE", Path.home() / ".cache" / "altclip")) / "default_model"
+    return cache_dir() / "default_model"
 
 
 def require_default_model() -> Path:
