@@ -3,7 +3,6 @@ real inputs (photos as JPEG files, multilingual sentences of mixed length), timi
 
 import ctypes
 import gc
-import json
 import random
 import statistics
 import time
@@ -102,11 +101,11 @@ def photo_files(folder: Path, count: int, seed: int = 0) -> list[Path]:
 def multilingual_sentences(count: int, seed: int = 0) -> list[str]:
     """Real sentences of mixed length in many languages: clip-benchmark's NLLB-translated prompts filled with
     Babel-ImageNet class names, alone (short) or run together by two to eight (long), shuffled."""
-    from evaluation.prompts import BABEL_FILE, NLLB_FILE, prompts_dir
+    from evaluation.prompts import BABEL_FILE, NLLB_FILE, prompts_dir, read_published_json
 
     folder = prompts_dir()
-    babel = json.loads((folder / BABEL_FILE).read_text(encoding="utf-8"))
-    templates = json.loads((folder / NLLB_FILE).read_text(encoding="utf-8"))
+    babel = read_published_json(folder / BABEL_FILE)
+    templates = read_published_json(folder / NLLB_FILE)
     languages = sorted(set(babel) & set(templates))
     rng = random.Random(seed)
 

@@ -53,7 +53,8 @@ def prompts_dir(explicit: str | Path | None = None) -> Path:
 
 
 @cache
-def _read_json(path: Path):
+def read_published_json(path: Path):
+    """One of clip-benchmark's JSON lists, read once per process; a missing file says how to get it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall {PACKAGE} or point --prompts_dir elsewhere.")
     return json.loads(path.read_text(encoding="utf-8"))
@@ -61,12 +62,13 @@ def _read_json(path: Path):
 
 def available_languages(folder: Path) -> list[str]:
     """Languages with an ImageNet list: clip-benchmark's own and Babel-ImageNet's (lower-case codes)."""
-    babel = {code.lower() for code in _read_json(folder / BABEL_FILE)}
+    babel = {code.lower() for code in read_published_json(folder / BABEL_FILE)}
     native = {lang for lang in NATIVE_LANGUAGES if (folder / f"{lang}_classnames.json").is_file()}
     return sorted(native | babel)
 
 
-def _babel_code(language: str) -> str:
+def babel_code(language: str) -> str:
+    """Babel-ImageNet's key for a language code: upper case, clip-benchmark's cn/jp as ZH/JA."""
     return {"cn": "ZH", "jp": "JA"}.get(language, language).upper()
 
 
@@ -81,8 +83,8 @@ def class_prompts(
     """
     names_file = folder / f"{language}_classnames.json"
     templates_file = folder / f"{language}_zeroshot_classification_templates.json"
-    templates = _read_json(templates_file).get(benchmark) if templates_file.is_file() else None
-    names = _read_json(names_file).get(benchmark) if names_file.is_file() else None
+    templates = read_published_json(templates_file).get(benchmark) if templates_file.is_file() else None
+    names = read_published_json(names_file).get(benchmark) if names_file.is_file() else None
     if names is None and language == "en":
         names = dataset_classnames
     if names is not None:
@@ -91,15 +93,15 @@ def class_prompts(
         if templates is not None:
             return ClassPrompts(language, tuple(names), tuple(templates), tuple(range(len(names))))
     if benchmark == "imagenet1k":
-        babel, nllb = _read_json(folder / BABEL_FILE), _read_json(folder / NLLB_FILE)
-        code = _babel_code(language)
+        babel, nllb = read_published_json(folder / BABEL_FILE), read_published_json(folder / NLLB_FILE)
+        code = babel_code(language)
         if code in babel:
             labels, names = babel[code]
             templates = [template.replace("{}", "{c}") for template in nllb.get(code, ["{}"])]
             return ClassPrompts(language, tuple(names), tuple(templates), tuple(labels))
     raise KeyError(
         f"No {benchmark} class names in {language!r}. ImageNet exists in: {', '.join(available_languages(folder))}; "
-        f"English lists exist for: {', '.join(sorted(_read_json(folder / 'en_classnames.json')))}."
+        f"English lists exist for: {', '.join(sorted(read_published_json(folder / 'en_classnames.json')))}."
     )
 
 

@@ -6,11 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from evaluation.prompts import BABEL_FILE, NLLB_FILE, prompts_dir
-
-
-def babel_code(language: str) -> str:
-    return language.upper()
+from evaluation.prompts import BABEL_FILE, NLLB_FILE, babel_code, prompts_dir, read_published_json
 
 
 def imagenet_parallel_rows(
@@ -19,9 +15,9 @@ def imagenet_parallel_rows(
     """{english, translation, language} rows: each Babel class name with its English name, plus
     `sentences_per_class` prompt sentences per class built from the same template in both languages."""
     folder = prompts_dir(folder)
-    english_names = json.loads((folder / "en_classnames.json").read_text(encoding="utf-8"))["imagenet1k"]
-    babel = json.loads((folder / BABEL_FILE).read_text(encoding="utf-8"))
-    templates = json.loads((folder / NLLB_FILE).read_text(encoding="utf-8"))
+    english_names = read_published_json(folder / "en_classnames.json")["imagenet1k"]
+    babel = read_published_json(folder / BABEL_FILE)
+    templates = read_published_json(folder / NLLB_FILE)
     rng, rows = random.Random(seed), []
     for language in languages:
         code = babel_code(language)
