@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
+from training.records import write_jsonl
+
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 FONT_SIZE = 109  # the one size of the font's bitmaps
 LANGUAGES = ("en", "ar", "de", "es", "fa", "fr", "id", "it", "ja", "ko", "pt", "ru", "tr", "zh")
@@ -84,11 +86,6 @@ def augmented(glyph: Image.Image, size: int, rng: random.Random) -> Image.Image:
     return place(glyph, size, rng.uniform(0.55, 1.0), (rng.random(), rng.random()))
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
 def write_emoji_dataset(
     folder: str | Path, image_size: int = 64, test_fraction: float = 0.15, limit: int | None = None, seed: int = 0
 ) -> dict[str, Path]:
@@ -127,11 +124,11 @@ def write_emoji_dataset(
         encoding="utf-8",
     )
     paths = {
-        "teacher_train": _write_jsonl(
+        "teacher_train": write_jsonl(
             folder / "teacher_train.jsonl",
             [{"image": f"glyphs/{item.slug}.png", "caption": item.names["en"]} for item in train],
         ),
-        "parallel_emoji": _write_jsonl(
+        "parallel_emoji": write_jsonl(
             folder / "parallel_emoji.jsonl",
             [
                 {"english": item.names["en"], "translation": item.names[language], "language": language}
@@ -140,7 +137,7 @@ def write_emoji_dataset(
                 if language != "en"
             ],
         ),
-        "train_captions": _write_jsonl(
+        "train_captions": write_jsonl(
             folder / "train_captions.jsonl",
             [
                 {"image": f"images/{item.slug}.png", "caption": item.names[language], "language": language}
@@ -148,7 +145,7 @@ def write_emoji_dataset(
                 for language in LANGUAGES
             ],
         ),
-        "test_captions": _write_jsonl(
+        "test_captions": write_jsonl(
             folder / "test_captions.jsonl",
             [
                 {"image": f"images/{item.slug}.png", "caption": item.names[language], "language": language}
@@ -158,5 +155,6 @@ def write_emoji_dataset(
         ),
     }
     paths["test_folder"] = folder / "test"
-    paths["counts"] = _write_jsonl(folder / "counts.jsonl", [{"train_emoji": len(train), "test_emoji": len(test)}])
+    paths["counts"] = folder / "counts.json"
+    paths["counts"].write_text(json.dumps({"train_emoji": len(train), "test_emoji": len(test)}), encoding="utf-8")
     return paths

@@ -2,11 +2,11 @@
 with their English names, and NLLB-translated prompt sentences ("ein Foto von einer Schleie.") paired with the
 English ones."""
 
-import json
 import random
 from pathlib import Path
 
 from evaluation.prompts import BABEL_FILE, NLLB_FILE, babel_code, prompts_dir, read_published_json
+from training.records import write_jsonl
 
 
 def imagenet_parallel_rows(
@@ -42,7 +42,4 @@ def imagenet_parallel_rows(
 def write_imagenet_parallel(
     path: str | Path, languages: list[str], sentences_per_class: int = 1, seed: int = 0
 ) -> Path:
-    path = Path(path)
-    rows = imagenet_parallel_rows(languages, sentences_per_class, seed)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return path
+    return write_jsonl(path, imagenet_parallel_rows(languages, sentences_per_class, seed))

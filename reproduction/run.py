@@ -242,7 +242,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
         ),
     }
     clock = timed("evaluation", clock)
-    counts = json.loads((data_dir / "counts.jsonl").read_text().splitlines()[0])
+    counts = json.loads(data["counts"].read_text(encoding="utf-8"))
     timings["total"] = round(time.time() - started, 1)
     report = write_report(evaluations, output_dir, {"preset": asdict(preset), "timings_s": timings, **counts})
     if cache_default:

@@ -140,6 +140,13 @@ def iter_records(path: str | Path, required: Sequence[str]) -> Iterator[Record |
         raise DataFormatError(f"cannot read {path}: {error}") from error
 
 
+def write_jsonl(path: str | Path, rows: Sequence[dict]) -> Path:
+    """Writes `rows` as JSON lines (UTF-8, non-ASCII kept), the table format `iter_records` reads first."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
 class SkipCounter:
     """Counts skipped records by reason and logs the first few of each reason with their location."""
 

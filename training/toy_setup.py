@@ -5,7 +5,6 @@ drawn here (coloured circles, squares, triangles); the captions exist in five la
 XLM-R's real tokenizer, the tiny CLIP teacher a word-level tokenizer over the English captions.
 """
 
-import json
 import random
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from transformers import (
 )
 
 from modeling_altclip.assets import load_xlmr_tokenizer
+
+from .records import write_jsonl
 
 IMAGE_SIZE = 32
 COLORS = {  # English, German (masc., neut.), French, Spanish, Chinese, RGB
@@ -92,10 +93,10 @@ def write_shapes_dataset(folder: str | Path, images_per_class: int = 4, seed: in
                 captions += [
                     {"image": name, "caption": caption(color, shape, lang), "language": lang} for lang in LANGUAGES
                 ]
-    paths = {"parallel": folder / "parallel.jsonl", "captions": folder / "captions.jsonl"}
-    for key, rows in (("parallel", parallel), ("captions", captions)):
-        paths[key].write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return paths
+    return {
+        "parallel": write_jsonl(folder / "parallel.jsonl", parallel),
+        "captions": write_jsonl(folder / "captions.jsonl", captions),
+    }
 
 
 def english_word_tokenizer(texts: list[str] | None = None) -> PreTrainedTokenizerFast:
