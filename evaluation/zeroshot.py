@@ -1,5 +1,6 @@
 """Zero-shot classification: one text embedding per class (its templates averaged), images ranked against them."""
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -22,8 +23,6 @@ class ClassEmbeddingCache:
         self.memory: dict[str, torch.Tensor] = {}
 
     def get(self, embedder: Embedder, prompts: ClassPrompts) -> torch.Tensor:
-        import hashlib
-
         key = hashlib.sha256(
             "\0".join([embedder.fingerprint(), *prompts.classnames, "\1", *prompts.templates]).encode()
         ).hexdigest()[:24]

@@ -9,7 +9,7 @@ from huggingface_hub import SpaceCardData
 import demo
 import modeling_altclip
 
-from .staging import PushRefused
+from .staging import relative_files, require_empty_folder
 
 APP = '''"""AltCLIP multilingual demo (Hugging Face Space): zero-shot classification, search and caption ranking."""
 
@@ -45,8 +45,7 @@ Zero-shot image classification, text-to-image search and image-to-text ranking i
 def prepare_space_folder(target: str | Path, model: str, title: str = "AltCLIP multilingual demo") -> list[str]:
     """Writes the Space into the empty (or new) folder `target`; returns its relative file paths."""
     target = Path(target)
-    if target.exists() and any(target.iterdir()):
-        raise PushRefused(f"{target} is not empty; the Space folder must start empty.")
+    require_empty_folder(target)
     target.mkdir(parents=True, exist_ok=True)
     for package in (demo, modeling_altclip):
         source = Path(package.__file__).parent
@@ -62,4 +61,4 @@ def prepare_space_folder(target: str | Path, model: str, title: str = "AltCLIP m
         tags=["altclip", "multilingual", "zero-shot-image-classification"],
     )
     (target / "README.md").write_text(SPACE_README.format(metadata=metadata.to_yaml(), model=model), encoding="utf-8")
-    return sorted(str(path.relative_to(target)) for path in target.rglob("*") if path.is_file())
+    return relative_files(target)

@@ -56,11 +56,20 @@ def smoke_test(model: AltCLIPModel, processor: AltCLIPProcessor, where: Path) ->
         )
 
 
+def require_empty_folder(target: Path) -> None:
+    """Upload folders are written only into a new or empty folder, so nothing of the user's is replaced."""
+    if target.exists() and any(target.iterdir()):
+        raise PushRefused(f"{target} is not empty; the upload folder must start empty (nothing of yours is replaced).")
+
+
+def relative_files(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
 def prepare_upload_folder(model_dir: str | Path, target: str | Path, repo_id: str, options: CardOptions) -> list[str]:
     """Writes into the empty (or new) folder `target` exactly what would be uploaded; returns its relative paths."""
     model_dir, target = Path(model_dir), Path(target)
-    if target.exists() and any(target.iterdir()):
-        raise PushRefused(f"{target} is not empty; the upload folder must start empty (nothing of yours is replaced).")
+    require_empty_folder(target)
     model, processor = load_checked(model_dir)
     card = build_model_card(model, model_dir, repo_id, options)  # checks the results files before writing
     target.mkdir(parents=True, exist_ok=True)
@@ -70,7 +79,7 @@ def prepare_upload_folder(model_dir: str | Path, target: str | Path, repo_id: st
     for name in COPIED_FROM_MODEL_DIR:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, target / name)
-    files = sorted(str(path.relative_to(target)) for path in target.rglob("*") if path.is_file())
+    files = relative_files(target)
     unexpected = [name for name in files if Path(name).suffix not in ALLOWED_SUFFIXES]
     if unexpected:
         raise PushRefused(f"Refusing to upload {unexpected}: only {sorted(ALLOWED_SUFFIXES)} files are published.")

@@ -25,7 +25,6 @@ class HubRecord:
     branches: list[tuple[str, str]] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
     unauthorized: int = 0
-    paths: list[str] = field(default_factory=list)
     validated_metadata: list[dict] = field(default_factory=list)
 
 
@@ -44,7 +43,6 @@ def _handler(record: HubRecord):
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            record.paths.append(self.path)
             if self.headers.get("Authorization") != f"Bearer {record.token}":
                 record.unauthorized += 1
                 return self.reply(401, {"error": "Invalid credentials"})

@@ -181,8 +181,7 @@ class StreamingImageTextDataset(IterableDataset):
         seed: int = 0,
     ):
         for path in files:
-            record_format(path)  # unknown formats and missing files fail now
-            if record_format(path) != "tar":
+            if record_format(path) != "tar":  # unknown formats and missing files fail now
                 next(iter(_table_rows(path, image_column, caption_column, image_root)), None)
         self.files, self.weights, self.seed, self.epoch = list(files), weights, seed, 0
         self.columns = (image_column, caption_column, image_root)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import TINY_IMAGE_SIZE, random_images
+from tiny_models import TINY_VISION_CONFIG, random_images
 from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, XLMRobertaConfig, XLMRobertaModel
 
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
@@ -23,14 +23,7 @@ def clip_dir(tmp_path_factory, image_processor):
             intermediate_size=37,
             max_position_embeddings=20,
         ),
-        vision_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            image_size=TINY_IMAGE_SIZE,
-            patch_size=6,
-        ),
+        vision_config=dict(TINY_VISION_CONFIG),
         projection_dim=12,
     )
     model = CLIPModel(config)
