@@ -19,3 +19,22 @@ def logged_losses(output_dir: Path) -> dict[int, float]:
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
     return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+
+def teacher_flags(toy, *extra: str) -> tuple[str, ...]:
+    """Stage-1 flags for the toy setup (tiny CLIP teacher, tiny XLM-R, shapes parallel text), then `extra`."""
+    return (
+        "--clip_model_name_or_path",
+        str(toy["clip"]),
+        "--text_encoder_name_or_path",
+        str(toy["xlmr"]),
+        "--train_files",
+        str(toy["parallel"]),
+        "--per_device_train_batch_size",
+        "16",
+        "--learning_rate",
+        "1e-3",
+        "--logging_steps",
+        "5",
+        *extra,
+    )

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from stage_runs import run_stage
+from stage_runs import run_stage, teacher_flags
 
 from training.toy_setup import write_toy_setup
 
@@ -17,24 +17,5 @@ def toy(tmp_path_factory) -> dict[str, Path]:
 def teacher_model_dir(tmp_path_factory, toy) -> Path:
     """A stage-1 result on the toy setup, the starting point of the contrastive tests."""
     output_dir = tmp_path_factory.mktemp("stage1")
-    run_stage(
-        "teacher",
-        output_dir,
-        "--clip_model_name_or_path",
-        str(toy["clip"]),
-        "--text_encoder_name_or_path",
-        str(toy["xlmr"]),
-        "--train_files",
-        str(toy["parallel"]),
-        "--max_steps",
-        "20",
-        "--per_device_train_batch_size",
-        "16",
-        "--learning_rate",
-        "1e-3",
-        "--logging_steps",
-        "5",
-        "--save_strategy",
-        "no",
-    )
+    run_stage("teacher", output_dir, *teacher_flags(toy, "--max_steps", "20", "--save_strategy", "no"))
     return output_dir

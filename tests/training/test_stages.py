@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runs import logged_losses, run_stage
+from stage_runs import logged_losses, run_stage, teacher_flags
 from transformers import AutoModel, CLIPModel
 
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
@@ -15,24 +15,6 @@ from training.config_files import config_file_to_flags, expand_config
 from training.toy_setup import write_tiny_clip
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def teacher_flags(toy, *extra):
-    return (
-        "--clip_model_name_or_path",
-        str(toy["clip"]),
-        "--text_encoder_name_or_path",
-        str(toy["xlmr"]),
-        "--train_files",
-        str(toy["parallel"]),
-        "--per_device_train_batch_size",
-        "16",
-        "--learning_rate",
-        "1e-3",
-        "--logging_steps",
-        "5",
-        *extra,
-    )
 
 
 def test_teacher_learning_loss_falls_and_the_result_is_a_complete_model(tmp_path, toy):
