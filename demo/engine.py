@@ -20,6 +20,7 @@ MAX_CAPTIONS = 50
 MAX_GALLERY = 200
 MAX_LABEL_CHARS = 200
 MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000; larger uploads are refused before decoding
+MAX_CACHED_EMBEDDINGS = 10_000  # gallery files whose embeddings an engine keeps
 WORKING_SIZE = 1024  # larger images are shrunk first: the model sees 224 px anyway
 DEFAULT_TEMPLATE = "a photo of {}"
 
@@ -77,6 +78,14 @@ def as_rgb_image(image: Any, name: str = "the image") -> Image.Image:
     return image
 
 
+def file_key(item: Any) -> tuple | None:
+    """(path, size, modification time) of a file, the key under which its embedding is kept; None otherwise."""
+    if not isinstance(item, (str, Path)):
+        return None
+    stat = Path(item).stat()
+    return str(Path(item).resolve()), stat.st_size, stat.st_mtime_ns
+
+
 def fill_template(template: str | None, label: str) -> str:
     template = (template or "").strip() or "{}"
     if template.count("{}") != 1:
@@ -92,6 +101,7 @@ class DemoEngine:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AltCLIPModel.from_pretrained(model_name_or_path).to(self.device).eval()
         self.processor = AltCLIPProcessor.from_pretrained(model_name_or_path)
+        self.gallery_cache: dict[tuple, torch.Tensor] = {}
 
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -104,6 +114,15 @@ class DemoEngine:
             list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt"
         ).to(self.device)
         return F.normalize(self.model.get_text_features(**tokens).pooler_output, dim=-1)
+
+    def gallery_embeddings(self, images: list[Image.Image], keys: list[tuple | None]) -> torch.Tensor:
+        """Image embeddings, each file embedded once per engine: a gallery is searched again and again."""
+        missing = [i for i, key in enumerate(keys) if key is None or key not in self.gallery_cache]
+        fresh = dict(zip(missing, self.image_embeddings([images[i] for i in missing]))) if missing else {}
+        if len(self.gallery_cache) + len(fresh) > MAX_CACHED_EMBEDDINGS:
+            self.gallery_cache.clear()
+        self.gallery_cache.update({keys[i]: embedding for i, embedding in fresh.items() if keys[i] is not None})
+        return torch.stack([fresh[i] if i in fresh else self.gallery_cache[key] for i, key in enumerate(keys)])
 
     def probabilities(self, image_embedding: torch.Tensor, text_embeddings: torch.Tensor) -> list[float]:
         scale = self.model.logit_scale.exp()
@@ -133,15 +152,16 @@ class DemoEngine:
             raise DemoInputError("The gallery is empty: upload images or use the bundled examples.")
         if len(gallery) > MAX_GALLERY:
             raise DemoInputError(f"{len(gallery)} images is too many for the gallery: at most {MAX_GALLERY}.")
-        images, skipped = [], []
+        images, keys, skipped = [], [], []
         for index, item in enumerate(gallery):
             try:
                 images.append(as_rgb_image(item, f"gallery image {index + 1}"))
+                keys.append(file_key(item))
             except DemoInputError as error:
                 skipped.append(str(error))
         if not images:
             raise DemoInputError(f"None of the {len(gallery)} gallery files could be read: {skipped[0]}")
-        similarities = (self.image_embeddings(images) @ self.text_embeddings([query]).t()).flatten()
+        similarities = (self.gallery_embeddings(images, keys) @ self.text_embeddings([query]).t()).flatten()
         order = similarities.argsort(descending=True)[:top_k].tolist()
         note = f"Left out {len(skipped)} unreadable file(s): {'; '.join(skipped[:3])}" if skipped else ""
         return [(images[i], f"{similarities[i].item():.3f}") for i in order], note

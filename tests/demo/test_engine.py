@@ -77,6 +77,20 @@ def test_search_ranks_the_gallery_and_counts_unreadable_files(engine, tmp_path):
     matches, note = engine.search("ein roter Kreis", [*paths, tmp_path / "bad.jpg"], top_k=2)
     assert len(matches) == 2 and float(matches[0][1]) >= float(matches[1][1])
     assert note.startswith("Left out 1 unreadable file(s): Could not read gallery image 4")
+    first_scores = [score for _, score in matches]
+
+    def embedded_again(images):
+        raise AssertionError(f"{len(images)} gallery images embedded again")
+
+    engine.image_embeddings, original = embedded_again, engine.image_embeddings  # the files are unchanged
+    try:
+        again, _ = engine.search("ein roter Kreis", [*paths, tmp_path / "bad.jpg"], top_k=2)
+        assert [score for _, score in again] == first_scores
+        random_images(1, seed=9)[0].save(paths[0])  # a changed file is embedded anew
+        with pytest.raises(AssertionError, match="1 gallery images embedded again"):
+            engine.search("ein roter Kreis", paths)
+    finally:
+        engine.image_embeddings = original
     with pytest.raises(DemoInputError, match="type what to search"):
         engine.search("  ", paths)
     with pytest.raises(DemoInputError, match="None of the 1 gallery files"):
