@@ -18,6 +18,7 @@ from pathlib import Path
 
 PACKAGE = "clip-benchmark"
 NATIVE_LANGUAGES = ("en", "cn", "it", "jp", "ar")  # clip-benchmark's own hand-made lists
+ISO_CODES = {"cn": "zh", "jp": "ja"}  # clip-benchmark's codes for the languages that ISO 639-1 spells otherwise
 BABEL_FILE = "babel_imagenet.json"
 NLLB_FILE = "nllb_dist13b_prompts.json"
 
@@ -69,7 +70,7 @@ def available_languages(folder: Path) -> list[str]:
 
 def babel_code(language: str) -> str:
     """Babel-ImageNet's key for a language code: upper case, clip-benchmark's cn/jp as ZH/JA."""
-    return {"cn": "ZH", "jp": "JA"}.get(language, language).upper()
+    return ISO_CODES.get(language, language).upper()
 
 
 def class_prompts(

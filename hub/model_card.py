@@ -10,6 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from evaluation.prompts import ISO_CODES
 from evaluation.results import RESULTS_FILE, markdown_table, model_index
 from training.reporting import SUMMARY_FILE
 
@@ -17,8 +18,6 @@ TEMPLATE = Path(__file__).with_name("model_card_template.md")
 PIPELINE_TAG = "zero-shot-image-classification"
 LIBRARY_NAME = "transformers"
 DEFAULT_TAGS = ("altclip", "clip", "multilingual", "zero-shot-image-classification", "image-text-retrieval")
-# clip-benchmark's codes for the languages that ISO 639-1 spells otherwise
-ISO_CODES = {"cn": "zh", "jp": "ja"}
 EXAMPLE_LABELS = {
     "en": "a photo of a cat",
     "de": "ein Foto einer Katze",
