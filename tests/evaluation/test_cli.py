@@ -211,3 +211,38 @@ def test_errors_name_the_problem_before_loading_the_model(tmp_path, capsys, task
         )
     assert message in str(exit_info.value.code)
     assert not (tmp_path / "out").exists()
+
+
+def test_quantised_run_and_a_wrong_quantisation(tmp_path, tiny_model_dir):
+    data = write_image_folder(tmp_path / "folder")
+    plain = run_eval(
+        "zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "a", "--languages", "de", "--cache_dir", ""
+    )
+    int8 = run_eval(
+        "zeroshot",
+        tiny_model_dir,
+        "image_folder",
+        data,
+        tmp_path / "b",
+        "--languages",
+        "de",
+        "--cache_dir",
+        "",
+        "--quantization",
+        "int8",
+        "--reduced_decoding",
+        "false",
+    )
+    assert int8[0]["num_images"] == plain[0]["num_images"] == 6
+    with pytest.raises(SystemExit, match="Unknown quantization 'int4'"):
+        run_eval(
+            "zeroshot",
+            tiny_model_dir,
+            "image_folder",
+            data,
+            tmp_path / "c",
+            "--languages",
+            "de",
+            "--quantization",
+            "int4",
+        )
