@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip.cpu_kernels import use_onednn_linear
 
 MAX_LABELS = 50
 MAX_CAPTIONS = 50
@@ -100,6 +101,8 @@ class DemoEngine:
         self.name = str(model_name_or_path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AltCLIPModel.from_pretrained(model_name_or_path).to(self.device).eval()
+        if self.device.type == "cpu":
+            self.model = use_onednn_linear(self.model, inplace=True)  # fp32 Linear layers about 2x faster on AMD
         self.processor = AltCLIPProcessor.from_pretrained(model_name_or_path)
         self.gallery_cache: dict[tuple, torch.Tensor] = {}
 

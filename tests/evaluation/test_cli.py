@@ -234,6 +234,22 @@ def test_quantised_run_and_a_wrong_quantisation(tmp_path, tiny_model_dir):
         "false",
     )
     assert int8[0]["num_images"] == plain[0]["num_images"] == 6
+    nn_linear = run_eval(
+        "zeroshot",
+        tiny_model_dir,
+        "image_folder",
+        data,
+        tmp_path / "d",
+        "--languages",
+        "de",
+        "--cache_dir",
+        "",
+        "--onednn_linear",
+        "false",
+    )
+    assert (
+        nn_linear[0]["metrics"]["top1"] == plain[0]["metrics"]["top1"]
+    )  # oneDNN's fp32 Linear gives the same predictions
     with pytest.raises(SystemExit, match="Unknown quantization 'int4'"):
         run_eval(
             "zeroshot",

@@ -5,7 +5,9 @@ import torch
 from PIL import Image
 from tiny_models import TINY_VISION_CONFIG, random_images
 
+from evaluation.batching import length_sorted_batches
 from evaluation.encode import Embedder
+from modeling_altclip.cpu_kernels import OneDNNLinear
 from training.image_text_data import open_rgb_image
 
 
@@ -60,3 +62,19 @@ def test_cls_only_last_layer_equals_the_full_forward(tiny_model):
             full = model.get_image_features(pixel_values=pixels).pooler_output
             assert torch.allclose(projected_image_features(model, pixels), full, atol=1e-5)
     assert not supports_cls_only(torch.nn.Linear(2, 2))
+
+
+def test_texts_are_batched_longest_first_and_every_index_once():
+    texts = ["ab", "a", "abcd", "abc", "abcde"]
+    batches = length_sorted_batches(texts, 2)
+    assert batches == [[4, 2], [3, 0], [1]]
+
+
+def test_cpu_fp32_embedder_runs_onednn_linear_unless_told_not_to(tiny_model, processor):
+    fast = Embedder(tiny_model, processor, device="cpu", batch_size=4)
+    plain = Embedder(tiny_model, processor, device="cpu", batch_size=4, onednn_linear=False)
+    assert any(isinstance(module, OneDNNLinear) for module in fast.model.modules())
+    assert not any(isinstance(module, OneDNNLinear) for module in plain.model.modules())
+    texts = ["a cat", "ein Hund, der über eine Wiese rennt", "猫"]
+    torch.testing.assert_close(fast.texts(texts), plain.texts(texts), atol=1e-5, rtol=1e-4)
+    assert fast.fingerprint() == plain.fingerprint()
