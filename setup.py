@@ -24,6 +24,7 @@ setup(
         "console_scripts": [
             "altclip-train = training.cli:main",
             "altclip-eval = evaluation.cli:main",
+            "altclip-export-onnx = evaluation.onnx_export:main",
             "altclip-push = hub.cli:main",
             "altclip-push-space = hub.cli:space_main",
             "altclip-demo = demo.app:main",
@@ -53,7 +54,18 @@ setup(
     ],
     extras_require={
         "demo": ["gradio>=5", "pandas", "scikit-image>=0.22"],
-        "test": ["pytest>=8", "gradio>=5", "gradio_client>=1", "pandas", "scikit-image>=0.22", "playwright>=1.40"],
+        "onnx": ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.20"],
+        "test": [
+            "pytest>=8",
+            "gradio>=5",
+            "gradio_client>=1",
+            "pandas",
+            "scikit-image>=0.22",
+            "playwright>=1.40",
+            "onnx>=1.17",
+            "onnxscript>=0.2",
+            "onnxruntime>=1.20",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

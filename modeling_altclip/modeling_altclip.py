@@ -50,6 +50,12 @@ def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.t(), labels)) / 2
 
 
+def _tracing() -> bool:
+    """Inside torch.compile or torch.export (ONNX export): checks that read tensor values are left out there."""
+    is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.compiler.is_compiling() or is_exporting()
+
+
 def _check_input_ids(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, vocab_size: int) -> None:
     if input_ids is None:
         return
@@ -59,7 +65,7 @@ def _check_input_ids(input_ids: torch.Tensor | None, attention_mask: torch.Tenso
         raise ValueError(
             f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
         )
-    if input_ids.numel() and (int(input_ids.max()) >= vocab_size or int(input_ids.min()) < 0):
+    if input_ids.numel() and not _tracing() and (int(input_ids.max()) >= vocab_size or int(input_ids.min()) < 0):
         raise ValueError(
             f"input_ids hold token ids outside [0, {vocab_size}) (min {int(input_ids.min())}, max "
             f"{int(input_ids.max())}): the tokenizer does not belong to this model's vocabulary."
