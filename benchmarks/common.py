@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import transformers
 from PIL import Image
 from transformers import CLIPImageProcessorPil
@@ -76,7 +77,11 @@ def model_pair(shape: str, folder: Path, seed: int = 0) -> tuple[torch.nn.Module
     reference = transformers.AltCLIPModel(reference_config(shape)).eval()
     reference.save_pretrained(folder)
     ours = AltCLIPModel.from_pretrained(folder).eval()
-    processor = AltCLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=load_xlmr_tokenizer())
+    AltCLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=load_xlmr_tokenizer()).save_pretrained(folder)
+    # every pipeline (here, in the memory probes, in the ONNX folder) uses the processor as loaded from the folder:
+    # transformers 5 rebuilds XLM-R's normaliser on loading, which splits some rare inputs differently from the
+    # tokenizer built straight from tokenizer.json (e.g. a trailing U+200E mark)
+    processor = AltCLIPProcessor.from_pretrained(folder)
     return reference, ours, processor
 
 
@@ -131,6 +136,29 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+@torch.no_grad()
+def reference_images(model, processor, files, batch_size):
+    """What a transformers user writes: PIL-decode each file, the processor on the batch, `get_image_features`."""
+    out = []
+    for start in range(0, len(files), batch_size):
+        images = [Image.open(path).convert("RGB") for path in files[start : start + batch_size]]
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        out.append(F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reference_texts(model, processor, texts, batch_size):
+    """Texts in their given order, each batch padded to its longest."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = processor.tokenizer(
+            texts[start : start + batch_size], padding=True, truncation=True, max_length=77, return_tensors="pt"
+        )
+        out.append(F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1))
+    return torch.cat(out)
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field):
@@ -149,14 +177,6 @@ def peak_working_memory_mib(run: Callable[[], object]) -> float:
     return (_rss_kib("VmHWM") - before) / 1024
 
 
-def paired_peak_memory_mib(
-    reference_run: Callable[[], object], ours_run: Callable[[], object], rounds: int = 3
-) -> tuple[float, float]:
-    """Medians of `peak_working_memory_mib` for both, measured in alternating order so that neither always runs on
-    the heap the other left behind."""
-    reference, ours = [], []
-    for index in range(rounds):
-        pair = [(reference, reference_run), (ours, ours_run)]
-        for values, run in pair if index % 2 == 0 else pair[::-1]:
-            values.append(peak_working_memory_mib(run))
-    return round(statistics.median(reference), 1), round(statistics.median(ours), 1)
+def process_peak_rss_mib() -> float:
+    """The process's peak resident memory so far (weights included)."""
+    return _rss_kib("VmHWM") / 1024

@@ -2,6 +2,6 @@
 # Every benchmark of benchmarks/README.md, on this machine: prints the tables and writes benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python benchmarks/embedding_throughput.py --shape vit-b-32_xlm-r-base --images 64 --texts 256 --repeats 3
+python benchmarks/embedding_throughput.py --shape vit-b-32_xlm-r-base --images 64 --texts 256 --repeats 3 --compile
 python benchmarks/embedding_throughput.py --shape vit-l-14_xlm-r-large --images 16 --texts 64 --batch_size 16 --repeats 2
 python benchmarks/training_throughput.py --steps 60

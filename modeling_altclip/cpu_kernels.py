@@ -29,8 +29,8 @@ def onednn_linear_available() -> bool:
 class OneDNNLinear(nn.Linear):
     """An ``nn.Linear`` (same parameters, same state dict) whose fp32 CPU inference forward calls oneDNN.
 
-    With gradients on, or on other devices and dtypes, it is the ordinary ``nn.Linear`` (oneDNN's kernel has no
-    backward pass)."""
+    With gradients on, on other devices and dtypes, or inside torch.compile, it is the ordinary ``nn.Linear``
+    (oneDNN's kernel has no backward pass; inductor packs weights for oneDNN itself with ``freezing``)."""
 
     @classmethod
     def wrapping(cls, linear: nn.Linear) -> "OneDNNLinear":
@@ -46,6 +46,7 @@ class OneDNNLinear(nn.Linear):
             and input.dtype == torch.float32
             and self.weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad))
+            and not torch.compiler.is_compiling()  # torch.compile picks its own kernels
         ):
             return torch.ops.mkldnn._linear_pointwise(input, self.weight, self.bias, "none", [], "")
         return super().forward(input)
