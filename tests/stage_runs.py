@@ -1,9 +1,17 @@
 """Running ``altclip-train`` stages inside the test process and reading back what they logged."""
 
 import json
+import os
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
+from ports import free_port
+
 from training.cli import main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
 
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--seed", "0"]
 
@@ -21,8 +29,8 @@ def logged_losses(output_dir: Path) -> dict[int, float]:
     return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
 
 
-def teacher_flags(toy, *extra: str) -> tuple[str, ...]:
-    """Stage-1 flags for the toy setup (tiny CLIP teacher, tiny XLM-R, shapes parallel text), then `extra`."""
+def toy_teacher_inputs(toy) -> tuple[str, ...]:
+    """The toy setup's stage-1 models and data: tiny CLIP teacher, tiny XLM-R, shapes parallel text."""
     return (
         "--clip_model_name_or_path",
         str(toy["clip"]),
@@ -30,6 +38,13 @@ def teacher_flags(toy, *extra: str) -> tuple[str, ...]:
         str(toy["xlmr"]),
         "--train_files",
         str(toy["parallel"]),
+    )
+
+
+def teacher_flags(toy, *extra: str) -> tuple[str, ...]:
+    """Stage-1 flags for the toy setup (`toy_teacher_inputs`, batch 16, lr 1e-3), then `extra`."""
+    return (
+        *toy_teacher_inputs(toy),
         "--per_device_train_batch_size",
         "16",
         "--learning_rate",
@@ -38,3 +53,41 @@ def teacher_flags(toy, *extra: str) -> tuple[str, ...]:
         "5",
         *extra,
     )
+
+
+def torchrun_command(stage: str, output_dir: Path, processes: int, *flags: str) -> list[str]:
+    """``altclip-train STAGE`` under ``torchrun --nproc_per_node processes`` (gloo on 127.0.0.1), quiet flags first."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes)]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "training.cli"]
+    return [*launcher, stage, "--output_dir", str(output_dir), *QUIET, *flags]
+
+
+def torchrun_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def torchrun(stage: str, output_dir: Path, processes: int, *flags: str) -> subprocess.CompletedProcess:
+    """Runs the stage to the end in `processes` processes; fails the test with the output tail if it fails."""
+    command = torchrun_command(stage, output_dir, processes, *flags)
+    result = subprocess.run(command, cwd=REPO, env=torchrun_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def trained_keys(output_dir: Path, up_to_step: int | None = None) -> Counter:
+    """How often each sample reached the model's forward (``--record_trained_keys``), all ranks, up to a step."""
+    counts: Counter = Counter()
+    for path in (output_dir / "trained_keys").glob("rank-*.tsv"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            step, key = line.split("\t", 1)
+            if up_to_step is None or int(step) <= up_to_step:
+                counts[key] += 1
+    return counts
+
+
+def trained_steps(output_dir: Path) -> Counter:
+    """(step, key) pairs recorded by ``--record_trained_keys``, all ranks."""
+    pairs: Counter = Counter()
+    for path in (output_dir / "trained_keys").glob("rank-*.tsv"):
+        pairs.update(tuple(line.split("\t", 1)) for line in path.read_text(encoding="utf-8").splitlines())
+    return pairs

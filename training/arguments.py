@@ -32,15 +32,29 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Training data: files (JSONL/CSV/TSV, `datasets` folders, .tar shards) mixed by sampling weights."""
+    """Training data: sources (files, folders, shard specs, URLs) mixed by sampling weights."""
 
-    train_files: list[str] = field(default_factory=list, metadata={"help": "One or more training data files."})
-    train_file_weights: list[float] | None = field(
-        default=None, metadata={"help": "Sampling weight of each training file (languages, corpora)."}
+    train_files: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Sources, each a file, folder, brace list (laion/{00000..41407}.tar), glob, or URL (https://, "
+            "s3://, gs://, hf://, pipe:CMD). Webdataset shards (.tar, .tar.gz) stream; JSONL/CSV/TSV/Parquet "
+            "tables and save_to_disk folders are memory-mapped."
+        },
     )
-    validation_files: list[str] | None = field(default=None, metadata={"help": "Held-out files for eval_loss."})
-    streaming: bool = field(
-        default=False, metadata={"help": "Read files lazily (corpora larger than memory, tar shards); needs max_steps."}
+    train_file_weights: list[float] | None = field(
+        default=None, metadata={"help": "Sampling weight of each --train_files source (languages, corpora)."}
+    )
+    validation_files: list[str] | None = field(default=None, metadata={"help": "Held-out sources for eval_loss."})
+    shuffle_buffer: int = field(
+        default=5000, metadata={"help": "Shard streams: samples in the shuffle buffer of each DataLoader worker."}
+    )
+    data_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where datasets keeps the Arrow files of tables (default: its own cache)."}
+    )
+    record_trained_keys: bool = field(
+        default=False,
+        metadata={"help": "Write every trained sample's location per step to OUTPUT_DIR/trained_keys/rank-R.tsv."},
     )
     max_text_length: int = field(default=77, metadata={"help": "Student tokens per text after truncation."})
     english_column: str = field(default="english", metadata={"help": "Teacher learning: the English column."})

@@ -5,6 +5,8 @@ supplies them from a file (flags given after it win). Runs alike under ``python`
 ``accelerate launch``.
 """
 
+import functools
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -13,15 +15,24 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import ContrastiveArguments, DataArguments, ModelArguments, TeacherLearningArguments
 from .config_files import expand_config
-from .image_text_data import ContrastiveCollator, ImageTextDataset, StreamingImageTextDataset
+from .data_plan import check_resumed_plan, data_plan_callback
+from .image_text_data import (
+    ContrastiveCollator,
+    ImageTextTable,
+    PairDecoder,
+    decode_shard_sample,
+    image_shape_of,
+)
 from .model_setup import disable_dropout, freeze_image_tower, load_or_build_model, load_teacher_for
+from .records import DataFormatError
 from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
+from .shard_stream import ShardStream
+from .sources import Source, parse_sources
 from .teacher import cached_teacher_features
-from .text_data import DistillationCollator, ParallelTextDataset, StreamingParallelText
+from .text_data import DistillationCollator, ParallelText
 from .trainers import ContrastiveTrainer, TeacherLearningTrainer
 
 logger = logging.getLogger("training")
@@ -48,13 +59,36 @@ def parse(stage: str, argv: Sequence[str]):
     model_args, data_args, stage_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
     training_args.dataloader_pin_memory = training_args.dataloader_pin_memory and torch.cuda.is_available()
-    if data_args.streaming:
-        training_args.accelerator_config.dispatch_batches = False  # each rank reads its own share of the stream
-        if training_args.max_steps <= 0:
-            raise SystemExit("altclip-train: --streaming true needs --max_steps (a stream has no length).")
-    if not data_args.train_files:
-        raise SystemExit("altclip-train: give --train_files.")
     return model_args, data_args, stage_args, training_args
+
+
+def read_sources(data_args, stage: str) -> tuple[list[Source], list[Source] | None]:
+    """Training and validation sources, checked before any model loads (one-line errors)."""
+    try:
+        train = parse_sources(data_args.train_files, data_args.train_file_weights)
+        validation = parse_sources(data_args.validation_files) if data_args.validation_files else None
+    except DataFormatError as error:
+        raise SystemExit(f"altclip-train: {error}") from None
+    if stage == "teacher" and any(source.is_shards for source in train + (validation or [])):
+        raise SystemExit(
+            "altclip-train teacher: parallel text comes as tables (JSONL/CSV/TSV/Parquet/datasets "
+            "folders), not webdataset shards."
+        )
+    if data_args.shuffle_buffer < 1:
+        raise SystemExit(f"altclip-train: --shuffle_buffer must be at least 1, not {data_args.shuffle_buffer}.")
+    return train, validation
+
+
+def train_sampling(training_args: TrainingArguments) -> dict:
+    """Seed, order and the rank's place, shared by every training dataset of a run."""
+    return {
+        "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+        "shuffle": getattr(training_args, "train_sampling_strategy", "random") != "sequential",
+    }
+
+
+def weights_of(sources: list[Source]) -> list[float] | None:
+    return None if all(source.weight == 1.0 for source in sources) else [source.weight for source in sources]
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
@@ -69,24 +103,49 @@ def setup_logging(training_args: TrainingArguments) -> None:
         logging.getLogger(name).setLevel(logging.INFO if training_args.should_log else level)
 
 
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-N folders whose trainer_state.json was written (the Trainer writes it last), oldest first."""
+    complete = []
+    for folder in sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1])):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        complete.append(folder)
+    return complete
+
+
 def resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """The checkpoint to resume from; refuses to train over an output folder that already holds checkpoints."""
+    """The checkpoint to resume from (the newest complete one for ``true``); refuses to train over an output folder
+    that already holds checkpoints."""
     requested = training_args.resume_from_checkpoint
     output_dir = Path(training_args.output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    started = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
     if requested in (None, "", "false", "False"):
-        if last is not None:
+        if started:
             raise SystemExit(
-                f"altclip-train: {output_dir} already holds {Path(last).name}. Pass --resume_from_checkpoint true to "
+                f"altclip-train: {output_dir} already holds {started[-1].name}. Pass --resume_from_checkpoint true to "
                 "continue that run, or choose another --output_dir."
             )
         return None
     if requested in ("true", "True"):
-        if last is None:
-            raise SystemExit(f"altclip-train: --resume_from_checkpoint true, but {output_dir} holds no checkpoint.")
-        return last
-    if not Path(requested).is_dir():
-        raise SystemExit(f"altclip-train: checkpoint {requested} does not exist.")
+        complete = complete_checkpoints(output_dir)
+        if not complete:
+            raise SystemExit(
+                f"altclip-train: --resume_from_checkpoint true, but {output_dir} holds no complete checkpoint."
+            )
+        newer = [path.name for path in started if int(path.name.split("-")[1]) > int(complete[-1].name.split("-")[1])]
+        if newer:
+            logger.warning(
+                "Resuming from %s: %s has no trainer_state.json (its write was interrupted) and is passed over.",
+                complete[-1].name,
+                ", ".join(newer),
+            )
+        return str(complete[-1])
+    if not (Path(requested) / "trainer_state.json").is_file():
+        raise SystemExit(
+            f"altclip-train: checkpoint {requested} does not exist or is incomplete (no trainer_state.json)."
+        )
     return requested
 
 
@@ -115,27 +174,35 @@ def finish(trainer, model, processor, training_args: TrainingArguments, stage: s
     logger.info("Saved the %s-stage model, %s and %s to %s", stage, LOSS_CURVE_FILE, SUMMARY_FILE, output_dir)
 
 
-def run_teacher_learning(model_args, data_args, stage_args, training_args) -> None:
+def trainer_data_options(data_args, train_sources: list[Source], training_args: TrainingArguments) -> dict:
+    return {
+        "record_trained_keys": data_args.record_trained_keys,
+        "train_weights": weights_of(train_sources),
+        "shuffle_train": train_sampling(training_args)["shuffle"],
+        "callbacks": [data_plan_callback(data_args, training_args)],
+    }
+
+
+def run_teacher_learning(model_args, data_args, stage_args, training_args, train_sources, validation_sources) -> None:
     model, processor = load_or_build_model(model_args)
     teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
     student = model.text_model
     if not stage_args.student_dropout:
         disable_dropout(student)
-    dataset_class = StreamingParallelText if data_args.streaming else ParallelTextDataset
     columns = dict(
         english_column=data_args.english_column,
         translation_column=data_args.translation_column,
         include_english_pairs=stage_args.include_english_pairs,
-        seed=training_args.seed,
+        cache_dir=data_args.data_cache_dir,
     )
-    train_dataset = dataset_class(data_args.train_files, weights=data_args.train_file_weights, **columns)
-    eval_dataset = dataset_class(data_args.validation_files, **columns) if data_args.validation_files else None
+    with training_args.main_process_first(desc="parallel text tables"):
+        train_dataset = ParallelText(train_sources, **columns)
+        eval_dataset = ParallelText(validation_sources, **columns) if validation_sources else None
     features = None
     if stage_args.precompute_teacher_features:
-        if data_args.streaming or eval_dataset is not None:
+        if eval_dataset is not None:
             raise SystemExit(
-                "altclip-train: --precompute_teacher_features needs in-memory training data only "
-                "(no --streaming, no --validation_files)."
+                "altclip-train: --precompute_teacher_features covers the training data only; drop --validation_files."
             )
         cache_dir = stage_args.teacher_cache_dir or str(Path(training_args.output_dir) / "teacher_cache")
         with training_args.main_process_first(desc="teacher features"):
@@ -150,9 +217,9 @@ def run_teacher_learning(model_args, data_args, stage_args, training_args) -> No
         data_collator=DistillationCollator(processor.tokenizer, teacher_tokenizer, data_args.max_text_length, features),
         teacher=None if features is not None else teacher,
         loss_kind=stage_args.distillation_loss,
-        skipped_while_reading=getattr(train_dataset, "skipped", None),
+        **trainer_data_options(data_args, train_sources, training_args),
     )
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
     finish(
         trainer,
@@ -164,35 +231,56 @@ def run_teacher_learning(model_args, data_args, stage_args, training_args) -> No
     )
 
 
-def run_contrastive(model_args, data_args, stage_args, training_args) -> None:
+def image_text_data(sources: list[Source], image_processor, data_args, training_args, shuffle: bool = True):
+    """A `ShardStream` of webdataset shards or an `ImageTextTable` of tables, for this rank."""
+    if sources[0].is_shards:
+        sampling = train_sampling(training_args)
+        return ShardStream(
+            sources,
+            functools.partial(decode_shard_sample, decode=PairDecoder(image_processor)),
+            batch_size=training_args.per_device_train_batch_size,
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
+            num_workers=training_args.dataloader_num_workers,
+            seed=sampling["seed"],
+            shuffle_buffer=data_args.shuffle_buffer,
+            shuffle=shuffle and sampling["shuffle"],
+        )
+    with training_args.main_process_first(desc="image-caption tables"):
+        return ImageTextTable(
+            sources,
+            image_processor,
+            image_column=data_args.image_column,
+            caption_column=data_args.caption_column,
+            image_root=data_args.image_root,
+            cache_dir=data_args.data_cache_dir,
+        )
+
+
+def run_contrastive(model_args, data_args, stage_args, training_args, train_sources, validation_sources) -> None:
     model, processor = load_or_build_model(model_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
-    dataset_class = StreamingImageTextDataset if data_args.streaming else ImageTextDataset
-    columns = dict(
-        image_column=data_args.image_column,
-        caption_column=data_args.caption_column,
-        image_root=data_args.image_root,
-        seed=training_args.seed,
-    )
     image_processor = processor.image_processor
-    train_dataset = dataset_class(
-        data_args.train_files, image_processor, weights=data_args.train_file_weights, **columns
-    )
+    train_dataset = image_text_data(train_sources, image_processor, data_args, training_args)
     eval_dataset = (
-        dataset_class(data_args.validation_files, image_processor, **columns) if data_args.validation_files else None
+        image_text_data(validation_sources, image_processor, data_args, training_args, shuffle=False)
+        if validation_sources
+        else None
     )
     trainer = ContrastiveTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=ContrastiveCollator(processor.tokenizer, data_args.max_text_length),
+        data_collator=ContrastiveCollator(
+            processor.tokenizer, data_args.max_text_length, image_shape_of(image_processor)
+        ),
         max_logit_scale=stage_args.max_logit_scale,
         gather_with_grad=stage_args.gather_with_grad,
-        skipped_while_reading=getattr(train_dataset, "skipped", None),
+        **trainer_data_options(data_args, train_sources, training_args),
     )
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     finish(
         trainer,
         trainer.accelerator.unwrap_model(trainer.model),
@@ -217,10 +305,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     stage = argv[0]
     model_args, data_args, stage_args, training_args = parse(stage, argv[1:])
     setup_logging(training_args)
-    resume_checkpoint(training_args)  # refuse an occupied output folder before loading anything
+    train_sources, validation_sources = read_sources(data_args, stage)
+    checkpoint = resume_checkpoint(training_args)  # refuse an occupied output folder before loading anything
+    if checkpoint is not None:
+        check_resumed_plan(checkpoint, data_args, training_args)
+    training_args.resume_from_checkpoint = checkpoint
     transformers.set_seed(training_args.seed)  # the fresh `transformation` layer is drawn before the Trainer exists
     runner = run_teacher_learning if stage == "teacher" else run_contrastive
-    runner(model_args, data_args, stage_args, training_args)
+    runner(model_args, data_args, stage_args, training_args, train_sources, validation_sources)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,18 @@ caption becomes a `Skipped` row that the collator counts; it never stops trainin
 import io
 import json
 import logging
-import random
-import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 
-from .mixing import interleave, shard_position, weighted_selection
-from .records import DataFormatError, SkipCounter, Skipped, iter_records, record_format, split_skipped
+from .records import Skipped, split_skipped
+from .sources import Source, is_remote, open_stream
+from .tables import SKIPPED, TableRows, source_folder
+from .text_data import usable_or_placeholder
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ def open_rgb_image(source: Any, min_side: int | None = None) -> Image.Image:
         image = Image.open(io.BytesIO(source))
     elif isinstance(source, dict) and ("bytes" in source or "path" in source):  # datasets' undecoded Image
         return open_rgb_image(source.get("bytes") or source["path"], min_side)
+    elif isinstance(source, str) and is_remote(source):
+        with open_stream(source) as handle:
+            image = Image.open(io.BytesIO(handle.read()))
     else:
         image = Image.open(source)
     if image.width * image.height > MAX_IMAGE_PIXELS:
@@ -66,158 +69,93 @@ class PairDecoder:
         except Exception as error:  # PIL raises many types for corrupt data; all mean the same here
             return {"skipped": Skipped(where, f"unreadable image ({type(error).__name__}: {error})")}
         pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-        return {"pixel_values": pixel_values, "caption": caption.strip()}
+        return {"pixel_values": pixel_values, "caption": caption.strip(), "key": where}
 
 
-def _table_rows(path: str, image_column: str, caption_column: str, image_root: str | None) -> Iterator[tuple]:
-    """(where, image source, caption) of a table or saved dataset; relative paths resolve against `image_root`
-    or the table's own folder."""
-    root = Path(image_root) if image_root else Path(path).parent
-    for row in iter_records(path, (image_column, caption_column)):
-        if isinstance(row, Skipped):
-            yield row.where, None, Skipped(row.where, row.reason)
-            continue
-        image = row.fields[image_column]
-        if isinstance(image, str):
-            image = root / image
-        yield row.where, image, row.fields[caption_column]
+def caption_of(sample: dict) -> str | Skipped:
+    """The caption of a webdataset sample: ``.txt`` (UTF-8) or ``.json`` with a ``caption`` field."""
+    where = sample["where"]
+    if "txt" in sample:
+        try:
+            return sample["txt"].decode("utf-8")
+        except UnicodeDecodeError:
+            return Skipped(where, "caption .txt is not UTF-8 text")
+    if "json" in sample:
+        try:
+            caption = json.loads(sample["json"]).get("caption")
+        except (ValueError, AttributeError):
+            return Skipped(where, "caption .json is not an object with 'caption'")
+        return caption if isinstance(caption, str) else Skipped(where, "caption .json has no text 'caption'")
+    return Skipped(where, "no caption (.txt or .json)")
 
 
-def _tar_rows(path: str) -> Iterator[tuple]:
-    """(where, image bytes, caption) of a webdataset shard: members grouped by the name before the first dot."""
-
-    def finish(key: str, members: dict[str, bytes]) -> tuple:
-        where = f"{path}:{key}"
-        image = next((members[s] for s in IMAGE_SUFFIXES if s in members), None)
-        if image is None:
-            return where, None, Skipped(where, f"no image among {sorted(members)}")
-        if "txt" in members:
-            caption = members["txt"].decode("utf-8", errors="replace")
-        elif "json" in members:
-            try:
-                caption = json.loads(members["json"]).get("caption", "")
-            except (json.JSONDecodeError, AttributeError):
-                return where, None, Skipped(where, "caption JSON is not an object with 'caption'")
-        else:
-            return where, None, Skipped(where, "no caption (.txt or .json)")
-        return where, image, caption
-
-    try:
-        with tarfile.open(path, mode="r|*") as archive:
-            key, members = None, {}
-            for member in archive:
-                if not member.isfile():
-                    continue
-                name = Path(member.name)
-                stem, _, suffix = name.name.partition(".")
-                member_key = str(name.parent / stem)
-                if key is not None and member_key != key:
-                    yield finish(key, members)
-                    members = {}
-                key = member_key
-                members[suffix.lower()] = archive.extractfile(member).read()
-            if key is not None:
-                yield finish(key, members)
-    except (tarfile.TarError, OSError, EOFError) as error:
-        yield f"{path}", None, Skipped(path, f"unreadable tar shard ({error})")
+def decode_shard_sample(sample: dict, decode: PairDecoder) -> dict:
+    """Model inputs of one raw webdataset sample (its members' bytes by suffix), or a `Skipped` marker."""
+    where = sample["where"]
+    image = next((sample[suffix] for suffix in IMAGE_SUFFIXES if suffix in sample), None)
+    if image is None:
+        members = sorted(key for key in sample if key != "where" and not key.startswith("__"))
+        return {"skipped": Skipped(where, f"no image among {members}")}
+    caption = caption_of(sample)
+    if isinstance(caption, Skipped):
+        return {"skipped": caption}
+    return decode(where, image, caption)
 
 
-def raw_rows(path: str, image_column: str, caption_column: str, image_root: str | None) -> Iterator[tuple]:
-    if record_format(path) == "tar":
-        return _tar_rows(path)
-    return _table_rows(path, image_column, caption_column, image_root)
-
-
-class ImageTextDataset(Dataset):
-    """Rows of tables or saved datasets, held as (image source, caption) in memory; images decoded on access."""
+class ImageTextTable(Dataset):
+    """Map-style image-caption rows of memory-mapped tables; images (paths, or bytes of a datasets Image column)
+    decoded on access, i.e. in DataLoader workers. Relative paths start at `image_root` or the table's folder."""
 
     def __init__(
         self,
-        files: Sequence[str],
+        sources: Sequence[Source],
         image_processor,
         image_column: str = "image",
         caption_column: str = "caption",
         image_root: str | None = None,
-        weights: Sequence[float] | None = None,
-        seed: int = 0,
+        cache_dir: str | None = None,
     ):
+        self.rows = TableRows(sources, (image_column, caption_column), cache_dir)
+        self.columns, self.image_root = (image_column, caption_column), image_root
         self.decode = PairDecoder(image_processor)
-        self.skipped = SkipCounter()
-        per_file: list[list[tuple]] = []
-        for path in files:
-            if record_format(path) == "tar":
-                raise DataFormatError(f"{path}: tar shards are read as a stream; pass --streaming true.")
-            rows = []
-            for where, image, caption in _table_rows(path, image_column, caption_column, image_root):
-                if isinstance(caption, Skipped):
-                    self.skipped.add(caption)
-                else:
-                    rows.append((where, image, caption))
-            per_file.append(rows)
-        selection = weighted_selection([len(rows) for rows in per_file], weights, seed)
-        self.rows = [per_file[source][index] for source, index in selection]
-        if not self.rows:
-            raise ValueError(f"No usable image-caption row in {', '.join(files)}.")
+
+    @property
+    def sizes(self) -> list[int]:
+        return self.rows.sizes
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def image_source(self, where: str, image):
+        if not isinstance(image, str):
+            return image
+        if is_remote(image) or Path(image).is_absolute():
+            return image
+        root = self.image_root or source_folder(where)
+        return f"{root.rstrip('/')}/{image}" if is_remote(root) else str(Path(root) / image)
+
     def __getitem__(self, index: int) -> dict:
-        return self.decode(*self.rows[index])
-
-
-class StreamingImageTextDataset(IterableDataset):
-    """Rows streamed from tar shards or large tables. Shards are split across ranks and workers file by file when
-    there are enough of them, row by row otherwise. Needs ``max_steps``."""
-
-    def __init__(
-        self,
-        files: Sequence[str],
-        image_processor,
-        image_column: str = "image",
-        caption_column: str = "caption",
-        image_root: str | None = None,
-        weights: Sequence[float] | None = None,
-        seed: int = 0,
-    ):
-        for path in files:
-            if record_format(path) != "tar":  # unknown formats and missing files fail now
-                next(iter(_table_rows(path, image_column, caption_column, image_root)), None)
-        self.files, self.weights, self.seed, self.epoch = list(files), weights, seed, 0
-        self.columns = (image_column, caption_column, image_root)
-        self.decode = PairDecoder(image_processor)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _rows(self, paths: Sequence[str], shard: int, shards: int) -> Iterator[dict]:
-        for path in paths:
-            for position, (where, image, caption) in enumerate(raw_rows(path, *self.columns)):
-                if shards > 1 and position % shards != shard:
-                    continue
-                yield {"skipped": caption} if isinstance(caption, Skipped) else self.decode(where, image, caption)
-
-    def __iter__(self) -> Iterator[dict]:
-        shard, shards = shard_position()
-        rng = random.Random(self.seed * 1_000_003 + self.epoch * 7919 + shard)
-        if self.weights is None and len(self.files) >= shards:
-            mine = self.files[shard::shards]
-            rng.shuffle(mine)
-            yield from self._rows(mine, 0, 1)
-            return
-        sources = [lambda path=path: self._rows([path], shard, shards) for path in self.files]
-        yield from interleave(sources, self.weights, rng)
+        where, fields = self.rows.row(index)
+        if fields.get(SKIPPED):
+            return {"skipped": Skipped(where, fields[SKIPPED])}
+        image, caption = (fields[column] for column in self.columns)
+        return self.decode(where, self.image_source(where, image), caption)
 
 
 class ContrastiveCollator:
-    """Stacks decoded images, tokenizes captions with dynamic padding, and passes the skipped rows on."""
+    """Stacks decoded images, tokenizes captions with dynamic padding, and passes the skipped rows on. A batch
+    whose every row was skipped runs one placeholder (`usable_or_placeholder`; `image_shape` is its pixel shape)."""
 
-    def __init__(self, tokenizer, max_length: int = 77):
+    def __init__(self, tokenizer, max_length: int = 77, image_shape: tuple[int, int, int] = (3, 224, 224)):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.image_shape = tuple(image_shape)
 
-    def __call__(self, rows: list[dict]) -> dict:
+    def __call__(self, rows: list[dict] | None) -> dict:
+        if rows is None:  # a batch trained before a resumption: dropped unread by skip_first_batches
+            return ALREADY_TRAINED
         rows, skipped = split_skipped(rows)
+        rows, marker = usable_or_placeholder(rows, {"pixel_values": torch.zeros(self.image_shape), "caption": ""})
         text = self.tokenizer(
             [row["caption"] for row in rows],
             padding=True,
@@ -230,4 +168,15 @@ class ContrastiveCollator:
             "attention_mask": text["attention_mask"],
             "pixel_values": torch.stack([row["pixel_values"] for row in rows]),
             "skipped": skipped,
+            "keys": [row["key"] for row in rows if row.get("key")],
+            **marker,
         }
+
+
+ALREADY_TRAINED = {"already_trained": True}
+
+
+def image_shape_of(image_processor) -> tuple[int, int, int]:
+    """(channels, height, width) of the processor's output."""
+    crop = getattr(image_processor, "crop_size", None) or image_processor.size
+    return 3, int(crop.get("height", crop.get("shortest_edge"))), int(crop.get("width", crop.get("shortest_edge")))

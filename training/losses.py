@@ -8,16 +8,30 @@ import torch.nn.functional as F
 DISTILLATION_LOSSES = ("mse", "cosine")
 
 
+def rank_share(local_rows: int, device: torch.device) -> float:
+    """The factor that turns this rank's *sum* of per-row losses into its part of the global-batch mean, such that
+    DDP's averaging over ranks gives exactly the one-process mean, also when ranks hold different row counts
+    (skipped records): world_size / global_rows."""
+    if not _is_distributed():
+        return 1.0 / max(local_rows, 1)
+    rows = torch.tensor([float(local_rows)], device=device)
+    dist.all_reduce(rows)
+    return dist.get_world_size() / max(float(rows.item()), 1.0)
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """Distance between student features and the (fixed) teacher features: mean squared error, or 1 - cosine."""
+    """Distance between student features and the (fixed) teacher features: mean squared error, or 1 - cosine,
+    averaged over the global batch (see `rank_share`)."""
     if student.shape != teacher.shape:
         raise ValueError(f"Student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)} differ.")
     teacher = teacher.detach().to(student.dtype)
     if kind == "mse":
-        return F.mse_loss(student, teacher)
-    if kind == "cosine":
-        return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
-    raise ValueError(f"Unknown distillation loss {kind!r}; choose one of {', '.join(DISTILLATION_LOSSES)}.")
+        per_row = (student - teacher).pow(2).mean(dim=-1)
+    elif kind == "cosine":
+        per_row = 1 - F.cosine_similarity(student, teacher, dim=-1)
+    else:
+        raise ValueError(f"Unknown distillation loss {kind!r}; choose one of {', '.join(DISTILLATION_LOSSES)}.")
+    return per_row.sum() * rank_share(student.shape[0], student.device)
 
 
 def _gather(features: torch.Tensor, with_grad: bool) -> list[torch.Tensor]:
@@ -46,7 +60,8 @@ class ClipLoss(torch.nn.Module):
 
     Each rank scores its own images and texts against everything gathered from all ranks (``local_loss``); with
     ``gather_with_grad`` the gradient flows back through the gather, so that after DDP's gradient averaging the
-    update equals that of one process holding the whole global batch.
+    update equals that of one process holding the whole global batch. Each rank's loss is weighted by its share of
+    the global batch (`rank_share`), so ranks with fewer rows (skipped records) keep that equality.
     """
 
     def __init__(self, gather_with_grad: bool = True):
@@ -57,13 +72,18 @@ class ClipLoss(torch.nn.Module):
         """`image_embeds` and `text_embeds` are L2-normalised, row i of one matching row i of the other."""
         if image_embeds.shape[0] != text_embeds.shape[0]:
             raise ValueError(f"{image_embeds.shape[0]} images but {text_embeds.shape[0]} texts in a contrastive batch.")
-        offset = 0
+        offset, rows = 0, image_embeds.shape[0]
         all_images, all_texts = image_embeds, text_embeds
+        share = 1.0 / max(rows, 1)
         if _is_distributed():
             images, texts = _gather(image_embeds, self.gather_with_grad), _gather(text_embeds, self.gather_with_grad)
             offset = sum(len(chunk) for chunk in images[: dist.get_rank()])
             all_images, all_texts = torch.cat(images), torch.cat(texts)
-        labels = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
+            share = dist.get_world_size() / max(len(all_images), 1)
+        labels = torch.arange(rows, device=image_embeds.device) + offset
         logits_per_image = logit_scale * image_embeds @ all_texts.t()
         logits_per_text = logit_scale * text_embeds @ all_images.t()
-        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        summed = F.cross_entropy(logits_per_image, labels, reduction="sum") + F.cross_entropy(
+            logits_per_text, labels, reduction="sum"
+        )
+        return summed / 2 * share

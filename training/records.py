@@ -166,9 +166,7 @@ class SkipCounter:
 
 
 def split_skipped(rows: list[dict]) -> tuple[list[dict], list[Skipped]]:
-    """A batch's usable rows and its `Skipped` markers; a batch with nothing usable is an error."""
+    """A batch's usable rows and its `Skipped` markers (there may be no usable row: the batch is then empty)."""
     skipped = [row["skipped"] for row in rows if "skipped" in row]
     usable = [row for row in rows if "skipped" not in row]
-    if not usable:
-        raise ValueError(f"Every row of a batch was unusable, e.g. {skipped[0].where}: {skipped[0].reason}.")
     return usable, skipped

@@ -1,151 +1,142 @@
-"""Parallel text for teacher learning: (English, translation) pairs from several files mixed by weight.
+"""Parallel text for teacher learning: (English, translation) pairs from memory-mapped tables.
 
-Each pair gives the student two rows with the same target, the teacher's feature of the English side:
-the translation (new language) and the English sentence itself (so English ability is kept).
+Each pair gives the student a row whose target is the teacher's feature of the English side; with
+``include_english_pairs`` every distinct English sentence also gives one English-English row (so English ability
+is kept). Index i < pairs is pair i; index pairs + g is distinct English sentence g.
 """
 
+import hashlib
 import logging
-import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 
-from .mixing import interleave, shard_position, weighted_selection
-from .records import Record, SkipCounter, Skipped, iter_records, split_skipped
+from .records import DataFormatError, Skipped, split_skipped
+from .sources import Source
+from .tables import SKIPPED, TableRows
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class DistillationExample:
-    """One student row: the text the student reads and the English text whose teacher feature is its target."""
-
-    student_text: str
-    teacher_text: str
+NO_GROUP = -1
 
 
-def _pair_from(record: Record, english_column: str, translation_column: str) -> tuple[str, str] | Skipped:
-    english, translation = record.fields.get(english_column), record.fields.get(translation_column)
-    for name, value in ((english_column, english), (translation_column, translation)):
-        if not isinstance(value, str):
-            return Skipped(record.where, f"{name} is {type(value).__name__}, not text")
-        if not value.strip():
-            return Skipped(record.where, f"empty {name}")
-    return english.strip(), translation.strip()
+def _text_hashes(texts: list) -> np.ndarray:
+    """Stable 8-byte hashes of stripped texts (the same in every process; empty or missing text hashes to 0)."""
+    digests = b"".join(
+        hashlib.blake2b(text.strip().encode("utf-8"), digest_size=8).digest()
+        if isinstance(text, str) and text.strip()
+        else bytes(8)
+        for text in texts
+    )
+    return np.frombuffer(digests, dtype=np.uint64)
 
 
-def read_parallel_pairs(path: str, english_column: str, translation_column: str) -> Iterator[tuple[str, str] | Skipped]:
-    """(english, translation) pairs of one file, or `Skipped` for unusable rows."""
-    for row in iter_records(path, (english_column, translation_column)):
-        yield row if isinstance(row, Skipped) else _pair_from(row, english_column, translation_column)
+def _has_text(texts: list) -> np.ndarray:
+    return np.fromiter((isinstance(text, str) and bool(text.strip()) for text in texts), dtype=bool, count=len(texts))
 
 
-def _examples_of(english: str, translation: str, include_english: bool) -> list[DistillationExample]:
-    examples = [DistillationExample(translation, english)]
-    if include_english and translation != english:
-        examples.append(DistillationExample(english, english))
-    return examples
+def english_groups(rows: TableRows, english_column: str, translation_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(group of every row, first row of every group): usable pairs with the same stripped English sentence share a
+    group; skipped rows and pairs with an empty side get `NO_GROUP`. Hashes, not strings: ~16 bytes a row."""
+    hashes = np.concatenate([_text_hashes(batch) for batch in rows.column_batches(english_column)])
+    translated = np.concatenate([_has_text(batch) for batch in rows.column_batches(translation_column)])
+    usable = ~rows.skipped_mask() & (hashes != 0) & translated
+    groups = np.full(len(hashes), NO_GROUP, dtype=np.int64)
+    usable_rows = np.flatnonzero(usable)
+    _, first, inverse = np.unique(hashes[usable_rows], return_index=True, return_inverse=True)
+    groups[usable_rows] = inverse
+    dtype = np.int32 if len(first) < 2**31 else np.int64
+    return groups.astype(dtype), usable_rows[first]
 
 
-class ParallelTextDataset(Dataset):
-    """All pairs in memory (map-style): shuffled by the Trainer, split across ranks by its sampler.
-
-    English-English rows are kept once per distinct English sentence, however many languages translate it.
-    """
+class ParallelText(Dataset):
+    """Map-style stage-1 rows over memory-mapped tables (see the module docstring for the index layout)."""
 
     def __init__(
         self,
-        files: Sequence[str],
+        sources: Sequence[Source],
         english_column: str = "english",
         translation_column: str = "translation",
-        weights: Sequence[float] | None = None,
         include_english_pairs: bool = True,
-        seed: int = 0,
+        cache_dir: str | None = None,
     ):
-        self.skipped = SkipCounter()
-        per_file: list[list[DistillationExample]] = []
-        english_seen: set[str] = set()
-        english_rows: list[DistillationExample] = []
-        for path in files:
-            rows = []
-            for item in read_parallel_pairs(path, english_column, translation_column):
-                if isinstance(item, Skipped):
-                    self.skipped.add(item)
-                    continue
-                english, translation = item
-                rows.append(DistillationExample(translation, english))
-                if include_english_pairs and english not in english_seen:
-                    english_seen.add(english)
-                    english_rows.append(DistillationExample(english, english))
-            if not rows:
-                raise ValueError(f"{path} holds no usable (english, translation) pair.")
-            per_file.append(rows)
-            logger.info("Read %d pairs from %s", len(rows), path)
-        selection = weighted_selection([len(rows) for rows in per_file], weights, seed)
-        self.examples = [per_file[source][index] for source, index in selection] + english_rows
-        self.english_texts = sorted(english_seen | {example.teacher_text for example in self.examples})
-        self._english_index = {text: index for index, text in enumerate(self.english_texts)}
+        self.columns = (english_column, translation_column)
+        self.rows = TableRows(sources, self.columns, cache_dir)
+        self.groups, self.first_row_of_group = english_groups(self.rows, english_column, translation_column)
+        self.pairs = len(self.rows)
+        self.english_rows = len(self.first_row_of_group) if include_english_pairs else 0
+        self.english_texts = EnglishSentences(self)
+        if not len(self.first_row_of_group):
+            raise DataFormatError(
+                f"{', '.join(source.spec for source in sources)} holds no usable (english, translation) pair."
+            )
+        logger.info(
+            "Parallel text: %d pairs in %d source(s), %d distinct English sentences",
+            self.pairs,
+            len(sources),
+            len(self.first_row_of_group),
+        )
+
+    @property
+    def sizes(self) -> list[int]:
+        """Rows of each source (the pairs that weights mix); English rows come after them."""
+        return self.rows.sizes
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return self.pairs + self.english_rows
+
+    def english_of_group(self, group: int) -> str:
+        return self.rows.row(int(self.first_row_of_group[group]))[1][self.columns[0]].strip()
 
     def __getitem__(self, index: int) -> dict:
-        example = self.examples[index]
+        if index >= self.pairs:
+            group = index - self.pairs
+            where, fields = self.rows.row(int(self.first_row_of_group[group]))
+            english = fields[self.columns[0]].strip()
+            return {"student_text": english, "teacher_text": english, "teacher_index": group, "key": f"{where}#en"}
+        where, fields = self.rows.row(index)
+        if fields.get(SKIPPED):
+            return {"skipped": Skipped(where, fields[SKIPPED])}
+        english, translation = (fields[column].strip() for column in self.columns)
+        for name, value in zip(self.columns, (english, translation)):
+            if not value:
+                return {"skipped": Skipped(where, f"empty {name}")}
         return {
-            "student_text": example.student_text,
-            "teacher_text": example.teacher_text,
-            "teacher_index": self._english_index[example.teacher_text],
+            "student_text": translation,
+            "teacher_text": english,
+            "teacher_index": int(self.groups[index]),
+            "key": where,
         }
 
 
-class StreamingParallelText(IterableDataset):
-    """Pairs read lazily from files too large for memory; each rank and worker reads every n-th row of each file.
+class EnglishSentences(Sequence):
+    """The distinct English sentences in group order, read lazily from the tables (teacher precompute input)."""
 
-    One pass ends when every file has been read through at least once (shorter files restart); the Trainer
-    needs ``max_steps`` for such a dataset.
-    """
+    def __init__(self, dataset: ParallelText):
+        self.dataset = dataset
 
-    def __init__(
-        self,
-        files: Sequence[str],
-        english_column: str = "english",
-        translation_column: str = "translation",
-        weights: Sequence[float] | None = None,
-        include_english_pairs: bool = True,
-        seed: int = 0,
-    ):
-        for path in files:  # fail on unreadable files and missing columns now, not inside a worker
-            next(iter(read_parallel_pairs(path, english_column, translation_column)), None)
-        self.files, self.weights, self.seed, self.epoch = list(files), weights, seed, 0
-        self.columns = (english_column, translation_column)
-        self.include_english_pairs = include_english_pairs
+    def __len__(self) -> int:
+        return len(self.dataset.first_row_of_group)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [self.dataset.english_of_group(group) for group in range(*item.indices(len(self)))]
+        return self.dataset.english_of_group(item)
 
-    def _rows_of(self, path: str) -> Iterator[dict]:
-        shard, shards = shard_position()
-        for position, item in enumerate(read_parallel_pairs(path, *self.columns)):
-            if position % shards != shard:
-                continue
-            if isinstance(item, Skipped):
-                yield {"skipped": item}
-                continue
-            for example in _examples_of(item[0], item[1], self.include_english_pairs):
-                yield {"student_text": example.student_text, "teacher_text": example.teacher_text}
 
-    def __iter__(self) -> Iterator[dict]:
-        shard, _ = shard_position()
-        rng = random.Random(self.seed * 1_000_003 + self.epoch * 7919 + shard)
-        yield from interleave([lambda path=path: self._rows_of(path) for path in self.files], self.weights, rng)
+def usable_or_placeholder(rows: list[dict], placeholder: dict) -> tuple[list[dict], dict]:
+    """A batch whose every row was skipped still runs one `placeholder` row, marked ``usable_rows=0``: the trainer
+    cuts its outputs to zero rows before the loss, so every rank still takes part in the step and its collectives
+    (a zero-row forward is not possible through CLIP's attention) while the placeholder adds nothing."""
+    return (rows, {}) if rows else ([placeholder], {"usable_rows": 0})
 
 
 class DistillationCollator:
     """Tokenizes a batch for both towers: the student's XLM-R tokenizer and the teacher's CLIP tokenizer.
 
-    With ``teacher_features`` (a precomputed [N, D] array) the teacher's side is a lookup instead.
+    With ``teacher_features`` (a precomputed [groups, D] array) the teacher's side is a lookup instead.
     """
 
     def __init__(self, student_tokenizer, teacher_tokenizer, max_length: int = 77, teacher_features=None):
@@ -154,30 +145,26 @@ class DistillationCollator:
         self.max_length = max_length
         self.teacher_features = teacher_features
 
+    def _tokens(self, tokenizer, texts: list[str], max_length: int) -> dict:
+        return tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
     def __call__(self, rows: list[dict]) -> dict:
         rows, skipped = split_skipped(rows)
-        student = self.student_tokenizer(
-            [row["student_text"] for row in rows],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        rows, marker = usable_or_placeholder(rows, {"student_text": "", "teacher_text": "", "teacher_index": 0})
+        student = self._tokens(self.student_tokenizer, [row["student_text"] for row in rows], self.max_length)
         batch = {
             "input_ids": student["input_ids"],
             "attention_mask": student["attention_mask"],
             "skipped": skipped,
+            "keys": [row["key"] for row in rows if row.get("key")],
+            **marker,
         }
         if self.teacher_features is not None:
             indices = [row["teacher_index"] for row in rows]
-            batch["teacher_features"] = torch.from_numpy(self.teacher_features[indices].astype("float32"))
+            batch["teacher_features"] = torch.from_numpy(np.asarray(self.teacher_features[indices], dtype=np.float32))
         else:
-            teacher = self.teacher_tokenizer(
-                [row["teacher_text"] for row in rows],
-                padding=True,
-                truncation=True,
-                max_length=self.teacher_max_length,
-                return_tensors="pt",
+            teacher = self._tokens(
+                self.teacher_tokenizer, [row["teacher_text"] for row in rows], self.teacher_max_length
             )
             batch["teacher_input_ids"] = teacher["input_ids"]
             batch["teacher_attention_mask"] = teacher["attention_mask"]

@@ -5,6 +5,7 @@ drawn here (coloured circles, squares, triangles); the captions exist in five la
 XLM-R's real tokenizer, the tiny CLIP teacher a word-level tokenizer over the English captions.
 """
 
+import json
 import random
 from pathlib import Path
 
@@ -96,7 +97,27 @@ def write_shapes_dataset(folder: str | Path, images_per_class: int = 4, seed: in
     return {
         "parallel": write_jsonl(folder / "parallel.jsonl", parallel),
         "captions": write_jsonl(folder / "captions.jsonl", captions),
+        "shards": write_caption_shards(folder, captions, folder / "shards"),
     }
+
+
+def write_caption_shards(root: Path, captions: list[dict], folder: Path, shards: int = 8) -> Path:
+    """The image-caption pairs as webdataset shards (``shard-NNNN.tar``: ``key.png`` + ``key.txt``, written by
+    webdataset's TarWriter) with the ``sizes.json`` that lets every rank plan an epoch; returns the brace spec."""
+    import webdataset
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for shard in range(shards):
+        name = f"shard-{shard:04d}.tar"
+        rows = captions[shard::shards]
+        with webdataset.TarWriter(str(folder / name)) as writer:
+            for number, row in enumerate(rows):
+                key = f"{shard:04d}{number:05d}"
+                writer.write({"__key__": key, "png": (root / row["image"]).read_bytes(), "txt": row["caption"]})
+        sizes[name] = len(rows)
+    (folder / "sizes.json").write_text(json.dumps(sizes, indent=1))
+    return Path(f"{folder}/shard-{{0000..{shards - 1:04d}}}.tar")
 
 
 def english_word_tokenizer(texts: list[str] | None = None) -> PreTrainedTokenizerFast:

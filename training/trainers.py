@@ -1,25 +1,106 @@
-"""`transformers.Trainer` subclasses of the two stages; the loss lives in ``compute_loss``."""
+"""`transformers.Trainer` subclasses of the two stages; the loss lives in ``compute_loss``.
+
+Training data reaches them already planned per rank (`epoch_plan.GlobalBatchSampler` over a table, or a
+`shard_stream.ShardStream`), so the DataLoader is built here and not handed to accelerate, whose dataloader
+preparation would split the data across ranks a second time.
+"""
 
 import math
+from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from .epoch_plan import GlobalBatchSampler
 from .losses import ClipLoss, distillation_loss
 from .records import SkipCounter
+from .shard_stream import ShardStream
 from .teacher import FrozenTextTeacher
+
+TRAINED_KEYS_FOLDER = "trained_keys"
+
+
+class PlannedDataLoader(DataLoader):
+    """A DataLoader whose epoch reaches its plan (the batch sampler, or the shard stream)."""
+
+    def __init__(self, dataset, plan, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.plan = plan
+
+    def set_epoch(self, epoch: int) -> None:
+        self.plan.set_epoch(epoch)
 
 
 class AltCLIPTrainer(Trainer):
-    """Counts the records the collator had to skip and reports them in the logs as ``skipped_records``."""
+    """Planned training data, skipped records counted (``skipped_records`` in the logs), and optionally every
+    trained sample's key recorded per rank and step (``OUTPUT_DIR/trained_keys/rank-R.tsv``)."""
 
-    def __init__(self, *args, skipped_while_reading: SkipCounter | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        skipped_while_reading: SkipCounter | None = None,
+        record_trained_keys: bool = False,
+        train_weights: list[float] | None = None,
+        shuffle_train: bool = True,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.skipped = skipped_while_reading or SkipCounter()
+        self.record_trained_keys = record_trained_keys
+        self.train_weights, self.shuffle_train = train_weights, shuffle_train
+        self._plan = None
 
-    def _count_skipped(self, inputs: dict) -> None:
+    def _loader_options(self) -> dict:
+        workers = self.args.dataloader_num_workers
+        return {
+            "collate_fn": self.data_collator,
+            "num_workers": workers,
+            "pin_memory": self.args.dataloader_pin_memory,
+            "prefetch_factor": self.args.dataloader_prefetch_factor if workers else None,
+            "persistent_workers": False,  # workers pick up each epoch's plan when they start
+        }
+
+    def get_train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset
+        if isinstance(dataset, ShardStream):
+            self._plan = dataset
+            return PlannedDataLoader(dataset, dataset, batch_size=None, **self._loader_options())
+        self._plan = GlobalBatchSampler(
+            dataset.sizes,
+            self.args.per_device_train_batch_size,
+            weights=self.train_weights,
+            extra=len(dataset) - sum(dataset.sizes),
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            shuffle=self.shuffle_train,
+            rank=self.args.process_index,
+            world_size=self.args.world_size,
+        )
+        return PlannedDataLoader(dataset, self._plan, batch_sampler=self._plan, **self._loader_options())
+
+    def _run_epoch(self, *args, **kwargs):
+        """Sets the plan's epoch; a resumed shard stream starts after the trained batches without reading them."""
+        epoch = kwargs["epoch"]
+        self._plan.set_epoch(epoch)
+        resumed = kwargs["resume_from_checkpoint"] is not None and epoch == kwargs["epochs_trained"]
+        if resumed and isinstance(self._plan, ShardStream) and not self.args.ignore_data_skip:
+            self._plan.resume_at(epoch, kwargs["steps_trained_in_current_epoch"])
+        return super()._run_epoch(*args, **kwargs)
+
+    def _take_bookkeeping(self, inputs: dict) -> int | None:
+        """Counts skips, records keys; returns 0 for a placeholder batch (see `usable_or_placeholder`)."""
+        if inputs.pop("already_trained", False):
+            raise RuntimeError("A batch trained before the resumption reached the model; this is a bug.")
         for skipped in inputs.pop("skipped", None) or ():
             self.skipped.add(skipped)
+        keys = inputs.pop("keys", None)
+        if self.record_trained_keys and keys and self.model.training:
+            folder = Path(self.args.output_dir) / TRAINED_KEYS_FOLDER
+            folder.mkdir(parents=True, exist_ok=True)
+            step = self.state.global_step + 1
+            with open(folder / f"rank-{self.args.process_index}.tsv", "a", encoding="utf-8") as handle:
+                handle.write("".join(f"{step}\t{key}\n" for key in keys))
+        return inputs.pop("usable_rows", None)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         logs["skipped_records"] = self.skipped.total  # this process's count; the summary file sums all ranks
@@ -55,10 +136,11 @@ class TeacherLearningTrainer(AltCLIPTrainer):
         return self.teacher(inputs.pop("teacher_input_ids"), inputs.pop("teacher_attention_mask"))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._count_skipped(inputs)
+        usable = self._take_bookkeeping(inputs)
         targets = self._teacher_targets(inputs, inputs["input_ids"].device)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        loss = distillation_loss(outputs.pooler_output.float(), targets.float(), self.loss_kind)
+        features = outputs.pooler_output.float()
+        loss = distillation_loss(features[:usable], targets.float()[:usable], self.loss_kind)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -71,12 +153,12 @@ class ContrastiveTrainer(AltCLIPTrainer):
         self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._count_skipped(inputs)
+        usable = self._take_bookkeeping(inputs)
         logit_scale = self.accelerator.unwrap_model(model).logit_scale
         with torch.no_grad():
             logit_scale.clamp_(0, self.max_log_logit_scale)
         outputs = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
         )
-        loss = self.clip_loss(outputs.image_embeds, outputs.text_embeds, logit_scale.exp())
+        loss = self.clip_loss(outputs.image_embeds[:usable], outputs.text_embeds[:usable], logit_scale.exp())
         return (loss, outputs) if return_outputs else loss

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from stage_runs import run_stage, teacher_flags
 
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from training.toy_setup import write_toy_setup
 
 
@@ -19,3 +20,15 @@ def teacher_model_dir(tmp_path_factory, toy) -> Path:
     output_dir = tmp_path_factory.mktemp("stage1")
     run_stage("teacher", output_dir, *teacher_flags(toy, "--max_steps", "20", "--save_strategy", "no"))
     return output_dir
+
+
+@pytest.fixture(scope="session")
+def start_without_dropout(tmp_path_factory, teacher_model_dir) -> Path:
+    """The stage-1 model with dropout off, so that every process (and a resumed run) computes the same thing."""
+    model = AltCLIPModel.from_pretrained(teacher_model_dir)
+    model.config.text_config.hidden_dropout_prob = 0.0
+    model.config.text_config.attention_probs_dropout_prob = 0.0
+    path = tmp_path_factory.mktemp("no_dropout")
+    model.save_pretrained(path)
+    AltCLIPProcessor.from_pretrained(teacher_model_dir).save_pretrained(path)
+    return path

@@ -1,4 +1,4 @@
-"""Parallel-text and image-caption datasets, streaming readers, collators: what is kept, skipped and counted."""
+"""Parallel-text and image-caption datasets, shard streams, sources, collators: what is kept, skipped and counted."""
 
 import io
 import json
@@ -11,9 +11,26 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
-from training.image_text_data import ContrastiveCollator, ImageTextDataset, StreamingImageTextDataset
+from training.image_text_data import ContrastiveCollator, ImageTextTable, PairDecoder, decode_shard_sample
 from training.records import DataFormatError, Skipped
-from training.text_data import DistillationCollator, ParallelTextDataset, StreamingParallelText
+from training.shard_stream import ShardStream
+from training.sources import parse_source, parse_sources
+from training.text_data import DistillationCollator, ParallelText
+
+
+def parallel_text(paths, **kwargs):
+    return ParallelText(parse_sources([str(path) for path in paths]), **kwargs)
+
+
+def image_text_table(paths, image_processor, **kwargs):
+    return ImageTextTable(parse_sources([str(path) for path in paths]), image_processor, **kwargs)
+
+
+def stream_rows(specs, image_processor, **kwargs):
+    """Every row of one pass over a shard stream (one reader, batches of 4)."""
+    decode = PairDecoder(image_processor)
+    stream = ShardStream(parse_sources(specs), lambda raw: decode_shard_sample(raw, decode), batch_size=4, **kwargs)
+    return [row for batch in stream for row in batch]
 
 
 @pytest.fixture(scope="module")
@@ -34,47 +51,94 @@ def png_bytes(mode="RGB", size=(40, 30)):
     return buffer.getvalue()
 
 
-def test_parallel_text_keeps_one_english_pair_per_sentence_and_counts_skips(tmp_path):
+def test_parallel_text_keeps_one_english_pair_per_sentence_and_marks_bad_lines(tmp_path):
     de = write_jsonl(
         tmp_path / "de.jsonl",
         [{"english": "a cat", "translation": "eine Katze"}, {"english": "a dog", "translation": ""}, "{broken"],
     )
-    fr = write_jsonl(tmp_path / "fr.jsonl", [{"english": "a cat", "translation": "un chat"}])
-    dataset = ParallelTextDataset([str(de), str(fr)])
+    fr = write_jsonl(tmp_path / "fr.jsonl", [{"english": " a cat", "translation": "un chat"}])
+    dataset = parallel_text([de, fr])
     rows = [dataset[i] for i in range(len(dataset))]
-    students = sorted(row["student_text"] for row in rows)
+    students = sorted(row["student_text"] for row in rows if "skipped" not in row)
     assert students == ["a cat", "eine Katze", "un chat"]
-    assert all(row["teacher_text"] == "a cat" for row in rows)
-    assert dataset.skipped.by_reason == {"empty translation": 1, "not valid JSON": 1}
-    assert dataset.english_texts[rows[0]["teacher_index"]] == "a cat"
+    assert all(row["teacher_text"] == "a cat" for row in rows if "skipped" not in row)
+    skipped = {row["skipped"].where: row["skipped"].reason.split(" (")[0] for row in rows if "skipped" in row}
+    assert skipped == {f"{de}:2": "empty translation", f"{de}:3": "not valid JSON"}
+    assert dataset.english_texts[rows[0]["teacher_index"]] == "a cat" and len(dataset.english_texts) == 1
 
 
 def test_parallel_text_without_english_pairs(tmp_path):
     path = write_jsonl(tmp_path / "de.jsonl", [{"english": "a cat", "translation": "eine Katze"}])
-    dataset = ParallelTextDataset([str(path)], include_english_pairs=False)
+    dataset = parallel_text([path], include_english_pairs=False)
     assert [dataset[i]["student_text"] for i in range(len(dataset))] == ["eine Katze"]
 
 
-def test_a_file_without_usable_pairs_is_an_error(tmp_path):
-    path = write_jsonl(tmp_path / "empty.jsonl", [{"english": "a", "translation": " "}])
-    with pytest.raises(ValueError, match="empty.jsonl holds no usable"):
-        ParallelTextDataset([str(path)])
+def test_invalid_utf8_and_wrong_types_are_skipped_with_their_line(tmp_path):
+    path = tmp_path / "de.jsonl"
+    path.write_bytes(
+        b'{"english": "a cat", "translation": "eine Katze"}\n'
+        b'{"english": "a dog", "translation": "ein Hund \xff"}\n'
+        b'{"english": 3, "translation": "drei"}\n'
+        b"[1, 2]\n"
+    )
+    dataset = parallel_text([path], include_english_pairs=False)
+    reasons = [dataset[i].get("skipped") for i in range(len(dataset))]
+    assert reasons[0] is None
+    assert [(s.where, s.reason) for s in reasons[1:]] == [
+        (f"{path}:2", "not UTF-8 text"),
+        (f"{path}:3", "english is int, not text"),
+        (f"{path}:4", "a JSON list, not an object"),
+    ]
 
 
-def test_streaming_parallel_text_yields_the_same_rows_as_in_memory(tmp_path):
-    rows = [{"english": f"sentence {i}", "translation": f"Satz {i}"} for i in range(7)]
-    path = write_jsonl(tmp_path / "de.jsonl", rows + ["{broken"])
-    streamed = list(StreamingParallelText([str(path)]))
-    assert sum("skipped" in row for row in streamed) == 1
-    kept = sorted(row["student_text"] for row in streamed if "skipped" not in row)
-    in_memory = ParallelTextDataset([str(path)])
-    assert kept == sorted(in_memory[i]["student_text"] for i in range(len(in_memory)))
+def test_csv_tsv_and_parquet_tables(tmp_path):
+    (tmp_path / "a.csv").write_text("english,translation\na cat,eine Katze\n", encoding="utf-8")
+    (tmp_path / "b.tsv").write_text("english\ttranslation\na dog\tun chien\nbroken\n", encoding="utf-8")
+    datasets.Dataset.from_dict({"english": ["a fish"], "translation": ["un pez"]}).to_parquet(tmp_path / "c.parquet")
+    dataset = parallel_text(
+        [tmp_path / "a.csv", tmp_path / "b.tsv", tmp_path / "c.parquet"], include_english_pairs=False
+    )
+    rows = [dataset[i] for i in range(len(dataset))]
+    assert [row.get("student_text") for row in rows] == ["eine Katze", "un chien", None, "un pez"]
+    assert rows[2]["skipped"].where == f"{tmp_path / 'b.tsv'}:3"
 
 
-def test_streaming_reader_checks_columns_before_training(tmp_path):
+def test_tables_are_checked_for_columns_before_training(tmp_path):
     path = write_jsonl(tmp_path / "de.jsonl", [{"en": "a cat", "de": "eine Katze"}])
     with pytest.raises(DataFormatError, match=r"de\.jsonl:1: missing column\(s\) english, translation"):
-        StreamingParallelText([str(path)])
+        parallel_text([path])
+    csv_path = tmp_path / "x.csv"
+    csv_path.write_text("en,de\na,b\n")
+    with pytest.raises(DataFormatError, match=r"x\.csv:1: the header lacks column\(s\) english, translation"):
+        parallel_text([csv_path])
+
+
+def test_a_table_without_a_usable_pair_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "empty.jsonl", [{"english": " ", "translation": "x"}, "{broken"])
+    with pytest.raises(DataFormatError, match="empty.jsonl holds no usable"):
+        parallel_text([path])
+
+
+def test_sources_expand_braces_globs_and_folders_and_name_what_is_wrong(tmp_path):
+    for number in range(3):
+        (tmp_path / f"s-{number}.tar").write_bytes(b"")
+    assert parse_source(f"{tmp_path}/s-{{0..2}}.tar").urls == tuple(str(tmp_path / f"s-{n}.tar") for n in range(3))
+    assert parse_source(f"{tmp_path}/s-*.tar").urls == parse_source(str(tmp_path)).urls
+    assert parse_source("https://host/laion/{00000..00002}.tar").urls[-1] == "https://host/laion/00002.tar"
+    assert parse_source("pipe:aws s3 cp s3://b/{0..1}.tar -").kind == "shards"
+    assert parse_source("s3://bucket/x.jsonl").kind == "jsonl"
+    with pytest.raises(DataFormatError, match=r"s-\{0\.\.5\}\.tar: .*s-3\.tar does not exist"):
+        parse_source(f"{tmp_path}/s-{{0..5}}.tar")
+    with pytest.raises(DataFormatError, match="matches no file"):
+        parse_source(f"{tmp_path}/*.jsonl")
+    with pytest.raises(DataFormatError, match="unknown data format '.txt'"):
+        (tmp_path / "notes.txt").write_text("x")
+        parse_source(str(tmp_path / "notes.txt"))
+    (tmp_path / "t.jsonl").write_text("{}")
+    with pytest.raises(DataFormatError, match="mixes webdataset shards and tables"):
+        parse_sources([str(tmp_path / "s-0.tar"), str(tmp_path / "t.jsonl")])
+    with pytest.raises(DataFormatError, match="2 values for 1 --train_files entries"):
+        parse_sources([str(tmp_path / "t.jsonl")], [1, 2])
 
 
 def test_distillation_collator_tokenizes_for_both_towers_and_passes_skips_on(xlmr_tokenizer):
@@ -95,8 +159,9 @@ def test_distillation_collator_tokenizes_for_both_towers_and_passes_skips_on(xlm
         [{"student_text": "x", "teacher_text": "y", "teacher_index": 2}]
     )
     assert torch.equal(cached["teacher_features"], torch.tensor([[8.0, 9, 10, 11]]))
-    with pytest.raises(ValueError, match="Every row of a batch was unusable, e.g. f:3: empty translation"):
-        collator([{"skipped": skipped}])
+    empty = collator([{"skipped": skipped}])  # every row bad: one placeholder row that the loss leaves out
+    assert empty["input_ids"].shape[0] == 1 and empty["usable_rows"] == 0 and empty["keys"] == []
+    assert empty["skipped"] == [skipped] and "usable_rows" not in batch
 
 
 def test_bad_images_and_empty_captions_are_skipped_not_fatal(tmp_path, image_processor, xlmr_tokenizer):
@@ -115,13 +180,16 @@ def test_bad_images_and_empty_captions_are_skipped_not_fatal(tmp_path, image_pro
             {"image": "ok.png", "caption": ""},
         ],
     )
-    dataset = ImageTextDataset([str(table)], image_processor)
+    dataset = image_text_table([table], image_processor)
     rows = [dataset[i] for i in range(len(dataset))]
     reasons = [row["skipped"].reason.split(" (")[0] for row in rows if "skipped" in row]
     assert sorted(reasons) == ["empty caption", "image file not found", "unreadable image"]
-    batch = ContrastiveCollator(xlmr_tokenizer)(rows)
+    collator = ContrastiveCollator(xlmr_tokenizer, image_shape=(3, 32, 32))
+    batch = collator(rows)
     assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["input_ids"].shape[0] == 3
     assert len(batch["skipped"]) == 3 and batch["skipped"][0].where.startswith(str(table))
+    empty = collator([row for row in rows if "skipped" in row])
+    assert empty["pixel_values"].shape == (1, 3, 32, 32) and empty["usable_rows"] == 0 and len(empty["skipped"]) == 3
 
 
 def write_shard(path, samples):
@@ -133,7 +201,7 @@ def write_shard(path, samples):
     return path
 
 
-def test_webdataset_shards_stream_with_txt_or_json_captions(tmp_path, image_processor):
+def test_webdataset_shards_stream_with_txt_or_json_captions_and_count_bad_samples(tmp_path, image_processor):
     shard = write_shard(
         tmp_path / "shard-0.tar",
         [
@@ -145,19 +213,24 @@ def test_webdataset_shards_stream_with_txt_or_json_captions(tmp_path, image_proc
             ("0004.jpg", b"corrupt"),
             ("0004.txt", b"broken image"),
             ("0005.jpg", png_bytes()),
+            ("0006.jpg", png_bytes()),
+            ("0006.json", b"{not json"),
+            ("0007.jpg", png_bytes()),
+            ("0007.txt", b"\xff\xfe broken"),
         ],
     )
-    rows = list(StreamingImageTextDataset([str(shard)], image_processor))
+    rows = stream_rows([str(shard)], image_processor, shuffle=False)
     kept = [row["caption"] for row in rows if "skipped" not in row]
     assert kept == ["一只猫", "a dog"]
     reasons = sorted(row["skipped"].reason.split(" (")[0] for row in rows if "skipped" in row)
-    assert reasons == ["no caption", "no image among ['txt']", "unreadable image"]
-
-
-def test_tar_shards_need_streaming(tmp_path, image_processor):
-    shard = write_shard(tmp_path / "s.tar", [("1.jpg", png_bytes()), ("1.txt", b"x")])
-    with pytest.raises(DataFormatError, match="pass --streaming true"):
-        ImageTextDataset([str(shard)], image_processor)
+    assert reasons == [
+        "caption .json is not an object with 'caption'",
+        "caption .txt is not UTF-8 text",
+        "no caption",
+        "no image among ['txt']",
+        "unreadable image",
+    ]
+    assert {row["skipped"].where for row in rows if "skipped" in row} >= {f"{shard}:0003", f"{shard}:0007"}
 
 
 def test_saved_dataset_with_an_image_column(tmp_path, image_processor):
@@ -166,7 +239,7 @@ def test_saved_dataset_with_an_image_column(tmp_path, image_processor):
     datasets.Dataset.from_dict({"image": images, "caption": ["rot", "bleu"]}, features=features).save_to_disk(
         str(tmp_path / "saved")
     )
-    dataset = ImageTextDataset([str(tmp_path / "saved")], image_processor)
+    dataset = image_text_table([tmp_path / "saved"], image_processor)
     rows = [dataset[i] for i in range(len(dataset))]
     assert [row["caption"] for row in rows] == ["rot", "bleu"]
     assert rows[0]["pixel_values"][0].mean() > rows[1]["pixel_values"][0].mean()  # red has more red than blue
@@ -176,7 +249,7 @@ def test_relative_image_paths_can_start_from_an_image_root(tmp_path, image_proce
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "a.png").write_bytes(png_bytes())
     table = write_jsonl(tmp_path / "pairs.jsonl", [{"img": "a.png", "text": "x"}])
-    dataset = ImageTextDataset(
-        [str(table)], image_processor, image_column="img", caption_column="text", image_root=str(tmp_path / "pics")
+    dataset = image_text_table(
+        [table], image_processor, image_column="img", caption_column="text", image_root=str(tmp_path / "pics")
     )
     assert "pixel_values" in dataset[0]

@@ -5,25 +5,13 @@ without the gather each rank would see only its own negatives and the first loss
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from stage_runs import torchrun, toy_teacher_inputs
 
-from modeling_altclip import AltCLIPModel, AltCLIPProcessor
-
-REPO = Path(__file__).resolve().parents[2]
 COMMON = [
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
     "--dataloader_num_workers",
-    "0",
-    "--seed",
     "0",
     "--max_steps",
     "2",
@@ -39,34 +27,7 @@ COMMON = [
 
 
 def train(stage: str, output_dir: Path, processes: int, batch_per_process: int, *flags: str) -> list[dict]:
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        str(processes),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "training.cli",
-    ]
-    command = [
-        *launcher,
-        stage,
-        "--output_dir",
-        str(output_dir),
-        *COMMON,
-        "--per_device_train_batch_size",
-        str(batch_per_process),
-        *flags,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    torchrun(stage, output_dir, processes, *COMMON, "--per_device_train_batch_size", str(batch_per_process), *flags)
     state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
     return [entry for entry in state["log_history"] if "loss" in entry]
 
@@ -76,18 +37,6 @@ def assert_same_steps(two_processes: list[dict], one_process: list[dict]) -> Non
     for many, one in zip(two_processes, one_process):
         assert many["loss"] == pytest.approx(one["loss"], rel=1e-5), (many, one)
         assert many["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), (many, one)
-
-
-@pytest.fixture(scope="module")
-def start_without_dropout(tmp_path_factory, teacher_model_dir) -> Path:
-    """The stage-1 model with dropout off, so that every process computes the same thing."""
-    model = AltCLIPModel.from_pretrained(teacher_model_dir)
-    model.config.text_config.hidden_dropout_prob = 0.0
-    model.config.text_config.attention_probs_dropout_prob = 0.0
-    path = tmp_path_factory.mktemp("no_dropout")
-    model.save_pretrained(path)
-    AltCLIPProcessor.from_pretrained(teacher_model_dir).save_pretrained(path)
-    return path
 
 
 def test_contrastive_two_processes_equal_one_process_on_the_global_batch(tmp_path, toy, start_without_dropout):
@@ -107,14 +56,7 @@ def test_contrastive_without_gradient_through_the_gather_differs(tmp_path, toy, 
 
 
 def test_teacher_learning_two_processes_equal_one_process(tmp_path, toy):
-    flags = [
-        "--clip_model_name_or_path",
-        str(toy["clip"]),
-        "--text_encoder_name_or_path",
-        str(toy["xlmr"]),
-        "--train_files",
-        str(toy["parallel"]),
-    ]
+    flags = toy_teacher_inputs(toy)
     assert_same_steps(
         train("teacher", tmp_path / "two", 2, 8, *flags), train("teacher", tmp_path / "one", 1, 16, *flags)
     )

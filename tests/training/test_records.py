@@ -1,12 +1,11 @@
 """Record readers: formats, errors that name the file and row, skipped rows."""
 
 import json
-import random
 
 import datasets
 import pytest
 
-from training.mixing import interleave, normalised_weights, weighted_selection
+from training.epoch_plan import GlobalBatchSampler, assign_shards, epoch_rng, weighted_draw
 from training.records import DataFormatError, Record, SkipCounter, Skipped, iter_records
 
 
@@ -79,23 +78,29 @@ def test_skip_counter_groups_reasons():
     assert counter.total == 3 and counter.by_reason == {"not valid JSON": 2, "empty caption": 1}
 
 
-def test_weighted_selection_follows_the_weights():
-    selection = weighted_selection([100, 10], [1, 1], seed=0)
-    counts = [sum(1 for source, _ in selection if source == s) for s in (0, 1)]
+def test_weighted_draw_follows_the_weights_and_changes_its_subsample_per_epoch():
+    first = weighted_draw([100, 10], [1, 1], epoch_rng(0, 0))
+    counts = [int((first < 100).sum()), int((first >= 100).sum())]
     assert counts == [55, 55]  # the small source is repeated, the large one subsampled
-    assert {index for source, index in selection if source == 1} == set(range(10))
-    assert len(weighted_selection([100, 10], None, seed=0)) == 110
+    assert set(first[first >= 100].tolist()) == set(range(100, 110))
+    second = weighted_draw([100, 10], [1, 1], epoch_rng(0, 1))
+    assert set(first[first < 100].tolist()) != set(second[second < 100].tolist())
+    assert weighted_draw([100, 10], None, epoch_rng(0, 0)).tolist() == list(range(110))
 
 
-def test_weights_must_fit_the_files():
-    with pytest.raises(ValueError, match="2 sampling weights were given for 3 data files"):
-        normalised_weights([1, 2], 3)
-    with pytest.raises(ValueError, match="non-negative"):
-        normalised_weights([1, -1], 2)
+@pytest.mark.parametrize("rows", [64, 61, 3])
+def test_global_batches_hold_every_row_once_and_every_rank_the_same_steps(rows):
+    def batches(world):
+        batch = 16 // world  # the same global batch of 16 rows whatever the number of processes
+        return [list(GlobalBatchSampler([rows], batch, seed=3, rank=rank, world_size=world)) for rank in range(world)]
+
+    two = batches(2)
+    assert len(two[0]) == len(two[1]) == len(GlobalBatchSampler([rows], 8, world_size=2)) == -(-rows // 16)
+    assert sorted(index for rank in two for batch in rank for index in batch) == list(range(rows))
+    (one,) = batches(1)  # the same global batches, whatever the number of processes
+    assert [sorted(a + b) for a, b in zip(*two)] == [sorted(batch) for batch in one]
 
 
-def test_interleave_runs_every_source_through_at_least_once():
-    sources = [lambda: iter(["a1", "a2", "a3", "a4"]), lambda: iter(["b1"])]
-    drawn = list(interleave(sources, [1, 1], random.Random(0)))
-    assert {"a1", "a2", "a3", "a4", "b1"} <= set(drawn)
-    assert list(interleave([lambda: iter([])], None, random.Random(0))) == []
+def test_shards_go_to_the_least_loaded_reader():
+    assert assign_shards([10, 10, 10, 10, 5], 2) == [[0, 2, 4], [1, 3]]
+    assert assign_shards([3], 2) == [[0], []]

@@ -55,13 +55,11 @@ def test_precomputed_teacher_features_give_the_same_losses(tmp_path, toy):
     assert summary["global_step"] == 4
 
 
-def test_cosine_distillation_and_streaming_input(tmp_path, toy):
+def test_cosine_distillation(tmp_path, toy):
     summary = run_stage(
         "teacher",
         tmp_path,
-        *teacher_flags(
-            toy, "--max_steps", "25", "--distillation_loss", "cosine", "--streaming", "true", "--save_strategy", "no"
-        ),
+        *teacher_flags(toy, "--max_steps", "25", "--distillation_loss", "cosine", "--save_strategy", "no"),
     )
     assert summary["distillation_loss"] == "cosine" and summary["last_loss"] < summary["first_loss"]
 

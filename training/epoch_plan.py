@@ -1,0 +1,116 @@
+"""What every rank trains in an epoch: each sample once, all ranks the same number of steps, reshuffled per epoch.
+
+Hand-written because neither accelerate nor `datasets` does it: accelerate's `even_batches` repeats samples to fill
+the last batch (or lets ranks run different step counts), and `split_dataset_by_node` reads every shard on every
+node when shards don't divide evenly. Here a global batch of ``world x batch`` rows is cut into one slice per rank;
+the last, smaller global batch is split as evenly as possible (a rank may get fewer rows, never another step).
+"""
+
+import heapq
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+def epoch_rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
+    """The one seeded generator of an epoch (and optionally a reader): the same on every rank."""
+    return np.random.default_rng([seed, epoch, *stream])
+
+
+def weighted_draw(sizes: Sequence[int], weights: Sequence[float] | None, rng: np.random.Generator) -> np.ndarray:
+    """Global indices (source offsets added) for one epoch of a mix: without weights every index once; with weights
+    as many rows as all sources hold, each source in proportion to its weight (small ones repeated, large ones
+    subsampled, a different subsample every epoch)."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    if weights is None:
+        return np.arange(offsets[-1], dtype=np.int64)
+    total, weight_sum = int(offsets[-1]), float(sum(weights))
+    parts = []
+    for source, (size, weight) in enumerate(zip(sizes, weights)):
+        wanted = round(total * weight / weight_sum)
+        if size == 0 or wanted == 0:
+            continue
+        repeats = [rng.permutation(size) for _ in range(math.ceil(wanted / size))]
+        parts.append(np.concatenate(repeats)[:wanted] + offsets[source])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def even_split(count: int, parts: int) -> list[int]:
+    """`count` items in `parts` sizes that differ by at most one (larger first)."""
+    return [count // parts + (part < count % parts) for part in range(parts)]
+
+
+def process_position() -> tuple[int, int]:
+    """(rank, world size) of this process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class GlobalBatchSampler:
+    """Batch sampler of a map-style dataset: this rank's slice of every global batch of an epoch.
+
+    The epoch's order is `weighted_draw` then (with ``shuffle``) one permutation, both seeded by (seed, epoch):
+    the same global batches whatever the number of processes. accelerate's ``skip_first_batches`` resumes it by
+    skipping index lists, without reading a row.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        batch_size: int,
+        weights: Sequence[float] | None = None,
+        extra: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        """`extra` rows after the sources' rows (indices from sum(sizes) on) join every epoch once, unweighted."""
+        self.sizes, self.weights, self.extra = list(sizes), weights, extra
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_indices(self) -> np.ndarray:
+        rng = epoch_rng(self.seed, self.epoch)
+        indices = weighted_draw(self.sizes, self.weights, rng)
+        if self.extra:
+            indices = np.concatenate([indices, np.arange(sum(self.sizes), sum(self.sizes) + self.extra)])
+        return rng.permutation(indices) if self.shuffle else indices
+
+    @property
+    def samples_per_epoch(self) -> int:
+        total = sum(self.sizes)
+        if self.weights is not None:
+            weight_sum = float(sum(self.weights))
+            total = sum(round(total * weight / weight_sum) for size, weight in zip(self.sizes, self.weights) if size)
+        return total + self.extra
+
+    def __len__(self) -> int:
+        return math.ceil(self.samples_per_epoch / (self.batch_size * self.world_size))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        indices = self.epoch_indices()
+        global_batch = self.batch_size * self.world_size
+        for start in range(0, len(indices), global_batch):
+            chunk = indices[start : start + global_batch]
+            sizes = even_split(len(chunk), self.world_size)
+            begin = sum(sizes[: self.rank])
+            yield chunk[begin : begin + sizes[self.rank]].tolist()
+
+
+def assign_shards(sizes: Sequence[int], readers: int) -> list[list[int]]:
+    """Shard positions per reader, in the given (shuffled) order, each shard to the least-loaded reader so far:
+    reader totals differ by at most one shard."""
+    assigned: list[list[int]] = [[] for _ in range(readers)]
+    heap = [(0, reader) for reader in range(readers)]  # (load, reader): ties go to the lower reader
+    for position, size in enumerate(sizes):
+        load, reader = heapq.heappop(heap)
+        assigned[reader].append(position)
+        heapq.heappush(heap, (load + size, reader))
+    return assigned

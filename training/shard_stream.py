@@ -1,0 +1,243 @@
+"""Webdataset shards streamed for training: each sample once per epoch, all ranks the same steps, exact resumption.
+
+webdataset reads the shards (its tar member iterator and key grouping, its ``pipe:`` opener; fsspec for other
+URLs). What it lacks, and this module adds: shards are reshuffled every epoch and dealt to the ``ranks x workers``
+readers by size (each shard read by exactly one reader); every reader yields the same number of batches (its
+samples split evenly over them, so no rank waits at the end); and the sample-level shuffle buffer is driven by a
+seeded generator over sample *slots*, so a resumed run replays the buffer on integers, re-reads only the raw bytes
+still in the buffer and decodes nothing already trained.
+
+A slot is a position in a shard's known size (``sizes.json``, else counted). A shard that cannot be opened, is cut
+short, or holds a broken sample loses exactly those slots: each is counted as a skipped sample with its location.
+"""
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from .epoch_plan import assign_shards, epoch_rng, even_split, weighted_draw
+from .records import DataFormatError, Skipped
+from .sources import Source, is_remote, open_stream, read_sizes_file
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHUFFLE_BUFFER = 5000
+
+
+def shard_samples(url: str) -> Iterator[dict]:
+    """Raw samples of one shard: {member suffix: bytes, "where": "url:key"}; raises on a broken or cut tar."""
+    with open_stream(url) as stream:
+        members = ({**member, "__url__": url} for member in tar_file_iterator(stream))
+        for sample in group_by_keys(members):
+            sample["where"] = f"{url}:{sample['__key__']}"
+            yield sample
+
+
+def shard_sizes(sources: Sequence[Source]) -> list[int]:
+    """Samples of every shard of `sources`, from ``sizes.json`` beside them; local shards without it are counted
+    (reading them once); remote ones need it."""
+    sizes: list[int] = []
+    listings: dict[str, dict[str, int] | None] = {}
+    for source in sources:
+        for url in source.urls:
+            folder = url.rsplit("/", 1)[0]
+            if folder not in listings:
+                listings[folder] = read_sizes_file(url)
+            name = url.rsplit("/", 1)[-1]
+            known = (listings[folder] or {}).get(name)
+            if known is None:
+                if is_remote(url):
+                    raise DataFormatError(
+                        f"{url}: no sizes.json beside the remote shards names its size; write one ({{shard name: "
+                        "samples}, as img2dataset/webdataset tools do) so that every rank can plan the epoch."
+                    )
+                known = _count_samples(url)
+            sizes.append(known)
+    return sizes
+
+
+def _count_samples(url: str) -> int:
+    count = 0
+    try:
+        for _ in shard_samples(url):
+            count += 1
+    except Exception as error:  # a broken shard still counts what it holds
+        logger.warning("Counting %s stopped after %d samples: %s", url, count, error)
+    return count
+
+
+def shuffled_slots(count: int, buffer_size: int, rng: random.Random) -> Iterator[tuple[int, list[int], int]]:
+    """Slots 0..count-1 through a shuffle buffer of `buffer_size`: yields (slot, buffer, next slot to pull) after
+    each emission. Each slot comes out exactly once; the order depends on the generator only, never on the data."""
+    buffer = list(range(min(count, buffer_size)))
+    pulled = len(buffer)
+    while buffer:
+        index = rng.randrange(len(buffer))
+        slot = buffer[index]
+        if pulled < count:
+            buffer[index] = pulled
+            pulled += 1
+        else:
+            buffer[index] = buffer[-1]
+            buffer.pop()
+        yield slot, buffer, pulled
+
+
+class SlotReader:
+    """The raw samples of a reader's shards by slot, read forward once; only slots still to come are kept."""
+
+    def __init__(self, urls: Sequence[str], sizes: Sequence[int], wanted: Callable[[int], bool]):
+        self.urls, self.sizes, self.wanted = list(urls), list(sizes), wanted
+        self.starts = [sum(self.sizes[:index]) for index in range(len(self.sizes))]
+        self.kept: dict[int, dict | Skipped] = {}
+        self.shard, self.samples, self.position = -1, iter(()), 0
+
+    def _lose_rest(self, reason: str) -> None:
+        """The current shard's unread slots become skipped samples."""
+        url, start, size = self.urls[self.shard], self.starts[self.shard], self.sizes[self.shard]
+        for index in range(self.position - start, size):
+            if self.wanted(start + index):
+                self.kept[start + index] = Skipped(f"{url}#{index}", reason)
+        self.position = start + size
+
+    def _next_shard(self) -> None:
+        self.shard += 1
+        self.position = self.starts[self.shard]
+        self.samples = shard_samples(self.urls[self.shard])
+
+    def _read_one(self) -> None:
+        if self.shard < 0 or self.position >= self.starts[self.shard] + self.sizes[self.shard]:
+            self._next_shard()
+            if self.sizes[self.shard] == 0:
+                return
+        index = self.position - self.starts[self.shard]
+        try:
+            sample = next(self.samples)
+        except StopIteration:
+            self._lose_rest(f"shard ended after {index} of {self.sizes[self.shard]} samples")
+            return
+        except Exception as error:  # unreadable, truncated or not a tar: webdataset/tarfile raise many types
+            self._lose_rest(f"unreadable shard ({type(error).__name__}: {error})")
+            return
+        if self.wanted(self.position):
+            self.kept[self.position] = sample
+        self.position += 1
+        if self.position == self.starts[self.shard] + self.sizes[self.shard]:
+            self.samples.close()  # a shard with more samples than its size: the extra ones are not planned
+
+    def skip_to(self, slot: int) -> None:
+        """Moves past whole shards that end before `slot` without opening them."""
+        while self.shard + 1 < len(self.urls) and self.starts[self.shard + 1] + self.sizes[self.shard + 1] <= slot:
+            self.shard += 1
+        if self.shard >= 0:
+            self.position = self.starts[self.shard] + self.sizes[self.shard]
+
+    def take(self, slot: int) -> dict | Skipped:
+        while slot not in self.kept:
+            self._read_one()
+        return self.kept.pop(slot)
+
+
+class ShardStream(IterableDataset):
+    """Batches of decoded samples from webdataset shards for one rank; its DataLoader uses ``batch_size=None``.
+
+    `decode_sample` turns a raw sample into model inputs (or a ``{"skipped": ...}`` row) inside the worker. After
+    `resume_at(epoch, batches)` the first `batches` items of that epoch are ``None`` placeholders, which
+    accelerate's ``skip_first_batches`` drops without reading a shard.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        decode_sample: Callable[[dict], dict],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        shuffle: bool = True,
+    ):
+        self.urls = [url for source in sources for url in source.urls]
+        self.sizes = shard_sizes(sources)
+        self.shards_per_source = [len(source.urls) for source in sources]
+        self.weights = None if all(source.weight == 1.0 for source in sources) else [s.weight for s in sources]
+        self.decode_sample, self.batch_size = decode_sample, batch_size
+        self.rank, self.world_size, self.workers = rank, world_size, max(num_workers, 1)
+        self.seed, self.shuffle_buffer, self.shuffle = seed, shuffle_buffer if shuffle else 1, shuffle
+        self.epoch, self.resume_epoch, self.resume_batches = 0, -1, 0
+        readers = self.world_size * self.workers
+        if len(self.urls) < readers:
+            logger.warning(
+                "%d shards for %d readers (processes x DataLoader workers): some readers stay idle; use more shards "
+                "or fewer --dataloader_num_workers.",
+                len(self.urls),
+                readers,
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """The next iteration of `epoch` starts after its first `batches` batches (of this rank)."""
+        self.epoch, self.resume_epoch, self.resume_batches = epoch, epoch, batches
+
+    def epoch_shards(self) -> list[int]:
+        """Shard indices of this epoch in reading order (weighted per source by shard count), the same on all ranks."""
+        rng = epoch_rng(self.seed, self.epoch)
+        shards = weighted_draw(self.shards_per_source, self.weights, rng)
+        return (rng.permutation(shards) if self.shuffle else shards).tolist()
+
+    def plan(self) -> tuple[list[int], list[list[int]], int]:
+        """(epoch shards, their positions per reader, batches per reader)."""
+        shards = self.epoch_shards()
+        assigned = assign_shards([self.sizes[shard] for shard in shards], self.world_size * self.workers)
+        most = max(sum(self.sizes[shards[position]] for position in mine) for mine in assigned)
+        return shards, assigned, max(1, math.ceil(most / self.batch_size))
+
+    def __len__(self) -> int:
+        return self.plan()[2] * self.workers
+
+    @property
+    def samples_per_epoch(self) -> int:
+        shards = self.epoch_shards()
+        return sum(self.sizes[shard] for shard in shards)
+
+    def __iter__(self) -> Iterator[list[dict] | None]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        shards, assigned, batches = self.plan()
+        reader = self.rank * self.workers + worker
+        mine = [shards[position] for position in assigned[reader]]
+        sizes = [self.sizes[shard] for shard in mine]
+        batch_sizes = even_split(sum(sizes), batches)
+        done = self.resume_batches if self.epoch == self.resume_epoch else 0
+        skipped_batches = len(range(worker, done, self.workers))  # batch i of the rank came from worker i % workers
+        emitted = sum(batch_sizes[:skipped_batches])
+        rng = random.Random(int(epoch_rng(self.seed, self.epoch, reader).integers(2**63)))
+        order = shuffled_slots(sum(sizes), self.shuffle_buffer, rng)
+        buffer, pulled = [], 0
+        for _ in range(emitted):  # replay the trained part on integers only
+            _, buffer, pulled = next(order)
+        alive = set(buffer)
+        slots = SlotReader([self.urls[shard] for shard in mine], sizes, lambda s: s >= pulled or s in alive)
+        slots.skip_to(min(alive, default=pulled))
+        for _ in range(skipped_batches):
+            yield None
+        for size in batch_sizes[skipped_batches:]:
+            batch = []
+            for _ in range(size):
+                raw = slots.take(next(order)[0])
+                batch.append({"skipped": raw} if isinstance(raw, Skipped) else self._decoded(raw))
+            yield batch
+
+    def _decoded(self, raw: dict) -> dict:
+        try:
+            return self.decode_sample(raw)
+        except Exception as error:  # a sample the decoder did not foresee must not stop the run
+            return {"skipped": Skipped(raw.get("where", "?"), f"undecodable sample ({type(error).__name__}: {error})")}

@@ -1,0 +1,166 @@
+"""Training sources as users write them: files, folders, brace-expanded shard lists, globs and URLs.
+
+Each ``--train_files`` entry is one `Source`: every URL it expands to has the same kind (webdataset shards, or
+one table format). Brace expansion is webdataset's (`braceexpand`, as open_clip does), URLs open through
+webdataset's ``pipe:`` support or fsspec (``https://``, ``s3://`` with s3fs, ``gs://`` with gcsfs, ``hf://``).
+"""
+
+import glob
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import braceexpand
+
+from .records import DataFormatError
+
+SHARD_PATTERN = re.compile(r"\.(tar|tgz|tar\.gz)($|[?\s])")
+TABLE_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+SIZES_FILE = "sizes.json"  # {shard file name: samples}, as webdataset's and open_clip's tools write it
+
+
+@dataclass(frozen=True)
+class Source:
+    """One ``--train_files`` entry: its spec as written, the URLs it expands to, their kind and its weight."""
+
+    spec: str
+    urls: tuple[str, ...]
+    kind: str  # "shards", "saved" (a save_to_disk folder) or a table format: jsonl, csv, tsv, parquet
+    weight: float = 1.0
+
+    @property
+    def is_shards(self) -> bool:
+        return self.kind == "shards"
+
+
+def is_remote(url: str) -> bool:
+    """A URL (``scheme://``) or a ``pipe:`` command rather than a local path."""
+    return url.startswith("pipe:") or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url) is not None
+
+
+def url_kind(url: str) -> str:
+    """``shards`` for tar shards (also inside a ``pipe:`` command), else the table format of the suffix."""
+    if SHARD_PATTERN.search(url):
+        return "shards"
+    suffix = Path(url.split("?")[0]).suffix.lower()
+    if suffix in TABLE_FORMATS:
+        return TABLE_FORMATS[suffix]
+    raise DataFormatError(
+        f"{url}: unknown data format {suffix or '(no suffix)'!r}; use .tar/.tar.gz shards, .jsonl, .csv, .tsv, "
+        ".parquet or a datasets save_to_disk folder."
+    )
+
+
+def _local_entries(pattern: str, spec: str) -> list[str]:
+    """A local path, glob or folder as the files it names."""
+    if any(character in pattern for character in "*?["):
+        matches = sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            raise DataFormatError(f"--train_files {spec}: the pattern {pattern} matches no file.")
+        return matches
+    path = Path(pattern)
+    if path.is_dir():
+        if any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS):
+            return [str(path)]
+        files = sorted(
+            str(child)
+            for child in path.iterdir()
+            if child.is_file() and _known_suffix(child.name) and not child.name == SIZES_FILE
+        )
+        if not files:
+            raise DataFormatError(f"--train_files {spec}: the folder {path} holds no shard or table file.")
+        return files
+    if not path.exists():
+        raise DataFormatError(f"--train_files {spec}: {path} does not exist.")
+    return [str(path)]
+
+
+def _known_suffix(name: str) -> bool:
+    try:
+        url_kind(name)
+        return True
+    except DataFormatError:
+        return False
+
+
+def _kind_of(url: str) -> str:
+    if not is_remote(url) and Path(url).is_dir():
+        return "saved"
+    return url_kind(url)
+
+
+def parse_source(spec: str, weight: float = 1.0) -> Source:
+    """One spec (path, folder, ``{000..099}`` braces, glob, URL, ``pipe:``) as a `Source`; local paths checked."""
+    urls: list[str] = []
+    for expanded in braceexpand.braceexpand(spec.strip()):
+        urls.extend([expanded] if is_remote(expanded) else _local_entries(expanded, spec))
+    kinds = sorted({_kind_of(url) for url in urls})
+    if len(kinds) != 1:
+        raise DataFormatError(
+            f"--train_files {spec} mixes {' and '.join(kinds)}; give each kind of data as its own --train_files entry."
+        )
+    if kinds[0] == "saved" and len(urls) > 1:
+        raise DataFormatError(f"--train_files {spec}: give one save_to_disk folder per entry.")
+    return Source(spec, tuple(urls), kinds[0], weight)
+
+
+def parse_sources(specs: Sequence[str], weights: Sequence[float] | None = None) -> list[Source]:
+    """`Source`s of ``--train_files`` with ``--train_file_weights`` (one per source, non-negative, not all 0)."""
+    if not specs:
+        raise DataFormatError("give --train_files (files, folders, shard specs or URLs).")
+    if weights is not None:
+        if len(weights) != len(specs):
+            raise DataFormatError(
+                f"--train_file_weights has {len(weights)} values for {len(specs)} --train_files entries; give one "
+                "weight per entry."
+            )
+        if any(weight < 0 for weight in weights) or sum(weights) <= 0:
+            raise DataFormatError(f"--train_file_weights must be non-negative and not all zero; got {list(weights)}.")
+    sources = [
+        parse_source(spec, 1.0 if weights is None else float(weight))
+        for spec, weight in zip(specs, weights or [1.0] * len(specs))
+    ]
+    if len({source.is_shards for source in sources}) > 1:
+        raise DataFormatError(
+            "--train_files mixes webdataset shards and tables; convert one to the other (shards stream, tables are "
+            "memory-mapped)."
+        )
+    return sources
+
+
+def open_stream(url: str) -> IO[bytes]:
+    """A binary stream of a local file, a ``pipe:`` command (webdataset's gopen) or an fsspec URL."""
+    if not is_remote(url):
+        return open(url, "rb")
+    if url.startswith("pipe:"):
+        import webdataset
+
+        return webdataset.gopen(url, "rb")
+    import fsspec
+
+    try:
+        return fsspec.open(url, "rb").open()
+    except ImportError as error:  # e.g. s3:// without s3fs
+        raise DataFormatError(f"{url}: fsspec cannot open this scheme here ({error}).") from error
+
+
+def sibling_url(url: str, name: str) -> str:
+    """The URL of the file `name` in the same folder as `url`."""
+    return str(Path(url).parent / name) if not is_remote(url) else url.rsplit("/", 1)[0] + "/" + name
+
+
+def read_sizes_file(url: str) -> dict[str, int] | None:
+    """``sizes.json`` next to `url` ({shard name: samples}), or None where there is none."""
+    if url.startswith("pipe:"):
+        return None
+    sizes_url = sibling_url(url, SIZES_FILE)
+    try:
+        with open_stream(sizes_url) as handle:
+            sizes = json.loads(handle.read().decode("utf-8"))
+    except (OSError, FileNotFoundError, ValueError, DataFormatError):
+        return None
+    return {str(name): int(count) for name, count in sizes.items()} if isinstance(sizes, dict) else None
