@@ -56,6 +56,10 @@ class DataArguments:
         default=False,
         metadata={"help": "Write every trained sample's location per step to OUTPUT_DIR/trained_keys/rank-R.tsv."},
     )
+    reduced_jpeg_decoding: bool = field(
+        default=False,
+        metadata={"help": "Decode JPEGs at the smallest DCT scale (1/2..1/8) still covering the model's input."},
+    )
     max_text_length: int = field(default=77, metadata={"help": "Student tokens per text after truncation."})
     english_column: str = field(default="english", metadata={"help": "Teacher learning: the English column."})
     translation_column: str = field(default="translation", metadata={"help": "Teacher learning: the translation."})

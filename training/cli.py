@@ -237,7 +237,9 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
         sampling = train_sampling(training_args)
         return ShardStream(
             sources,
-            functools.partial(decode_shard_sample, decode=PairDecoder(image_processor)),
+            functools.partial(
+                decode_shard_sample, decode=PairDecoder(image_processor, data_args.reduced_jpeg_decoding)
+            ),
             batch_size=training_args.per_device_train_batch_size,
             rank=training_args.process_index,
             world_size=training_args.world_size,
@@ -254,6 +256,7 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
             caption_column=data_args.caption_column,
             image_root=data_args.image_root,
             cache_dir=data_args.data_cache_dir,
+            reduced_jpeg_decoding=data_args.reduced_jpeg_decoding,
         )
 
 

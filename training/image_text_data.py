@@ -54,16 +54,18 @@ def open_rgb_image(source: Any, min_side: int | None = None) -> Image.Image:
 
 
 class PairDecoder:
-    """Turns a raw (image source, caption) row into model inputs, or `Skipped` with the reason."""
+    """Turns a raw (image source, caption) row into model inputs, or `Skipped` with the reason. With
+    `reduced_jpeg_decoding`, JPEGs are decoded at the smallest DCT scale that still covers the processor's size."""
 
-    def __init__(self, image_processor):
+    def __init__(self, image_processor, reduced_jpeg_decoding: bool = False):
         self.image_processor = image_processor
+        self.min_side = max(image_shape_of(image_processor)[1:]) if reduced_jpeg_decoding else None
 
     def __call__(self, where: str, image_source: Any, caption: Any) -> dict:
         if not isinstance(caption, str) or not caption.strip():
             return {"skipped": Skipped(where, "empty caption")}
         try:
-            image = open_rgb_image(image_source)
+            image = open_rgb_image(image_source, self.min_side)
         except FileNotFoundError:
             return {"skipped": Skipped(where, f"image file not found ({image_source})")}
         except Exception as error:  # PIL raises many types for corrupt data; all mean the same here
@@ -114,10 +116,11 @@ class ImageTextTable(Dataset):
         caption_column: str = "caption",
         image_root: str | None = None,
         cache_dir: str | None = None,
+        reduced_jpeg_decoding: bool = False,
     ):
         self.rows = TableRows(sources, (image_column, caption_column), cache_dir)
         self.columns, self.image_root = (image_column, caption_column), image_root
-        self.decode = PairDecoder(image_processor)
+        self.decode = PairDecoder(image_processor, reduced_jpeg_decoding)
 
     @property
     def sizes(self) -> list[int]:

@@ -21,6 +21,11 @@ from .teacher import FrozenTextTeacher
 TRAINED_KEYS_FOLDER = "trained_keys"
 
 
+def decays(name: str, parameter: torch.Tensor) -> bool:
+    """Biases, norm weights and ``logit_scale`` (all under 2-D) and embeddings get no weight decay."""
+    return parameter.ndim >= 2 and "embedding" not in name
+
+
 class PlannedDataLoader(DataLoader):
     """A DataLoader whose epoch reaches its plan (the batch sampler, or the shard stream)."""
 
@@ -101,6 +106,11 @@ class AltCLIPTrainer(Trainer):
             with open(folder / f"rank-{self.args.process_index}.tsv", "a", encoding="utf-8") as handle:
                 handle.write("".join(f"{step}\t{key}\n" for key in keys))
         return inputs.pop("usable_rows", None)
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        """Weight decay on weight matrices only: not on biases, norms, embeddings or ``logit_scale`` (open_clip's
+        rule), whatever the backend (DeepSpeed and FSDP build their optimizer from these groups too)."""
+        return [name for name, parameter in model.named_parameters() if decays(name, parameter)]
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         logs["skipped_records"] = self.skipped.total  # this process's count; the summary file sums all ranks

@@ -60,3 +60,19 @@ def test_teacher_learning_two_processes_equal_one_process(tmp_path, toy):
     assert_same_steps(
         train("teacher", tmp_path / "two", 2, 8, *flags), train("teacher", tmp_path / "one", 1, 16, *flags)
     )
+
+
+def test_contrastive_ranks_with_unequal_rows_equal_one_process(tmp_path, toy, start_without_dropout):
+    """One image of the first global batch is missing: rank 0 holds 7 usable rows, rank 1 holds 8. Weighting
+    each rank's loss by its share of the global batch keeps the update equal to one process on the 15 rows."""
+    rows = Path(toy["captions"]).read_text().splitlines()
+    first = json.loads(rows[0])
+    first["image"] = str(Path(toy["captions"]).parent / first["image"]).replace(".png", "-missing.png")
+    table = tmp_path / "captions.jsonl"
+    table.write_text("\n".join([json.dumps(first), *rows[1:]]) + "\n")
+    (tmp_path / "images").symlink_to(Path(toy["captions"]).parent / "images")
+    flags = ["--model_name_or_path", str(start_without_dropout), "--train_files", str(table)]
+    two = train("contrastive", tmp_path / "two", 2, 8, *flags)
+    one = train("contrastive", tmp_path / "one", 1, 16, *flags)
+    assert one[0]["skipped_records"] == 1
+    assert_same_steps(two, one)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import CLIPTextModel
 
+from modeling_altclip import AltCLIPModel
 from modeling_altclip.modeling_altclip import contrastive_loss
 from training.losses import ClipLoss, distillation_loss
 from training.teacher import FrozenTextTeacher, cached_teacher_features, load_teacher
@@ -75,3 +76,31 @@ def test_teacher_features_are_cached_and_reused(tmp_path, toy, monkeypatch):
     monkeypatch.undo()
     cached_teacher_features(teacher, tokenizer, texts + ["a green circle"], tmp_path)
     assert len(list(tmp_path.glob("teacher-*.npy"))) == 2  # another corpus, another cache file
+
+
+def test_weight_decay_spares_biases_norms_embeddings_and_logit_scale(tmp_path, teacher_model_dir):
+    from transformers import TrainingArguments
+
+    from training.trainers import ContrastiveTrainer
+
+    model = AltCLIPModel.from_pretrained(teacher_model_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), weight_decay=0.1, use_cpu=True, report_to="none")
+    trainer = ContrastiveTrainer(model=model, args=args)
+    trainer.create_optimizer()
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    spared = {
+        names[id(parameter)]
+        for group in trainer.optimizer.param_groups
+        if group["weight_decay"] == 0
+        for parameter in group["params"]
+    }
+    assert "logit_scale" in spared and "text_model.pre_LN.weight" in spared
+    assert "text_model.roberta.embeddings.word_embeddings.weight" in spared
+    assert "vision_model.embeddings.patch_embedding.weight" in spared
+    assert "text_model.roberta.encoder.layer.0.output.LayerNorm.weight" in spared
+    assert "vision_model.encoder.layers.0.layer_norm1.weight" in spared
+    assert "text_model.roberta.encoder.layer.0.attention.self.query.bias" in spared
+    decayed = set(names.values()) - spared
+    assert decayed and all(name.endswith("weight") and "norm" not in name.lower() for name in decayed)
+    assert "text_model.roberta.encoder.layer.0.attention.self.query.weight" in decayed
+    assert "text_projection.weight" in decayed
