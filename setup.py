@@ -42,7 +42,9 @@ setup(
         "pyyaml>=6",
         # training
         "accelerate>=1.1",
-        "datasets>=3",
+        "datasets>=3",  # tables as memory-mapped Arrow; fsspec (https://, hf://; s3fs/gcsfs for s3://, gs://)
+        "webdataset>=1.0",  # shard reading (tar members, pipe: URLs) for streamed image-caption data
+        "braceexpand>=0.1.7",  # shard specs such as laion/{00000..41407}.tar
         "matplotlib>=3.7",
         "tqdm>=4.66",
         # evaluation (class names and templates: pip install --no-deps clip-benchmark)

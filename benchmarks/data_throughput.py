@@ -6,7 +6,8 @@
    split by node/worker, ``tarfile_to_samples``, ``shuffle(5000, 1000)``, decode, the same image processor and
    tokenizer, ``batched``. 0, 1 and 2 DataLoader workers; samples/s and samples per CPU-second (process + workers).
 2. Stage 1 tables: a 1M-pair JSONL built into Arrow by `datasets`, reopened, and read through a DataLoader worker;
-   private memory (USS, not the shared page cache of the memory map) per rank and per worker.
+   anonymous resident memory (RssAnon: the heap, not the memory-mapped file's reclaimable pages, which USS would
+   count as private while no other process maps the file) per rank and per worker.
 
     python benchmarks/data_throughput.py [--shards 40] [--per_shard 100] [--rows 1000000]
 """
@@ -120,24 +121,22 @@ def measure(make, spec, processor, tokenizer, workers: int) -> dict:
 
 
 TABLE_PROBE = r"""
-import json, sys, time, psutil
+import json, sys, time
 from torch.utils.data import DataLoader
 from training.sources import parse_sources
 from training.text_data import ParallelText
 from training.epoch_plan import GlobalBatchSampler
-me = psutil.Process()
-before = me.memory_full_info().uss
+def anon_mib():  # anonymous resident memory: the heap, not the reclaimable pages of the memory-mapped Arrow file
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssAnon")) / 1024
+before = anon_mib()
 start = time.perf_counter()
 dataset = ParallelText(parse_sources([sys.argv[1]]), cache_dir=sys.argv[2])
 opened = time.perf_counter() - start
-rank = me.memory_full_info().uss - before
-def worker_uss(rows):
-    return psutil.Process().memory_full_info().uss
+rank = anon_mib() - before
 sampler = GlobalBatchSampler(dataset.sizes, 1024, extra=len(dataset) - sum(dataset.sizes))
-loader = DataLoader(dataset, batch_sampler=sampler, num_workers=1, collate_fn=worker_uss)
-seen = [uss for uss in loader]
-growth = (max(seen) - seen[0]) / 2**20
-print(json.dumps({"open_s": opened, "rank_uss_mib": rank / 2**20, "worker_uss_growth_mib": growth,
+loader = DataLoader(dataset, batch_sampler=sampler, num_workers=1, collate_fn=lambda rows: anon_mib())
+seen = list(loader)  # the worker reads every row once; its own anonymous memory after each batch
+print(json.dumps({"open_s": opened, "rank_anon_mib": rank, "worker_anon_growth_mib": max(seen) - seen[0],
                   "rows": len(dataset)}))
 """
 

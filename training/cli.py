@@ -155,6 +155,9 @@ def finish(trainer, model, processor, training_args: TrainingArguments, stage: s
     if not trainer.is_world_process_zero():
         return
     output_dir = Path(training_args.output_dir)
+    if hasattr(trainer, "max_log_logit_scale"):  # the saved temperature within its bound, whatever the backend
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, trainer.max_log_logit_scale)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     save_loss_curve(trainer.state.log_history, output_dir / LOSS_CURVE_FILE, title=f"AltCLIP {stage} stage")

@@ -165,10 +165,12 @@ class ContrastiveTrainer(AltCLIPTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         usable = self._take_bookkeeping(inputs)
         logit_scale = self.accelerator.unwrap_model(model).logit_scale
-        with torch.no_grad():
-            logit_scale.clamp_(0, self.max_log_logit_scale)
         outputs = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
         )
-        loss = self.clip_loss(outputs.image_embeds[:usable], outputs.text_embeds[:usable], logit_scale.exp())
+        # Clamped where it is used, not in place: an in-place clamp would miss the fp32 master copy of DeepSpeed and
+        # mixed precision. The loss never sees more than the bound and gets no gradient beyond it; the final save
+        # clamps the parameter itself.
+        scale = logit_scale.clamp(0, self.max_log_logit_scale).exp()
+        loss = self.clip_loss(outputs.image_embeds[:usable], outputs.text_embeds[:usable], scale)
         return (loss, outputs) if return_outputs else loss

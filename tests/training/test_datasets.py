@@ -253,3 +253,14 @@ def test_relative_image_paths_can_start_from_an_image_root(tmp_path, image_proce
         [table], image_processor, image_column="img", caption_column="text", image_root=str(tmp_path / "pics")
     )
     assert "pixel_values" in dataset[0]
+
+
+def test_gzipped_shards_stream_like_plain_ones(tmp_path, image_processor):
+    plain = write_shard(tmp_path / "s.tar", [("1.png", png_bytes()), ("1.txt", b"eins"), ("2.png", png_bytes())])
+    with tarfile.open(tmp_path / "s.tar.gz", "w:gz") as archive, tarfile.open(plain) as source:
+        for member in source.getmembers():
+            archive.addfile(member, source.extractfile(member))
+    (tmp_path / "s.tar").unlink()
+    rows = stream_rows([str(tmp_path / "s.tar.gz")], image_processor, shuffle=False)
+    assert [row.get("caption") for row in rows] == ["eins", None]
+    assert rows[1]["skipped"].reason == "no caption (.txt or .json)"

@@ -1,5 +1,7 @@
 """Losses, the frozen teacher and its feature cache."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,25 @@ def test_weight_decay_spares_biases_norms_embeddings_and_logit_scale(tmp_path, t
     assert decayed and all(name.endswith("weight") and "norm" not in name.lower() for name in decayed)
     assert "text_model.roberta.encoder.layer.0.attention.self.query.weight" in decayed
     assert "text_projection.weight" in decayed
+
+
+def test_the_loss_sees_the_clamped_temperature_even_if_the_parameter_is_beyond_it(tmp_path, teacher_model_dir):
+    from transformers import TrainingArguments
+
+    from modeling_altclip import AltCLIPProcessor
+    from training.image_text_data import ContrastiveCollator
+    from training.trainers import ContrastiveTrainer
+
+    model = AltCLIPModel.from_pretrained(teacher_model_dir).eval()
+    processor = AltCLIPProcessor.from_pretrained(teacher_model_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = ContrastiveTrainer(model=model, args=args, max_logit_scale=20.0)
+    rows = [{"pixel_values": torch.rand(3, 32, 32) * (i + 1), "caption": f"shape {i}"} for i in range(4)]
+    batch = ContrastiveCollator(processor.tokenizer, image_shape=(3, 32, 32))(rows)
+    losses = {}
+    for value in (1.0, math.log(20.0), 9.0):  # below, at and beyond the bound
+        with torch.no_grad():
+            model.logit_scale.fill_(value)
+        losses[value] = trainer.compute_loss(model, dict(batch)).item()
+        model.logit_scale.requires_grad_(True)
+    assert losses[9.0] == pytest.approx(losses[math.log(20.0)]) and losses[1.0] != pytest.approx(losses[9.0])
