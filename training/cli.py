@@ -74,6 +74,11 @@ def read_sources(data_args, stage: str) -> tuple[list[Source], list[Source] | No
             "altclip-train teacher: parallel text comes as tables (JSONL/CSV/TSV/Parquet/datasets "
             "folders), not webdataset shards."
         )
+    if validation and any(source.is_shards for source in validation):
+        raise SystemExit(
+            "altclip-train: --validation_files must be tables (JSONL/CSV/TSV/Parquet/datasets folders); held-out "
+            "webdataset shards are not supported for eval_loss yet."
+        )
     if data_args.shuffle_buffer < 1:
         raise SystemExit(f"altclip-train: --shuffle_buffer must be at least 1, not {data_args.shuffle_buffer}.")
     return train, validation

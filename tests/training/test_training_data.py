@@ -262,3 +262,11 @@ def test_an_invalid_utf8_line_is_skipped_and_counted_every_epoch(tmp_path, toy):
         "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--save_strategy", "no",
     )  # fmt: skip
     assert summary["skipped_records"] == 2 and summary["skipped_by_reason_on_rank0"] == {"not UTF-8 text": 2}
+
+
+def test_shards_as_validation_data_are_refused_before_models_load(tmp_path, toy):
+    with pytest.raises(SystemExit, match="--validation_files must be tables"):
+        run_stage(
+            "contrastive", tmp_path, "--model_name_or_path", "does-not-matter", "--train_files", str(toy["captions"]),
+            "--validation_files", str(toy["shards"]),
+        )  # fmt: skip
