@@ -30,7 +30,7 @@ from .model_setup import disable_dropout, freeze_image_tower, load_or_build_mode
 from .records import DataFormatError
 from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from .shard_stream import ShardStream
-from .sources import Source, parse_sources
+from .sources import Source, parse_sources, source_weights
 from .teacher import cached_teacher_features
 from .text_data import DistillationCollator, ParallelText
 from .trainers import ContrastiveTrainer, TeacherLearningTrainer
@@ -90,10 +90,6 @@ def train_sampling(training_args: TrainingArguments) -> dict:
         "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
         "shuffle": getattr(training_args, "train_sampling_strategy", "random") != "sequential",
     }
-
-
-def weights_of(sources: list[Source]) -> list[float] | None:
-    return None if all(source.weight == 1.0 for source in sources) else [source.weight for source in sources]
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
@@ -185,7 +181,7 @@ def finish(trainer, model, processor, training_args: TrainingArguments, stage: s
 def trainer_data_options(data_args, train_sources: list[Source], training_args: TrainingArguments) -> dict:
     return {
         "record_trained_keys": data_args.record_trained_keys,
-        "train_weights": weights_of(train_sources),
+        "train_weights": source_weights(train_sources),
         "shuffle_train": train_sampling(training_args)["shuffle"],
         "callbacks": [data_plan_callback(data_args, training_args)],
     }

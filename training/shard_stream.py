@@ -22,7 +22,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .epoch_plan import assign_shards, epoch_rng, even_split, weighted_draw
 from .records import DataFormatError, Skipped
-from .sources import Source, is_remote, open_stream, read_sizes_file
+from .sources import Source, is_remote, open_stream, read_sizes_file, source_weights
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class ShardStream(IterableDataset):
         self.urls = [url for source in sources for url in source.urls]
         self.sizes = shard_sizes(sources)
         self.shards_per_source = [len(source.urls) for source in sources]
-        self.weights = None if all(source.weight == 1.0 for source in sources) else [s.weight for s in sources]
+        self.weights = source_weights(sources)
         self.decode_sample, self.batch_size = decode_sample, batch_size
         self.rank, self.world_size, self.workers = rank, world_size, max(num_workers, 1)
         self.seed, self.shuffle_buffer, self.shuffle = seed, shuffle_buffer if shuffle else 1, shuffle
@@ -202,11 +202,6 @@ class ShardStream(IterableDataset):
 
     def __len__(self) -> int:
         return self.plan()[2] * self.workers
-
-    @property
-    def samples_per_epoch(self) -> int:
-        shards = self.epoch_shards()
-        return sum(self.sizes[shard] for shard in shards)
 
     def __iter__(self) -> Iterator[list[dict] | None]:
         info = torch.utils.data.get_worker_info()

@@ -30,7 +30,7 @@ class Source:
     spec: str
     urls: tuple[str, ...]
     kind: str  # "shards", "saved" (a save_to_disk folder) or a table format: jsonl, csv, tsv, parquet
-    weight: float = 1.0
+    weight: float | None = None  # None: no --train_file_weights, each source contributes all its samples
 
     @property
     def is_shards(self) -> bool:
@@ -93,7 +93,7 @@ def _kind_of(url: str) -> str:
     return url_kind(url)
 
 
-def parse_source(spec: str, weight: float = 1.0) -> Source:
+def parse_source(spec: str, weight: float | None = None) -> Source:
     """One spec (path, folder, ``{000..099}`` braces, glob, URL, ``pipe:``) as a `Source`; local paths checked."""
     urls: list[str] = []
     for expanded in braceexpand.braceexpand(spec.strip()):
@@ -121,8 +121,8 @@ def parse_sources(specs: Sequence[str], weights: Sequence[float] | None = None) 
         if any(weight < 0 for weight in weights) or sum(weights) <= 0:
             raise DataFormatError(f"--train_file_weights must be non-negative and not all zero; got {list(weights)}.")
     sources = [
-        parse_source(spec, 1.0 if weights is None else float(weight))
-        for spec, weight in zip(specs, weights or [1.0] * len(specs))
+        parse_source(spec, None if weight is None else float(weight))
+        for spec, weight in zip(specs, weights or [None] * len(specs))
     ]
     if len({source.is_shards for source in sources}) > 1:
         raise DataFormatError(
@@ -164,3 +164,8 @@ def read_sizes_file(url: str) -> dict[str, int] | None:
     except (OSError, FileNotFoundError, ValueError, DataFormatError):
         return None
     return {str(name): int(count) for name, count in sizes.items()} if isinstance(sizes, dict) else None
+
+
+def source_weights(sources: Sequence[Source]) -> list[float] | None:
+    """The sources' sampling weights, or None where none were given (every sample of every source once)."""
+    return None if sources[0].weight is None else [source.weight for source in sources]

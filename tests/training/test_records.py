@@ -104,3 +104,15 @@ def test_global_batches_hold_every_row_once_and_every_rank_the_same_steps(rows):
 def test_shards_go_to_the_least_loaded_reader():
     assert assign_shards([10, 10, 10, 10, 5], 2) == [[0, 2, 4], [1, 3]]
     assert assign_shards([3], 2) == [[0], []]
+
+
+def test_explicit_equal_weights_mix_half_and_half_unlike_no_weights(tmp_path):
+    from training.sources import parse_sources, source_weights
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text("{}\n")
+    specs = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    assert source_weights(parse_sources(specs)) is None
+    assert source_weights(parse_sources(specs, [1, 1])) == [1.0, 1.0]
+    drawn = weighted_draw([90, 10], [1.0, 1.0], epoch_rng(0, 0))
+    assert int((drawn >= 90).sum()) == 50  # the small source is repeated to half of the epoch
