@@ -189,7 +189,7 @@ def test_sigkill_in_epoch_two_then_resume_trains_exactly_what_the_uninterrupted_
     ]  # fmt: skip
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     torchrun("contrastive", whole, 2, *flags)
-    kill_after_checkpoint(torchrun_command("contrastive", killed, 2, *flags), killed, 15)
+    kill_after_checkpoint(torchrun_command("contrastive", killed, 2, *flags), killed, 25)
     newest = max(killed.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     (newest / "trainer_state.json").unlink()  # as a kill inside the checkpoint write leaves it
     resumed_from = int(newest.name.split("-")[1]) - 5
@@ -200,8 +200,9 @@ def test_sigkill_in_epoch_two_then_resume_trains_exactly_what_the_uninterrupted_
     assert before + trained_steps(killed) == trained_steps(whole)
     assert set(trained_keys(whole).values()) == {2} and len(trained_keys(whole)) == 180
     whole_losses, resumed_losses = logged(whole), logged(killed)
-    assert whole_losses.keys() == resumed_losses.keys() == set(range(1, 25))
-    for step in range(resumed_from + 1, 25):
+    steps = max(whole_losses)
+    assert resumed_from > steps // 2 and whole_losses.keys() == resumed_losses.keys() == set(range(1, steps + 1))
+    for step in range(resumed_from + 1, steps + 1):
         assert resumed_losses[step] == pytest.approx(whole_losses[step], rel=1e-5), step
 
 
