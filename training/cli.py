@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from .arguments import ContrastiveArguments, DataArguments, ModelArguments, TeacherLearningArguments
 from .config_files import expand_config
 from .data_plan import check_resumed_plan, data_plan_callback
+from .epoch_plan import data_seed, shuffles
 from .image_text_data import (
     ContrastiveCollator,
     ImageTextTable,
@@ -84,14 +85,6 @@ def read_sources(data_args, stage: str) -> tuple[list[Source], list[Source] | No
     return train, validation
 
 
-def train_sampling(training_args: TrainingArguments) -> dict:
-    """Seed, order and the rank's place, shared by every training dataset of a run."""
-    return {
-        "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-        "shuffle": getattr(training_args, "train_sampling_strategy", "random") != "sequential",
-    }
-
-
 def setup_logging(training_args: TrainingArguments) -> None:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -104,10 +97,21 @@ def setup_logging(training_args: TrainingArguments) -> None:
         logging.getLogger(name).setLevel(logging.INFO if training_args.should_log else level)
 
 
+def checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-* folders, oldest (smallest step) first."""
+    return sorted(output_dir.glob("checkpoint-*"), key=checkpoint_step) if output_dir.is_dir() else []
+
+
+def checkpoint_step(folder: Path) -> int:
+    """N of checkpoint-N (-1 for a folder that only looks like one)."""
+    step = folder.name.split("-", 1)[1]
+    return int(step) if step.isdigit() else -1
+
+
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """checkpoint-N folders whose trainer_state.json was written (the Trainer writes it last), oldest first."""
     complete = []
-    for folder in sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1])):
+    for folder in checkpoints(output_dir):
         try:
             json.loads((folder / "trainer_state.json").read_text())
         except (OSError, ValueError):
@@ -121,7 +125,7 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
     that already holds checkpoints."""
     requested = training_args.resume_from_checkpoint
     output_dir = Path(training_args.output_dir)
-    started = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
+    started = checkpoints(output_dir)
     if requested in (None, "", "false", "False"):
         if started:
             raise SystemExit(
@@ -135,7 +139,7 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
             raise SystemExit(
                 f"altclip-train: --resume_from_checkpoint true, but {output_dir} holds no complete checkpoint."
             )
-        newer = [path.name for path in started if int(path.name.split("-")[1]) > int(complete[-1].name.split("-")[1])]
+        newer = [path.name for path in started if checkpoint_step(path) > checkpoint_step(complete[-1])]
         if newer:
             logger.warning(
                 "Resuming from %s: %s has no trainer_state.json (its write was interrupted) and is passed over.",
@@ -182,7 +186,7 @@ def trainer_data_options(data_args, train_sources: list[Source], training_args: 
     return {
         "record_trained_keys": data_args.record_trained_keys,
         "train_weights": source_weights(train_sources),
-        "shuffle_train": train_sampling(training_args)["shuffle"],
+        "shuffle_train": shuffles(training_args),
         "callbacks": [data_plan_callback(data_args, training_args)],
     }
 
@@ -238,7 +242,6 @@ def run_teacher_learning(model_args, data_args, stage_args, training_args, train
 def image_text_data(sources: list[Source], image_processor, data_args, training_args, shuffle: bool = True):
     """A `ShardStream` of webdataset shards or an `ImageTextTable` of tables, for this rank."""
     if sources[0].is_shards:
-        sampling = train_sampling(training_args)
         return ShardStream(
             sources,
             functools.partial(
@@ -248,9 +251,9 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
             rank=training_args.process_index,
             world_size=training_args.world_size,
             num_workers=training_args.dataloader_num_workers,
-            seed=sampling["seed"],
+            seed=data_seed(training_args),
             shuffle_buffer=data_args.shuffle_buffer,
-            shuffle=shuffle and sampling["shuffle"],
+            shuffle=shuffle and shuffles(training_args),
         )
     with training_args.main_process_first(desc="image-caption tables"):
         return ImageTextTable(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from .epoch_plan import data_seed
+
 DATA_PLAN_FILE = "data_plan.json"
 
 
@@ -21,7 +23,7 @@ def data_plan(data_args, training_args) -> dict:
         "dataloader_num_workers": training_args.dataloader_num_workers,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "shuffle_buffer": data_args.shuffle_buffer,
-        "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+        "seed": data_seed(training_args),
     }
 
 

@@ -11,7 +11,6 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch
 
 
 def epoch_rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
@@ -26,15 +25,19 @@ def weighted_draw(sizes: Sequence[int], weights: Sequence[float] | None, rng: np
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     if weights is None:
         return np.arange(offsets[-1], dtype=np.int64)
-    total, weight_sum = int(offsets[-1]), float(sum(weights))
     parts = []
-    for source, (size, weight) in enumerate(zip(sizes, weights)):
-        wanted = round(total * weight / weight_sum)
-        if size == 0 or wanted == 0:
+    for source, (size, wanted) in enumerate(zip(sizes, drawn_per_source(sizes, weights))):
+        if wanted == 0:
             continue
         repeats = [rng.permutation(size) for _ in range(math.ceil(wanted / size))]
         parts.append(np.concatenate(repeats)[:wanted] + offsets[source])
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def drawn_per_source(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
+    """Rows `weighted_draw` takes from each source: its weight's share of all rows (none from an empty source)."""
+    total, weight_sum = sum(sizes), float(sum(weights))
+    return [round(total * weight / weight_sum) if size else 0 for size, weight in zip(sizes, weights)]
 
 
 def even_split(count: int, parts: int) -> list[int]:
@@ -42,11 +45,14 @@ def even_split(count: int, parts: int) -> list[int]:
     return [count // parts + (part < count % parts) for part in range(parts)]
 
 
-def process_position() -> tuple[int, int]:
-    """(rank, world size) of this process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def data_seed(training_args) -> int:
+    """The seed of every epoch plan: ``--data_seed``, else ``--seed``."""
+    return training_args.data_seed if training_args.data_seed is not None else training_args.seed
+
+
+def shuffles(training_args) -> bool:
+    """Training data is shuffled unless ``--train_sampling_strategy sequential``."""
+    return getattr(training_args, "train_sampling_strategy", "random") != "sequential"
 
 
 class GlobalBatchSampler:
@@ -85,11 +91,8 @@ class GlobalBatchSampler:
 
     @property
     def samples_per_epoch(self) -> int:
-        total = sum(self.sizes)
-        if self.weights is not None:
-            weight_sum = float(sum(self.weights))
-            total = sum(round(total * weight / weight_sum) for size, weight in zip(self.sizes, self.weights) if size)
-        return total + self.extra
+        drawn = sum(self.sizes) if self.weights is None else sum(drawn_per_source(self.sizes, self.weights))
+        return drawn + self.extra
 
     def __len__(self) -> int:
         return math.ceil(self.samples_per_epoch / (self.batch_size * self.world_size))

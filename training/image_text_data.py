@@ -17,14 +17,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .records import Skipped, split_skipped
-from .sources import Source, is_remote, open_stream
+from .sources import Source, is_remote, join_url, open_stream
 from .tables import SKIPPED, TableRows, source_folder
 from .text_data import usable_or_placeholder
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
-CAPTION_SUFFIXES = ("txt", "json")
 MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit, applied explicitly
 
 
@@ -134,8 +133,7 @@ class ImageTextTable(Dataset):
             return image
         if is_remote(image) or Path(image).is_absolute():
             return image
-        root = self.image_root or source_folder(where)
-        return f"{root.rstrip('/')}/{image}" if is_remote(root) else str(Path(root) / image)
+        return join_url(self.image_root or source_folder(where), image)
 
     def __getitem__(self, index: int) -> dict:
         where, fields = self.rows.row(index)

@@ -148,9 +148,19 @@ def open_stream(url: str) -> IO[bytes]:
         raise DataFormatError(f"{url}: fsspec cannot open this scheme here ({error}).") from error
 
 
+def folder_of(url: str) -> str:
+    """The folder of a local path or URL."""
+    return url.rsplit("/", 1)[0] if is_remote(url) else str(Path(url).parent)
+
+
+def join_url(folder: str, name: str) -> str:
+    """`name` inside a local folder or URL folder."""
+    return f"{folder.rstrip('/')}/{name}" if is_remote(folder) else str(Path(folder) / name)
+
+
 def sibling_url(url: str, name: str) -> str:
     """The URL of the file `name` in the same folder as `url`."""
-    return str(Path(url).parent / name) if not is_remote(url) else url.rsplit("/", 1)[0] + "/" + name
+    return join_url(folder_of(url), name)
 
 
 def read_sizes_file(url: str) -> dict[str, int] | None:

@@ -13,13 +13,12 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import datasets
 import numpy as np
 
 from .records import DataFormatError
-from .sources import Source, is_remote, open_stream
+from .sources import Source, folder_of, is_remote, open_stream
 
 logger = logging.getLogger(__name__)
 
@@ -208,4 +207,4 @@ class TableRows:
 def source_folder(where: str) -> str:
     """The folder of the table a row came from (``file:line`` or ``spec[i]``), for relative image paths."""
     table = where.rsplit(":", 1)[0] if not where.endswith("]") else where.rsplit("[", 1)[0]
-    return table.rsplit("/", 1)[0] if is_remote(table) else str(Path(table).parent)
+    return folder_of(table)

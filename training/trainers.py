@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from .epoch_plan import GlobalBatchSampler
+from .epoch_plan import GlobalBatchSampler, data_seed
 from .losses import ClipLoss, distillation_loss
 from .records import SkipCounter
 from .shard_stream import ShardStream
@@ -44,14 +44,13 @@ class AltCLIPTrainer(Trainer):
     def __init__(
         self,
         *args,
-        skipped_while_reading: SkipCounter | None = None,
         record_trained_keys: bool = False,
         train_weights: list[float] | None = None,
         shuffle_train: bool = True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.skipped = skipped_while_reading or SkipCounter()
+        self.skipped = SkipCounter()
         self.record_trained_keys = record_trained_keys
         self.train_weights, self.shuffle_train = train_weights, shuffle_train
         self._plan = None
@@ -76,7 +75,7 @@ class AltCLIPTrainer(Trainer):
             self.args.per_device_train_batch_size,
             weights=self.train_weights,
             extra=len(dataset) - sum(dataset.sizes),
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            seed=data_seed(self.args),
             shuffle=self.shuffle_train,
             rank=self.args.process_index,
             world_size=self.args.world_size,
