@@ -32,6 +32,7 @@ from .records import DataFormatError
 from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from .shard_stream import ShardStream
 from .sources import Source, parse_sources, source_weights
+from .tables import check_columns
 from .teacher import cached_teacher_features
 from .text_data import DistillationCollator, ParallelText
 from .trainers import ContrastiveTrainer, TeacherLearningTrainer
@@ -64,10 +65,19 @@ def parse(stage: str, argv: Sequence[str]):
 
 
 def read_sources(data_args, stage: str) -> tuple[list[Source], list[Source] | None]:
-    """Training and validation sources, checked before any model loads (one-line errors)."""
+    """Training and validation sources, checked before any model loads (one-line errors): they exist, their kinds
+    fit the stage and every table has the stage's columns."""
+    columns = (
+        (data_args.english_column, data_args.translation_column)
+        if stage == "teacher"
+        else (data_args.image_column, data_args.caption_column)
+    )
     try:
         train = parse_sources(data_args.train_files, data_args.train_file_weights)
         validation = parse_sources(data_args.validation_files) if data_args.validation_files else None
+        for source in train + (validation or []):
+            if not source.is_shards:
+                check_columns(source, columns)
     except DataFormatError as error:
         raise SystemExit(f"altclip-train: {error}") from None
     if stage == "teacher" and any(source.is_shards for source in train + (validation or [])):
@@ -322,7 +332,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     training_args.resume_from_checkpoint = checkpoint
     transformers.set_seed(training_args.seed)  # the fresh `transformation` layer is drawn before the Trainer exists
     runner = run_teacher_learning if stage == "teacher" else run_contrastive
-    runner(model_args, data_args, stage_args, training_args, train_sources, validation_sources)
+    try:
+        runner(model_args, data_args, stage_args, training_args, train_sources, validation_sources)
+    except DataFormatError as error:  # found only once the data is built (e.g. a table without one usable pair)
+        raise SystemExit(f"altclip-train: {error}") from None
 
 
 if __name__ == "__main__":

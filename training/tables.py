@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import datasets
 import numpy as np
+import pyarrow.parquet
 
 from .records import DataFormatError
 from .sources import Source, folder_of, is_remote, open_stream
@@ -123,6 +124,24 @@ def _require_columns(dataset: datasets.Dataset, columns: Sequence[str], spec: st
         raise DataFormatError(
             f"{spec}: the dataset lacks column(s) {', '.join(missing)} (it has: {', '.join(dataset.column_names)})."
         )
+
+
+def check_columns(source: Source, columns: Sequence[str]) -> None:
+    """Refuses a table source that lacks one of `columns` (header, first JSON object or schema), cheaply: before
+    any model loads and before the Arrow file is built."""
+    if source.kind == "saved":
+        open_table(source, columns)  # memory-mapped: opening is cheap, and it checks the columns
+        return
+    for url in source.urls:
+        if source.kind == "parquet":
+            with open_stream(url) as handle:
+                names = pyarrow.parquet.read_schema(handle).names
+            if missing := [column for column in columns if column not in names]:
+                raise DataFormatError(
+                    f"{url}: the table lacks column(s) {', '.join(missing)} (it has: {', '.join(names)})."
+                )
+        else:
+            _check_header(url, source.kind, columns)
 
 
 def open_table(source: Source, columns: Sequence[str], cache_dir: str | None = None) -> datasets.Dataset:

@@ -19,6 +19,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import datasets
 import psutil
 import pytest
 from stage_runs import (
@@ -271,3 +272,27 @@ def test_shards_as_validation_data_are_refused_before_models_load(tmp_path, toy)
             "contrastive", tmp_path, "--model_name_or_path", "does-not-matter", "--train_files", str(toy["captions"]),
             "--validation_files", str(toy["shards"]),
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_a_table_without_the_columns_is_one_line_before_any_model_loads(tmp_path, toy, suffix):
+    """The model path does not exist: had the models loaded first, the error would be about it instead."""
+    table = tmp_path / f"pairs.{suffix}"
+    rows = [{"en": "a cat", "de": "eine Katze"}]
+    if suffix == "jsonl":
+        table.write_text(json.dumps(rows[0]) + "\n")
+    else:
+        datasets.Dataset.from_list(rows).to_parquet(table)
+    with pytest.raises(SystemExit, match=rf"^altclip-train: {table}(:1)?: .*lacks column|missing column") as error:
+        run_stage(
+            "teacher", tmp_path / "out", "--clip_model_name_or_path", str(tmp_path / "no-such-clip"),
+            "--text_encoder_name_or_path", str(tmp_path / "no-such-xlmr"), "--train_files", str(table),
+        )  # fmt: skip
+    assert "english, translation" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_table_without_one_usable_pair_is_one_line_not_a_traceback(tmp_path, toy):
+    table = tmp_path / "empty.jsonl"
+    table.write_text('{"english": "a cat", "translation": " "}\n')
+    with pytest.raises(SystemExit, match=r"^altclip-train: .*empty\.jsonl holds no usable \(english, translation\)"):
+        run_stage("teacher", tmp_path / "out", *toy_teacher_inputs(toy)[:4], "--train_files", str(table))
