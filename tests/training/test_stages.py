@@ -84,7 +84,7 @@ def test_teacher_wider_than_the_students_project_dim_is_refused(tmp_path, toy, t
 def test_missing_column_is_reported_with_file_and_row(tmp_path, toy):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"en": "a red circle", "fr": "un cercle rouge"}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl:1: missing column\(s\) english, translation"):
+    with pytest.raises(SystemExit, match=r"bad\.jsonl:1: missing column\(s\) english, translation"):
         run_stage("teacher", tmp_path / "out", *teacher_flags(toy, "--max_steps", "1"), "--train_files", str(bad))
 
 
