@@ -103,9 +103,9 @@ def photo_files(folder: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def multilingual_sentences(count: int, seed: int = 0) -> list[str]:
+def multilingual_sentences(count: int, seed: int = 0, max_parts: int = 8) -> list[str]:
     """Real sentences of mixed length in many languages: clip-benchmark's NLLB-translated prompts filled with
-    Babel-ImageNet class names, alone (short) or run together by two to eight (long), shuffled."""
+    Babel-ImageNet class names, alone (short) or run together by two to `max_parts` (long), shuffled."""
     from evaluation.prompts import BABEL_FILE, NLLB_FILE, prompts_dir, read_published_json
 
     folder = prompts_dir()
@@ -120,7 +120,7 @@ def multilingual_sentences(count: int, seed: int = 0) -> list[str]:
 
     texts = []
     for _ in range(count):
-        parts = 1 if rng.random() < 0.5 else rng.randint(2, 8)
+        parts = 1 if rng.random() < 0.5 or max_parts < 2 else rng.randint(2, max_parts)
         texts.append(" ".join(sentence() for _ in range(parts)))
     return texts
 

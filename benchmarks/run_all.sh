@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 python benchmarks/embedding_throughput.py --shape vit-b-32_xlm-r-base --images 64 --texts 256 --repeats 3 --compile
 python benchmarks/embedding_throughput.py --shape vit-l-14_xlm-r-large --images 16 --texts 64 --batch_size 16 --repeats 2
 python benchmarks/training_throughput.py --steps 60
+python benchmarks/training_throughput.py --scale
 python benchmarks/data_throughput.py

@@ -1,7 +1,10 @@
 """Training throughput and peak memory of both stages at a small size on this machine, stage 1 with and without
 the cached teacher features; each run is its own `altclip-train` process, so its peak memory is its own.
+With --scale, rows at the ViT-B/32 + XLM-R-base shape (random weights, real JPEG photos, multilingual captions):
+stage 2 epoch-2 samples/s with and without --cache_image_features, the time per optimizer step of full-batch
+negatives (GradCache) against plain gradient accumulation, and teacher-feature precompute sentences/s.
 
-    python benchmarks/training_throughput.py [--steps 60] [--width 128]
+    python benchmarks/training_throughput.py [--steps 60] [--width 128] [--scale]
 
 On a GPU add `--bf16` (passed to the Trainer); the device tool's numbers are in benchmarks/README.md.
 """
@@ -22,15 +25,22 @@ from training.toy_setup import write_shapes_dataset, write_tiny_clip, write_tiny
 
 RESULTS_DIR = Path(__file__).parent / "results"
 # altclip-train's main, reporting the process's own peak resident memory when it ends
+# ... and the wall time of each epoch (EPOCH_SECONDS epoch seconds)
 REPORTING_PEAK = (
-    "import atexit, resource; atexit.register(lambda: print('PEAK_RSS_KIB', "
-    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); import sys; from training.cli import main; "
-    "main(sys.argv[1:])"
+    "import atexit, resource, time; atexit.register(lambda: print('PEAK_RSS_KIB', "
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); import sys; from training import trainers\n"
+    "run_epoch = trainers.AltCLIPTrainer._run_epoch\n"
+    "def timed(self, *args, **kwargs):\n"
+    "    start = time.perf_counter(); result = run_epoch(self, *args, **kwargs)\n"
+    "    print('EPOCH_SECONDS', kwargs['epoch'], time.perf_counter() - start, flush=True); return result\n"
+    "trainers.AltCLIPTrainer._run_epoch = timed\n"
+    "from training.cli import main; main(sys.argv[1:])"
 )
 
 
-def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, flags: list[str]) -> dict:
-    """Runs one stage in a child process; returns samples/s (from the Trainer's own runtime) and peak RSS."""
+def run_stage(stage: str, output_dir: Path, steps: int | None, batch_size: int, flags: list[str]) -> dict:
+    """Runs one stage in a child process; returns samples/s (from the Trainer's own runtime), each epoch's seconds
+    and peak RSS. Without `steps`, `flags` say how long (e.g. --num_train_epochs)."""
     command = [
         sys.executable,
         "-c",
@@ -38,8 +48,7 @@ def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, flags: 
         stage,
         "--output_dir",
         str(output_dir),
-        "--max_steps",
-        str(steps),
+        *(["--max_steps", str(steps)] if steps else []),
         "--per_device_train_batch_size",
         str(batch_size),
         "--save_strategy",
@@ -47,7 +56,7 @@ def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, flags: 
         "--report_to",
         "none",
         "--logging_steps",
-        str(steps),
+        str(steps or 1),
         "--disable_tqdm",
         "true",
         *flags,
@@ -66,12 +75,57 @@ def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, flags: 
         raise SystemExit(f"{stage} failed:\n{output[-3000:]}")
     runtime = next((float(part.split("'")[3]) for part in output.split("{") if "'train_runtime'" in part), None)
     summary = json.loads((output_dir / "training_summary.json").read_text())
+    epochs = [float(line.split()[2]) for line in output.splitlines() if line.startswith("EPOCH_SECONDS")]
     return {
-        "samples_per_s": round(steps * batch_size / runtime, 1) if runtime else None,
+        "samples_per_s": round(summary["global_step"] * batch_size / runtime, 1) if runtime else None,
+        "seconds_per_step": round(runtime / summary["global_step"], 3) if runtime else None,
+        "epoch_seconds": [round(seconds, 2) for seconds in epochs],
         "wall_s": round(time.perf_counter() - start, 1),
         "last_loss": summary["last_loss"],
         "peak_rss_mib": round(int(output.rsplit("PEAK_RSS_KIB", 1)[1].split()[0]) / 1024, 1),
     }
+
+
+def scale_rows(folder: Path, pairs: int, batch_size: int, micro_batch: int, accumulation: int) -> dict:
+    """The --scale rows (see the module docstring), ViT-B/32 + XLM-R-base, image tower frozen, fp32 on this CPU."""
+    from benchmarks.common import model_pair, multilingual_sentences, photo_files
+
+    model_dir = folder / "vit-b-32_xlm-r-base"
+    model_pair("vit-b-32_xlm-r-base", model_dir)
+    photos = photo_files(folder / "photos", pairs)
+    table = folder / "captions.jsonl"
+    captions = multilingual_sentences(pairs, max_parts=1)  # caption-like: one sentence (LAION's are ~15 tokens)
+    table.write_text("".join(json.dumps({"image": str(p), "caption": c}) + "\n" for p, c in zip(photos, captions)))
+    base = ["--model_name_or_path", str(model_dir), "--train_files", str(table), "--dataloader_num_workers", "0"]
+    rows = {}
+    two_epochs = [*base, "--num_train_epochs", "2"]
+    rows["stage 2, epoch 2, image tower run"] = run_stage("contrastive", folder / "plain", None, batch_size, two_epochs)
+    rows["stage 2, epoch 2, cached image features"] = run_stage(
+        "contrastive", folder / "cached", None, batch_size, [*two_epochs, "--cache_image_features", "true"]
+    )
+    steps = 3
+    accumulate = [*base, "--gradient_accumulation_steps", str(accumulation)]
+    rows["stage 2, plain accumulation"] = run_stage(
+        "contrastive", folder / "plain-acc", steps, micro_batch, [*accumulate, "--full_batch_negatives", "false"]
+    )
+    rows["stage 2, full-batch negatives (GradCache)"] = run_stage(
+        "contrastive", folder / "gradcache", steps, micro_batch, accumulate
+    )
+    rows["teacher precompute (ViT-B/32 CLIP text tower)"] = precompute_row(folder, captions * 4)
+    return rows
+
+
+def precompute_row(folder: Path, texts: list[str]) -> dict:
+    """Sentences/s of the stage-1 teacher precompute, one process, CLIP ViT-B/32's text tower shape."""
+    from training.teacher import load_teacher, precomputed_teacher_features
+    from training.toy_setup import english_word_tokenizer
+
+    clip = write_tiny_clip(folder / "clip-b32-text", text_width=512, vision_width=32, layers=12, projection_dim=512)
+    teacher, tokenizer = load_teacher(str(clip)), english_word_tokenizer()
+    start = time.perf_counter()
+    precomputed_teacher_features(teacher, tokenizer, texts, folder / "teacher-cache", "bench", shard_rows=1024)
+    seconds = time.perf_counter() - start
+    return {"sentences": len(texts), "seconds": round(seconds, 2), "sentences_per_s": round(len(texts) / seconds, 1)}
 
 
 def main() -> None:
@@ -81,8 +135,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--output_dir", default=str(RESULTS_DIR))
+    parser.add_argument("--scale", action="store_true", help="Also the ViT-B/32 + XLM-R-base rows (slow).")
+    parser.add_argument("--pairs", type=int, default=128, help="--scale: image-caption pairs (one epoch).")
     args = parser.parse_args()
     extra = ["--bf16", "true"] if args.bf16 else []
+    if args.scale:
+        return report_scale(args)
     rows = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -127,6 +185,49 @@ def main() -> None:
         "cached_teacher_speedup": round(speedup, 2),
     }
     replace_atomically(output / "training.json", lambda p: p.write_text(json.dumps(result, indent=2)))
+
+
+def report_scale(args) -> None:
+    """Runs and prints the --scale rows with their ratios; writes training_scale.json and .png."""
+    with tempfile.TemporaryDirectory() as folder:
+        rows = scale_rows(Path(folder), args.pairs, batch_size=32, micro_batch=16, accumulation=4)
+    plain, cached = rows["stage 2, epoch 2, image tower run"], rows["stage 2, epoch 2, cached image features"]
+    epoch2 = {name: args.pairs / row["epoch_seconds"][1] for name, row in (("run", plain), ("cached", cached))}
+    ratios = {
+        "cached_image_features_epoch2_speedup": round(epoch2["cached"] / epoch2["run"], 2),
+        "gradcache_over_plain_accumulation_time": round(
+            rows["stage 2, full-batch negatives (GradCache)"]["seconds_per_step"]
+            / rows["stage 2, plain accumulation"]["seconds_per_step"],
+            2,
+        ),
+    }
+    print(f"stage 2 epoch 2: {epoch2['run']:.1f} samples/s with the tower, {epoch2['cached']:.1f} cached")
+    for name in ("stage 2, plain accumulation", "stage 2, full-batch negatives (GradCache)"):
+        print(f"{name:42s} {rows[name]['seconds_per_step']:8.2f} s per optimizer step (4 x 16 pairs)")
+    precompute = rows["teacher precompute (ViT-B/32 CLIP text tower)"]
+    print(f"teacher precompute: {precompute['sentences_per_s']:.1f} sentences/s, one process")
+    print(json.dumps(ratios))
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    result = {"shape": "vit-b-32_xlm-r-base", "pairs": args.pairs, "rows": rows, **ratios}
+    replace_atomically(output / "training_scale.json", lambda p: p.write_text(json.dumps(result, indent=2)))
+    draw_scale(epoch2, rows, output / "training_scale.png")
+
+
+def draw_scale(epoch2: dict, rows: dict, path: Path) -> None:
+    from training.reporting import plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
+    left.bar(["image tower run", "cached image features"], [epoch2["run"], epoch2["cached"]], color=["#999", "#2a7"])
+    left.set_ylabel("samples/s")
+    left.set_title("Stage 2, epoch 2 (ViT-B/32 + XLM-R-base, CPU)")
+    names = ["stage 2, plain accumulation", "stage 2, full-batch negatives (GradCache)"]
+    right.bar(["plain (16 negatives)", "GradCache (64 negatives)"], [rows[n]["seconds_per_step"] for n in names])
+    right.set_ylabel("seconds per optimizer step")
+    right.set_title("4 micro-batches of 16")
+    figure.tight_layout()
+    replace_atomically(path, lambda p: figure.savefig(p, format="png"))
+    plt.close(figure)
 
 
 if __name__ == "__main__":

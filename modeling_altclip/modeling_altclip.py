@@ -307,25 +307,31 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
+        image_embeds: torch.FloatTensor | None = None,
         **kwargs: Any,
     ) -> AltCLIPOutput:
         """Embeds both modalities; ``logits_per_image[i, j]`` scores image i against text j.
 
         With ``return_loss=True`` the i-th text must describe the i-th image, so both batches must be equal.
+        ``image_embeds`` (L2-normalised, e.g. cached from a frozen image tower) may stand in for ``pixel_values``;
+        the vision tower is then not run.
         """
-        if input_ids is None or pixel_values is None:
+        if input_ids is None or (pixel_values is None) == (image_embeds is None):
             raise ValueError(
-                "AltCLIPModel.forward needs both input_ids and pixel_values; "
+                "AltCLIPModel.forward needs input_ids and one of pixel_values or image_embeds; "
                 "use get_text_features / get_image_features for one modality."
             )
-        if return_loss and input_ids.shape[0] != pixel_values.shape[0]:
+        images = len(pixel_values) if pixel_values is not None else len(image_embeds)
+        if return_loss and input_ids.shape[0] != images:
             raise ValueError(
-                f"return_loss=True pairs text i with image i, but got {input_ids.shape[0]} texts and "
-                f"{pixel_values.shape[0]} images."
+                f"return_loss=True pairs text i with image i, but got {input_ids.shape[0]} texts and {images} images."
             )
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
-        )
+        vision_outputs = None
+        if image_embeds is None:
+            vision_outputs = self.vision_model(
+                pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+            )
+            image_embeds = F.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
         text_outputs = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -333,7 +339,6 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
             position_ids=position_ids,
             **kwargs,
         )
-        image_embeds = F.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
         text_embeds = F.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
 
         logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device)

@@ -83,11 +83,20 @@ class TeacherLearningArguments:
         default="auto", metadata={"help": "auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, float16."}
     )
     precompute_teacher_features: bool = field(
-        default=False, metadata={"help": "Run the teacher once over all English texts and reuse the features."}
+        default=False,
+        metadata={
+            "help": "Run the teacher once over the distinct English sentences (all ranks in parallel, float16 shards) "
+            "and read its features instead of running it every step."
+        },
     )
     teacher_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where precomputed features live (default: OUTPUT_DIR/teacher_cache)."}
+        default=None,
+        metadata={
+            "help": "Where precomputed features live (default: OUTPUT_DIR/teacher_cache); one folder per teacher "
+            "weights, tokenizer, dtype, max length and corpus. Shared by all ranks."
+        },
     )
+    teacher_cache_shard_rows: int = field(default=65_536, metadata={"help": "Sentences per teacher-feature shard."})
 
 
 @dataclass
@@ -98,4 +107,38 @@ class ContrastiveArguments:
     max_logit_scale: float = field(default=100.0, metadata={"help": "Upper clamp of exp(logit_scale)."})
     gather_with_grad: bool = field(
         default=True, metadata={"help": "Back-propagate through the cross-rank gather (exact global-batch gradient)."}
+    )
+    full_batch_negatives: bool = field(
+        default=True,
+        metadata={
+            "help": "With --gradient_accumulation_steps k > 1, score every pair against the whole accumulated batch "
+            "(GradCache: the update of one step on k times the batch, for one extra forward without gradients); "
+            "false scores each micro-batch alone (plain accumulation, k times fewer negatives)."
+        },
+    )
+    cache_image_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Frozen image tower, table data: store each image's embedding (float16) the first time it is "
+            "trained and reuse it later, so that later epochs neither decode the image nor run the tower."
+        },
+    )
+    image_feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where --cache_image_features keeps them (default: OUTPUT_DIR/image_feature_cache)."},
+    )
+
+
+@dataclass
+class ZeroShotArguments:
+    """Zero-shot evaluation during training."""
+
+    zeroshot_steps: int = field(default=0, metadata={"help": "Score zero-shot classification every N steps (0: off)."})
+    zeroshot_dataset: str = field(
+        default="image_folder", metadata={"help": "An altclip-eval zeroshot dataset: imagenet1k, cifar10, ..."}
+    )
+    zeroshot_data_dir: str | None = field(default=None, metadata={"help": "Its local copy (layouts in the README)."})
+    zeroshot_languages: str = field(default="en", metadata={"help": "Comma-separated languages to score."})
+    zeroshot_eval_flags: str = field(
+        default="", metadata={"help": 'More altclip-eval flags, e.g. "--batch_size 256 --num_workers 8".'}
     )

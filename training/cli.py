@@ -16,10 +16,17 @@ import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
-from .arguments import ContrastiveArguments, DataArguments, ModelArguments, TeacherLearningArguments
+from .arguments import (
+    ContrastiveArguments,
+    DataArguments,
+    ModelArguments,
+    TeacherLearningArguments,
+    ZeroShotArguments,
+)
 from .config_files import expand_config
 from .data_plan import check_resumed_plan, data_plan_callback
 from .epoch_plan import data_seed, shuffles
+from .feature_caches import ImageEmbeddingCache, fingerprint, module_digest
 from .image_text_data import (
     ContrastiveCollator,
     ImageTextTable,
@@ -30,12 +37,14 @@ from .image_text_data import (
 from .model_setup import disable_dropout, freeze_image_tower, load_or_build_model, load_teacher_for
 from .records import DataFormatError
 from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
+from .saving import save_complete_model
 from .shard_stream import ShardStream
 from .sources import Source, parse_sources, source_weights
 from .tables import check_columns
-from .teacher import cached_teacher_features
+from .teacher import precomputed_teacher_features
 from .text_data import DistillationCollator, ParallelText
 from .trainers import ContrastiveTrainer, TeacherLearningTrainer
+from .zeroshot_monitor import ZeroShotMonitor, check_zeroshot_arguments
 
 logger = logging.getLogger("training")
 
@@ -52,16 +61,16 @@ USAGE = """usage: altclip-train {teacher,contrastive} [--config FILE] [--FLAG VA
 
 
 def parse(stage: str, argv: Sequence[str]):
-    parser = HfArgumentParser((ModelArguments, DataArguments, STAGES[stage], TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, STAGES[stage], ZeroShotArguments, TrainingArguments))
     parser.prog = f"altclip-train {stage}"
     argv = expand_config(argv)
     if not torch.cuda.is_available() and not any(flag.startswith("--use_cpu") for flag in argv):
         # Without it, accelerate sees no device to distribute over and torchrun's processes each train alone.
         argv += ["--use_cpu", "true"]
-    model_args, data_args, stage_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, stage_args, zeroshot_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
     training_args.dataloader_pin_memory = training_args.dataloader_pin_memory and torch.cuda.is_available()
-    return model_args, data_args, stage_args, training_args
+    return model_args, data_args, stage_args, zeroshot_args, training_args
 
 
 def read_sources(data_args, stage: str) -> tuple[list[Source], list[Source] | None]:
@@ -93,6 +102,44 @@ def read_sources(data_args, stage: str) -> tuple[list[Source], list[Source] | No
     if data_args.shuffle_buffer < 1:
         raise SystemExit(f"altclip-train: --shuffle_buffer must be at least 1, not {data_args.shuffle_buffer}.")
     return train, validation
+
+
+def check_stage_flags(stage: str, stage_args, training_args: TrainingArguments, train_sources: list[Source]) -> None:
+    """Flag combinations that cannot work, refused in one line before any model loads."""
+    if stage != "contrastive":
+        return
+    if stage_args.cache_image_features and stage_args.unfreeze_vision:
+        raise SystemExit(
+            "altclip-train: --cache_image_features needs a frozen image tower (its embeddings change every step "
+            "under --unfreeze_vision); drop one of the two."
+        )
+    if stage_args.cache_image_features and any(source.is_shards for source in train_sources):
+        raise SystemExit(
+            "altclip-train: --cache_image_features works on table data (JSONL/CSV/TSV/Parquet/datasets folders), "
+            "whose rows have a fixed index; webdataset shards stream and are not cached."
+        )
+    if training_args.deepspeed and stage_args.full_batch_negatives and training_args.gradient_accumulation_steps > 1:
+        raise SystemExit(
+            "altclip-train: --full_batch_negatives (several backward passes per optimizer step) is not supported "
+            "under DeepSpeed; use DDP or FSDP, or pass --full_batch_negatives false for plain accumulation."
+        )
+
+
+def image_feature_cache(model, image_processor, dataset, stage_args, data_args, training_args):
+    """The `ImageEmbeddingCache` of this frozen image tower, image processor and table data (created once)."""
+    tower = torch.nn.ModuleDict({"vision_model": model.vision_model, "visual_projection": model.visual_projection})
+    key = {
+        "image_tower": module_digest(tower),
+        "image_processor": image_processor.to_dict(),
+        "reduced_jpeg_decoding": data_args.reduced_jpeg_decoding,
+        "tables": [table._fingerprint for table in dataset.rows.tables],
+        "rows": len(dataset),
+    }
+    root = Path(stage_args.image_feature_cache_dir or Path(training_args.output_dir) / "image_feature_cache")
+    with training_args.main_process_first(desc="image feature cache"):
+        return ImageEmbeddingCache.create(
+            root / f"images-{fingerprint(key)}", len(dataset), model.config.projection_dim, key
+        )
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
@@ -167,14 +214,9 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
 def finish(trainer, model, processor, training_args: TrainingArguments, stage: str, extra: dict) -> None:
     """Saves the complete model with its processor, a loss-curve PNG and a summary; all ranks sum their skips."""
     skipped = trainer.accelerator.reduce(torch.tensor(float(trainer.skipped.total), device=training_args.device), "sum")
-    if not trainer.is_world_process_zero():
-        return
     output_dir = Path(training_args.output_dir)
-    if hasattr(trainer, "max_log_logit_scale"):  # the saved temperature within its bound, whatever the backend
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, trainer.max_log_logit_scale)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+    if not save_complete_model(trainer, model, processor, output_dir):
+        return
     save_loss_curve(trainer.state.log_history, output_dir / LOSS_CURVE_FILE, title=f"AltCLIP {stage} stage")
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     save_summary(
@@ -201,7 +243,9 @@ def trainer_data_options(data_args, train_sources: list[Source], training_args: 
     }
 
 
-def run_teacher_learning(model_args, data_args, stage_args, training_args, train_sources, validation_sources) -> None:
+def run_teacher_learning(
+    model_args, data_args, stage_args, zeroshot_args, training_args, train_sources, validation_sources
+) -> None:
     model, processor = load_or_build_model(model_args)
     teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
     student = model.text_model
@@ -222,11 +266,17 @@ def run_teacher_learning(model_args, data_args, stage_args, training_args, train
             raise SystemExit(
                 "altclip-train: --precompute_teacher_features covers the training data only; drop --validation_files."
             )
-        cache_dir = stage_args.teacher_cache_dir or str(Path(training_args.output_dir) / "teacher_cache")
-        with training_args.main_process_first(desc="teacher features"):
-            features = cached_teacher_features(
-                teacher, teacher_tokenizer, train_dataset.english_texts, cache_dir, device=training_args.device
-            )
+        features = precomputed_teacher_features(
+            teacher,
+            teacher_tokenizer,
+            train_dataset.english_texts,
+            stage_args.teacher_cache_dir or str(Path(training_args.output_dir) / "teacher_cache"),
+            train_dataset.corpus_digest,
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
+            device=training_args.device,
+            shard_rows=stage_args.teacher_cache_shard_rows,
+        )
     trainer = TeacherLearningTrainer(
         model=student,
         args=training_args,
@@ -237,6 +287,7 @@ def run_teacher_learning(model_args, data_args, stage_args, training_args, train
         loss_kind=stage_args.distillation_loss,
         **trainer_data_options(data_args, train_sources, training_args),
     )
+    ZeroShotMonitor.attach(trainer, zeroshot_args, model, processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
     finish(
@@ -277,12 +328,18 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
         )
 
 
-def run_contrastive(model_args, data_args, stage_args, training_args, train_sources, validation_sources) -> None:
+def run_contrastive(
+    model_args, data_args, stage_args, zeroshot_args, training_args, train_sources, validation_sources
+) -> None:
     model, processor = load_or_build_model(model_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
     image_processor = processor.image_processor
     train_dataset = image_text_data(train_sources, image_processor, data_args, training_args)
+    image_cache = None
+    if stage_args.cache_image_features:
+        image_cache = image_feature_cache(model, image_processor, train_dataset, stage_args, data_args, training_args)
+        train_dataset.image_cache = image_cache
     eval_dataset = (
         image_text_data(validation_sources, image_processor, data_args, training_args, shuffle=False)
         if validation_sources
@@ -298,8 +355,11 @@ def run_contrastive(model_args, data_args, stage_args, training_args, train_sour
         ),
         max_logit_scale=stage_args.max_logit_scale,
         gather_with_grad=stage_args.gather_with_grad,
+        full_batch_negatives=stage_args.full_batch_negatives,
+        image_cache=image_cache,
         **trainer_data_options(data_args, train_sources, training_args),
     )
+    ZeroShotMonitor.attach(trainer, zeroshot_args, model, processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     finish(
         trainer,
@@ -323,9 +383,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(USAGE, file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     stage = argv[0]
-    model_args, data_args, stage_args, training_args = parse(stage, argv[1:])
+    model_args, data_args, stage_args, zeroshot_args, training_args = parse(stage, argv[1:])
     setup_logging(training_args)
     train_sources, validation_sources = read_sources(data_args, stage)
+    check_stage_flags(stage, stage_args, training_args, train_sources)
+    check_zeroshot_arguments(zeroshot_args)
     checkpoint = resume_checkpoint(training_args)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
         check_resumed_plan(checkpoint, data_args, training_args)
@@ -333,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     transformers.set_seed(training_args.seed)  # the fresh `transformation` layer is drawn before the Trainer exists
     runner = run_teacher_learning if stage == "teacher" else run_contrastive
     try:
-        runner(model_args, data_args, stage_args, training_args, train_sources, validation_sources)
+        runner(model_args, data_args, stage_args, zeroshot_args, training_args, train_sources, validation_sources)
     except DataFormatError as error:  # found only once the data is built (e.g. a table without one usable pair)
         raise SystemExit(f"altclip-train: {error}") from None
 

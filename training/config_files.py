@@ -21,8 +21,10 @@ def config_file_to_flags(path: str) -> list[str]:
         if value is None:
             continue
         flags.append(f"--{name}")
-        if isinstance(value, bool):
-            flags.append(str(value).lower())
+        if value is True:  # a bare flag: true for boolean fields, and what switches on ``--fsdp`` (a str field)
+            continue
+        if value is False:
+            flags.append("false")
         elif isinstance(value, (list, tuple)):
             flags.extend(str(item) for item in value)
         elif isinstance(value, dict):

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .feature_caches import ImageEmbeddingCache
 from .records import Skipped, split_skipped
 from .sources import Source, is_remote, join_url, open_stream
 from .tables import SKIPPED, TableRows, source_folder
@@ -120,6 +121,7 @@ class ImageTextTable(Dataset):
         self.rows = TableRows(sources, (image_column, caption_column), cache_dir)
         self.columns, self.image_root = (image_column, caption_column), image_root
         self.decode = PairDecoder(image_processor, reduced_jpeg_decoding)
+        self.image_cache: ImageEmbeddingCache | None = None  # set for --cache_image_features
 
     @property
     def sizes(self) -> list[int]:
@@ -140,7 +142,10 @@ class ImageTextTable(Dataset):
         if fields.get(SKIPPED):
             return {"skipped": Skipped(where, fields[SKIPPED])}
         image, caption = (fields[column] for column in self.columns)
-        return self.decode(where, self.image_source(where, image), caption)
+        cached = self.image_cache.get(index) if self.image_cache is not None else None
+        if cached is not None:  # trained before: neither decoded nor run through the tower again
+            return {"image_embeds": torch.from_numpy(cached), "caption": caption.strip(), "key": where, "row": index}
+        return {**self.decode(where, self.image_source(where, image), caption), "row": index}
 
 
 class ContrastiveCollator:
@@ -164,14 +169,23 @@ class ContrastiveCollator:
             max_length=self.max_length,
             return_tensors="pt",
         )
-        return {
+        pixels = [row["pixel_values"] for row in rows if "pixel_values" in row]
+        batch = {
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "pixel_values": torch.stack([row["pixel_values"] for row in rows]),
+            "pixel_values": torch.stack(pixels) if pixels else torch.zeros((0, *self.image_shape)),
             "skipped": skipped,
             "keys": [row["key"] for row in rows if row.get("key")],
             **marker,
         }
+        cached = [row["image_embeds"] for row in rows if "image_embeds" in row]
+        if cached:  # rows whose image embedding an earlier epoch stored (`ImageEmbeddingCache`)
+            blank = torch.zeros_like(cached[0])
+            batch["image_cached"] = torch.tensor(["image_embeds" in row for row in rows])
+            batch["cached_image_embeds"] = torch.stack([row.get("image_embeds", blank) for row in rows]).float()
+        if any("row" in row for row in rows):
+            batch["table_rows"] = torch.tensor([row.get("row", -1) for row in rows], dtype=torch.long)
+        return batch
 
 
 ALREADY_TRAINED = {"already_trained": True}

@@ -1,4 +1,4 @@
-"""The frozen CLIP text teacher of stage 1, and its features cached on disk for reuse across epochs."""
+"""The frozen CLIP text teacher of stage 1, and its features precomputed once by all ranks for reuse."""
 
 import hashlib
 import json
@@ -12,6 +12,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 from transformers.utils import logging as transformers_logging
+
+from .feature_caches import MANIFEST, ShardedFeatures, compute_sharded_features, fingerprint, module_digest
 
 logger = logging.getLogger(__name__)
 
@@ -65,50 +67,66 @@ def load_teacher(clip_name_or_path: str, dtype: torch.dtype = torch.float32, **k
     return FrozenTextTeacher(text_model)
 
 
-def _fingerprint(teacher: FrozenTextTeacher, texts: Sequence[str], max_length: int) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps(teacher.text_model.config.to_dict(), sort_keys=True, default=str).encode())
-    digest.update(str(teacher.text_model.config._name_or_path).encode())
-    digest.update(str(max_length).encode())
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    return digest.hexdigest()[:20]
+def tokenizer_digest(tokenizer) -> str:
+    """SHA-256 of what a tokenizer does: its serialized fast tokenizer (vocabulary, merges, normalizers), or its
+    vocabulary, and its special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    specials = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return hashlib.sha256((text + specials).encode()).hexdigest()
 
 
-def cached_teacher_features(
+def teacher_max_length(tokenizer) -> int:
+    """Teacher tokens per text: CLIP's 77 positions, or fewer if its tokenizer says so."""
+    return min(tokenizer.model_max_length, 77)
+
+
+def precomputed_teacher_features(
     teacher: FrozenTextTeacher,
     tokenizer,
     texts: Sequence[str],
-    cache_dir: str | os.PathLike,
-    batch_size: int = 256,
-    max_length: int = 77,
+    cache_root: str | os.PathLike,
+    corpus_digest: str,
+    rank: int = 0,
+    world_size: int = 1,
     device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """Teacher features of `texts` as a read-only [len(texts), width] memory-mapped array.
-
-    Computed once and written atomically to ``cache_dir/teacher-<fingerprint>.npy``; the fingerprint covers the
-    teacher's config and path and every text, so a changed corpus or teacher never reuses stale features.
-    """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"teacher-{_fingerprint(teacher, texts, max_length)}.npy"
-    if path.is_file():
-        logger.info("Reusing teacher features from %s", path)
-        return np.load(path, mmap_mode="r")
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    features = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), teacher.width))
+    batch_size: int = 256,
+    shard_rows: int = 65_536,
+) -> ShardedFeatures:
+    """Teacher features of `texts` (the distinct English sentences, in group order), computed by all ranks in
+    parallel into half-precision shards under ``cache_root/teacher-<fingerprint>``. The fingerprint covers the
+    teacher's weights, its tokenizer, dtype and max length and the corpus, so a change recomputes."""
+    max_length = teacher_max_length(tokenizer)
+    key = {
+        "teacher": str(teacher.text_model.config._name_or_path),
+        "teacher_weights": module_digest(teacher),
+        "tokenizer": tokenizer_digest(tokenizer),
+        "dtype": str(next(teacher.parameters()).dtype),
+        "max_length": max_length,
+        "corpus": corpus_digest,
+        "rows": len(texts),
+    }
+    folder = Path(cache_root) / f"teacher-{fingerprint(key)}"
+    if (folder / MANIFEST).is_file():
+        logger.info("Reusing teacher features from %s", folder)
+        return ShardedFeatures(folder)
     teacher = teacher.to(device)
-    for start in tqdm(range(0, len(texts), batch_size), desc="Teacher features", unit="batch"):
-        batch = tokenizer(
-            list(texts[start : start + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        ).to(device)
-        features[start : start + len(batch["input_ids"])] = teacher(**batch).float().cpu().numpy()
-    features.flush()
-    del features
-    os.replace(partial, path)
-    logger.info("Wrote teacher features of %d texts to %s", len(texts), path)
-    return np.load(path, mmap_mode="r")
+    progress = tqdm(desc="Teacher features", unit="text", disable=rank != 0)
+
+    def encode(start: int, stop: int) -> np.ndarray:
+        parts = []
+        for first in range(start, stop, batch_size):
+            batch = tokenizer(
+                list(texts[first : min(first + batch_size, stop)]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
+            parts.append(teacher(**batch).float().cpu().numpy())
+            progress.update(len(batch["input_ids"]))
+        return np.concatenate(parts)
+
+    features = compute_sharded_features(folder, len(texts), teacher.width, encode, rank, world_size, shard_rows, key)
+    progress.close()
+    return features

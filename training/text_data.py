@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from .records import DataFormatError, Skipped, split_skipped
 from .sources import Source
 from .tables import SKIPPED, TableRows
+from .teacher import teacher_max_length
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +38,19 @@ def _has_text(texts: list) -> np.ndarray:
     return np.fromiter((isinstance(text, str) and bool(text.strip()) for text in texts), dtype=bool, count=len(texts))
 
 
-def english_groups(rows: TableRows, english_column: str, translation_column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(group of every row, first row of every group): usable pairs with the same stripped English sentence share a
-    group; skipped rows and pairs with an empty side get `NO_GROUP`. Hashes, not strings: ~16 bytes a row."""
+def english_groups(rows: TableRows, english_column: str, translation_column: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(group of every row, first row of every group, digest of the distinct English sentences): usable pairs with
+    the same stripped English sentence share a group; skipped rows and pairs with an empty side get `NO_GROUP`.
+    Hashes, not strings: ~16 bytes a row."""
     hashes = np.concatenate([_text_hashes(batch) for batch in rows.column_batches(english_column)])
     translated = np.concatenate([_has_text(batch) for batch in rows.column_batches(translation_column)])
     usable = ~rows.skipped_mask() & (hashes != 0) & translated
     groups = np.full(len(hashes), NO_GROUP, dtype=np.int64)
     usable_rows = np.flatnonzero(usable)
-    _, first, inverse = np.unique(hashes[usable_rows], return_index=True, return_inverse=True)
+    distinct, first, inverse = np.unique(hashes[usable_rows], return_index=True, return_inverse=True)
     groups[usable_rows] = inverse
     dtype = np.int32 if len(first) < 2**31 else np.int64
-    return groups.astype(dtype), usable_rows[first]
+    return groups.astype(dtype), usable_rows[first], hashlib.sha256(distinct.tobytes()).hexdigest()
 
 
 class ParallelText(Dataset):
@@ -64,7 +66,9 @@ class ParallelText(Dataset):
     ):
         self.columns = (english_column, translation_column)
         self.rows = TableRows(sources, self.columns, cache_dir)
-        self.groups, self.first_row_of_group = english_groups(self.rows, english_column, translation_column)
+        self.groups, self.first_row_of_group, self.corpus_digest = english_groups(
+            self.rows, english_column, translation_column
+        )
         self.pairs = len(self.rows)
         self.english_rows = len(self.first_row_of_group) if include_english_pairs else 0
         self.english_texts = EnglishSentences(self)
@@ -163,13 +167,8 @@ class DistillationCollator:
             indices = [row["teacher_index"] for row in rows]
             batch["teacher_features"] = torch.from_numpy(np.asarray(self.teacher_features[indices], dtype=np.float32))
         else:
-            teacher = self._tokens(
-                self.teacher_tokenizer, [row["teacher_text"] for row in rows], self.teacher_max_length
-            )
+            teacher_texts = [row["teacher_text"] for row in rows]
+            teacher = self._tokens(self.teacher_tokenizer, teacher_texts, teacher_max_length(self.teacher_tokenizer))
             batch["teacher_input_ids"] = teacher["input_ids"]
             batch["teacher_attention_mask"] = teacher["attention_mask"]
         return batch
-
-    @property
-    def teacher_max_length(self) -> int:
-        return min(self.teacher_tokenizer.model_max_length, 77)

@@ -9,10 +9,13 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from .accumulated_negatives import accumulated_contrastive_step
 from .epoch_plan import GlobalBatchSampler, data_seed
+from .feature_caches import ImageEmbeddingCache
 from .losses import ClipLoss, distillation_loss
 from .records import SkipCounter
 from .shard_stream import ShardStream
@@ -154,22 +157,106 @@ class TeacherLearningTrainer(AltCLIPTrainer):
 
 
 class ContrastiveTrainer(AltCLIPTrainer):
-    """Stage 2: symmetric InfoNCE over image-caption pairs with the learnable temperature clamped at 100."""
+    """Stage 2: symmetric InfoNCE over image-caption pairs with the learnable temperature clamped at 100.
 
-    def __init__(self, *args, max_logit_scale: float = 100.0, gather_with_grad: bool = True, **kwargs):
+    With a frozen image tower its embeddings are computed without gradients outside the trained forward, read from
+    an `ImageEmbeddingCache` where earlier epochs stored them; ``image_tower_rows`` in the logs counts the images
+    this process ran through the tower. With ``full_batch_negatives`` and gradient accumulation, every pair is
+    scored against the whole accumulated batch (`accumulated_negatives`).
+    """
+
+    def __init__(
+        self,
+        *args,
+        max_logit_scale: float = 100.0,
+        gather_with_grad: bool = True,
+        full_batch_negatives: bool = True,
+        image_cache: ImageEmbeddingCache | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.max_log_logit_scale = math.log(max_logit_scale)
         self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad)
+        self.accumulates_negatives = full_batch_negatives and self.args.gradient_accumulation_steps > 1
+        self.image_cache = image_cache
+        altclip = self.model
+        self.frozen_image_tower = not any(
+            parameter.requires_grad
+            for module in (altclip.vision_model, altclip.visual_projection)
+            for parameter in module.parameters()
+        )
+        self.image_tower_rows = 0
+        self._window: list[dict] = []
+
+    def _image_embeds(self, model, inputs: dict) -> torch.Tensor:
+        """Frozen tower: image embeddings without gradients, cached ones where the batch has them, the others
+        computed (and, in training, stored in the cache)."""
+        pixel_values = inputs.pop("pixel_values")
+        cached, is_cached = inputs.pop("cached_image_embeds", None), inputs.pop("image_cached", None)
+        rows = inputs.pop("table_rows", None)
+        computed = None
+        if len(pixel_values):
+            with torch.no_grad():
+                features = self.accelerator.unwrap_model(model).get_image_features(pixel_values=pixel_values)
+                computed = F.normalize(features.pooler_output, dim=-1)
+            self.image_tower_rows += len(pixel_values)
+        if is_cached is None:
+            embeds = computed
+        else:
+            embeds = cached if computed is None else cached.to(computed.dtype)
+            if computed is not None:
+                embeds[~is_cached] = computed
+        if self.image_cache is not None and model.training and computed is not None and rows is not None:
+            new_rows = rows if is_cached is None else rows[~is_cached]
+            keep = new_rows >= 0  # not the placeholder of an all-skipped batch
+            self.image_cache.put(new_rows[keep].cpu().numpy(), computed[keep])
+        return embeds
+
+    def _embed(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image_embeds, text_embeds) of a batch; with a frozen tower the image side runs outside the trained
+        forward (and is kept in `inputs`, so that a second call does not run it again)."""
+        if self.frozen_image_tower:
+            if "image_embeds" not in inputs:
+                inputs["image_embeds"] = self._image_embeds(model, inputs)
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                image_embeds=inputs["image_embeds"],
+            )
+        else:
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                pixel_values=inputs["pixel_values"],
+            )
+        return outputs.image_embeds, outputs.text_embeds
+
+    def _loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        # Clamped where it is used, not in place: an in-place clamp would miss the fp32 master copy of DeepSpeed and
+        # mixed precision. The loss never sees more than the bound and gets no gradient beyond it; the final save
+        # clamps the saved value.
+        return self.clip_loss(image_embeds, text_embeds, log_scale.clamp(0, self.max_log_logit_scale).exp())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         usable = self._take_bookkeeping(inputs)
+        image_embeds, text_embeds = self._embed(model, inputs)
+        loss = self._loss(image_embeds[:usable], text_embeds[:usable], self.accelerator.unwrap_model(model).logit_scale)
+        return (loss, (image_embeds, text_embeds)) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """With full-batch negatives, holds the micro-batches of an optimizer step and trains them together on the
+        last one (the Trainer marks it with ``sync_gradients``); the others report a zero loss."""
+        if not self.accumulates_negatives:
+            return super().training_step(model, inputs, num_items_in_batch)
+        self._window.append(inputs)
+        if not self.accelerator.sync_gradients:
+            return torch.zeros((), device=self.args.device)
+        batches, self._window = [self._prepare_inputs(batch) for batch in self._window], []
+        model.train()
+        usable = [self._take_bookkeeping(batch) for batch in batches]
         logit_scale = self.accelerator.unwrap_model(model).logit_scale
-        outputs = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
-        )
-        # Clamped where it is used, not in place: an in-place clamp would miss the fp32 master copy of DeepSpeed and
-        # mixed precision. The loss never sees more than the bound and gets no gradient beyond it; the final save
-        # clamps the parameter itself.
-        scale = logit_scale.clamp(0, self.max_log_logit_scale).exp()
-        loss = self.clip_loss(outputs.image_embeds[:usable], outputs.text_embeds[:usable], scale)
-        return (loss, outputs) if return_outputs else loss
+        return accumulated_contrastive_step(self, model, batches, usable, self._embed, self._loss, logit_scale)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        logs["image_tower_rows"] = self.image_tower_rows  # this process's count
+        super().log(logs, *args, **kwargs)

@@ -10,7 +10,8 @@ from transformers import CLIPTextModel
 from modeling_altclip import AltCLIPModel
 from modeling_altclip.modeling_altclip import contrastive_loss
 from training.losses import ClipLoss, distillation_loss
-from training.teacher import FrozenTextTeacher, cached_teacher_features, load_teacher
+from training.feature_caches import MANIFEST, compute_sharded_features
+from training.teacher import FrozenTextTeacher, load_teacher, precomputed_teacher_features
 from training.toy_setup import english_word_tokenizer
 
 
@@ -58,26 +59,49 @@ def test_teacher_must_be_a_clip_text_tower(toy):
         load_teacher(str(toy["xlmr"]))
 
 
-def test_teacher_features_are_cached_and_reused(tmp_path, toy, monkeypatch):
+def test_teacher_features_are_sharded_cached_and_reused(tmp_path, toy, monkeypatch):
     teacher, tokenizer = load_teacher(str(toy["clip"])), english_word_tokenizer()
     texts = ["a red circle", "a blue square", "a black triangle"]
-    features = cached_teacher_features(teacher, tokenizer, texts, tmp_path, batch_size=2)
-    assert features.shape == (3, 32) and isinstance(features, np.memmap)
+    features = precomputed_teacher_features(teacher, tokenizer, texts, tmp_path, "corpus-1", batch_size=2, shard_rows=2)
+    assert len(features) == 3 and features[[0, 1, 2]].dtype == np.float16
     with torch.no_grad():
-        direct = teacher(**tokenizer(texts[1:2], return_tensors="pt"))
-    np.testing.assert_allclose(features[1], direct[0].numpy(), rtol=1e-5, atol=1e-6)
-    files = list(tmp_path.glob("teacher-*.npy"))
-    assert len(files) == 1 and not list(tmp_path.glob("*.partial"))
+        direct = teacher(**tokenizer(texts[2:3], return_tensors="pt"))
+    np.testing.assert_allclose(features[[2]][0], direct[0].numpy(), rtol=2e-3, atol=2e-3)
+    (folder,) = tmp_path.glob("teacher-*")
+    assert sorted(path.name for path in folder.iterdir()) == ["features-00000.npy", "features-00001.npy", MANIFEST]
 
     def fail(*args, **kwargs):
         raise AssertionError("the teacher ran although its features were cached")
 
     monkeypatch.setattr(FrozenTextTeacher, "forward", fail)
-    again = cached_teacher_features(teacher, tokenizer, texts, tmp_path)
-    np.testing.assert_array_equal(again, features)
+    again = precomputed_teacher_features(teacher, tokenizer, texts, tmp_path, "corpus-1", shard_rows=2)
+    np.testing.assert_array_equal(again[[0, 1, 2]], features[[0, 1, 2]])
     monkeypatch.undo()
-    cached_teacher_features(teacher, tokenizer, texts + ["a green circle"], tmp_path)
-    assert len(list(tmp_path.glob("teacher-*.npy"))) == 2  # another corpus, another cache file
+    precomputed_teacher_features(teacher, tokenizer, texts, tmp_path, "corpus-2")  # another corpus
+    with torch.no_grad():
+        teacher.text_model.final_layer_norm.bias.add_(1.0)  # other weights, same config and path
+    precomputed_teacher_features(teacher, tokenizer, texts, tmp_path, "corpus-2")
+    precomputed_teacher_features(teacher.to(torch.float16), tokenizer, texts, tmp_path, "corpus-2")
+    assert len(list(tmp_path.glob("teacher-*"))) == 4
+
+
+def test_a_killed_precompute_keeps_its_finished_shards(tmp_path):
+    calls = []
+
+    def encode(start, stop):
+        calls.append(start)
+        if start == 4:
+            raise KeyboardInterrupt  # the run dies while computing the third shard
+        return np.full((stop - start, 2), start, dtype=np.float32)
+
+    with pytest.raises(KeyboardInterrupt):
+        compute_sharded_features(tmp_path, 5, 2, encode, shard_rows=2)
+    calls.clear()
+    features = compute_sharded_features(
+        tmp_path, 5, 2, lambda a, b: calls.append(a) or np.full((b - a, 2), a), shard_rows=2
+    )
+    assert calls == [4] and features[[0, 3, 4]][:, 0].tolist() == [0, 2, 4]
+    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_weight_decay_spares_biases_norms_embeddings_and_logit_scale(tmp_path, teacher_model_dir):
