@@ -14,7 +14,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_altclip*", "training*", "evaluation*", "hub*", "demo*", "reproduction*"]),
+    packages=find_packages(
+        include=["modeling_altclip*", "common*", "training*", "evaluation*", "hub*", "demo*", "reproduction*"]
+    ),
     package_data={
         "training": ["configs/*.yaml", "configs/*.json"],
         "evaluation": ["metrics/*/*.py", "metrics/*/*.md"],

@@ -80,7 +80,11 @@ class TeacherLearningArguments:
     )
     student_dropout: bool = field(default=False, metadata={"help": "Keep the student's dropout on (off by default)."})
     teacher_dtype: str = field(
-        default="auto", metadata={"help": "auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, float16."}
+        default="auto",
+        metadata={
+            "help": "auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, float16.",
+            "choices": ["auto", "float32", "bfloat16", "float16"],
+        },
     )
     precompute_teacher_features: bool = field(
         default=False,
@@ -141,4 +145,19 @@ class ZeroShotArguments:
     zeroshot_languages: str = field(default="en", metadata={"help": "Comma-separated languages to score."})
     zeroshot_eval_flags: str = field(
         default="", metadata={"help": 'More altclip-eval flags, e.g. "--batch_size 256 --num_workers 8".'}
+    )
+
+
+@dataclass
+class OutputArguments:
+    """What may be replaced, and how errors are shown."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an --output_dir that already holds a model, replacing it (never an input model)."
+        },
+    )
+    show_traceback: bool = field(
+        default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
     )

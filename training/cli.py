@@ -10,16 +10,21 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
+from common.cli_errors import one_line_parser_errors, run_with_one_line_errors
+from modeling_altclip.assets import XLMR_MAX_LENGTH
+
 from .arguments import (
     ContrastiveArguments,
     DataArguments,
     ModelArguments,
+    OutputArguments,
     TeacherLearningArguments,
     ZeroShotArguments,
 )
@@ -34,7 +39,14 @@ from .image_text_data import (
     decode_shard_sample,
     image_shape_of,
 )
-from .model_setup import disable_dropout, freeze_image_tower, load_or_build_model, load_teacher_for
+from .model_setup import (
+    check_model_arguments,
+    disable_dropout,
+    freeze_image_tower,
+    load_or_build_model,
+    load_teacher_for,
+)
+from .output_folder import check_output_folder, check_room, disk_full_message, is_disk_full
 from .records import DataFormatError
 from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from .saving import save_complete_model
@@ -60,17 +72,69 @@ USAGE = """usage: altclip-train {teacher,contrastive} [--config FILE] [--FLAG VA
 'altclip-train STAGE --help' lists every flag."""
 
 
-def parse(stage: str, argv: Sequence[str]):
-    parser = HfArgumentParser((ModelArguments, DataArguments, STAGES[stage], ZeroShotArguments, TrainingArguments))
-    parser.prog = f"altclip-train {stage}"
+@dataclass
+class RunArguments:
+    """Everything a run was given, parsed and checked."""
+
+    model: ModelArguments
+    data: DataArguments
+    stage: TeacherLearningArguments | ContrastiveArguments
+    zeroshot: ZeroShotArguments
+    output: OutputArguments
+    training: TrainingArguments
+
+
+def parse(stage: str, argv: Sequence[str]) -> RunArguments:
+    """The flags (and ``--config`` files) of `stage`; unknown or malformed flags end in one line."""
+    program = f"altclip-train {stage}"
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, STAGES[stage], ZeroShotArguments, OutputArguments, TrainingArguments)
+    )
+    parser.prog = program
+    one_line_parser_errors(parser, program)
     argv = expand_config(argv)
     if not torch.cuda.is_available() and not any(flag.startswith("--use_cpu") for flag in argv):
         # Without it, accelerate sees no device to distribute over and torchrun's processes each train alone.
         argv += ["--use_cpu", "true"]
-    model_args, data_args, stage_args, zeroshot_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    training_args.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
-    training_args.dataloader_pin_memory = training_args.dataloader_pin_memory and torch.cuda.is_available()
-    return model_args, data_args, stage_args, zeroshot_args, training_args
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:  # TrainingArguments' own checks of flag combinations
+        raise SystemExit(f"{program}: {error}") from None
+    *dataclasses, remaining = parsed
+    if remaining:
+        raise SystemExit(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
+    run = RunArguments(*dataclasses)
+    run.training.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
+    run.training.dataloader_pin_memory = run.training.dataloader_pin_memory and torch.cuda.is_available()
+    check_numbers(run)
+    return run
+
+
+def check_numbers(run: RunArguments) -> None:
+    """Values no run can use, refused before anything loads."""
+    training = run.training
+    for flag in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(training, flag) < 1:
+            raise SystemExit(f"altclip-train: --{flag} must be at least 1, not {getattr(training, flag)}.")
+    limit = text_position_limit(run.model)
+    if not 1 <= run.data.max_text_length <= limit:
+        raise SystemExit(
+            f"altclip-train: --max_text_length {run.data.max_text_length} is outside 1..{limit}, the text tower's "
+            "positions; choose a length within it."
+        )
+
+
+def text_position_limit(model_args: ModelArguments) -> int:
+    """Tokens the student's text tower can take: its positions less RoBERTa's offset of 2 (XLM-R: 512), read from
+    the local config; 512 when the model is a Hub id not read here."""
+    for name, nested in ((model_args.model_name_or_path, True), (model_args.text_encoder_name_or_path, False)):
+        config = Path(name) / "config.json" if name else None
+        if config is not None and config.is_file():
+            values = json.loads(config.read_text())
+            values = values.get("text_config", values) if nested else values
+            if "max_position_embeddings" in values:
+                return int(values["max_position_embeddings"]) - 2
+    return XLMR_MAX_LENGTH
 
 
 def read_sources(data_args, stage: str) -> tuple[list[Source], list[Source] | None]:
@@ -243,9 +307,8 @@ def trainer_data_options(data_args, train_sources: list[Source], training_args: 
     }
 
 
-def run_teacher_learning(
-    model_args, data_args, stage_args, zeroshot_args, training_args, train_sources, validation_sources
-) -> None:
+def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -> None:
+    model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
     model, processor = load_or_build_model(model_args)
     teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
     student = model.text_model
@@ -287,7 +350,8 @@ def run_teacher_learning(
         loss_kind=stage_args.distillation_loss,
         **trainer_data_options(data_args, train_sources, training_args),
     )
-    ZeroShotMonitor.attach(trainer, zeroshot_args, model, processor)
+    ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
+    check_room(training_args.output_dir, trainer.model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
     finish(
@@ -328,9 +392,8 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
         )
 
 
-def run_contrastive(
-    model_args, data_args, stage_args, zeroshot_args, training_args, train_sources, validation_sources
-) -> None:
+def run_contrastive(run: RunArguments, train_sources, validation_sources) -> None:
+    model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
     model, processor = load_or_build_model(model_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
@@ -359,7 +422,8 @@ def run_contrastive(
         image_cache=image_cache,
         **trainer_data_options(data_args, train_sources, training_args),
     )
-    ZeroShotMonitor.attach(trainer, zeroshot_args, model, processor)
+    ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
+    check_room(training_args.output_dir, trainer.model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     finish(
         trainer,
@@ -382,22 +446,67 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0] not in STAGES:
         print(USAGE, file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    stage = argv[0]
-    model_args, data_args, stage_args, zeroshot_args, training_args = parse(stage, argv[1:])
-    setup_logging(training_args)
-    train_sources, validation_sources = read_sources(data_args, stage)
-    check_stage_flags(stage, stage_args, training_args, train_sources)
-    check_zeroshot_arguments(zeroshot_args)
-    checkpoint = resume_checkpoint(training_args)  # refuse an occupied output folder before loading anything
+    show_traceback = any(flag.startswith("--show_traceback") for flag in argv) and "false" not in argv
+    output_dir = next((argv[i + 1] for i in range(len(argv) - 2, -1, -1) if argv[i] == "--output_dir"), ".")
+
+    def environment_error(error: BaseException) -> str | None:
+        """A full disk, or a file or download that failed (OSError), in one line; anything else is a bug."""
+        if is_disk_full(error):
+            return disk_full_message(output_dir)
+        if isinstance(error, OSError):
+            return f"altclip-train: {str(error).strip().splitlines()[0]}"
+        return None
+
+    run_with_one_line_errors("altclip-train", lambda: train(argv[0], argv[1:]), show_traceback, environment_error)
+
+
+def train(stage: str, argv: list[str]) -> None:
+    """Parse and check everything, then run the stage."""
+    run = parse(stage, argv)
+    setup_logging(run.training)
+    train_sources, validation_sources = read_sources(run.data, stage)
+    check_stage_flags(stage, run.stage, run.training, train_sources)
+    check_zeroshot_arguments(run.zeroshot)
+    checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
+    inputs = [run.model.model_name_or_path, run.model.clip_model_name_or_path, run.model.text_encoder_name_or_path]
+    check_output_folder(run.training.output_dir, inputs, run.output.overwrite_output_dir)
+    check_model_arguments(run.model, needs_teacher=stage == "teacher")
+    check_model_paths(run.model)
     if checkpoint is not None:
-        check_resumed_plan(checkpoint, data_args, training_args)
-    training_args.resume_from_checkpoint = checkpoint
-    transformers.set_seed(training_args.seed)  # the fresh `transformation` layer is drawn before the Trainer exists
+        check_resumed_plan(checkpoint, run.data, run.training)
+    run.training.resume_from_checkpoint = checkpoint
+    transformers.set_seed(run.training.seed)  # the fresh `transformation` layer is drawn before the Trainer exists
     runner = run_teacher_learning if stage == "teacher" else run_contrastive
     try:
-        runner(model_args, data_args, stage_args, zeroshot_args, training_args, train_sources, validation_sources)
+        runner(run, train_sources, validation_sources)
     except DataFormatError as error:  # found only once the data is built (e.g. a table without one usable pair)
         raise SystemExit(f"altclip-train: {error}") from None
+
+
+def check_model_paths(model_args: ModelArguments) -> None:
+    """A model given as a local-looking path that does not exist is named at once (not after Hub retries)."""
+    for flag in (
+        "model_name_or_path",
+        "clip_model_name_or_path",
+        "text_encoder_name_or_path",
+        "tokenizer_name_or_path",
+    ):
+        name = getattr(model_args, flag)
+        if name and looks_local(name) and not Path(name).exists():
+            raise SystemExit(f"altclip-train: --{flag} {name}: no such folder (and not a Hub id like org/name).")
+
+
+def looks_local(name: str) -> bool:
+    """A path rather than a Hub id: absolute, relative with ./ ../ ~, more than one slash, or whose first part is an
+    existing local folder (outputs/run)."""
+    path = Path(name).expanduser()
+    return (
+        path.is_absolute()
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+        or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())
+    )
 
 
 if __name__ == "__main__":

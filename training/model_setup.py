@@ -22,11 +22,7 @@ def load_or_build_model(args: ModelArguments) -> tuple[AltCLIPModel, AltCLIPProc
         model = AltCLIPModel.from_pretrained(args.model_name_or_path, attn_implementation=args.attn_implementation)
         processor = AltCLIPProcessor.from_pretrained(args.tokenizer_name_or_path or args.model_name_or_path)
         return model, processor
-    if not (args.clip_model_name_or_path and args.text_encoder_name_or_path):
-        raise ValueError(
-            "Give --model_name_or_path (an AltCLIP checkpoint), or both --clip_model_name_or_path and "
-            "--text_encoder_name_or_path to start a new AltCLIP."
-        )
+    check_model_arguments(args, needs_teacher=False)
     model, processor = build_altclip(
         args.clip_model_name_or_path,
         args.text_encoder_name_or_path,
@@ -34,6 +30,19 @@ def load_or_build_model(args: ModelArguments) -> tuple[AltCLIPModel, AltCLIPProc
         attn_implementation=args.attn_implementation,
     )
     return model, processor
+
+
+def check_model_arguments(args: ModelArguments, needs_teacher: bool) -> None:
+    """The model flags a stage needs, refused in one line before anything loads."""
+    if needs_teacher and not args.clip_model_name_or_path:
+        raise SystemExit(
+            "altclip-train: teacher learning needs --clip_model_name_or_path, the CLIP whose text features are taught."
+        )
+    if not args.model_name_or_path and not (args.clip_model_name_or_path and args.text_encoder_name_or_path):
+        raise SystemExit(
+            "altclip-train: give --model_name_or_path (an AltCLIP checkpoint), or both --clip_model_name_or_path and "
+            "--text_encoder_name_or_path to start a new AltCLIP."
+        )
 
 
 def teacher_dtype(name: str) -> torch.dtype:
@@ -47,14 +56,13 @@ def teacher_dtype(name: str) -> torch.dtype:
 
 def load_teacher_for(model: AltCLIPModel, args: ModelArguments, dtype_name: str):
     """The frozen CLIP text teacher and its tokenizer; its width must equal the student's ``project_dim``."""
-    if not args.clip_model_name_or_path:
-        raise ValueError("Teacher learning needs --clip_model_name_or_path: the CLIP whose text features are taught.")
+    check_model_arguments(args, needs_teacher=True)
     teacher: FrozenTextTeacher = load_teacher(args.clip_model_name_or_path, dtype=teacher_dtype(dtype_name))
     project_dim = model.config.text_config.project_dim
     if teacher.width != project_dim:
-        raise ValueError(
-            f"The teacher {args.clip_model_name_or_path} has text width {teacher.width}, but the student's "
-            f"transformation maps to project_dim={project_dim}; they must be equal."
+        raise SystemExit(
+            f"altclip-train: the teacher {args.clip_model_name_or_path} has text width {teacher.width}, but the "
+            f"student's transformation maps to project_dim={project_dim}; they must be equal."
         )
     tokenizer = AutoTokenizer.from_pretrained(args.teacher_tokenizer_name_or_path or args.clip_model_name_or_path)
     return teacher, tokenizer

@@ -1,8 +1,12 @@
 """The complete AltCLIP model out of a running Trainer, whatever the backend (DDP, DeepSpeed ZeRO-2/3, FSDP)."""
 
 import os
+import shutil
+from pathlib import Path
 
 import torch
+
+from .output_folder import move_into
 
 
 def full_state_dict(trainer, model) -> dict[str, torch.Tensor]:
@@ -25,10 +29,18 @@ def full_state_dict(trainer, model) -> dict[str, torch.Tensor]:
 
 def save_complete_model(trainer, model, processor, folder: str | os.PathLike) -> bool:
     """Gathers the weights on every rank (a collective: call it on all of them), then rank 0 writes the model and
-    its processor to `folder`; True on the rank that wrote."""
+    its processor to `folder` (through a staging folder: no half-written model under the final names); True on the
+    rank that wrote."""
     state = full_state_dict(trainer, model)
     if not trainer.is_world_process_zero():
         return False
-    model.save_pretrained(folder, state_dict=state)
-    processor.save_pretrained(folder)
+    folder = Path(folder)
+    staging = folder / f".saving-{os.getpid()}"  # written in full first, then renamed into place
+    try:
+        model.save_pretrained(staging, state_dict=state)
+        processor.save_pretrained(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    move_into(staging, folder)
     return True

@@ -9,8 +9,8 @@ from transformers import CLIPTextModel
 
 from modeling_altclip import AltCLIPModel
 from modeling_altclip.modeling_altclip import contrastive_loss
-from training.losses import ClipLoss, distillation_loss
 from training.feature_caches import MANIFEST, compute_sharded_features
+from training.losses import ClipLoss, distillation_loss
 from training.teacher import FrozenTextTeacher, load_teacher, precomputed_teacher_features
 from training.toy_setup import english_word_tokenizer
 

@@ -283,7 +283,10 @@ def test_zero_shot_scores_are_logged_during_training(tmp_path, toy, teacher_mode
     scored = {entry["step"]: entry for entry in state["log_history"] if "zeroshot/image_folder/en/top1" in entry}
     assert sorted(scored) == [2, 4]
     for entry in scored.values():
-        assert 0 <= entry["zeroshot/image_folder/de/top1"] <= 100 and "zeroshot/image_folder/en/mean_per_class_recall" in entry
+        assert (
+            0 <= entry["zeroshot/image_folder/de/top1"] <= 100
+            and "zeroshot/image_folder/en/mean_per_class_recall" in entry
+        )
     for step in (2, 4):  # altclip-eval's own files of each scoring
         results = json.loads((tmp_path / "run" / "zeroshot" / f"step-{step}" / "results.json").read_text())
         assert results["results"][0]["metrics"]["top1"] == scored[step]["zeroshot/image_folder/en/top1"]

@@ -1,0 +1,55 @@
+"""User errors of the command-line tools: one line that names the problem and what to do, exit status 2, no
+traceback (``--show_traceback`` brings it back)."""
+
+import argparse
+import sys
+from collections.abc import Callable
+
+
+class CommandLineError(SystemExit):
+    """Exit status 2 carrying its one-line message (already printed to stderr)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def fail(message: str) -> CommandLineError:
+    """Prints `message` to stderr and returns the exception to raise."""
+    print(message, file=sys.stderr)
+    return CommandLineError(message)
+
+
+def one_line_parser_errors(parser: argparse.ArgumentParser, program: str) -> None:
+    """argparse's own errors (an unknown value, a bad number) as one line instead of the whole usage."""
+
+    def error(message: str):
+        raise fail(f"{program}: {message}. '{program} --help' lists every flag.")
+
+    parser.error = error
+
+
+def run_with_one_line_errors(
+    program: str,
+    run: Callable[[], None],
+    show_traceback: bool = False,
+    translate: Callable[[BaseException], str | None] | None = None,
+) -> None:
+    """Runs `run`; a ``SystemExit("message")`` and any exception `translate` turns into a message end the program in
+    one line with status 2. Anything else keeps its traceback: it is a bug, not a user error."""
+    try:
+        run()
+    except CommandLineError:
+        raise
+    except SystemExit as error:
+        if not isinstance(error.code, str):
+            raise
+        raise fail(error.code if error.code.startswith(program) else f"{program}: {error.code}") from None
+    except Exception as error:
+        message = translate(error) if translate is not None else None
+        if message is None or show_traceback:
+            raise
+        raise fail(message) from None

@@ -1,0 +1,110 @@
+"""altclip-train under a careless user's input: one line naming the problem, exit status 2, before models load;
+nothing a user wrote is overwritten (an input model, a finished model), a full disk is named."""
+
+import errno
+import hashlib
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+from stage_runs import run_stage, teacher_flags
+
+from common.cli_errors import CommandLineError
+from modeling_altclip import AltCLIPModel
+from training import output_folder
+
+
+def refused(capsys, tmp_path, stage: str, *flags: str) -> str:
+    """Runs the stage expecting a one-line refusal (exit status 2); returns that line."""
+    with pytest.raises(CommandLineError) as refusal:
+        run_stage(stage, tmp_path / "out", *flags)
+    assert refusal.value.code == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert printed[-1] == str(refusal.value) and "Traceback" not in "".join(printed)
+    return str(refusal.value)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.iterdir() if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--bogus_flag", "1"), "unknown flag(s) --bogus_flag 1"),
+        (("--per_device_train_batch_size", "0"), "--per_device_train_batch_size must be at least 1, not 0"),
+        (("--gradient_accumulation_steps", "0"), "--gradient_accumulation_steps must be at least 1, not 0"),
+        (("--teacher_dtype", "float8"), "invalid choice: 'float8'"),
+        (("--learning_rate", "abc"), "invalid float value: 'abc'"),
+        (("--max_text_length", "600"), "--max_text_length 600 is outside 1..512"),
+        (("--text_encoder_name_or_path", "./no/such/model"), "./no/such/model: no such folder"),
+        (("--train_file_weights", "1", "2"), "--train_file_weights has 2 values for 1 --train_files entries"),
+    ],
+)
+def test_flag_errors_are_one_line_before_models_load(capsys, tmp_path, toy, monkeypatch, flags, message):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the flags were checked")
+
+    monkeypatch.setattr("training.cli.load_or_build_model", no_model)
+    assert message in refused(capsys, tmp_path, "teacher", *teacher_flags(toy, *flags))
+
+
+def test_the_input_model_is_never_the_output(capsys, tmp_path, toy, teacher_model_dir):
+    before = digest(teacher_model_dir)
+    flags = ["--model_name_or_path", str(teacher_model_dir), "--train_files", str(toy["captions"])]
+    message = refused(capsys, tmp_path, "contrastive", *flags, "--output_dir", str(teacher_model_dir))
+    assert "is inside the input model" in message
+    message = refused(
+        capsys,
+        tmp_path,
+        "contrastive",
+        *flags,
+        "--output_dir",
+        str(teacher_model_dir),
+        "--overwrite_output_dir",
+        "true",
+    )
+    assert "is inside the input model" in message
+    assert digest(teacher_model_dir) == before
+
+
+def test_a_finished_model_is_not_trained_over_without_overwrite(capsys, tmp_path, toy):
+    flags = teacher_flags(toy, "--max_steps", "1", "--save_strategy", "no")
+    run_stage("teacher", tmp_path / "out", *flags)
+    before = digest(tmp_path / "out")
+    assert "model.safetensors" in before
+    message = refused(capsys, tmp_path, "teacher", *flags)
+    assert "already holds a model (config.json, model.safetensors" in message and "--overwrite_output_dir" in message
+    assert digest(tmp_path / "out") == before
+    run_stage("teacher", tmp_path / "out", *flags, "--overwrite_output_dir", "true")
+    assert AltCLIPModel.from_pretrained(tmp_path / "out") is not None
+
+
+def test_an_unwritable_output_folder_is_found_before_training(capsys, tmp_path, toy):
+    (tmp_path / "a-file").write_text("not a folder")
+    message = refused(
+        capsys, tmp_path, "teacher", *teacher_flags(toy), "--output_dir", str(tmp_path / "a-file" / "run")
+    )
+    assert message.startswith(f"altclip-train: cannot write to --output_dir {tmp_path / 'a-file' / 'run'}")
+
+
+def test_no_room_for_a_checkpoint_is_found_before_the_first_step(capsys, tmp_path, toy, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(output_folder.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    message = refused(capsys, tmp_path, "teacher", *teacher_flags(toy, "--max_steps", "2"))
+    assert "one checkpoint needs about" in message and "0.00 GiB free" in message
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_a_full_disk_during_the_final_save_is_named_and_leaves_no_half_model(capsys, tmp_path, toy, monkeypatch):
+    def full(self, folder, *args, **kwargs):
+        (Path(folder) / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(AltCLIPModel, "save_pretrained", full)
+    message = refused(capsys, tmp_path, "teacher", *teacher_flags(toy, "--max_steps", "1", "--save_strategy", "no"))
+    assert message.startswith(f"altclip-train: the disk of {tmp_path / 'out'} is full")
+    assert "--resume_from_checkpoint true" in message
+    assert not (tmp_path / "out" / "model.safetensors").exists()  # the half file went with the staging folder
+    assert not list((tmp_path / "out").glob(".saving-*"))
