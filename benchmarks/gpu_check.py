@@ -309,7 +309,7 @@ def train_row(folder: Path, models: dict, shape: str, stage: str, device, dtype,
     if stage == "teacher":
         teacher = load_teacher(str(models["clip"]), dtype=dtype).text_model.to(device)
     if ckpt:
-        model.text_model.gradient_checkpointing_enable()
+        model.text_model.activation_checkpointing_enable()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step = training_step_function(stage, model, teacher, device, dtype, batch, compile_)
@@ -344,7 +344,7 @@ def largest_batch(models: dict, device: torch.device, dtype: torch.dtype, limit:
     def fits(batch: int) -> bool:
         try:
             model = AltCLIPModel.from_pretrained(models["altclip"], dtype=torch.float32).to(device).train()
-            model.text_model.gradient_checkpointing_enable()
+            model.text_model.activation_checkpointing_enable()
             step = training_step_function("contrastive", model, None, device, dtype, batch, False)
             step()
             synchronize(device)
