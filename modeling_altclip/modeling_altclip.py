@@ -98,7 +98,8 @@ class StrictReleasedLoadingMixin:
     """`from_pretrained` that reads released weight names and refuses partial loads.
 
     Missing, unexpected (other than `IGNORED_CHECKPOINT_KEYS`) or mis-shaped weights raise
-    `CheckpointMismatchError` naming the keys, instead of leaving random weights in the model.
+    `CheckpointMismatchError` naming the keys, instead of leaving random weights in the model — unless the caller
+    asks to inspect the load with ``output_loading_info=True``, which returns ``(model, info)`` as transformers does.
     """
 
     checkpoint_key_renaming: dict[str, str] = {}
@@ -130,7 +131,7 @@ class StrictReleasedLoadingMixin:
             ],
         }
         problems = {name: keys for name, keys in problems.items() if keys}
-        if problems:
+        if problems and not return_info:
             details = "; ".join(
                 f"{name}: {', '.join(keys[:20])}" + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
                 for name, keys in problems.items()

@@ -176,6 +176,16 @@ def test_output_loading_info_is_still_returned_when_asked(reference_dir):
     assert isinstance(model, AltCLIPModel) and not info["missing_keys"] and not info["unexpected_keys"]
 
 
+def test_output_loading_info_lets_the_caller_inspect_a_partial_load(tmp_path, reference_dir):
+    """Strict by default, but a caller who asks for the loading info gets (model, info), as in transformers."""
+    path = rewrite_checkpoint(reference_dir, tmp_path / "missing", drop={"text_model.transformation.weight"})
+    model, info = AltCLIPModel.from_pretrained(path, output_loading_info=True)
+    assert isinstance(model, AltCLIPModel)
+    assert sorted(info["missing_keys"]) == ["text_model.transformation.weight"]
+    with pytest.raises(CheckpointMismatchError):
+        AltCLIPModel.from_pretrained(path)
+
+
 def test_transformers_processor_loads_into_ours_with_identical_outputs(tmp_path, xlmr_tokenizer, image_processor):
     transformers.AltCLIPProcessor(image_processor=image_processor, tokenizer=xlmr_tokenizer).save_pretrained(tmp_path)
     reference = transformers.AltCLIPProcessor.from_pretrained(tmp_path)
