@@ -135,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"altclip-demo: {error}") from error
     if args.model and not Path(args.model).exists() and "/" not in args.model:
         raise SystemExit(f"altclip-demo: {args.model} is neither a folder nor a Hub id (owner/name).")
-    build_demo(DemoEngine(model)).launch(server_name=args.host, server_port=args.port, share=args.share)
+    try:
+        engine = DemoEngine(model)
+    except (OSError, ValueError) as error:  # a folder without a model, a broken or non-finite checkpoint
+        raise SystemExit(f"altclip-demo: {str(error).splitlines()[0]}") from None
+    build_demo(engine).launch(server_name=args.host, server_port=args.port, share=args.share)
 
 
 if __name__ == "__main__":

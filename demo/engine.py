@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
 
 MAX_LABELS = 50
@@ -101,6 +101,7 @@ class DemoEngine:
         self.name = str(model_name_or_path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AltCLIPModel.from_pretrained(model_name_or_path).to(self.device).eval()
+        check_finite_weights(self.model, model_name_or_path)
         if self.device.type == "cpu":
             self.model = use_onednn_linear(self.model, inplace=True)  # fp32 Linear layers about 2x faster on AMD
         self.processor = AltCLIPProcessor.from_pretrained(model_name_or_path)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
 from training.image_text_data import open_rgb_image
 
@@ -64,6 +64,17 @@ def _collate(rows):
     return [row[0] for row in kept], pixels, [row[2] for row in rows if row[1] is None]
 
 
+def require_finite(embeddings: torch.Tensor, description: str) -> torch.Tensor:
+    """Embeddings to score, or ValueError: NaN or Inf rows would still be ranked and give a made-up score."""
+    bad = (~torch.isfinite(embeddings)).any(dim=-1)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} of {len(embeddings)} {description} have NaN or infinite embeddings (first at row "
+            f"{int(bad.nonzero()[0])}); refusing to score them."
+        )
+    return embeddings
+
+
 def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Dynamic int8 quantisation of every Linear layer (weights int8, activations quantised on the fly): a CPU
     inference speed-up whose accuracy change `benchmarks/embedding_throughput.py` measures."""
@@ -109,7 +120,9 @@ class Embedder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "Embedder":
-        return cls(AltCLIPModel.from_pretrained(name_or_path), AltCLIPProcessor.from_pretrained(name_or_path), **kwargs)
+        model = AltCLIPModel.from_pretrained(name_or_path)
+        check_finite_weights(model, name_or_path)  # a NaN model would still rank classes, meaninglessly
+        return cls(model, AltCLIPProcessor.from_pretrained(name_or_path), **kwargs)
 
     @torch.no_grad()
     def images(self, sources: Sequence[Any], description: str = "images") -> tuple[torch.Tensor, list[int], list[str]]:
@@ -132,7 +145,7 @@ class Embedder:
             logger.warning("Leaving out unreadable image %s", problem)
         if not embeddings:
             raise ValueError(f"None of the {len(sources)} {description} could be read, e.g. {failures[:1]}.")
-        return torch.cat(embeddings), kept, failures
+        return require_finite(torch.cat(embeddings), description), kept, failures
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected image features; the last layer runs for [CLS] only where the tower has CLIP's layout."""
@@ -155,7 +168,7 @@ class Embedder:
             ).to(self.device)
             features = self.model.get_text_features(**tokens).pooler_output
             embeddings[batch] = F.normalize(features.float(), dim=-1).cpu()
-        return embeddings
+        return require_finite(embeddings, description)
 
     def fingerprint(self) -> str:
         """A checksum of the text side's weights, tokenizer, precision and quantisation: equal fingerprints, equal

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor, NonFiniteWeightsError, check_finite_weights
 
 from .model_card import CardOptions, build_model_card
 
@@ -33,6 +33,10 @@ def load_checked(model_dir: str | Path) -> tuple[AltCLIPModel, AltCLIPProcessor]
         processor = AltCLIPProcessor.from_pretrained(model_dir)
     except Exception as error:  # whatever stops loading stops the push, with the loader's own message
         raise PushRefused(f"{model_dir} does not load: {type(error).__name__}: {error}") from error
+    try:
+        check_finite_weights(model, model_dir)  # the smoke test below touches only a few embedding rows
+    except NonFiniteWeightsError as error:
+        raise PushRefused(str(error)) from error
     smoke_test(model, processor, model_dir)
     return model, processor
 

@@ -25,6 +25,8 @@ from .modeling_altclip import (
     AltCLIPTextModel,
     AltCLIPVisionModel,
     CheckpointMismatchError,
+    NonFiniteWeightsError,
+    check_finite_weights,
 )
 from .processing_altclip import AltCLIPProcessor, AltCLIPXLMRProcessor
 
@@ -59,5 +61,7 @@ __all__ = [
     "AltCLIPVisionConfig",
     "AltCLIPVisionModel",
     "CheckpointMismatchError",
+    "NonFiniteWeightsError",
+    "check_finite_weights",
     "convert_released_config_dict",
 ]

@@ -94,6 +94,28 @@ def _check_pixel_values(pixel_values: torch.Tensor | None, config: AltCLIPVision
         )
 
 
+class NonFiniteWeightsError(ValueError):
+    """A model holds NaN or infinite weights (a diverged run, a broken conversion) and would give meaningless
+    embeddings."""
+
+
+def check_finite_weights(model: nn.Module, source: str | os.PathLike) -> None:
+    """Raises `NonFiniteWeightsError` naming the tensors that hold NaN or Inf values; one pass over the weights,
+    meant to run once at load time by whatever scores, serves or publishes a model."""
+    bad = []
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{name} ({count:,} of {tensor.numel():,} values)")
+    if bad:
+        more = f" and {len(bad) - 5} more tensors" if len(bad) > 5 else ""
+        raise NonFiniteWeightsError(
+            f"{source} holds NaN or infinite weights in {', '.join(bad[:5])}{more}; its embeddings would be "
+            "meaningless. Use an earlier checkpoint of the run."
+        )
+
+
 class StrictReleasedLoadingMixin:
     """`from_pretrained` that reads released weight names and refuses partial loads.
 
@@ -364,5 +386,7 @@ __all__ = [
     "AltCLIPTextModel",
     "AltCLIPVisionModel",
     "CheckpointMismatchError",
+    "NonFiniteWeightsError",
+    "check_finite_weights",
     "contrastive_loss",
 ]

@@ -101,3 +101,15 @@ def test_caption_ranking_keeps_commas_inside_captions(engine):
     ranking = engine.rank_captions(random_images(1)[0], "a dog, running\nein Hund, rennend\n")
     assert set(ranking) == {"a dog, running", "ein Hund, rennend"}
     assert sum(ranking.values()) == pytest.approx(1.0)
+
+
+def test_a_model_with_nan_weights_is_not_served(tmp_path, tiny_model_dir):
+    from modeling_altclip import AltCLIPModel, AltCLIPProcessor, NonFiniteWeightsError
+
+    model = AltCLIPModel.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.visual_projection.weight[0, 0] = float("inf")
+    model.save_pretrained(tmp_path)
+    AltCLIPProcessor.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
+    with pytest.raises(NonFiniteWeightsError, match=r"visual_projection.weight \(1 of"):
+        DemoEngine(tmp_path, device="cpu")

@@ -118,9 +118,18 @@ def test_dry_run_writes_exactly_the_model_files_and_a_real_card(tmp_path, traini
 def test_broken_checkpoints_are_refused(tmp_path, training_output):
     weights = training_output / "model.safetensors"
     tensors = load_file(weights)
+    original = dict(tensors)
     tensors["logit_scale"] = torch.tensor(float("nan"))
     save_file(tensors, weights, metadata={"format": "pt"})
-    with pytest.raises(SystemExit, match="the forward pass gives.*not two finite logits"):
+    with pytest.raises(SystemExit, match=r"NaN or infinite weights in logit_scale \(1 of 1 values\)"):
+        push(training_output, "someone/x", "--dry-run", tmp_path / "a")
+    # NaN rows the two-caption smoke test never reads: found by the check of every weight
+    embedding = "text_model.roberta.embeddings.word_embeddings.weight"
+    key = next(name for name in original if name.endswith("word_embeddings.weight"))
+    broken = original[key].clone()
+    broken[100_000:100_010] = float("nan")
+    save_file({**original, key: broken}, weights, metadata={"format": "pt"})
+    with pytest.raises(SystemExit, match=rf"NaN or infinite weights in {embedding} \({10 * broken.shape[1]:,} of"):
         push(training_output, "someone/x", "--dry-run", tmp_path / "a")
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
     with pytest.raises(SystemExit, match="does not load"):
