@@ -106,6 +106,9 @@ class Embedder:
         self.device, self.dtype = resolve_device_and_dtype(device, dtype)
         self.model = model.to(self.device, self.dtype).eval()
         self.processor = processor
+        limit = getattr(processor.tokenizer, "model_max_length", 512)
+        if not 1 <= max_text_length <= limit:
+            raise ValueError(f"--max_text_length {max_text_length} is outside 1..{limit}, the text tower's positions.")
         self.batch_size, self.num_workers, self.max_text_length = batch_size, num_workers, max_text_length
         self.quantization, self.reduced_decoding = quantization, reduced_decoding
         # computed when first asked for (it reads every text weight), except before quantisation packs them away

@@ -25,7 +25,23 @@ class AltCLIPXLMRProcessor(ProcessorMixin):
         if isinstance(text, (list, tuple)) and not all(isinstance(item, str) for item in text):
             bad = next(i for i, item in enumerate(text) if not isinstance(item, str))
             raise TypeError(f"`text` must be a string or a list of strings; item {bad} is {type(text[bad]).__name__}.")
+        if text is not None:
+            self._limit_text_length(kwargs)
         return super().__call__(images=images, text=text, **kwargs)
+
+    def _limit_text_length(self, kwargs: dict) -> None:
+        """Texts are cut at the text tower's position limit unless the caller chose otherwise (XLM-R has 512
+        positions: a longer text would fail inside the model); a longer ``max_length`` is refused with the limit."""
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if not isinstance(limit, int) or limit > 100_000:  # transformers' "no limit known" sentinel
+            return
+        requested = kwargs.get("max_length")
+        if requested is not None and requested > limit:
+            raise ValueError(
+                f"max_length={requested} is beyond the text tower's {limit} positions; use at most {limit}."
+            )
+        if kwargs.setdefault("truncation", True) and requested is None:
+            kwargs["max_length"] = limit
 
 
 AltCLIPProcessor = AltCLIPXLMRProcessor

@@ -291,3 +291,9 @@ def test_non_finite_embeddings_are_refused(tmp_path, tiny_model_dir, monkeypatch
     )
     with pytest.raises(ValueError, match="2 of 2 prompts have NaN or infinite embeddings"):
         embedder.texts(["a cat", "a dog"], "prompts")
+
+
+def test_a_text_length_beyond_the_positions_is_refused(tmp_path, tiny_model_dir):
+    data = write_image_folder(tmp_path / "data")
+    with pytest.raises(SystemExit, match=r"--max_text_length 600 is outside 1..512"):
+        run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "out", "--max_text_length", 600)

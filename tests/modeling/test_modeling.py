@@ -193,3 +193,27 @@ def test_processor_rejects_empty_and_non_string_text(processor):
         processor(text=["ok", 3], return_tensors="pt")
     with pytest.raises(ValueError, match="needs `text`, `images` or both"):
         processor()
+
+
+def test_forward_takes_precomputed_image_embeddings(tiny_model, batch):
+    """What training with a frozen (or cached) image tower feeds the trained forward."""
+    full = tiny_model(**batch)
+    cached = tiny_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], image_embeds=full.image_embeds
+    )
+    torch.testing.assert_close(cached.logits_per_image, full.logits_per_image)
+    assert cached.vision_model_output is None
+    with pytest.raises(ValueError, match="one of pixel_values or image_embeds"):
+        tiny_model(**batch, image_embeds=full.image_embeds)
+
+
+def test_processor_cuts_long_texts_at_the_position_limit(tiny_model, processor):
+    """The README's own processor call on a 1,600-token text: cut at XLM-R's 512 positions, so the model runs."""
+    long_text = " ".join(["multilingual"] * 1600)
+    inputs = processor(text=[long_text, "a cat"], return_tensors="pt", padding=True)
+    assert inputs["input_ids"].shape[1] == 512
+    with torch.no_grad():
+        assert tiny_model.get_text_features(**inputs).pooler_output.shape[0] == 2
+    assert processor(text=[long_text], return_tensors="pt", max_length=20)["input_ids"].shape[1] == 20
+    with pytest.raises(ValueError, match="max_length=600 is beyond the text tower's 512 positions"):
+        processor(text=["a cat"], return_tensors="pt", max_length=600)
