@@ -2,9 +2,11 @@
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .encode import Embedder
 from .loaders import ClassificationSet
@@ -28,18 +30,30 @@ class ClassEmbeddingCache:
         ).hexdigest()[:24]
         if key in self.memory:
             return self.memory[key]
-        path = self.folder / f"classes-{key}.pt" if self.folder else None
-        if path is not None and path.is_file():
-            embeddings = torch.load(path, weights_only=True)
-        else:
+        path = self.folder / f"classes-{key}.safetensors" if self.folder else None
+        embeddings = self._read(path, len(prompts.classnames)) if path is not None and path.is_file() else None
+        if embeddings is None:
             embeddings = class_embeddings(embedder, prompts)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(".partial")
-                torch.save(embeddings, partial)
+                partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+                save_file({"class_embeddings": embeddings.contiguous()}, partial)
                 partial.replace(path)
         self.memory[key] = embeddings
         return embeddings
+
+    @staticmethod
+    def _read(path: Path, classes: int) -> torch.Tensor | None:
+        """The cached [classes, dim] embeddings, or None (with a warning) for a file that is corrupt, truncated or
+        of another shape: it is then recomputed and replaced."""
+        try:
+            embeddings = load_file(path)["class_embeddings"]
+            if embeddings.ndim != 2 or embeddings.shape[0] != classes or not torch.isfinite(embeddings).all():
+                raise ValueError(f"holds {tuple(embeddings.shape)} values, not {classes} finite class embeddings")
+            return embeddings
+        except Exception as error:  # safetensors raises several types for a damaged file; all mean "recompute"
+            logger.warning("Class-embedding cache %s is unusable (%s); recomputing it.", path, error)
+            return None
 
 
 def class_embeddings(embedder: Embedder, prompts: ClassPrompts) -> torch.Tensor:

@@ -83,7 +83,7 @@ def test_zero_shot_image_folder_in_three_languages(tmp_path, tiny_model_dir):
     assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
     index = json.loads((tmp_path / "out" / "model_index.json").read_text())
     assert {"task_type": "zero-shot-image-classification", "metric_type": "top1"}.items() <= index[0].items()
-    assert len(list((tmp_path / "cache").glob("classes-*.pt"))) == 3
+    assert len(list((tmp_path / "cache").glob("classes-*.safetensors"))) == 3
 
 
 def test_class_embeddings_come_from_the_disk_cache(tmp_path, tiny_model_dir, monkeypatch):
@@ -98,6 +98,26 @@ def test_class_embeddings_come_from_the_disk_cache(tmp_path, tiny_model_dir, mon
     assert run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "b", *flags) == first
     with pytest.raises(AssertionError, match="recomputed"):  # other templates: another cache entry
         run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "c", *flags[:-1])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "other shape"])
+def test_a_corrupt_class_embedding_cache_is_reported_and_recomputed(tmp_path, tiny_model_dir, caplog, damage):
+    """Once an IndexError on every later run; now a warning naming the file, then the same scores as a fresh run."""
+    from safetensors.torch import save_file
+
+    data = write_image_folder(tmp_path / "folder")
+    flags = ("--languages", "de", "--cache_dir", tmp_path / "cache")
+    first = run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "a", *flags)
+    (cached,) = (tmp_path / "cache").glob("classes-*.safetensors")
+    if damage == "truncated":
+        cached.write_bytes(cached.read_bytes()[:40])
+    elif damage == "empty":
+        cached.write_bytes(b"")
+    else:
+        save_file({"class_embeddings": torch.zeros(2, 3)}, cached)
+    assert run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "b", *flags) == first
+    assert f"Class-embedding cache {cached} is unusable" in caplog.text
+    assert run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "c", *flags) == first  # rewritten
 
 
 def test_zero_shot_cifar_with_published_templates(tmp_path, tiny_model_dir):
