@@ -38,7 +38,9 @@ def pipeline_run(pipeline: str, inputs: str, model_dir: Path, photos: list[Path]
             return lambda: reference_images(model, processor, photos, batch_size)
         return lambda: reference_texts(model, processor, texts, batch_size)
     # the Embedder loads its own processor: a second one would be memory that only this probe holds
-    embedder = Embedder.from_pretrained(model_dir, device="cpu", dtype="float32", batch_size=batch_size, num_workers=0)
+    embedder = Embedder.from_pretrained(
+        model_dir, device="cpu", dtype="float32", batch_size=batch_size, num_workers=0, reduced_decoding=True
+    )
     return (lambda: embedder.images(photos)) if inputs == "images" else (lambda: embedder.texts(texts))
 
 

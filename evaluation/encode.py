@@ -42,7 +42,7 @@ def model_input_side(image_processor) -> int | None:
 
 
 class _PreprocessedImages(Dataset):
-    def __init__(self, sources: Sequence[Any], image_processor, reduced_decoding: bool = True):
+    def __init__(self, sources: Sequence[Any], image_processor, reduced_decoding: bool = False):
         self.sources, self.image_processor = sources, image_processor
         self.min_side = model_input_side(image_processor) if reduced_decoding else None
 
@@ -100,7 +100,7 @@ class Embedder:
         num_workers: int = 0,
         max_text_length: int = 77,
         quantization: str | None = None,
-        reduced_decoding: bool = True,
+        reduced_decoding: bool = False,
         onednn_linear: bool = True,
     ):
         self.device, self.dtype = resolve_device_and_dtype(device, dtype)

@@ -74,13 +74,19 @@ def babel_code(language: str) -> str:
 
 
 def class_prompts(
-    benchmark: str, language: str, folder: Path, dataset_classnames: list[str] | None = None
+    benchmark: str,
+    language: str,
+    folder: Path,
+    dataset_classnames: list[str] | None = None,
+    templates_for_untranslated: list[str] | None = None,
 ) -> ClassPrompts:
     """Class names and templates of `benchmark` (e.g. ``imagenet1k``, ``cifar10``) in `language`.
 
     clip-benchmark's own lists come first; names the dataset carries itself (CIFAR's English names) are used
     with the published templates; for other languages ImageNet uses Babel-ImageNet names with the NLLB
-    templates. An unknown combination is an error that lists what exists.
+    templates. A Babel-ImageNet language without NLLB templates needs `templates_for_untranslated` (the user's
+    explicit choice, ``--templates``), as clip-benchmark refuses it too. An unknown combination is an error that lists
+    what exists.
     """
     names_file = folder / f"{language}_classnames.json"
     templates_file = folder / f"{language}_zeroshot_classification_templates.json"
@@ -98,7 +104,15 @@ def class_prompts(
         code = babel_code(language)
         if code in babel:
             labels, names = babel[code]
-            templates = [template.replace("{}", "{c}") for template in nllb.get(code, ["{}"])]
+            if code in nllb:
+                templates = [template.replace("{}", "{c}") for template in nllb[code]]
+            elif templates_for_untranslated:
+                templates = check_templates(templates_for_untranslated)
+            else:
+                raise KeyError(
+                    f"ImageNet in {language!r} has Babel-ImageNet class names but no translated templates; pass "
+                    "--templates with your own (each with {c}; '{c}' alone uses the bare name) to score it."
+                )
             return ClassPrompts(language, tuple(names), tuple(templates), tuple(labels))
     raise KeyError(
         f"No {benchmark} class names in {language!r}. ImageNet exists in: {', '.join(available_languages(folder))}; "
@@ -106,9 +120,13 @@ def class_prompts(
     )
 
 
-def custom_prompts(language: str, classnames: list[str], templates: list[str] | None) -> ClassPrompts:
-    """Prompts for a dataset of one's own: class names as given, templates with ``{c}`` (default: the bare name)."""
-    templates = templates or ["{c}"]
+def check_templates(templates: list[str]) -> list[str]:
     if not all("{c}" in template for template in templates):
         raise ValueError(f"Every template needs a {{c}} slot for the class name; got {templates}.")
+    return list(templates)
+
+
+def custom_prompts(language: str, classnames: list[str], templates: list[str] | None) -> ClassPrompts:
+    """Prompts for a dataset of one's own: class names as given, templates with ``{c}`` (default: the bare name)."""
+    templates = check_templates(templates or ["{c}"])
     return ClassPrompts(language, tuple(classnames), tuple(templates), tuple(range(len(classnames))))

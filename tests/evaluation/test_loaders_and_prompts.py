@@ -145,6 +145,19 @@ def test_babel_imagenet_language_is_a_subset_with_translated_templates():
     assert all("{c}" in template for template in german.templates)
 
 
+@pytest.mark.parametrize("language", ["br", "fy", "la"])
+def test_babel_languages_without_translated_templates_need_a_choice(language):
+    """They once got the bare name silently while the README promised 80 NLLB templates."""
+    with pytest.raises(
+        KeyError, match=f"ImageNet in '{language}' has Babel-ImageNet class names but no translated.*--templates"
+    ):
+        class_prompts("imagenet1k", language, prompts_dir())
+    chosen = class_prompts("imagenet1k", language, prompts_dir(), templates_for_untranslated=["{c}"])
+    assert chosen.templates == ("{c}",) and 0 < len(chosen.classnames) < 1000
+    with pytest.raises(ValueError, match="needs a {c} slot"):
+        class_prompts("imagenet1k", language, prompts_dir(), templates_for_untranslated=["a photo"])
+
+
 def test_dataset_names_with_published_templates():
     # clip-benchmark has CIFAR templates but no CIFAR names: the dataset's own names are used with them
     cifar = class_prompts("cifar10", "en", prompts_dir(), ["plane", "car"])
