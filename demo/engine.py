@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from common.images import ImageTooLarge, open_rgb_image
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
 
@@ -22,7 +22,7 @@ MAX_GALLERY = 200
 MAX_LABEL_CHARS = 200
 MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000; larger uploads are refused before decoding
 MAX_CACHED_EMBEDDINGS = 10_000  # gallery files whose embeddings an engine keeps
-WORKING_SIZE = 1024  # larger images are shrunk first: the model sees 224 px anyway
+WORKING_SIZE = 1024  # search results are shown at most this large
 DEFAULT_TEMPLATE = "a photo of {}"
 
 
@@ -49,34 +49,23 @@ def split_entries(text: str | None, what: str, limit: int, separators: str = LAB
 
 
 def as_rgb_image(image: Any, name: str = "the image") -> Image.Image:
-    """A PIL image, numpy array or file path as a bounded RGB image; transparency is laid on white."""
+    """A file path, PIL image or numpy array as the upright RGB image the model sees (`common.images`: EXIF
+    orientation, transparency on white), refused above MAX_IMAGE_PIXELS before decoding."""
     if image is None:
         raise DemoInputError("Please upload an image first.")
     try:
-        if isinstance(image, (str, Path)):
-            with Image.open(image) as opened:
-                if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                    raise DemoInputError(
-                        f"{name} is {opened.width}x{opened.height} pixels: too large (at most "
-                        f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels)."
-                    )
-                opened.load()
-                image = opened.copy()
-        elif isinstance(image, np.ndarray):
-            image = Image.fromarray(image.astype(np.uint8) if image.dtype != np.uint8 else image)
-    except DemoInputError:
-        raise
+        return open_rgb_image(image, max_pixels=MAX_IMAGE_PIXELS)
+    except ImageTooLarge as error:
+        raise DemoInputError(f"{name} is too large: {error} (at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels).")
     except (UnidentifiedImageError, OSError, ValueError, TypeError, Image.DecompressionBombError) as error:
         raise DemoInputError(f"Could not read {name} as an image ({type(error).__name__}).") from error
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        raise DemoInputError(f"{name} is {image.width}x{image.height} pixels: too large.")
-    if image.mode in ("RGBA", "LA", "P", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    image = image.convert("RGB")
-    image.thumbnail((WORKING_SIZE, WORKING_SIZE))
-    return image
+
+
+def for_display(image: Image.Image) -> Image.Image:
+    """A copy at most WORKING_SIZE pixels wide and high, for the gallery shown back to the user."""
+    shown = image.copy()
+    shown.thumbnail((WORKING_SIZE, WORKING_SIZE))
+    return shown
 
 
 def file_key(item: Any) -> tuple | None:
@@ -168,4 +157,4 @@ class DemoEngine:
         similarities = (self.gallery_embeddings(images, keys) @ self.text_embeddings([query]).t()).flatten()
         order = similarities.argsort(descending=True)[:top_k].tolist()
         note = f"Left out {len(skipped)} unreadable file(s): {'; '.join(skipped[:3])}" if skipped else ""
-        return [(images[i], f"{similarities[i].item():.3f}") for i in order], note
+        return [(for_display(images[i]), f"{similarities[i].item():.3f}") for i in order], note

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from common.images import open_rgb_image
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
-from training.image_text_data import open_rgb_image
 
 from .batching import length_sorted_batches
 from .fast_paths import projected_image_features, supports_cls_only

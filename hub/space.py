@@ -1,11 +1,12 @@
-"""A Gradio Space for the demo: ``app.py``, ``requirements.txt``, a README with the Space metadata, and the two
-packages the app runs (``demo/`` and the flat ``modeling_altclip/``), copied as source."""
+"""A Gradio Space for the demo: ``app.py``, ``requirements.txt``, a README with the Space metadata, and the three
+packages the app runs (``demo/``, the shared ``common/`` and the flat ``modeling_altclip/``), copied as source."""
 
 import shutil
 from pathlib import Path
 
 from huggingface_hub import SpaceCardData
 
+import common
 import demo
 import modeling_altclip
 
@@ -47,7 +48,7 @@ def prepare_space_folder(target: str | Path, model: str, title: str = "AltCLIP m
     target = Path(target)
     require_empty_folder(target)
     target.mkdir(parents=True, exist_ok=True)
-    for package in (demo, modeling_altclip):
+    for package in (demo, common, modeling_altclip):
         source = Path(package.__file__).parent
         shutil.copytree(source, target / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (target / "app.py").write_text(APP.format(model=model), encoding="utf-8")

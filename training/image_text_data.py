@@ -5,7 +5,6 @@ Images are decoded where the rows are read, i.e. in DataLoader workers. A missin
 caption becomes a `Skipped` row that the collator counts; it never stops training.
 """
 
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -16,6 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from common.images import open_rgb_image
+
 from .feature_caches import ImageEmbeddingCache
 from .records import Skipped, split_skipped
 from .sources import Source, is_remote, join_url, open_stream
@@ -25,32 +26,14 @@ from .text_data import usable_or_placeholder
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
-MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit, applied explicitly
 
 
-def open_rgb_image(source: Any, min_side: int | None = None) -> Image.Image:
-    """A decoded RGB image from a path, raw bytes or a PIL image (palette, grey and alpha images converted).
-
-    With `min_side`, a JPEG is decoded directly at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at
-    least `min_side` pixels: much less decoding and resizing for a model that looks at 224 pixels.
-    """
-    if isinstance(source, Image.Image):
-        image = source
-    elif isinstance(source, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(source))
-    elif isinstance(source, dict) and ("bytes" in source or "path" in source):  # datasets' undecoded Image
-        return open_rgb_image(source.get("bytes") or source["path"], min_side)
-    elif isinstance(source, str) and is_remote(source):
+def read_image(source: Any, min_side: int | None = None) -> Image.Image:
+    """`common.images.open_rgb_image`, with remote URLs (https://, s3://, hf://, ...) fetched first."""
+    if isinstance(source, str) and is_remote(source):
         with open_stream(source) as handle:
-            image = Image.open(io.BytesIO(handle.read()))
-    else:
-        image = Image.open(source)
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        raise ValueError(f"image of {image.width}x{image.height} pixels is larger than {MAX_IMAGE_PIXELS}")
-    if min_side and image.format == "JPEG" and min(image.size) >= 2 * min_side:
-        image.draft("RGB", (min_side, min_side))
-    image.load()
-    return image if image.mode == "RGB" else image.convert("RGB")
+            source = handle.read()
+    return open_rgb_image(source, min_side)
 
 
 class PairDecoder:
@@ -65,7 +48,7 @@ class PairDecoder:
         if not isinstance(caption, str) or not caption.strip():
             return {"skipped": Skipped(where, "empty caption")}
         try:
-            image = open_rgb_image(image_source, self.min_side)
+            image = read_image(image_source, self.min_side)
         except FileNotFoundError:
             return {"skipped": Skipped(where, f"image file not found ({image_source})")}
         except Exception as error:  # PIL raises many types for corrupt data; all mean the same here

@@ -6,7 +6,15 @@ import torch
 from PIL import Image
 from tiny_models import random_images
 
-from demo.engine import MAX_LABELS, DemoEngine, DemoInputError, as_rgb_image, fill_template, split_entries
+from demo.engine import (
+    MAX_LABELS,
+    DemoEngine,
+    DemoInputError,
+    as_rgb_image,
+    fill_template,
+    for_display,
+    split_entries,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +43,9 @@ def test_images_of_any_mode_become_rgb(tmp_path):
     for mode in ("RGBA", "L", "P", "CMYK", "I;16", "1"):
         assert as_rgb_image(Image.new(mode, (40, 30))).mode == "RGB"
     assert as_rgb_image(np.zeros((20, 10, 3), dtype=np.float32)).size == (10, 20)
-    assert as_rgb_image(Image.new("RGB", (4000, 2000))).size == (1024, 512)  # shrunk before the processor
+    # full size, as training and evaluation see it (the processor resizes); search results are shown shrunk
+    assert as_rgb_image(Image.new("RGB", (4000, 2000))).size == (4000, 2000)
+    assert for_display(Image.new("RGB", (4000, 2000))).size == (1024, 512)
     transparent = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     assert as_rgb_image(transparent).getpixel((0, 0)) == (255, 255, 255)
 
@@ -47,7 +57,7 @@ def test_unreadable_missing_and_huge_files_are_refused(tmp_path):
     with pytest.raises(DemoInputError, match="upload an image"):
         as_rgb_image(None)
     Image.new("1", (9000, 6000)).save(tmp_path / "huge.png")  # 54 megapixels, a small file
-    with pytest.raises(DemoInputError, match="9000x6000 pixels: too large"):
+    with pytest.raises(DemoInputError, match="too large: image of 9000x6000 pixels"):
         as_rgb_image(tmp_path / "huge.png")
 
 

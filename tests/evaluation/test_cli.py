@@ -17,12 +17,12 @@ from dataset_layouts import (
 )
 
 import evaluation.zeroshot
+from common.images import open_rgb_image
 from evaluation.cli import main
 from evaluation.encode import Embedder
 from evaluation.loaders import load_caption_table, load_image_folder
 from evaluation.prompts import class_prompts, prompts_dir
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
-from training.image_text_data import open_rgb_image
 
 
 def run_eval(task, model_dir, dataset, data_dir, output_dir, *flags):

@@ -5,10 +5,10 @@ import torch
 from PIL import Image
 from tiny_models import TINY_VISION_CONFIG, random_images
 
+from common.images import open_rgb_image
 from evaluation.batching import length_sorted_batches
 from evaluation.encode import Embedder
 from modeling_altclip.cpu_kernels import OneDNNLinear
-from training.image_text_data import open_rgb_image
 
 
 def test_jpeg_decoded_at_reduced_scale_still_covers_the_model_input(tmp_path):

@@ -15,6 +15,7 @@ from dataset_layouts import (
     write_xtd,
 )
 
+from common.images import open_rgb_image
 from evaluation.loaders import (
     load_caption_table,
     load_chinese_clip_format,
@@ -25,7 +26,6 @@ from evaluation.loaders import (
     load_xtd,
 )
 from evaluation.prompts import class_prompts, custom_prompts, prompts_dir
-from training.image_text_data import open_rgb_image
 
 
 def test_image_folder_with_names_in_several_languages(tmp_path):

@@ -210,9 +210,15 @@ def test_space_push(tmp_path, no_stored_login):
         "README.md",
         "demo/app.py",
         "demo/engine.py",
+        "common/images.py",
         "modeling_altclip/modeling_altclip.py",
     } <= files
     assert not any("__pycache__" in name for name in files)
+    # the Space's copies import each other (the demo's image loader is the shared one), not this checkout's
+    check = "import demo.engine, common.images; print(demo.engine.__file__); print(common.images.__file__)"
+    imported = subprocess.run([sys.executable, "-c", check], cwd=tmp_path / "space", capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
+    assert all(line.startswith(str(tmp_path / "space")) for line in imported.stdout.split())
     assert "sdk: gradio" in (tmp_path / "space" / "README.md").read_text()
     assert "'someone/tiny-altclip'" in (tmp_path / "space" / "app.py").read_text()
     with FakeHub(TOKEN) as hub:
