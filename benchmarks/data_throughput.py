@@ -32,9 +32,10 @@ from PIL import Image, ImageDraw  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import CLIPImageProcessorPil  # noqa: E402
 
+from common.files import replace_atomically  # noqa: E402
+from common.plots import plt  # noqa: E402
 from modeling_altclip.assets import load_xlmr_tokenizer  # noqa: E402
 from training.image_text_data import ContrastiveCollator, PairDecoder, decode_shard_sample  # noqa: E402
-from training.reporting import plt, replace_atomically  # noqa: E402
 from training.shard_stream import ShardStream  # noqa: E402
 from training.sources import parse_sources  # noqa: E402
 

@@ -35,8 +35,9 @@ from benchmarks.common import (  # noqa: E402
     reference_images,
     reference_texts,
 )
+from common.files import replace_atomically  # noqa: E402
+from common.plots import plt  # noqa: E402
 from evaluation.encode import Embedder  # noqa: E402
-from training.reporting import plt, replace_atomically  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 

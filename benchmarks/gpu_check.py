@@ -30,10 +30,11 @@ import transformers  # noqa: E402
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel  # noqa: E402
 
 from benchmarks.common import SHAPES, reference_config  # noqa: E402
+from common.files import replace_atomically  # noqa: E402
+from common.plots import plt  # noqa: E402
 from modeling_altclip import AltCLIPModel  # noqa: E402
 from modeling_altclip.assets import load_xlmr_tokenizer  # noqa: E402
 from training.losses import ClipLoss, distillation_loss  # noqa: E402
-from training.reporting import plt, replace_atomically  # noqa: E402
 from training.teacher import load_teacher  # noqa: E402
 from training.toy_setup import english_word_tokenizer, write_shapes_dataset, write_tiny_xlmr  # noqa: E402
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.reporting import replace_atomically  # noqa: E402
+from common.files import replace_atomically  # noqa: E402
 from training.toy_setup import write_shapes_dataset, write_tiny_clip, write_tiny_xlmr  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -215,7 +215,7 @@ def report_scale(args) -> None:
 
 
 def draw_scale(epoch2: dict, rows: dict, path: Path) -> None:
-    from training.reporting import plt
+    from common.plots import plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
     left.bar(["image tower run", "cached image features"], [epoch2["run"], epoch2["cached"]], color=["#999", "#2a7"])

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from common.constants import DEFAULT_MAX_TEXT_LENGTH
 from common.images import ImageTooLarge, open_rgb_image
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
@@ -104,7 +105,7 @@ class DemoEngine:
     @torch.no_grad()
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.processor.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt"
+            list(texts), padding=True, truncation=True, max_length=DEFAULT_MAX_TEXT_LENGTH, return_tensors="pt"
         ).to(self.device)
         return F.normalize(self.model.get_text_features(**tokens).pooler_output, dim=-1)
 

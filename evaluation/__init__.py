@@ -1,9 +1,10 @@
 """Zero-shot classification and image-text retrieval for AltCLIP models, in many languages (``altclip-eval``)."""
 
+from common.results_format import write_results
+
 from .encode import Embedder, resolve_device_and_dtype
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, ClassificationSet, RetrievalSet
 from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir
-from .results import write_results
 from .retrieval import evaluate_retrieval, retrieval_scores
 from .zeroshot import ClassEmbeddingCache, class_embeddings, evaluate_zero_shot
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from common.config_files import expand_config
+from common.constants import DEFAULT_MAX_TEXT_LENGTH
+from common.results_format import markdown_table, write_results
 from modeling_altclip.assets import cache_dir
-from training.config_files import expand_config
 
 from .encode import Embedder
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, XTD_LANGUAGES, ClassificationSet
 from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir
-from .results import markdown_table, write_results
 from .retrieval import evaluate_retrieval
 from .zeroshot import ClassEmbeddingCache, evaluate_zero_shot
 
@@ -79,7 +80,9 @@ class EvalArguments:
     dtype: str = field(
         default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16."}
     )
-    max_text_length: int = field(default=77, metadata={"help": "Token limit of prompts and captions."})
+    max_text_length: int = field(
+        default=DEFAULT_MAX_TEXT_LENGTH, metadata={"help": "Token limit of prompts and captions."}
+    )
     reduced_decoding: bool = field(
         default=False,
         metadata={

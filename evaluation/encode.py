@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from common.constants import DEFAULT_MAX_TEXT_LENGTH
 from common.images import open_rgb_image
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
@@ -98,7 +99,7 @@ class Embedder:
         dtype: str = "auto",
         batch_size: int = 64,
         num_workers: int = 0,
-        max_text_length: int = 77,
+        max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
         quantization: str | None = None,
         reduced_decoding: bool = False,
         onednn_linear: bool = True,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.records import Skipped, iter_records
+from common.records import Skipped, iter_records
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 WORDNET_ID = re.compile(r"^n\d{8}$")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.constants import DEFAULT_MAX_TEXT_LENGTH
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 from .batching import length_sorted_batches
@@ -82,7 +83,9 @@ def sample_inputs(processor: AltCLIPProcessor, image_size: int, batch: int, text
     """Pixel values of `batch` random images and the padded tokens of `texts`."""
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randn(batch, 3, image_size, image_size, generator=generator)
-    tokens = processor.tokenizer(list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+    tokens = processor.tokenizer(
+        list(texts), padding=True, truncation=True, max_length=DEFAULT_MAX_TEXT_LENGTH, return_tensors="pt"
+    )
     return pixels, tokens["input_ids"], tokens["attention_mask"]
 
 
@@ -146,7 +149,7 @@ class OnnxEncoders:
             out.append(self.image_embeds(pixels["pixel_values"]))
         return np.concatenate(out)
 
-    def texts(self, texts: Sequence[str], max_length: int = 77) -> np.ndarray:
+    def texts(self, texts: Sequence[str], max_length: int = DEFAULT_MAX_TEXT_LENGTH) -> np.ndarray:
         """Embeddings of `texts`, in their order; batched longest-first so that each batch pads little."""
         out = np.empty((len(texts), self.text_session.get_outputs()[0].shape[-1] or 0), np.float32)
         for batch in length_sorted_batches(texts, self.batch_size):

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from common.constants import ISO_CODES
+
 PACKAGE = "clip-benchmark"
 NATIVE_LANGUAGES = ("en", "cn", "it", "jp", "ar")  # clip-benchmark's own hand-made lists
-ISO_CODES = {"cn": "zh", "jp": "ja"}  # clip-benchmark's codes for the languages that ISO 639-1 spells otherwise
 BABEL_FILE = "babel_imagenet.json"
 NLLB_FILE = "nllb_dist13b_prompts.json"
 

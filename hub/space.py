@@ -1,14 +1,11 @@
 """A Gradio Space for the demo: ``app.py``, ``requirements.txt``, a README with the Space metadata, and the three
 packages the app runs (``demo/``, the shared ``common/`` and the flat ``modeling_altclip/``), copied as source."""
 
+import importlib.util
 import shutil
 from pathlib import Path
 
 from huggingface_hub import SpaceCardData
-
-import common
-import demo
-import modeling_altclip
 
 from .staging import relative_files, require_empty_folder
 
@@ -24,6 +21,7 @@ demo = build_demo(DemoEngine(os.environ.get("ALTCLIP_MODEL", {model!r})))
 if __name__ == "__main__":
     demo.launch()
 '''
+SPACE_PACKAGES = ("demo", "common", "modeling_altclip")
 REQUIREMENTS = """torch>=2.4
 transformers>=5.24,<6
 safetensors>=0.4
@@ -48,8 +46,8 @@ def prepare_space_folder(target: str | Path, model: str, title: str = "AltCLIP m
     target = Path(target)
     require_empty_folder(target)
     target.mkdir(parents=True, exist_ok=True)
-    for package in (demo, common, modeling_altclip):
-        source = Path(package.__file__).parent
+    for package in SPACE_PACKAGES:
+        source = Path(importlib.util.find_spec(package).origin).parent  # located, not imported: no job imports another
         shutil.copytree(source, target / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (target / "app.py").write_text(APP.format(model=model), encoding="utf-8")
     (target / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")

@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-from training.reporting import plt, replace_atomically
+from common.files import replace_atomically
+from common.plots import plt
 
 MODELS = {"teacher": "teacher (English CLIP)", "stage1": "stage 1 only", "student": "AltCLIP student"}
 

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from common.constants import DEFAULT_MAX_TEXT_LENGTH
+
 from .losses import DISTILLATION_LOSSES
 
 
@@ -60,7 +62,9 @@ class DataArguments:
         default=False,
         metadata={"help": "Decode JPEGs at the smallest DCT scale (1/2..1/8) still covering the model's input."},
     )
-    max_text_length: int = field(default=77, metadata={"help": "Student tokens per text after truncation."})
+    max_text_length: int = field(
+        default=DEFAULT_MAX_TEXT_LENGTH, metadata={"help": "Student tokens per text after truncation."}
+    )
     english_column: str = field(default="english", metadata={"help": "Teacher learning: the English column."})
     translation_column: str = field(default="translation", metadata={"help": "Teacher learning: the translation."})
     image_column: str = field(default="image", metadata={"help": "Contrastive: image path (or image) column."})

@@ -18,6 +18,8 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
 from common.cli_errors import one_line_parser_errors, run_with_one_line_errors
+from common.config_files import expand_config
+from common.records import DataFormatError
 from modeling_altclip.assets import XLMR_MAX_LENGTH
 
 from .arguments import (
@@ -28,7 +30,6 @@ from .arguments import (
     TeacherLearningArguments,
     ZeroShotArguments,
 )
-from .config_files import expand_config
 from .data_plan import check_resumed_plan, data_plan_callback
 from .epoch_plan import data_seed, shuffles
 from .feature_caches import ImageEmbeddingCache, fingerprint, module_digest
@@ -47,7 +48,6 @@ from .model_setup import (
     load_teacher_for,
 )
 from .output_folder import check_output_folder, check_room, disk_full_message, is_disk_full
-from .records import DataFormatError
 from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from .saving import save_complete_model
 from .shard_stream import ShardStream

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from common.constants import DEFAULT_MAX_TEXT_LENGTH
 from common.images import open_rgb_image
+from common.records import Skipped, split_skipped
 
 from .feature_caches import ImageEmbeddingCache
-from .records import Skipped, split_skipped
 from .sources import Source, is_remote, join_url, open_stream
 from .tables import SKIPPED, TableRows, source_folder
 from .text_data import usable_or_placeholder
@@ -135,7 +136,9 @@ class ContrastiveCollator:
     """Stacks decoded images, tokenizes captions with dynamic padding, and passes the skipped rows on. A batch
     whose every row was skipped runs one placeholder (`usable_or_placeholder`; `image_shape` is its pixel shape)."""
 
-    def __init__(self, tokenizer, max_length: int = 77, image_shape: tuple[int, int, int] = (3, 224, 224)):
+    def __init__(
+        self, tokenizer, max_length: int = DEFAULT_MAX_TEXT_LENGTH, image_shape: tuple[int, int, int] = (3, 224, 224)
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.image_shape = tuple(image_shape)

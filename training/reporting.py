@@ -5,19 +5,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from common.constants import LOSS_CURVE_FILE
+from common.constants import TRAINING_SUMMARY_FILE as SUMMARY_FILE
+from common.files import replace_atomically
+from common.plots import plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-LOSS_CURVE_FILE = "loss_curve.png"
-SUMMARY_FILE = "training_summary.json"
-
-
-def replace_atomically(path: Path, write) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    write(partial)
-    os.replace(partial, path)
+__all__ = ["LOSS_CURVE_FILE", "SUMMARY_FILE", "save_loss_curve", "save_summary"]
 
 
 def save_loss_curve(log_history: list[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:

@@ -18,7 +18,8 @@ import datasets
 import numpy as np
 import pyarrow.parquet
 
-from .records import DataFormatError
+from common.records import DataFormatError
+
 from .sources import Source, folder_of, is_remote, open_stream
 
 logger = logging.getLogger(__name__)

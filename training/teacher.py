@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
+from common.constants import CLIP_CONTEXT_LENGTH
+
 from .feature_caches import MANIFEST, ShardedFeatures, compute_sharded_features, fingerprint, module_digest
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def tokenizer_digest(tokenizer) -> str:
 
 def teacher_max_length(tokenizer) -> int:
     """Teacher tokens per text: CLIP's 77 positions, or fewer if its tokenizer says so."""
-    return min(tokenizer.model_max_length, 77)
+    return min(tokenizer.model_max_length, CLIP_CONTEXT_LENGTH)
 
 
 def precomputed_teacher_features(

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .records import DataFormatError, Skipped, split_skipped
+from common.constants import DEFAULT_MAX_TEXT_LENGTH
+from common.records import DataFormatError, Skipped, split_skipped
+
 from .sources import Source
 from .tables import SKIPPED, TableRows
 from .teacher import teacher_max_length
@@ -143,7 +145,9 @@ class DistillationCollator:
     With ``teacher_features`` (a precomputed [groups, D] array) the teacher's side is a lookup instead.
     """
 
-    def __init__(self, student_tokenizer, teacher_tokenizer, max_length: int = 77, teacher_features=None):
+    def __init__(
+        self, student_tokenizer, teacher_tokenizer, max_length: int = DEFAULT_MAX_TEXT_LENGTH, teacher_features=None
+    ):
         self.student_tokenizer = student_tokenizer
         self.teacher_tokenizer = teacher_tokenizer
         self.max_length = max_length

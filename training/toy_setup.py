@@ -21,9 +21,9 @@ from transformers import (
     XLMRobertaModel,
 )
 
+from common.constants import CLIP_CONTEXT_LENGTH
+from common.records import write_jsonl
 from modeling_altclip.assets import load_xlmr_tokenizer
-
-from .records import write_jsonl
 
 IMAGE_SIZE = 32
 COLORS = {  # English, German (masc., neut.), French, Spanish, Chinese, RGB
@@ -143,7 +143,7 @@ def english_word_tokenizer(texts: list[str] | None = None) -> PreTrainedTokenize
         eos_token="<|endoftext|>",
         pad_token="<pad>",
         unk_token="<unk>",
-        model_max_length=77,
+        model_max_length=CLIP_CONTEXT_LENGTH,
     )
 
 
@@ -169,7 +169,7 @@ def write_tiny_clip(
             num_hidden_layers=layers,
             num_attention_heads=4,
             intermediate_size=2 * text_width,
-            max_position_embeddings=77,
+            max_position_embeddings=CLIP_CONTEXT_LENGTH,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from common.records import SkipCounter
+
 from .accumulated_negatives import accumulated_contrastive_step
 from .epoch_plan import GlobalBatchSampler, data_seed
 from .feature_caches import ImageEmbeddingCache
 from .losses import ClipLoss, distillation_loss
-from .records import SkipCounter
 from .shard_stream import ShardStream
 from .teacher import FrozenTextTeacher
 

@@ -18,13 +18,14 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from common.constants import RESULTS_FILE  # altclip-eval's results format
+
 from .arguments import ZeroShotArguments
 from .saving import save_complete_model
 
 logger = logging.getLogger(__name__)
 
 ZEROSHOT_FOLDER = "zeroshot"
-RESULTS_FILE = "results.json"  # altclip-eval's results format (see README, "Evaluate")
 
 
 def check_zeroshot_arguments(args: ZeroShotArguments) -> None:

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
+from common.records import DataFormatError, Skipped
 from training.image_text_data import ContrastiveCollator, ImageTextTable, PairDecoder, decode_shard_sample
-from training.records import DataFormatError, Skipped
 from training.shard_stream import ShardStream
 from training.sources import parse_source, parse_sources
 from training.text_data import DistillationCollator, ParallelText

@@ -6,8 +6,8 @@ import random
 import datasets
 import pytest
 
+from common.records import DataFormatError, Record, SkipCounter, Skipped, iter_records
 from training.epoch_plan import GlobalBatchSampler, assign_shards, epoch_rng, weighted_draw
-from training.records import DataFormatError, Record, SkipCounter, Skipped, iter_records
 
 
 def rows_of(path, required=("english", "translation")):

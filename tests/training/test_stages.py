@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from stage_runs import logged_losses, run_stage, teacher_flags
 from transformers import AutoModel, CLIPModel
 
+from common.config_files import config_file_to_flags, expand_config
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from training.cli import parse
-from training.config_files import config_file_to_flags, expand_config
 from training.toy_setup import write_tiny_clip
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,5 @@
-"""Evaluation results as JSON, a markdown table, a PNG chart (one group of bars per language) and model-index."""
+"""The evaluation results format: JSON, a markdown table, a PNG chart (one group of bars per language) and
+model-index entries. altclip-eval writes it; the Hub job (model cards) and training's zero-shot monitor read it."""
 
 import dataclasses
 import json
@@ -6,9 +7,12 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult
 
-from training.reporting import plt, replace_atomically
+from common.constants import MODEL_INDEX_FILE, RESULTS_FILE
+from common.constants import RESULTS_CHART_FILE as CHART_FILE
+from common.constants import RESULTS_TABLE_FILE as TABLE_FILE
+from common.files import replace_atomically
+from common.plots import plt
 
-RESULTS_FILE, TABLE_FILE, CHART_FILE, MODEL_INDEX_FILE = "results.json", "results.md", "results.png", "model_index.json"
 TASK_TYPES = {"zero-shot classification": "zero-shot-image-classification", "retrieval": "image-text-retrieval"}
 HEADLINE = {"zero-shot classification": ("top1", "top-1 accuracy"), "retrieval": ("mean_recall", "mean recall")}
 
