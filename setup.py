@@ -6,6 +6,33 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 
+TRAIN = [
+    "accelerate>=1.1",
+    "datasets>=3",  # tables as memory-mapped Arrow; fsspec (https://, hf://; s3fs/gcsfs for s3://, gs://)
+    "webdataset>=1.0",  # shard reading (tar members, pipe: URLs) for streamed image-caption data
+    "braceexpand>=0.1.7",  # shard specs such as laion/{00000..41407}.tar
+    "matplotlib>=3.7",
+    "tqdm>=4.66",
+    "pyyaml>=6",
+]
+# evaluation's class names and templates: pip install --no-deps clip-benchmark (data files only)
+EVAL = ["evaluate>=0.4", "datasets>=3", "matplotlib>=3.7", "tqdm>=4.66", "pyyaml>=6"]
+HUB = ["jinja2>=3"]
+DEMO = ["gradio>=5", "pandas", "scikit-image>=0.22"]
+ONNX = ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.20"]
+# the emoji reproduction trains and evaluates; the glyphs come from Debian's fonts-noto-color-emoji
+REPRODUCE = sorted({*TRAIN, *EVAL, "emoji>=2.10"})
+EXTRAS = {
+    "train": TRAIN,
+    "eval": EVAL,
+    "hub": HUB,
+    "demo": DEMO,
+    "onnx": ONNX,
+    "reproduce": REPRODUCE,
+}
+EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
+EXTRAS["test"] = sorted({*EXTRAS["all"], "pytest>=8", "gradio_client>=1", "playwright>=1.40"})
+
 setup(
     name="altclip",
     version="0.1.0",
@@ -33,6 +60,7 @@ setup(
             "altclip-reproduce = reproduction.run:main",
         ]
     },
+    # The base install loads and runs a model (modeling_altclip, common.images); each job adds its own extras.
     install_requires=[
         "torch>=2.4",
         "transformers>=5.24,<6",
@@ -41,36 +69,8 @@ setup(
         "tokenizers>=0.21",
         "pillow>=10",
         "numpy>=1.24",
-        "pyyaml>=6",
-        # training
-        "accelerate>=1.1",
-        "datasets>=3",  # tables as memory-mapped Arrow; fsspec (https://, hf://; s3fs/gcsfs for s3://, gs://)
-        "webdataset>=1.0",  # shard reading (tar members, pipe: URLs) for streamed image-caption data
-        "braceexpand>=0.1.7",  # shard specs such as laion/{00000..41407}.tar
-        "matplotlib>=3.7",
-        "tqdm>=4.66",
-        # evaluation (class names and templates: pip install --no-deps clip-benchmark)
-        "evaluate>=0.4",
-        # hub
-        "jinja2>=3",
-        # reproduction (emoji names in 14 languages; the glyphs come from Debian's fonts-noto-color-emoji)
-        "emoji>=2.10",
     ],
-    extras_require={
-        "demo": ["gradio>=5", "pandas", "scikit-image>=0.22"],
-        "onnx": ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.20"],
-        "test": [
-            "pytest>=8",
-            "gradio>=5",
-            "gradio_client>=1",
-            "pandas",
-            "scikit-image>=0.22",
-            "playwright>=1.40",
-            "onnx>=1.17",
-            "onnxscript>=0.2",
-            "onnxruntime>=1.20",
-        ],
-    },
+    extras_require=EXTRAS,
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

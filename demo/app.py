@@ -10,6 +10,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from common.cli_errors import fail, one_line_parser_errors
+from common.model_paths import missing_local_model
+
 from .engine import DEFAULT_TEMPLATE, MAX_GALLERY, MAX_LABELS, DemoEngine, DemoInputError
 from .examples import CAPTIONS, LABELS, SEARCHES, TEMPLATES, example_photos
 
@@ -121,6 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+    one_line_parser_errors(parser, parser.prog)
     return parser.parse_args(argv)
 
 
@@ -132,13 +136,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         model = args.model or str(require_default_model())
     except FileNotFoundError as error:
-        raise SystemExit(f"altclip-demo: {error}") from error
-    if args.model and not Path(args.model).exists() and "/" not in args.model:
-        raise SystemExit(f"altclip-demo: {args.model} is neither a folder nor a Hub id (owner/name).")
+        raise fail(f"altclip-demo: {error}") from None
+    if args.model and (missing_local_model(args.model) or (not Path(args.model).exists() and "/" not in args.model)):
+        raise fail(f"altclip-demo: --model {args.model}: no such folder (and not a Hub id like owner/name).")
     try:
         engine = DemoEngine(model)
     except (OSError, ValueError) as error:  # a folder without a model, a broken or non-finite checkpoint
-        raise SystemExit(f"altclip-demo: {str(error).splitlines()[0]}") from None
+        raise fail(f"altclip-demo: {str(error).splitlines()[0]}") from None
     build_demo(engine).launch(server_name=args.host, server_port=args.port, share=args.share)
 
 

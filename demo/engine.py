@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from common.constants import DEFAULT_MAX_TEXT_LENGTH
+from common.devices import default_device
 from common.images import ImageTooLarge, open_rgb_image
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
@@ -89,7 +90,7 @@ class DemoEngine:
 
     def __init__(self, model_name_or_path: str | Path, device: str | None = None):
         self.name = str(model_name_or_path)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else default_device()
         self.model = AltCLIPModel.from_pretrained(model_name_or_path).to(self.device).eval()
         check_finite_weights(self.model, model_name_or_path)
         if self.device.type == "cpu":

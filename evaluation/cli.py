@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from common.cli_errors import one_line_parser_errors, run_with_one_line_errors
 from common.config_files import expand_config
 from common.constants import DEFAULT_MAX_TEXT_LENGTH
+from common.model_paths import missing_local_model
 from common.results_format import markdown_table, write_results
 from modeling_altclip.assets import cache_dir
 
@@ -78,7 +80,11 @@ class EvalArguments:
     )
     device: str = field(default="auto", metadata={"help": "auto (GPU if present), cpu, cuda, cuda:1, ..."})
     dtype: str = field(
-        default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16."}
+        default="auto",
+        metadata={
+            "help": "auto (bf16/fp16 on an accelerator, fp32 on CPU), float32, float16, bfloat16.",
+            "choices": ["auto", "float32", "float16", "bfloat16"],
+        },
     )
     max_text_length: int = field(
         default=DEFAULT_MAX_TEXT_LENGTH, metadata={"help": "Token limit of prompts and captions."}
@@ -103,6 +109,9 @@ class EvalArguments:
             "default MKL path on AMD CPUs; same fp32 results within ~1e-6); false keeps nn.Linear."
         },
     )
+    show_traceback: bool = field(
+        default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
+    )
     cache_dir: str = field(
         default_factory=default_cache_dir,
         metadata={"help": "Class embeddings are kept here per model and class list; '' keeps them in memory only."},
@@ -113,9 +122,13 @@ class EvalArguments:
 
 
 def parse(task: str, argv: Sequence[str]) -> EvalArguments:
+    program = f"altclip-eval {task}"
     parser = HfArgumentParser(EvalArguments)
-    parser.prog = f"altclip-eval {task}"
-    (args,) = parser.parse_args_into_dataclasses(args=expand_config(argv))
+    parser.prog = program
+    one_line_parser_errors(parser, program)
+    args, remaining = parser.parse_args_into_dataclasses(args=expand_config(argv), return_remaining_strings=True)
+    if remaining:
+        raise SystemExit(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
     if args.dataset not in TASKS[task]:
         raise SystemExit(
             f"altclip-eval {task}: unknown --dataset {args.dataset!r}; choose from {', '.join(TASKS[task])}."
@@ -172,14 +185,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(USAGE, file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     task = argv[0]
-    args = parse(task, argv[1:])
+    show_traceback = any(flag.startswith("--show_traceback") for flag in argv) and "false" not in argv
+
+    def user_error(error: BaseException) -> str | None:
+        """Bad data, lists or files, an unloadable or non-finite model: one line (anything else is a bug)."""
+        if isinstance(error, (OSError, KeyError, ValueError)):
+            return f"altclip-eval {task}: {str(error.args[0] if error.args else error).splitlines()[0]}"
+        return None
+
+    run_with_one_line_errors(f"altclip-eval {task}", lambda: evaluate(task, argv[1:]), show_traceback, user_error)
+
+
+def evaluate(task: str, argv: list[str]) -> None:
+    """Parse and check the flags, score the model, write and print the results."""
+    args = parse(task, argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO,
         handlers=[logging.StreamHandler(sys.stdout)],
     )
 
-    def make_embedder() -> Embedder:
+    def make_embedder() -> Embedder:  # called once the data and class lists have been checked
+        if missing_local_model(args.model):
+            raise SystemExit(f"--model {args.model}: no such folder (and not a Hub id like org/name).")
         return Embedder.from_pretrained(
             args.model,
             device=args.device,
@@ -192,10 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             onednn_linear=args.onednn_linear,
         )
 
-    try:
-        results = (run_zero_shot if task == "zeroshot" else run_retrieval)(args, make_embedder)
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        raise SystemExit(f"altclip-eval {task}: {error.args[0] if error.args else error}") from error
+    results = (run_zero_shot if task == "zeroshot" else run_retrieval)(args, make_embedder)
     paths = write_results(results, args.output_dir, args.model)
     print(markdown_table(results))
     print("Wrote " + ", ".join(str(path) for path in paths.values()))

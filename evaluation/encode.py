@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from common.constants import DEFAULT_MAX_TEXT_LENGTH
+from common.devices import default_device, default_half_dtype
 from common.images import open_rgb_image
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
@@ -26,14 +27,17 @@ from .fast_paths import projected_image_features, supports_cls_only
 logger = logging.getLogger(__name__)
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def resolve_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """``auto``: the GPU if there is one, in bf16 where supported (else fp16); the CPU in fp32."""
-    chosen = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    """``auto``: the accelerator if there is one, in bf16 where supported (else fp16); the CPU in fp32."""
+    chosen = default_device() if device == "auto" else torch.device(device)
     if dtype == "auto":
-        if chosen.type != "cuda":
-            return chosen, torch.float32
-        return chosen, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return chosen, {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+        return chosen, default_half_dtype(chosen)
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown --dtype {dtype!r}; choose auto, {', '.join(DTYPES)}.")
+    return chosen, DTYPES[dtype]
 
 
 def model_input_side(image_processor) -> int | None:

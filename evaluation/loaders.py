@@ -6,6 +6,7 @@ caption describes. A missing file or folder is a `FileNotFoundError` that names 
 
 import base64
 import json
+import logging
 import pickle
 import re
 from collections.abc import Callable
@@ -20,6 +21,9 @@ from common.records import Skipped, iter_records
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 WORDNET_ID = re.compile(r"^n\d{8}$")
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +45,7 @@ class RetrievalSet:
     images: list[Any]
     captions: list[str]
     caption_image: list[int]
+    skipped_rows: int = 0  # table rows left out as unusable (counted in the results)
 
 
 def _require(path: Path, layout: str) -> Path:
@@ -54,6 +59,19 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 IMAGE_FOLDER_LAYOUT = "ROOT/<class>/<image>.jpg, one folder per class (optional ROOT/classnames.json: {lang: [names]})"
+
+
+def read_classnames(path: Path) -> dict[str, list[str]]:
+    """``{language: [names]}`` from a classnames.json, or a ValueError naming the file and what is wrong."""
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); it should map languages to lists of names.") from None
+    if not isinstance(names, dict) or not all(
+        isinstance(value, list) and all(isinstance(name, str) for name in value) for value in names.values()
+    ):
+        raise ValueError(f'{path} should map languages to lists of names, e.g. {{"en": ["cat", "dog"]}}.')
+    return names
 
 
 def load_image_folder(root: str | Path) -> ClassificationSet:
@@ -72,7 +90,7 @@ def load_image_folder(root: str | Path) -> ClassificationSet:
         labels += [label] * len(files)
     by_language = {}
     if (root / "classnames.json").is_file():
-        by_language = json.loads((root / "classnames.json").read_text(encoding="utf-8"))
+        by_language = read_classnames(root / "classnames.json")
         for language, names in by_language.items():
             if len(names) != len(classes):
                 raise ValueError(
@@ -232,9 +250,10 @@ def load_caption_table(path: str | Path, language: str | None = None) -> Retriev
     path = Path(path)
     table = path / "captions.jsonl" if path.is_dir() else path
     _require(table, CAPTIONS_LAYOUT)
-    images, index_of, captions, caption_image = [], {}, [], []
+    images, index_of, captions, caption_image, skipped = [], {}, [], [], []
     for row in iter_records(table, ("image", "caption")):
         if isinstance(row, Skipped):
+            skipped.append(row)
             continue
         if language is not None and row.fields.get("language", language) != language:
             continue
@@ -246,7 +265,11 @@ def load_caption_table(path: str | Path, language: str | None = None) -> Retriev
         caption_image.append(index_of[image])
     if not captions:
         raise ValueError(f"{table} has no caption" + (f" in language {language!r}." if language else "."))
-    return RetrievalSet(table.stem, images, captions, caption_image)
+    for row in skipped[:3]:
+        logger.warning("Leaving out %s: %s", row.where, row.reason)
+    if skipped:
+        logger.warning("%d unusable row(s) of %s left out", len(skipped), table)
+    return RetrievalSet(table.stem, images, captions, caption_image, len(skipped))
 
 
 CLASSIFICATION_LOADERS: dict[str, Callable[..., ClassificationSet]] = {

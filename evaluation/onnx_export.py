@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.cli_errors import fail, one_line_parser_errors
 from common.constants import DEFAULT_MAX_TEXT_LENGTH
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
@@ -262,12 +263,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = HfArgumentParser(ExportArguments)
     parser.prog = "altclip-export-onnx"
+    one_line_parser_errors(parser, parser.prog)
     (args,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         report = export_onnx(args.model, args.output_dir, args.opset, args.check, args.tolerance)
     except (ImportError, OSError, ParityError, ValueError) as error:
-        raise SystemExit(f"altclip-export-onnx: {error}") from error
+        raise fail(f"altclip-export-onnx: {str(error).splitlines()[0]}") from None
     for name in ("image_encoder", "text_encoder"):
         if name in report:
             print(f"{name}: max |diff| {report[name]['max_abs_diff']:.2e}, min cosine {report[name]['min_cosine']:.6f}")

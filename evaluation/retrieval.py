@@ -68,6 +68,7 @@ def evaluate_retrieval(
         "num_images": len(kept),
         "num_captions": len(captions),
         "skipped_images": len(failures),
+        "skipped_rows": dataset.skipped_rows,
         "metrics": retrieval_scores(image_embeddings, text_embeddings, [image for _, image in captions]),
     }
     logger.info("%s %s: %s", dataset.name, language, result["metrics"])

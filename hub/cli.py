@@ -11,6 +11,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from common.cli_errors import fail, one_line_parser_errors
+
 from .model_card import CardOptions
 from .space import prepare_space_folder
 from .staging import PushRefused, prepare_upload_folder
@@ -97,6 +99,7 @@ def stage_and_upload(args: argparse.Namespace, prepare, repo_id: str, **upload_k
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, space: bool) -> None:
+    one_line_parser_errors(parser, parser.prog)
     args = parser.parse_args(argv)
     try:
         if space:
@@ -120,7 +123,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, space: bool
                 args, lambda folder: prepare_upload_folder(args.model_dir, folder, args.repo_id, options), args.repo_id
             )
     except (PushRefused, PermissionError, FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"{parser.prog}: {error}") from error
+        raise fail(f"{parser.prog}: {str(error).splitlines()[0]}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

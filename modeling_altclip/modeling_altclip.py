@@ -7,6 +7,7 @@ Weight names match the released BAAI checkpoints, so those load directly (see `f
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -134,14 +135,28 @@ class StrictReleasedLoadingMixin:
         return_info = kwargs.pop("output_loading_info", False)
         allow_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         # Let transformers finish loading so that every problem is collected, then raise one error naming them all.
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path,
-            *model_args,
-            key_mapping=key_mapping,
-            output_loading_info=True,
-            ignore_mismatched_sizes=True,
-            **kwargs,
-        )
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                key_mapping=key_mapping,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **kwargs,
+            )
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":  # safetensors' own error does not name the file
+                raise
+            files = (
+                sorted(Path(pretrained_model_name_or_path).glob("*.safetensors"))
+                if pretrained_model_name_or_path
+                else []
+            )
+            where = ", ".join(str(path) for path in files) or str(pretrained_model_name_or_path)
+            raise OSError(
+                f"{where}: the weights cannot be read ({error}); the file is truncated or corrupt, download or save "
+                "it again."
+            ) from error
         problems = {
             "missing_keys": sorted(info.get("missing_keys") or ()),
             "unexpected_keys": sorted(info.get("unexpected_keys") or ()),

@@ -31,6 +31,16 @@ def clean_name(name: str) -> str:
     return name.strip(":").replace("_", " ").strip()
 
 
+def normalised(name: str) -> str:
+    """A name compared for held-out-ness: case-folded, runs of white space as one space."""
+    return " ".join(name.casefold().split())
+
+
+def names_of(items: list[Emoji]) -> set[str]:
+    """Every normalised name of `items`, in every language."""
+    return {normalised(name) for item in items for name in item.names.values()}
+
+
 def collect_emoji(languages: tuple[str, ...] = LANGUAGES) -> list[Emoji]:
     """The single-character, fully qualified emoji that have a name in every language, in code-point order."""
     import emoji
@@ -98,6 +108,8 @@ def write_emoji_dataset(
     - ``train_captions.jsonl`` {image, caption, language}: train emoji in all languages (stage 2);
     - ``test/<slug>/<slug>.png`` + ``test/classnames.json`` {language: names}: zero-shot classification;
     - ``test_captions.jsonl`` {image, caption, language}: retrieval on the test emoji.
+
+    No held-out name (normalised, any language) is in a training file: a training emoji sharing one is dropped.
     """
     folder = Path(folder)
     for sub in ("glyphs", "images", "test"):
@@ -112,6 +124,11 @@ def write_emoji_dataset(
     items = items[:limit] if limit else items
     test_count = max(2, round(len(items) * test_fraction))
     test, train = sorted(items[:test_count], key=lambda e: e.slug), sorted(items[test_count:], key=lambda e: e.slug)
+    # A training emoji that shares a name (in any language) with a held-out one would put that name into training:
+    # it is dropped from training (its image is not in the test set either).
+    held_out = names_of(test)
+    shared = [item for item in train if names_of([item]) & held_out]
+    train = [item for item in train if item not in shared]
     for item in items:
         place(glyphs[item.char][1], image_size).save(folder / "images" / f"{item.slug}.png")
     for item in train:
@@ -156,5 +173,6 @@ def write_emoji_dataset(
     }
     paths["test_folder"] = folder / "test"
     paths["counts"] = folder / "counts.json"
-    paths["counts"].write_text(json.dumps({"train_emoji": len(train), "test_emoji": len(test)}), encoding="utf-8")
+    counts = {"train_emoji": len(train), "test_emoji": len(test), "train_emoji_dropped_for_shared_names": len(shared)}
+    paths["counts"].write_text(json.dumps(counts), encoding="utf-8")
     return paths

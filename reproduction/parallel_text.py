@@ -8,12 +8,19 @@ from pathlib import Path
 from common.records import write_jsonl
 from evaluation.prompts import BABEL_FILE, NLLB_FILE, babel_code, prompts_dir, read_published_json
 
+from .emoji_data import normalised
+
 
 def imagenet_parallel_rows(
-    languages: list[str], sentences_per_class: int = 1, seed: int = 0, folder: Path | None = None
+    languages: list[str],
+    sentences_per_class: int = 1,
+    seed: int = 0,
+    folder: Path | None = None,
+    held_out: set[str] = frozenset(),
 ) -> list[dict]:
     """{english, translation, language} rows: each Babel class name with its English name, plus
-    `sentences_per_class` prompt sentences per class built from the same template in both languages."""
+    `sentences_per_class` prompt sentences per class built from the same template in both languages. A class whose
+    English or translated name is in `held_out` (normalised names) gives no row at all, nor do its sentences."""
     folder = prompts_dir(folder)
     english_names = read_published_json(folder / "en_classnames.json")["imagenet1k"]
     babel = read_published_json(folder / BABEL_FILE)
@@ -26,6 +33,8 @@ def imagenet_parallel_rows(
         labels, names = babel[code]
         english_templates, translated_templates = templates.get("EN", []), templates.get(code, [])
         for label, name in zip(labels, names):
+            if {normalised(english_names[label]), normalised(name)} & held_out:
+                continue
             rows.append({"english": english_names[label], "translation": name, "language": language})
             for _ in range(sentences_per_class if translated_templates else 0):
                 index = rng.randrange(min(len(english_templates), len(translated_templates)))
@@ -40,6 +49,10 @@ def imagenet_parallel_rows(
 
 
 def write_imagenet_parallel(
-    path: str | Path, languages: list[str], sentences_per_class: int = 1, seed: int = 0
+    path: str | Path,
+    languages: list[str],
+    sentences_per_class: int = 1,
+    seed: int = 0,
+    held_out: set[str] = frozenset(),
 ) -> Path:
-    return write_jsonl(path, imagenet_parallel_rows(languages, sentences_per_class, seed))
+    return write_jsonl(path, imagenet_parallel_rows(languages, sentences_per_class, seed, held_out=held_out))

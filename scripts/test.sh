@@ -14,4 +14,7 @@ if ! command -v chromium >/dev/null || [ ! -f /usr/share/fonts/truetype/noto/Not
     $SUDO apt-get install -y -q chromium fonts-noto-cjk fonts-noto-color-emoji >/dev/null \
         || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium fonts-noto-cjk fonts-noto-color-emoji >/dev/null; }
 fi
+python -m pip install -q ruff
+ruff check .
+ruff format --check .
 python -m pytest tests

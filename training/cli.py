@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from common.cli_errors import one_line_parser_errors, run_with_one_line_errors
 from common.config_files import expand_config
+from common.model_paths import missing_local_model
 from common.records import DataFormatError
 from modeling_altclip.assets import XLMR_MAX_LENGTH
 
@@ -492,21 +493,8 @@ def check_model_paths(model_args: ModelArguments) -> None:
         "tokenizer_name_or_path",
     ):
         name = getattr(model_args, flag)
-        if name and looks_local(name) and not Path(name).exists():
+        if missing_local_model(name):
             raise SystemExit(f"altclip-train: --{flag} {name}: no such folder (and not a Hub id like org/name).")
-
-
-def looks_local(name: str) -> bool:
-    """A path rather than a Hub id: absolute, relative with ./ ../ ~, more than one slash, or whose first part is an
-    existing local folder (outputs/run)."""
-    path = Path(name).expanduser()
-    return (
-        path.is_absolute()
-        or name.startswith((".", "~"))
-        or name.count("/") > 1
-        or "\\" in name
-        or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())
-    )
 
 
 if __name__ == "__main__":

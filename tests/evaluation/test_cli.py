@@ -229,8 +229,33 @@ def test_errors_name_the_problem_before_loading_the_model(tmp_path, capsys, task
                 *flags,
             ]
         )
-    assert message in str(exit_info.value.code)
+    assert message in str(exit_info.value) and exit_info.value.code == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert printed[-1] == str(exit_info.value) and "Traceback" not in "".join(printed)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dtype", "float8"], "invalid choice: 'float8'"),
+        (["--bogus", "1"], "unknown flag(s) --bogus 1"),
+        (["--batch_size", "many"], "invalid int value: 'many'"),
+    ],
+)
+def test_flag_errors_are_one_line(tmp_path, capsys, tiny_model_dir, flags, message):
+    data = write_image_folder(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "out", *flags)
+    assert message in str(exit_info.value) and exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == str(exit_info.value)
+
+
+def test_a_mistyped_local_model_is_named_at_once(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data")
+    with pytest.raises(SystemExit, match=r"--model ./outputs/my-rn: no such folder") as exit_info:
+        run_eval("zeroshot", "./outputs/my-rn", "image_folder", data, tmp_path / "out")
+    assert exit_info.value.code == 2
 
 
 def test_quantised_run_and_a_wrong_quantisation(tmp_path, tiny_model_dir):
@@ -317,3 +342,25 @@ def test_a_text_length_beyond_the_positions_is_refused(tmp_path, tiny_model_dir)
     data = write_image_folder(tmp_path / "data")
     with pytest.raises(SystemExit, match=r"--max_text_length 600 is outside 1..512"):
         run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "out", "--max_text_length", 600)
+
+
+def test_broken_caption_rows_are_counted_not_silently_dropped(tmp_path, tiny_model_dir, caplog):
+    data = write_caption_table(tmp_path / "table")
+    table = data / "captions.jsonl"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([lines[0], '{"image": "images/0.png", "caption": ', *lines[1:], "not json"]) + "\n")
+    (result,) = run_eval("retrieval", tiny_model_dir, "captions", data, tmp_path / "out")
+    assert result["skipped_rows"] == 2
+    assert f"{table}:2" in caplog.text and "2 unusable row(s)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{not json", "is not valid JSON"), ('["cat", "dog"]', "should map languages to lists of names")],
+)
+def test_an_invalid_classnames_file_is_named(tmp_path, capsys, tiny_model_dir, content, message):
+    data = write_image_folder(tmp_path / "data")
+    (data / "classnames.json").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "out")
+    assert f"{data / 'classnames.json'} " in str(exit_info.value) and message in str(exit_info.value)

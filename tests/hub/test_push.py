@@ -132,7 +132,7 @@ def test_broken_checkpoints_are_refused(tmp_path, training_output):
     with pytest.raises(SystemExit, match=rf"NaN or infinite weights in {embedding} \({10 * broken.shape[1]:,} of"):
         push(training_output, "someone/x", "--dry-run", tmp_path / "a")
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
-    with pytest.raises(SystemExit, match="does not load"):
+    with pytest.raises(SystemExit, match=rf"does not load: OSError: {weights}: the weights cannot be read"):
         push(training_output, "someone/x", "--dry-run", tmp_path / "b")
     with pytest.raises(SystemExit, match="has no config.json"):
         push(tmp_path, "someone/x", "--dry-run", tmp_path / "c")

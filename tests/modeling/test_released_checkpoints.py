@@ -204,3 +204,13 @@ def test_real_xlmr_tokenizer_ids(xlmr_tokenizer):
     assert len(xlmr_tokenizer) == 250002
     assert xlmr_tokenizer("a photo of a cat")["input_ids"] == [0, 10, 16186, 111, 10, 7515, 2]
     assert xlmr_tokenizer.model_max_length == 512
+
+
+def test_a_truncated_weights_file_is_named(tmp_path, reference_dir):
+    import shutil
+
+    shutil.copytree(reference_dir, tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(OSError, match=rf"{weights}: the weights cannot be read .*truncated or corrupt"):
+        AltCLIPModel.from_pretrained(tmp_path / "model")

@@ -8,9 +8,9 @@ import pytest
 from demo.engine import DemoEngine
 from demo.examples import example_photos
 from modeling_altclip.assets import require_default_model
-from reproduction.emoji_data import LANGUAGES, collect_emoji, render_glyph
+from reproduction.emoji_data import LANGUAGES, collect_emoji, normalised, render_glyph
 from reproduction.parallel_text import imagenet_parallel_rows
-from reproduction.run import PRESETS, reproduce
+from reproduction.run import PRESETS, reproduce, write_training_data
 
 
 def test_emoji_have_names_in_every_language_and_glyphs():
@@ -66,3 +66,26 @@ def test_reduced_reproduction_end_to_end(tmp_path, monkeypatch):
     assert set(probabilities) == {"Katze", "Rakete"}
     with pytest.raises(SystemExit, match="is not empty"):
         reproduce(run, PRESETS["tiny"])
+
+
+def test_no_held_out_name_reaches_any_training_stage_at_the_full_preset(tmp_path):
+    """Every file a stage trains on (the teacher CLIP's captions, both stage-1 tables, the stage-2 captions), at
+    the full preset's data step: no field equals a held-out emoji's name in any language (case and space
+    normalised), also where a training emoji shared that name (it is dropped) and in the ImageNet parallel text."""
+    data, parallel = write_training_data(tmp_path / "data", PRESETS["full"])
+    test_names = json.loads((data["test_folder"] / "classnames.json").read_text(encoding="utf-8"))
+    held_out = {normalised(name) for names in test_names.values() for name in names}
+    counts = json.loads(data["counts"].read_text())
+    assert counts["test_emoji"] == len(test_names["en"]) > 150 and counts["train_emoji"] > 1000
+    assert counts["train_emoji_dropped_for_shared_names"] > 0  # names like "lion" shared by two emoji
+    training_inputs = {
+        data["teacher_train"]: ("caption",),
+        data["parallel_emoji"]: ("english", "translation"),
+        data["train_captions"]: ("caption",),
+        parallel: ("english", "translation"),
+    }
+    for path, fields in training_inputs.items():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        assert rows, path
+        leaked = {row[field] for row in rows for field in fields if normalised(row[field]) in held_out}
+        assert not leaked, (path.name, sorted(leaked)[:10])
