@@ -59,15 +59,21 @@ def reference_config(shape: str) -> transformers.AltCLIPConfig:
             pad_token_id=1,
             layer_norm_eps=1e-5,
         ),
-        vision_config=dict(
-            hidden_size=s["vision_width"],
-            num_hidden_layers=s["vision_layers"],
-            num_attention_heads=s["vision_heads"],
-            intermediate_size=4 * s["vision_width"],
-            image_size=224,
-            patch_size=s["patch"],
-        ),
+        vision_config=vision_config(shape),
         projection_dim=s["projection_dim"],
+    )
+
+
+def vision_config(shape: str) -> dict:
+    """The ViT of `shape` at 224 px (CLIP's and AltCLIP's vision config share these fields)."""
+    s = SHAPES[shape]
+    return dict(
+        hidden_size=s["vision_width"],
+        num_hidden_layers=s["vision_layers"],
+        num_attention_heads=s["vision_heads"],
+        intermediate_size=4 * s["vision_width"],
+        image_size=224,
+        patch_size=s["patch"],
     )
 
 

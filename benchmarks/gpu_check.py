@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 import transformers  # noqa: E402
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel  # noqa: E402
 
-from benchmarks.common import SHAPES, reference_config  # noqa: E402
+from benchmarks.common import SHAPES, reference_config, vision_config  # noqa: E402
+from common.constants import CLIP_CONTEXT_LENGTH  # noqa: E402
 from common.files import replace_atomically  # noqa: E402
 from common.plots import plt  # noqa: E402
 from modeling_altclip import AltCLIPModel  # noqa: E402
@@ -139,19 +140,12 @@ def write_models(shape: str, folder: Path) -> dict[str, Path]:
             num_hidden_layers=teacher["layers"],
             num_attention_heads=teacher["heads"],
             intermediate_size=4 * teacher["width"],
-            max_position_embeddings=77,
+            max_position_embeddings=CLIP_CONTEXT_LENGTH,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         ),
-        vision_config=dict(
-            hidden_size=s["vision_width"],
-            num_hidden_layers=s["vision_layers"],
-            num_attention_heads=s["vision_heads"],
-            intermediate_size=4 * s["vision_width"],
-            image_size=224,
-            patch_size=s["patch"],
-        ),
+        vision_config=vision_config(shape),
         projection_dim=s["projection_dim"],
     )
     clip = folder / "clip"

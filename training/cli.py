@@ -469,12 +469,12 @@ def train(stage: str, argv: list[str]) -> None:
     check_stage_flags(stage, run.stage, run.training, train_sources)
     check_zeroshot_arguments(run.zeroshot)
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
+    if checkpoint is not None:
+        check_resumed_plan(checkpoint, run.data, run.training)
     inputs = [run.model.model_name_or_path, run.model.clip_model_name_or_path, run.model.text_encoder_name_or_path]
     check_output_folder(run.training.output_dir, inputs, run.output.overwrite_output_dir)
     check_model_arguments(run.model, needs_teacher=stage == "teacher")
     check_model_paths(run.model)
-    if checkpoint is not None:
-        check_resumed_plan(checkpoint, run.data, run.training)
     run.training.resume_from_checkpoint = checkpoint
     transformers.set_seed(run.training.seed)  # the fresh `transformation` layer is drawn before the Trainer exists
     runner = run_teacher_learning if stage == "teacher" else run_contrastive

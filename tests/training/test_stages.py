@@ -70,7 +70,7 @@ def test_cosine_distillation(tmp_path, toy):
 
 def test_teacher_wider_than_the_students_project_dim_is_refused(tmp_path, toy, teacher_model_dir):
     wide_clip = write_tiny_clip(tmp_path / "wide_clip", text_width=40)
-    with pytest.raises(ValueError, match=r"text width 40, but the student's transformation maps to project_dim=32"):
+    with pytest.raises(SystemExit, match=r"text width 40, but the student's transformation maps to project_dim=32"):
         run_stage(
             "teacher",
             tmp_path / "out",
