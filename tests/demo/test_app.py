@@ -113,5 +113,5 @@ def test_command_without_a_default_model_says_how_to_get_one(tmp_path, monkeypat
     monkeypatch.setenv("ALTCLIP_DEFAULT_MODEL", str(tmp_path / "none"))
     with pytest.raises(SystemExit, match="No default AltCLIP model at .*none. Build it offline"):
         main([])
-    with pytest.raises(SystemExit, match="--model not-a-model: no such folder \(and not a Hub id"):
+    with pytest.raises(SystemExit, match=r"--model not-a-model: no such folder \(and not a Hub id"):
         main(["--model", "not-a-model"])
