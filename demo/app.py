@@ -13,8 +13,8 @@ import pandas as pd
 from common.cli_errors import fail, one_line_parser_errors
 from common.model_paths import missing_local_model
 
-from .engine import DEFAULT_TEMPLATE, MAX_GALLERY, MAX_LABELS, DemoEngine, DemoInputError
-from .examples import CAPTIONS, LABELS, SEARCHES, TEMPLATES, example_photos
+from .engine import MAX_GALLERY, MAX_LABELS, DemoEngine, DemoInputError
+from .examples import CAPTIONS, SEARCHES, classification_examples, example_photos
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def probability_chart(probabilities: dict[str, float]) -> pd.DataFrame:
 
 def build_demo(engine: DemoEngine) -> gr.Blocks:
     photos = example_photos()
+    examples = classification_examples(engine.name)
 
     @shown_to_user
     def classify(image, labels, template):
@@ -75,16 +76,16 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
                     image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"])
                     labels = gr.Textbox(
                         label=f"Labels (comma or newline separated, at most {MAX_LABELS})",
-                        value=LABELS["English"],
+                        value=examples[0][1],
                         lines=2,
                     )
-                    template = gr.Textbox(label="Prompt template ({} is the label)", value=DEFAULT_TEMPLATE)
+                    template = gr.Textbox(label="Prompt template ({} is the label)", value=examples[0][2])
                     classify_button = gr.Button("Classify", variant="primary")
                 with gr.Column():
                     label_output = gr.Label(label="Probabilities", num_top_classes=10)
                     chart = gr.BarPlot(x="label", y="probability", label="Probabilities", y_lim=[0, 1], sort="-y")
             gr.Examples(
-                [[photo, LABELS[language], TEMPLATES[language]] for photo, language in zip(photos, LABELS)],
+                examples,
                 inputs=[image, labels, template],
                 label="Examples (labels in several languages)",
             )

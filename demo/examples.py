@@ -1,5 +1,8 @@
-"""The demo's bundled examples: scikit-image's photos (shipped inside its wheel) and labels in several languages."""
+"""The demo's examples: the model's own (a ``demo_examples/`` folder beside its weights, e.g. held-out emoji for the
+emoji-trained default model) first, then scikit-image's photos (shipped inside its wheel), labels in several
+languages."""
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -53,3 +56,21 @@ def example_folder() -> Path:
 def example_photos() -> list[str]:
     folder = example_folder()
     return [str(folder / name) for name in PHOTOS]
+
+
+MODEL_EXAMPLES_FOLDER = "demo_examples"  # inside a model folder: examples.json + the images it names
+MODEL_EXAMPLES_FILE = "examples.json"  # {"images": [file, ...], "labels": {language: "a, b"}, "template": "{}"}
+
+
+def classification_examples(model_name_or_path: str | Path) -> list[list[str]]:
+    """[image, labels, template] rows: the model's own examples (one language per image) first, then the photos
+    with LABELS in each language."""
+    rows = []
+    folder = Path(model_name_or_path) / MODEL_EXAMPLES_FOLDER
+    if (folder / MODEL_EXAMPLES_FILE).is_file():
+        own = json.loads((folder / MODEL_EXAMPLES_FILE).read_text(encoding="utf-8"))
+        for image, language in zip(own["images"], own["labels"]):
+            rows.append([str(folder / image), own["labels"][language], own.get("template", "{}")])
+    photos = example_photos()
+    rows += [[photo, LABELS[language], TEMPLATES[language]] for photo, language in zip(photos, LABELS)]
+    return rows

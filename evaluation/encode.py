@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from common.constants import DEFAULT_MAX_TEXT_LENGTH
 from common.devices import default_device, default_half_dtype
 from common.images import open_rgb_image
+from common.records import Skipped
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
 
@@ -54,19 +55,20 @@ class _PreprocessedImages(Dataset):
     def __len__(self) -> int:
         return len(self.sources)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | Skipped]:
+        """(index, pixel_values), or (index, `Skipped`) for an image that cannot be read."""
         source = self.sources[index]
         try:
             image = open_rgb_image(source.read() if hasattr(source, "read") else source, self.min_side)
         except Exception as error:  # any decoding failure: the image is left out and counted
-            return index, None, f"{source}: {type(error).__name__}: {error}"
-        return index, self.image_processor(images=image, return_tensors="pt")["pixel_values"][0], None
+            return index, Skipped(str(source), f"{type(error).__name__}: {error}")
+        return index, self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
-def _collate(rows):
-    kept = [row for row in rows if row[1] is not None]
+def _collate(rows) -> tuple[list[int], torch.Tensor | None, list[Skipped]]:
+    kept = [row for row in rows if not isinstance(row[1], Skipped)]
     pixels = torch.stack([row[1] for row in kept]) if kept else None
-    return [row[0] for row in kept], pixels, [row[2] for row in rows if row[1] is None]
+    return [row[0] for row in kept], pixels, [row[1] for row in rows if isinstance(row[1], Skipped)]
 
 
 def require_finite(embeddings: torch.Tensor, description: str) -> torch.Tensor:
@@ -133,8 +135,10 @@ class Embedder:
         return cls(model, AltCLIPProcessor.from_pretrained(name_or_path), **kwargs)
 
     @torch.no_grad()
-    def images(self, sources: Sequence[Any], description: str = "images") -> tuple[torch.Tensor, list[int], list[str]]:
-        """(embeddings of the readable images, their indices in `sources`, reasons for the unreadable ones)."""
+    def images(
+        self, sources: Sequence[Any], description: str = "images"
+    ) -> tuple[torch.Tensor, list[int], list[Skipped]]:
+        """(embeddings of the readable images, their indices in `sources`, the unreadable ones as `Skipped`)."""
         loader = DataLoader(
             _PreprocessedImages(sources, self.processor.image_processor, self.reduced_decoding),
             batch_size=self.batch_size,
@@ -149,10 +153,11 @@ class Embedder:
             features = self.image_features(pixels.to(self.device, self.dtype))
             embeddings.append(F.normalize(features.float(), dim=-1).cpu())
             kept += indices
-        for problem in failures[:5]:
-            logger.warning("Leaving out unreadable image %s", problem)
+        for skipped in failures[:5]:
+            logger.warning("Leaving out unreadable image %s (%s)", skipped.where, skipped.reason)
         if not embeddings:
-            raise ValueError(f"None of the {len(sources)} {description} could be read, e.g. {failures[:1]}.")
+            example = f"{failures[0].where}: {failures[0].reason}" if failures else "none"
+            raise ValueError(f"None of the {len(sources)} {description} could be read, e.g. {example}.")
         return require_finite(torch.cat(embeddings), description), kept, failures
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -176,7 +176,12 @@ class StrictReleasedLoadingMixin:
             raise CheckpointMismatchError(
                 f"The checkpoint at {pretrained_model_name_or_path} does not fit {cls.__name__} ({details})."
             )
-        # Save under this module's own weight names, whatever spelling the checkpoint used.
+        # Save under this module's own weight names, whatever spelling the checkpoint used. transformers 5's public
+        # alternative, `conversion_mapping.register_checkpoint_conversion_mapping`, is not used: it reaches custom
+        # code only when registered at import of the remote module, and it reverses the renaming on save, so a
+        # model would be written in the spelling of whatever checkpoint it came from (`layer.N` or `layers.N`).
+        # `key_mapping`, the public from_pretrained argument, does the renaming; clearing the recorded conversions
+        # keeps every checkpoint this package (and the Trainer) writes in one spelling, this module's own.
         model._weight_conversions = None
         return (model, info) if return_info else model
 

@@ -29,6 +29,7 @@ from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTra
 
 import training.cli
 from common.results_format import write_results
+from demo.examples import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
 from evaluation.encode import Embedder
 from evaluation.loaders import load_caption_table, load_image_folder
 from evaluation.prompts import custom_prompts
@@ -157,14 +158,42 @@ def evaluate_on_held_out(embedder: Embedder, data_dir: Path, output_dir: Path, n
     return results
 
 
-def cache_default_model(student_dir: Path, target: Path | None = None) -> Path:
-    """Copies the student's model files to the default-model folder, replacing it only once the copy is whole."""
+DEMO_LANGUAGES = {"English": "en", "Deutsch": "de", "Français": "fr", "Español": "es", "中文": "zh", "日本語": "ja"}
+
+
+def write_demo_examples(test_folder: Path, target: Path) -> None:
+    """The demo's first examples for this model: six held-out emoji, each with the six names in one language (the
+    model has only seen emoji, so photos would show it guessing)."""
+    names = json.loads((test_folder / "classnames.json").read_text(encoding="utf-8"))
+    order = sorted(path.name for path in test_folder.iterdir() if path.is_dir())  # classnames.json's order
+
+    def usable(slug: str) -> bool:  # the demo splits labels on commas and new lines
+        return not any(set(",\n") & set(names[code][order.index(slug)]) for code in DEMO_LANGUAGES.values())
+
+    slugs = [slug for slug in order if usable(slug)][: len(DEMO_LANGUAGES)]
+    folder = target / MODEL_EXAMPLES_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for slug in slugs:
+        shutil.copy2(test_folder / slug / f"{slug}.png", folder / f"{slug}.png")
+    labels = {
+        language: ", ".join(names[code][order.index(slug)] for slug in slugs)
+        for language, code in DEMO_LANGUAGES.items()
+    }
+    examples = {"images": [f"{slug}.png" for slug in slugs], "labels": labels, "template": "{}"}
+    (folder / MODEL_EXAMPLES_FILE).write_text(json.dumps(examples, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def cache_default_model(student_dir: Path, target: Path | None = None, test_folder: Path | None = None) -> Path:
+    """Copies the student's model files (and, with `test_folder`, demo examples of held-out emoji) to the
+    default-model folder, replacing it only once the copy is whole."""
     target = target or default_model_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".default_model.", dir=target.parent))
     for name in MODEL_FILES:
         if (student_dir / name).is_file():
             shutil.copy2(student_dir / name, staging / name)
+    if test_folder is not None:
+        write_demo_examples(test_folder, staging)
     if target.exists():
         old = target.with_name(f".{target.name}.old.{os.getpid()}")
         target.rename(old)
@@ -257,7 +286,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
     timings["total"] = round(time.time() - started, 1)
     report = write_report(evaluations, output_dir, {"preset": asdict(preset), "timings_s": timings, **counts})
     if cache_default:
-        report["default_model"] = str(cache_default_model(stage2))
+        report["default_model"] = str(cache_default_model(stage2, test_folder=data["test_folder"]))
         logger.info("Cached the student as the default model in %s", report["default_model"])
     return report
 

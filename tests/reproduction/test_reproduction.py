@@ -2,11 +2,12 @@
 report, default model), the test emoji stay out of training, and the cached student serves the demo by default."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from demo.engine import DemoEngine
-from demo.examples import example_photos
+from demo.examples import classification_examples, example_photos
 from modeling_altclip.assets import require_default_model
 from reproduction.emoji_data import LANGUAGES, collect_emoji, normalised, render_glyph
 from reproduction.parallel_text import imagenet_parallel_rows
@@ -62,6 +63,12 @@ def test_reduced_reproduction_end_to_end(tmp_path, monkeypatch):
 
     default = require_default_model()
     assert default == tmp_path / "cache" / "default_model" and (default / "model.safetensors").is_file()
+    # the demo's first examples for this model: held-out emoji, labelled in six languages
+    first = classification_examples(default)[0]
+    held_out_slugs = {p.name for p in (run / "data" / "test").iterdir() if p.is_dir()}
+    assert Path(first[0]).stem in held_out_slugs and first[2] == "{}"
+    english = json.loads((run / "data" / "test" / "classnames.json").read_text())["en"]
+    assert set(first[1].split(", ")) <= set(english)
     probabilities = DemoEngine(default, device="cpu").classify(example_photos()[1], "Katze, Rakete", "{}")
     assert set(probabilities) == {"Katze", "Rakete"}
     with pytest.raises(SystemExit, match="is not empty"):
