@@ -28,6 +28,7 @@ from pathlib import Path
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 import training.cli
+from common.cli_errors import one_line_parser_errors, run_with_one_line_errors
 from common.results_format import write_results
 from demo.examples import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
 from evaluation.encode import Embedder
@@ -301,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="do not install the student as the package's default model",
     )
+    one_line_parser_errors(parser, parser.prog)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -308,7 +310,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     logging.getLogger("reproduction").setLevel(logging.INFO)
-    report = reproduce(args.output_dir, PRESETS[args.preset], cache_default=not args.no_cache_default)
+    outcome = {}
+
+    def run() -> None:
+        outcome["report"] = reproduce(args.output_dir, PRESETS[args.preset], cache_default=not args.no_cache_default)
+
+    run_with_one_line_errors("altclip-reproduce", run)
+    report = outcome["report"]
     print(report["table"])
     print(
         f"Report: {args.output_dir}/results.md, results.png, results.json; default model: "
