@@ -17,6 +17,11 @@ FINAL_FILES = (
     "preprocessor_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "configuration_altclip.py",
+    "modeling_altclip.py",
+    "processing_altclip.py",
     "training_summary.json",
     "loss_curve.png",
 )

@@ -81,9 +81,9 @@ def test_training_evaluation_and_demo_see_the_same_upright_white_composited_pixe
     expected_image = CASES[name](path)
     expected = image_processor(images=expected_image, return_tensors="pt")["pixel_values"][0]
     training = PairDecoder(image_processor)(str(path), str(path), "a caption")["pixel_values"]
-    index, evaluation, problem = _PreprocessedImages([path], image_processor)[0]
+    index, evaluation = _PreprocessedImages([path], image_processor)[0]
     demo = image_processor(images=as_rgb_image(path), return_tensors="pt")["pixel_values"][0]
-    assert problem is None
+    assert index == 0 and isinstance(evaluation, torch.Tensor)
     torch.testing.assert_close(training, expected, rtol=0, atol=0)
     torch.testing.assert_close(evaluation, expected, rtol=0, atol=0)
     torch.testing.assert_close(demo, expected, rtol=0, atol=0)
