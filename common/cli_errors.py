@@ -23,6 +23,22 @@ def fail(message: str) -> CommandLineError:
     return CommandLineError(message)
 
 
+TRUE_WORDS = ("yes", "true", "t", "y", "1")  # what HfArgumentParser reads as true for a boolean flag
+
+
+def wants_traceback(argv: list[str]) -> bool:
+    """Whether ``--show_traceback`` is on in `argv` (bare, with a value, or ``=value``; the last one wins), read
+    before the flags are parsed, since the parse itself may be what fails."""
+    on = False
+    for index, flag in enumerate(argv):
+        if flag.startswith("--show_traceback="):
+            on = flag.split("=", 1)[1].lower() in TRUE_WORDS
+        elif flag == "--show_traceback":
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+            on = value.lower() in TRUE_WORDS if value and not value.startswith("-") else True
+    return on
+
+
 def one_line_parser_errors(parser: argparse.ArgumentParser, program: str) -> None:
     """argparse's own errors (an unknown value, a bad number) as one line instead of the whole usage."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from common.cli_errors import one_line_parser_errors, run_with_one_line_errors
+from common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
 from common.config_files import expand_config
 from common.constants import DEFAULT_MAX_TEXT_LENGTH
 from common.model_paths import missing_local_model
@@ -185,7 +185,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(USAGE, file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     task = argv[0]
-    show_traceback = any(flag.startswith("--show_traceback") for flag in argv) and "false" not in argv
 
     def user_error(error: BaseException) -> str | None:
         """Bad data, lists or files, an unloadable or non-finite model: one line (anything else is a bug)."""
@@ -193,7 +192,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             return f"altclip-eval {task}: {str(error.args[0] if error.args else error).splitlines()[0]}"
         return None
 
-    run_with_one_line_errors(f"altclip-eval {task}", lambda: evaluate(task, argv[1:]), show_traceback, user_error)
+    run_with_one_line_errors(
+        f"altclip-eval {task}", lambda: evaluate(task, argv[1:]), wants_traceback(argv), user_error
+    )
 
 
 def evaluate(task: str, argv: list[str]) -> None:

@@ -17,7 +17,7 @@ import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
-from common.cli_errors import one_line_parser_errors, run_with_one_line_errors
+from common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
 from common.config_files import expand_config
 from common.model_paths import missing_local_model
 from common.records import DataFormatError
@@ -447,23 +447,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0] not in STAGES:
         print(USAGE, file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    show_traceback = any(flag.startswith("--show_traceback") for flag in argv) and "false" not in argv
-    output_dir = next((argv[i + 1] for i in range(len(argv) - 2, -1, -1) if argv[i] == "--output_dir"), ".")
+    parsed: dict[str, RunArguments] = {}
 
     def environment_error(error: BaseException) -> str | None:
         """A full disk, or a file or download that failed (OSError), in one line; anything else is a bug."""
         if is_disk_full(error):
-            return disk_full_message(output_dir)
+            return disk_full_message(parsed["run"].training.output_dir if parsed else ".")
         if isinstance(error, OSError):
             return f"altclip-train: {str(error).strip().splitlines()[0]}"
         return None
 
-    run_with_one_line_errors("altclip-train", lambda: train(argv[0], argv[1:]), show_traceback, environment_error)
+    run_with_one_line_errors(
+        "altclip-train", lambda: train(argv[0], argv[1:], parsed), wants_traceback(argv), environment_error
+    )
 
 
-def train(stage: str, argv: list[str]) -> None:
-    """Parse and check everything, then run the stage."""
+def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
+    """Parse and check everything, then run the stage; the parsed arguments are left in `parsed["run"]` for the
+    error messages of `main`."""
     run = parse(stage, argv)
+    if parsed is not None:
+        parsed["run"] = run
     setup_logging(run.training)
     train_sources, validation_sources = read_sources(run.data, stage)
     check_stage_flags(stage, run.stage, run.training, train_sources)
