@@ -74,9 +74,10 @@ class ShardedFeatures:
     def __getitem__(self, indices: Sequence[int]) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(indices), self.width), dtype=STORED_DTYPE)
-        for position, index in enumerate(indices):
-            shard, row = divmod(int(index), self.shard_rows)
-            out[position] = self._shard(shard)[row]
+        shards, rows = np.divmod(indices, self.shard_rows)
+        for shard in np.unique(shards):  # one fancy-indexed read per shard the batch touches, not one per row
+            chosen = shards == shard
+            out[chosen] = self._shard(int(shard))[rows[chosen]]
         return out
 
 

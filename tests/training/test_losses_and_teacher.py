@@ -101,6 +101,7 @@ def test_a_killed_precompute_keeps_its_finished_shards(tmp_path):
         tmp_path, 5, 2, lambda a, b: calls.append(a) or np.full((b - a, 2), a), shard_rows=2
     )
     assert calls == [4] and features[[0, 3, 4]][:, 0].tolist() == [0, 2, 4]
+    assert features[[4, 0, 4, 3]][:, 0].tolist() == [4, 0, 4, 2]  # any order, repeats, rows of several shards
     assert not list(tmp_path.glob("*.partial"))
 
 
