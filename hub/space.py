@@ -2,6 +2,7 @@
 packages the app runs (``demo/``, the shared ``common/`` and the flat ``modeling_altclip/``), copied as source."""
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 
@@ -9,18 +10,8 @@ from huggingface_hub import SpaceCardData
 
 from .staging import relative_files, require_empty_folder
 
-APP = '''"""AltCLIP multilingual demo (Hugging Face Space): zero-shot classification, search and caption ranking."""
-
-import os
-
-from demo.app import build_demo
-from demo.engine import DemoEngine
-
-demo = build_demo(DemoEngine(os.environ.get("ALTCLIP_MODEL", {model!r})))
-
-if __name__ == "__main__":
-    demo.launch()
-'''
+SPACE_APP = ("demo", "space_app.py")  # the Space's app.py: a file of the demo package, its MODEL line filled in
+MODEL_LINE = re.compile(r"^MODEL = .*$", re.MULTILINE)
 SPACE_PACKAGES = ("demo", "common", "modeling_altclip")
 REQUIREMENTS = """torch>=2.4
 transformers>=5.24,<6
@@ -41,15 +32,27 @@ Zero-shot image classification, text-to-image search and image-to-text ranking i
 """
 
 
+def package_folder(package: str) -> Path:
+    """The source folder of an installed top-level package, located without importing it (no job imports
+    another)."""
+    return Path(importlib.util.find_spec(package).origin).parent
+
+
 def prepare_space_folder(target: str | Path, model: str, title: str = "AltCLIP multilingual demo") -> list[str]:
     """Writes the Space into the empty (or new) folder `target`; returns its relative file paths."""
     target = Path(target)
     require_empty_folder(target)
     target.mkdir(parents=True, exist_ok=True)
     for package in SPACE_PACKAGES:
-        source = Path(importlib.util.find_spec(package).origin).parent  # located, not imported: no job imports another
-        shutil.copytree(source, target / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (target / "app.py").write_text(APP.format(model=model), encoding="utf-8")
+        shutil.copytree(
+            package_folder(package), target / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    app, replaced = MODEL_LINE.subn(
+        f"MODEL = {model!r}", (package_folder(SPACE_APP[0]) / SPACE_APP[1]).read_text(encoding="utf-8"), count=1
+    )
+    if not replaced:
+        raise ValueError(f"{SPACE_APP[0]}/{SPACE_APP[1]} has no MODEL line to fill in.")
+    (target / "app.py").write_text(app, encoding="utf-8")
     (target / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
     metadata = SpaceCardData(
         title=title,
