@@ -5,6 +5,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+JOBS = ("common", "training", "evaluation", "hub", "demo", "reproduction")
+JOB_PACKAGES = [f"altclip.{name}" for name in find_packages(include=[f"{job}*" for job in JOBS])]
 
 TRAIN = [
     "accelerate>=1.1",
@@ -41,23 +43,25 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(
-        include=["modeling_altclip*", "common*", "training*", "evaluation*", "hub*", "demo*", "reproduction*"]
-    ),
+    # Installed import names: `altclip` (the jobs as its subpackages) and the flat `modeling_altclip` (what
+    # trust_remote_code copies to the Hub). The repository keeps the jobs as top-level folders; package_dir maps each
+    # folder to its `altclip.` name, so nothing generic (`hub`, `common`, ...) lands in site-packages.
+    packages=["altclip", *find_packages(include=["modeling_altclip*"]), *JOB_PACKAGES],
+    package_dir={"altclip": "altclip", **{f"altclip.{job}": job for job in JOBS}},
     package_data={
-        "training": ["configs/*.yaml", "configs/*.json"],
-        "evaluation": ["metrics/*/*.py", "metrics/*/*.md"],
-        "hub": ["*.md"],
+        "altclip.training": ["configs/*.yaml", "configs/*.json"],
+        "altclip.evaluation": ["metrics/*/*.py", "metrics/*/*.md"],
+        "altclip.hub": ["*.md"],
     },
     entry_points={
         "console_scripts": [
-            "altclip-train = training.cli:main",
-            "altclip-eval = evaluation.cli:main",
-            "altclip-export-onnx = evaluation.onnx_export:main",
-            "altclip-push = hub.cli:main",
-            "altclip-push-space = hub.cli:space_main",
-            "altclip-demo = demo.app:main",
-            "altclip-reproduce = reproduction.run:main",
+            "altclip-train = altclip.training.cli:main",
+            "altclip-eval = altclip.evaluation.cli:main",
+            "altclip-export-onnx = altclip.evaluation.onnx_export:main",
+            "altclip-push = altclip.hub.cli:main",
+            "altclip-push-space = altclip.hub.cli:space_main",
+            "altclip-demo = altclip.demo.app:main",
+            "altclip-reproduce = altclip.reproduction.run:main",
         ]
     },
     # The base install loads and runs a model (modeling_altclip, common.images); each job adds its own extras.

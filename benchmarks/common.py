@@ -112,7 +112,7 @@ def photo_files(folder: Path, count: int, seed: int = 0) -> list[Path]:
 def multilingual_sentences(count: int, seed: int = 0, max_parts: int = 8) -> list[str]:
     """Real sentences of mixed length in many languages: clip-benchmark's NLLB-translated prompts filled with
     Babel-ImageNet class names, alone (short) or run together by two to `max_parts` (long), shuffled."""
-    from evaluation.prompts import BABEL_FILE, NLLB_FILE, prompts_dir, read_published_json
+    from altclip.evaluation.prompts import BABEL_FILE, NLLB_FILE, prompts_dir, read_published_json
 
     folder = prompts_dir()
     babel = read_published_json(folder / BABEL_FILE)

@@ -32,12 +32,12 @@ from PIL import Image, ImageDraw  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import CLIPImageProcessorPil  # noqa: E402
 
-from common.files import replace_atomically  # noqa: E402
-from common.plots import plt  # noqa: E402
+from altclip.common.files import replace_atomically  # noqa: E402
+from altclip.common.plots import plt  # noqa: E402
+from altclip.training.image_text_data import ContrastiveCollator, PairDecoder, decode_shard_sample  # noqa: E402
+from altclip.training.shard_stream import ShardStream  # noqa: E402
+from altclip.training.sources import parse_sources  # noqa: E402
 from modeling_altclip.assets import load_xlmr_tokenizer  # noqa: E402
-from training.image_text_data import ContrastiveCollator, PairDecoder, decode_shard_sample  # noqa: E402
-from training.shard_stream import ShardStream  # noqa: E402
-from training.sources import parse_sources  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 BATCH = 64
@@ -124,9 +124,9 @@ def measure(make, spec, processor, tokenizer, workers: int) -> dict:
 TABLE_PROBE = r"""
 import json, sys, time
 from torch.utils.data import DataLoader
-from training.sources import parse_sources
-from training.text_data import ParallelText
-from training.epoch_plan import GlobalBatchSampler
+from altclip.training.sources import parse_sources
+from altclip.training.text_data import ParallelText
+from altclip.training.epoch_plan import GlobalBatchSampler
 def anon_mib():  # anonymous resident memory: the heap, not the reclaimable pages of the memory-mapped Arrow file
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssAnon")) / 1024
 before = anon_mib()

@@ -26,6 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from altclip.common.files import replace_atomically  # noqa: E402
+from altclip.common.plots import plt  # noqa: E402
+from altclip.evaluation.encode import Embedder  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     SHAPES,
     median_seconds,
@@ -35,9 +38,6 @@ from benchmarks.common import (  # noqa: E402
     reference_images,
     reference_texts,
 )
-from common.files import replace_atomically  # noqa: E402
-from common.plots import plt  # noqa: E402
-from evaluation.encode import Embedder  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -69,7 +69,7 @@ def probe_memory(model_dir: Path, pipeline: str, inputs: str, photos_dir: Path, 
 def onnx_encoders(model_dir: Path, folder: Path, batch_size: int):
     """Our checkpoint exported with altclip-export-onnx (parity-checked) under ONNX Runtime; None without onnx."""
     try:
-        from evaluation.onnx_export import OnnxEncoders, export_onnx
+        from altclip.evaluation.onnx_export import OnnxEncoders, export_onnx
 
         report = export_onnx(model_dir, folder)
     except ImportError as error:

@@ -29,15 +29,15 @@ sys.path.insert(0, str(REPO))
 import transformers  # noqa: E402
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel  # noqa: E402
 
+from altclip.common.constants import CLIP_CONTEXT_LENGTH  # noqa: E402
+from altclip.common.files import replace_atomically  # noqa: E402
+from altclip.common.plots import plt  # noqa: E402
+from altclip.training.losses import ClipLoss, distillation_loss  # noqa: E402
+from altclip.training.teacher import load_teacher  # noqa: E402
+from altclip.training.toy_setup import english_word_tokenizer, write_shapes_dataset, write_tiny_xlmr  # noqa: E402
 from benchmarks.common import SHAPES, reference_config, vision_config  # noqa: E402
-from common.constants import CLIP_CONTEXT_LENGTH  # noqa: E402
-from common.files import replace_atomically  # noqa: E402
-from common.plots import plt  # noqa: E402
 from modeling_altclip import AltCLIPModel  # noqa: E402
 from modeling_altclip.assets import load_xlmr_tokenizer  # noqa: E402
-from training.losses import ClipLoss, distillation_loss  # noqa: E402
-from training.teacher import load_teacher  # noqa: E402
-from training.toy_setup import english_word_tokenizer, write_shapes_dataset, write_tiny_xlmr  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s, no sparsity), matched on the device name.
@@ -366,9 +366,9 @@ def largest_batch(models: dict, device: torch.device, dtype: torch.dtype, limit:
 
 
 def run_cli(stage: str, config: str, flags: list[str], output_dir: Path, smoke: bool) -> dict:
-    """torchrun (1 process) -m training.cli STAGE --config CONFIG FLAGS; samples/s from the Trainer's runtime."""
+    """torchrun (1 process) -m altclip.training.cli STAGE --config CONFIG FLAGS; samples/s from the Trainer."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
-    command += ["-m", "training.cli", stage, "--config", str(REPO / "training" / "configs" / config), *flags]
+    command += ["-m", "altclip.training.cli", stage, "--config", str(REPO / "training" / "configs" / config), *flags]
     command += ["--output_dir", str(output_dir), "--report_to", "none", "--disable_tqdm", "true", "--seed", "0"]
     env = {
         **os.environ,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.files import replace_atomically  # noqa: E402
-from training.toy_setup import write_shapes_dataset, write_tiny_clip, write_tiny_xlmr  # noqa: E402
+from altclip.common.files import replace_atomically  # noqa: E402
+from altclip.training.toy_setup import write_shapes_dataset, write_tiny_clip, write_tiny_xlmr  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 # altclip-train's main, reporting the process's own peak resident memory when it ends
@@ -117,8 +117,8 @@ def scale_rows(folder: Path, pairs: int, batch_size: int, micro_batch: int, accu
 
 def precompute_row(folder: Path, texts: list[str]) -> dict:
     """Sentences/s of the stage-1 teacher precompute, one process, CLIP ViT-B/32's text tower shape."""
-    from training.teacher import load_teacher, precomputed_teacher_features
-    from training.toy_setup import english_word_tokenizer
+    from altclip.training.teacher import load_teacher, precomputed_teacher_features
+    from altclip.training.toy_setup import english_word_tokenizer
 
     clip = write_tiny_clip(folder / "clip-b32-text", text_width=512, vision_width=32, layers=12, projection_dim=512)
     teacher, tokenizer = load_teacher(str(clip)), english_word_tokenizer()
@@ -215,7 +215,7 @@ def report_scale(args) -> None:
 
 
 def draw_scale(epoch2: dict, rows: dict, path: Path) -> None:
-    from common.plots import plt
+    from altclip.common.plots import plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
     left.bar(["image tower run", "cached image features"], [epoch2["run"], epoch2["cached"]], color=["#999", "#2a7"])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult
 
-from common.constants import MODEL_INDEX_FILE, RESULTS_FILE
-from common.constants import RESULTS_CHART_FILE as CHART_FILE
-from common.constants import RESULTS_TABLE_FILE as TABLE_FILE
-from common.files import replace_atomically
+from altclip.common.constants import MODEL_INDEX_FILE, RESULTS_FILE
+from altclip.common.constants import RESULTS_CHART_FILE as CHART_FILE
+from altclip.common.constants import RESULTS_TABLE_FILE as TABLE_FILE
+from altclip.common.files import replace_atomically
 
 TASK_TYPES = {"zero-shot classification": "zero-shot-image-classification", "retrieval": "image-text-retrieval"}
 HEADLINE = {"zero-shot classification": ("top1", "top-1 accuracy"), "retrieval": ("mean_recall", "mean recall")}
@@ -26,7 +26,7 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def draw_chart(results: list[dict], path: Path, title: str) -> None:
-    from common.plots import plt  # matplotlib only where a chart is drawn: the Hub job reads results without it
+    from altclip.common.plots import plt  # matplotlib only where a chart is drawn: the Hub job reads results without it
 
     metric_names = list(dict.fromkeys(name for result in results for name in result["metrics"]))
     labels = [

@@ -10,8 +10,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from common.cli_errors import fail, one_line_parser_errors
-from common.model_paths import missing_local_model
+from altclip.common.cli_errors import fail, one_line_parser_errors
+from altclip.common.model_paths import missing_local_model
 
 from .engine import MAX_GALLERY, MAX_LABELS, DemoEngine, DemoInputError
 from .examples import CAPTIONS, SEARCHES, classification_examples, example_photos

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from common.constants import DEFAULT_MAX_TEXT_LENGTH
-from common.devices import default_device
-from common.images import ImageTooLarge, open_rgb_image
+from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.devices import default_device
+from altclip.common.images import ImageTooLarge, open_rgb_image
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
 

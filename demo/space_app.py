@@ -6,8 +6,8 @@
 
 import os
 
-from demo.app import build_demo
-from demo.engine import DemoEngine
+from altclip.demo.app import build_demo
+from altclip.demo.engine import DemoEngine
 
 MODEL = "BAAI/AltCLIP"
 

@@ -1,6 +1,6 @@
 """Zero-shot classification and image-text retrieval for AltCLIP models, in many languages (``altclip-eval``)."""
 
-from common.results_format import write_results
+from altclip.common.results_format import write_results
 
 from .encode import Embedder, resolve_device_and_dtype
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, ClassificationSet, RetrievalSet

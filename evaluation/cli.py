@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
-from common.config_files import expand_config
-from common.constants import DEFAULT_MAX_TEXT_LENGTH
-from common.model_paths import missing_local_model
-from common.results_format import markdown_table, write_results
+from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
+from altclip.common.config_files import expand_config
+from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.model_paths import missing_local_model
+from altclip.common.results_format import markdown_table, write_results
 from modeling_altclip.assets import cache_dir
 
 from .encode import Embedder

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from common.constants import DEFAULT_MAX_TEXT_LENGTH
-from common.devices import default_device, default_half_dtype
-from common.images import open_rgb_image
-from common.records import Skipped
+from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.devices import default_device, default_half_dtype
+from altclip.common.images import open_rgb_image
+from altclip.common.records import Skipped
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.records import Skipped, iter_records
+from altclip.common.records import Skipped, iter_records
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 WORDNET_ID = re.compile(r"^n\d{8}$")

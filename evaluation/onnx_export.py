@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.cli_errors import fail, one_line_parser_errors
-from common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.cli_errors import fail, one_line_parser_errors
+from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 from .batching import length_sorted_batches

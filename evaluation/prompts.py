@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from common.constants import ISO_CODES
+from altclip.common.constants import ISO_CODES
 
 PACKAGE = "clip-benchmark"
 NATIVE_LANGUAGES = ("en", "cn", "it", "jp", "ar")  # clip-benchmark's own hand-made lists

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from common.cli_errors import fail, one_line_parser_errors
+from altclip.common.cli_errors import fail, one_line_parser_errors
 
 from .model_card import CardOptions
 from .space import prepare_space_folder

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from common.constants import ISO_CODES
-from common.constants import TRAINING_SUMMARY_FILE as SUMMARY_FILE
-from common.results_format import RESULTS_FILE, markdown_table, model_index
+from altclip.common.constants import ISO_CODES
+from altclip.common.constants import TRAINING_SUMMARY_FILE as SUMMARY_FILE
+from altclip.common.results_format import RESULTS_FILE, markdown_table, model_index
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 PIPELINE_TAG = "zero-shot-image-classification"

@@ -5,8 +5,8 @@ English ones."""
 import random
 from pathlib import Path
 
-from common.records import write_jsonl
-from evaluation.prompts import BABEL_FILE, NLLB_FILE, babel_code, prompts_dir, read_published_json
+from altclip.common.records import write_jsonl
+from altclip.evaluation.prompts import BABEL_FILE, NLLB_FILE, babel_code, prompts_dir, read_published_json
 
 from .emoji_data import normalised
 

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from common.files import replace_atomically
-from common.plots import plt
+from altclip.common.files import replace_atomically
+from altclip.common.plots import plt
 
 MODELS = {"teacher": "teacher (English CLIP)", "stage1": "stage 1 only", "student": "AltCLIP student"}
 

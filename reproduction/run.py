@@ -27,18 +27,18 @@ from pathlib import Path
 
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
-import training.cli
-from common.cli_errors import one_line_parser_errors, run_with_one_line_errors
-from common.results_format import write_results
-from demo.examples import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
-from evaluation.encode import Embedder
-from evaluation.loaders import load_caption_table, load_image_folder
-from evaluation.prompts import custom_prompts
-from evaluation.retrieval import evaluate_retrieval
-from evaluation.zeroshot import evaluate_zero_shot
+import altclip.training.cli
+from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors
+from altclip.common.results_format import write_results
+from altclip.demo.examples import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
+from altclip.evaluation.encode import Embedder
+from altclip.evaluation.loaders import load_caption_table, load_image_folder
+from altclip.evaluation.prompts import custom_prompts
+from altclip.evaluation.retrieval import evaluate_retrieval
+from altclip.evaluation.zeroshot import evaluate_zero_shot
+from altclip.training.toy_setup import write_tiny_xlmr
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from modeling_altclip.assets import default_model_dir
-from training.toy_setup import write_tiny_xlmr
 
 from .emoji_data import LANGUAGES, normalised, write_emoji_dataset
 from .parallel_text import write_imagenet_parallel
@@ -94,7 +94,7 @@ PRESETS = {
 
 def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, learning_rate: float, *flags: str) -> Path:
     """One `altclip-train` stage, in this process, without intermediate checkpoints."""
-    training.cli.main(
+    altclip.training.cli.main(
         [
             stage,
             "--output_dir",

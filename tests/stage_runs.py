@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ports import free_port
 
-from training.cli import main as train_main
+from altclip.training.cli import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def teacher_flags(toy, *extra: str) -> tuple[str, ...]:
 def torchrun_command(stage: str, output_dir: Path, processes: int, *flags: str) -> list[str]:
     """``altclip-train STAGE`` under ``torchrun --nproc_per_node processes`` (gloo on 127.0.0.1), quiet flags first."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes)]
-    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "training.cli"]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "altclip.training.cli"]
     return [*launcher, stage, "--output_dir", str(output_dir), *QUIET, *flags]
 
 

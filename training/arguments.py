@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 
 from .losses import DISTILLATION_LOSSES
 

@@ -17,10 +17,10 @@ import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
-from common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
-from common.config_files import expand_config
-from common.model_paths import missing_local_model
-from common.records import DataFormatError
+from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
+from altclip.common.config_files import expand_config
+from altclip.common.model_paths import missing_local_model
+from altclip.common.records import DataFormatError
 from modeling_altclip.assets import XLMR_MAX_LENGTH
 
 from .arguments import (

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from common.constants import DEFAULT_MAX_TEXT_LENGTH
-from common.images import open_rgb_image
-from common.records import Skipped, split_skipped
+from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.images import open_rgb_image
+from altclip.common.records import Skipped, split_skipped
 
 from .feature_caches import ImageEmbeddingCache
 from .sources import Source, is_remote, join_url, open_stream

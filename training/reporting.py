@@ -5,10 +5,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common.constants import LOSS_CURVE_FILE
-from common.constants import TRAINING_SUMMARY_FILE as SUMMARY_FILE
-from common.files import replace_atomically
-from common.plots import plt
+from altclip.common.constants import LOSS_CURVE_FILE
+from altclip.common.constants import TRAINING_SUMMARY_FILE as SUMMARY_FILE
+from altclip.common.files import replace_atomically
+from altclip.common.plots import plt
 
 __all__ = ["LOSS_CURVE_FILE", "SUMMARY_FILE", "save_loss_curve", "save_summary"]
 

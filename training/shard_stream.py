@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import IterableDataset
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from common.records import DataFormatError, Skipped
+from altclip.common.records import DataFormatError, Skipped
 
 from .epoch_plan import assign_shards, epoch_rng, even_split, weighted_draw
 from .sources import Source, is_remote, open_stream, read_sizes_file, source_weights

@@ -15,7 +15,7 @@ from typing import IO
 
 import braceexpand
 
-from common.records import DataFormatError
+from altclip.common.records import DataFormatError
 
 SHARD_PATTERN = re.compile(r"\.(tar|tgz|tar\.gz)($|[?\s])")
 TABLE_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}

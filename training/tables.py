@@ -18,7 +18,7 @@ import datasets
 import numpy as np
 import pyarrow.parquet
 
-from common.records import DataFormatError
+from altclip.common.records import DataFormatError
 
 from .sources import Source, folder_of, is_remote, open_stream
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
-from common.constants import CLIP_CONTEXT_LENGTH
+from altclip.common.constants import CLIP_CONTEXT_LENGTH
 
 from .feature_caches import MANIFEST, ShardedFeatures, compute_sharded_features, fingerprint, module_digest
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from common.constants import DEFAULT_MAX_TEXT_LENGTH
-from common.records import DataFormatError, Skipped, split_skipped
+from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.records import DataFormatError, Skipped, split_skipped
 
 from .sources import Source
 from .tables import SKIPPED, TableRows

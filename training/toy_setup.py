@@ -21,8 +21,8 @@ from transformers import (
     XLMRobertaModel,
 )
 
-from common.constants import CLIP_CONTEXT_LENGTH
-from common.records import write_jsonl
+from altclip.common.constants import CLIP_CONTEXT_LENGTH
+from altclip.common.records import write_jsonl
 from modeling_altclip.assets import load_xlmr_tokenizer
 
 IMAGE_SIZE = 32

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from common.records import SkipCounter
+from altclip.common.records import SkipCounter
 
 from .accumulated_negatives import accumulated_contrastive_step
 from .epoch_plan import GlobalBatchSampler, data_seed

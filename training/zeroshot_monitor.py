@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from common.constants import RESULTS_FILE  # altclip-eval's results format
+from altclip.common.constants import RESULTS_FILE  # altclip-eval's results format
 
 from .arguments import ZeroShotArguments
 from .saving import save_complete_model
@@ -61,7 +61,7 @@ class ZeroShotMonitor(TrainerCallback):
         return [
             sys.executable,
             "-m",
-            "evaluation.cli",
+            "altclip.evaluation.cli",
             "zeroshot",
             "--model",
             str(model_dir),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from common.cli_errors import CommandLineError, run_with_one_line_errors, wants_traceback
+from altclip.common.cli_errors import CommandLineError, run_with_one_line_errors, wants_traceback
 
 
 @pytest.mark.parametrize(

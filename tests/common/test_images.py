@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from common.images import ImageTooLarge, open_rgb_image
-from demo.engine import as_rgb_image
-from evaluation.encode import _PreprocessedImages
-from training.image_text_data import PairDecoder
+from altclip.common.images import ImageTooLarge, open_rgb_image
+from altclip.demo.engine import as_rgb_image
+from altclip.evaluation.encode import _PreprocessedImages
+from altclip.training.image_text_data import PairDecoder
 
 ORIENTATION = 0x0112
 

@@ -11,9 +11,9 @@ from gradio_client import Client, handle_file
 from ports import free_port
 from tiny_models import random_images
 
-from demo.app import build_demo
-from demo.engine import DemoEngine
-from demo.examples import classification_examples, example_photos
+from altclip.demo.app import build_demo
+from altclip.demo.engine import DemoEngine
+from altclip.demo.examples import classification_examples, example_photos
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -111,7 +111,7 @@ def test_headless_chromium_runs_an_example(app_url, tmp_path, tiny_model_dir):
 
 
 def test_command_without_a_default_model_says_how_to_get_one(tmp_path, monkeypatch):
-    from demo.app import main
+    from altclip.demo.app import main
 
     monkeypatch.setenv("ALTCLIP_DEFAULT_MODEL", str(tmp_path / "none"))
     with pytest.raises(SystemExit, match="No default AltCLIP model at .*none. Build it offline"):

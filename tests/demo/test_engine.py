@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from tiny_models import random_images
 
-from demo.engine import (
+from altclip.demo.engine import (
     MAX_LABELS,
     DemoEngine,
     DemoInputError,

@@ -16,12 +16,12 @@ from dataset_layouts import (
     write_xtd,
 )
 
-import evaluation.zeroshot
-from common.images import open_rgb_image
-from evaluation.cli import main
-from evaluation.encode import Embedder
-from evaluation.loaders import load_caption_table, load_image_folder
-from evaluation.prompts import class_prompts, prompts_dir
+import altclip.evaluation.zeroshot
+from altclip.common.images import open_rgb_image
+from altclip.evaluation.cli import main
+from altclip.evaluation.encode import Embedder
+from altclip.evaluation.loaders import load_caption_table, load_image_folder
+from altclip.evaluation.prompts import class_prompts, prompts_dir
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 
@@ -94,7 +94,7 @@ def test_class_embeddings_come_from_the_disk_cache(tmp_path, tiny_model_dir, mon
     def fail(*args):
         raise AssertionError("class embeddings were recomputed")
 
-    monkeypatch.setattr(evaluation.zeroshot, "class_embeddings", fail)
+    monkeypatch.setattr(altclip.evaluation.zeroshot, "class_embeddings", fail)
     assert run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "b", *flags) == first
     with pytest.raises(AssertionError, match="recomputed"):  # other templates: another cache entry
         run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "c", *flags[:-1])

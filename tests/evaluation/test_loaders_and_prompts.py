@@ -15,8 +15,8 @@ from dataset_layouts import (
     write_xtd,
 )
 
-from common.images import open_rgb_image
-from evaluation.loaders import (
+from altclip.common.images import open_rgb_image
+from altclip.evaluation.loaders import (
     load_caption_table,
     load_chinese_clip_format,
     load_cifar,
@@ -25,7 +25,7 @@ from evaluation.loaders import (
     load_karpathy,
     load_xtd,
 )
-from evaluation.prompts import class_prompts, custom_prompts, prompts_dir
+from altclip.evaluation.prompts import class_prompts, custom_prompts, prompts_dir
 
 
 def test_image_folder_with_names_in_several_languages(tmp_path):

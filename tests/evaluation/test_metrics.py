@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from evaluation.metrics import load_metric
-from evaluation.prompts import custom_prompts
-from evaluation.retrieval import retrieval_scores, top_k_indices
-from evaluation.zeroshot import class_embeddings, rank_classes
+from altclip.evaluation.metrics import load_metric
+from altclip.evaluation.prompts import custom_prompts
+from altclip.evaluation.retrieval import retrieval_scores, top_k_indices
+from altclip.evaluation.zeroshot import class_embeddings, rank_classes
 
 # 3 images x 6 captions; captions 0,1 describe image 0, 2,3 image 1, 4,5 image 2.
 SIMILARITY = torch.tensor(

@@ -9,8 +9,8 @@ import pytest
 import torch
 from tiny_models import random_images
 
-from evaluation.encode import Embedder
-from evaluation.onnx_export import (
+from altclip.evaluation.encode import Embedder
+from altclip.evaluation.onnx_export import (
     IMAGE_FILE,
     PARITY_FILE,
     TEXT_FILE,

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from tiny_models import random_images
 
-from hub.cli import main, space_main
+from altclip.hub.cli import main, space_main
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 TOKEN = "hf_test_token"
@@ -179,7 +179,7 @@ def test_command_line_upload_with_endpoint_and_token_from_the_environment(tmp_pa
     with FakeHub(TOKEN) as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf")}
         done = subprocess.run(
-            [sys.executable, "-m", "hub.cli", str(tiny_model_dir), "someone/cli-model"],
+            [sys.executable, "-m", "altclip.hub.cli", str(tiny_model_dir), "someone/cli-model"],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,
@@ -208,14 +208,18 @@ def test_space_push(tmp_path, no_stored_login):
         "app.py",
         "requirements.txt",
         "README.md",
-        "demo/app.py",
-        "demo/engine.py",
-        "common/images.py",
+        "altclip/__init__.py",
+        "altclip/demo/app.py",
+        "altclip/demo/engine.py",
+        "altclip/common/images.py",
         "modeling_altclip/modeling_altclip.py",
     } <= files
     assert not any("__pycache__" in name for name in files)
     # the Space's copies import each other (the demo's image loader is the shared one), not this checkout's
-    check = "import demo.engine, common.images; print(demo.engine.__file__); print(common.images.__file__)"
+    check = (
+        "import altclip.demo.engine as e, altclip.common.images as i, modeling_altclip as m;"
+        "print(e.__file__); print(i.__file__); print(m.__file__)"
+    )
     imported = subprocess.run([sys.executable, "-c", check], cwd=tmp_path / "space", capture_output=True, text=True)
     assert imported.returncode == 0, imported.stderr
     assert all(line.startswith(str(tmp_path / "space")) for line in imported.stdout.split())

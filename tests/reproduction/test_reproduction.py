@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from demo.engine import DemoEngine
-from demo.examples import classification_examples, example_photos
+from altclip.demo.engine import DemoEngine
+from altclip.demo.examples import classification_examples, example_photos
+from altclip.reproduction.emoji_data import LANGUAGES, collect_emoji, normalised, render_glyph
+from altclip.reproduction.parallel_text import imagenet_parallel_rows
+from altclip.reproduction.run import PRESETS, reproduce, write_training_data
 from modeling_altclip.assets import require_default_model
-from reproduction.emoji_data import LANGUAGES, collect_emoji, normalised, render_glyph
-from reproduction.parallel_text import imagenet_parallel_rows
-from reproduction.run import PRESETS, reproduce, write_training_data
 
 
 def test_emoji_have_names_in_every_language_and_glyphs():

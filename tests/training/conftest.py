@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from stage_runs import run_stage, teacher_flags
 
+from altclip.training.toy_setup import write_toy_setup
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
-from training.toy_setup import write_toy_setup
 
 
 @pytest.fixture(scope="session")

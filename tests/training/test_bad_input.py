@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from stage_runs import run_stage, teacher_flags
 
-from common.cli_errors import CommandLineError
+from altclip.common.cli_errors import CommandLineError
+from altclip.training import output_folder
 from modeling_altclip import AltCLIPModel
-from training import output_folder
 
 
 def refused(capsys, tmp_path, stage: str, *flags: str) -> str:
@@ -45,7 +45,7 @@ def test_flag_errors_are_one_line_before_models_load(capsys, tmp_path, toy, monk
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the flags were checked")
 
-    monkeypatch.setattr("training.cli.load_or_build_model", no_model)
+    monkeypatch.setattr("altclip.training.cli.load_or_build_model", no_model)
     assert message in refused(capsys, tmp_path, "teacher", *teacher_flags(toy, *flags))
 
 

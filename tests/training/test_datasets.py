@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
-from common.records import DataFormatError, Skipped
-from training.image_text_data import ContrastiveCollator, ImageTextTable, PairDecoder, decode_shard_sample
-from training.shard_stream import ShardStream
-from training.sources import parse_source, parse_sources
-from training.text_data import DistillationCollator, ParallelText
+from altclip.common.records import DataFormatError, Skipped
+from altclip.training.image_text_data import ContrastiveCollator, ImageTextTable, PairDecoder, decode_shard_sample
+from altclip.training.shard_stream import ShardStream
+from altclip.training.sources import parse_source, parse_sources
+from altclip.training.text_data import DistillationCollator, ParallelText
 
 
 def parallel_text(paths, **kwargs):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import CLIPTextModel
 
+from altclip.training.feature_caches import MANIFEST, compute_sharded_features
+from altclip.training.losses import ClipLoss, distillation_loss
+from altclip.training.teacher import FrozenTextTeacher, load_teacher, precomputed_teacher_features
+from altclip.training.toy_setup import english_word_tokenizer
 from modeling_altclip import AltCLIPModel
 from modeling_altclip.modeling_altclip import contrastive_loss
-from training.feature_caches import MANIFEST, compute_sharded_features
-from training.losses import ClipLoss, distillation_loss
-from training.teacher import FrozenTextTeacher, load_teacher, precomputed_teacher_features
-from training.toy_setup import english_word_tokenizer
 
 
 def test_clip_loss_on_one_process_is_the_models_symmetric_loss():
@@ -108,7 +108,7 @@ def test_a_killed_precompute_keeps_its_finished_shards(tmp_path):
 def test_weight_decay_spares_biases_norms_embeddings_and_logit_scale(tmp_path, teacher_model_dir):
     from transformers import TrainingArguments
 
-    from training.trainers import ContrastiveTrainer
+    from altclip.training.trainers import ContrastiveTrainer
 
     model = AltCLIPModel.from_pretrained(teacher_model_dir)
     args = TrainingArguments(output_dir=str(tmp_path), weight_decay=0.1, use_cpu=True, report_to="none")
@@ -136,9 +136,9 @@ def test_weight_decay_spares_biases_norms_embeddings_and_logit_scale(tmp_path, t
 def test_the_loss_sees_the_clamped_temperature_even_if_the_parameter_is_beyond_it(tmp_path, teacher_model_dir):
     from transformers import TrainingArguments
 
+    from altclip.training.image_text_data import ContrastiveCollator
+    from altclip.training.trainers import ContrastiveTrainer
     from modeling_altclip import AltCLIPProcessor
-    from training.image_text_data import ContrastiveCollator
-    from training.trainers import ContrastiveTrainer
 
     model = AltCLIPModel.from_pretrained(teacher_model_dir).eval()
     processor = AltCLIPProcessor.from_pretrained(teacher_model_dir)

@@ -6,8 +6,8 @@ import random
 import datasets
 import pytest
 
-from common.records import DataFormatError, Record, SkipCounter, Skipped, iter_records
-from training.epoch_plan import GlobalBatchSampler, assign_shards, epoch_rng, weighted_draw
+from altclip.common.records import DataFormatError, Record, SkipCounter, Skipped, iter_records
+from altclip.training.epoch_plan import GlobalBatchSampler, assign_shards, epoch_rng, weighted_draw
 
 
 def rows_of(path, required=("english", "translation")):
@@ -108,7 +108,7 @@ def test_shards_go_to_the_least_loaded_reader():
 
 
 def test_explicit_equal_weights_mix_half_and_half_unlike_no_weights(tmp_path):
-    from training.sources import parse_sources, source_weights
+    from altclip.training.sources import parse_sources, source_weights
 
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_text("{}\n")

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from stage_runs import logged_losses, run_stage, teacher_flags
 from transformers import AutoModel, CLIPModel
 
-from common.config_files import config_file_to_flags, expand_config
+from altclip.common.config_files import config_file_to_flags, expand_config
+from altclip.training.cli import parse
+from altclip.training.toy_setup import write_tiny_clip
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
-from training.cli import parse
-from training.toy_setup import write_tiny_clip
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]

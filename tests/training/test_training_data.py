@@ -33,11 +33,11 @@ from stage_runs import (
     trained_steps,
 )
 
+from altclip.training.image_text_data import PairDecoder, decode_shard_sample
+from altclip.training.shard_stream import ShardStream, shard_samples
+from altclip.training.sources import parse_sources
+from altclip.training.text_data import ParallelText
 from modeling_altclip import AltCLIPProcessor
-from training.image_text_data import PairDecoder, decode_shard_sample
-from training.shard_stream import ShardStream, shard_samples
-from training.sources import parse_sources
-from training.text_data import ParallelText
 
 KEYS = ["--record_trained_keys", "true", "--logging_steps", "1"]
 
