@@ -91,3 +91,14 @@ def trained_steps(output_dir: Path) -> Counter:
     for path in (output_dir / "trained_keys").glob("rank-*.tsv"):
         pairs.update(tuple(line.split("\t", 1)) for line in path.read_text(encoding="utf-8").splitlines())
     return pairs
+
+
+def shapes_image_folder(toy, root: Path) -> Path:
+    """An altclip-eval image_folder of the toy images by shape, with English and German class names."""
+    for image in sorted((Path(toy["captions"]).parent / "images").glob("*.png")):
+        shape = image.stem.split("_")[1]
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        (root / shape / image.name).symlink_to(image)
+    names = {"en": ["circle", "square", "triangle"], "de": ["Kreis", "Quadrat", "Dreieck"]}
+    (root / "classnames.json").write_text(json.dumps(names))
+    return root

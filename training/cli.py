@@ -33,7 +33,7 @@ from .arguments import (
 )
 from .data_plan import check_resumed_plan, data_plan_callback
 from .epoch_plan import data_seed, shuffles
-from .feature_caches import ImageEmbeddingCache, fingerprint, module_digest
+from .feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
 from .image_text_data import (
     ContrastiveCollator,
     ImageTextTable,
@@ -199,11 +199,18 @@ def image_feature_cache(model, image_processor, dataset, stage_args, data_args, 
         "reduced_jpeg_decoding": data_args.reduced_jpeg_decoding,
         "tables": [table._fingerprint for table in dataset.rows.tables],
         "rows": len(dataset),
+        # which image a row names: relative paths start at --image_root (the image files' bytes are not hashed)
+        "image_column": data_args.image_column,
+        "image_root": str(Path(data_args.image_root).resolve()) if data_args.image_root else None,
     }
     root = Path(stage_args.image_feature_cache_dir or Path(training_args.output_dir) / "image_feature_cache")
     with training_args.main_process_first(desc="image feature cache"):
         return ImageEmbeddingCache.create(
-            root / f"images-{fingerprint(key)}", len(dataset), model.config.projection_dim, key
+            root / f"images-{fingerprint(key)}",
+            len(dataset),
+            model.config.projection_dim,
+            key,
+            training_args.process_index,
         )
 
 
@@ -215,7 +222,7 @@ def setup_logging(training_args: TrainingArguments) -> None:
     )
     level = training_args.get_process_log_level()
     transformers.utils.logging.set_verbosity(level)
-    for name in ("training", "modeling_altclip"):
+    for name in ("training", "altclip", "modeling_altclip"):  # the installed jobs log as altclip.training.*
         logging.getLogger(name).setLevel(logging.INFO if training_args.should_log else level)
 
 
@@ -340,6 +347,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
             world_size=training_args.world_size,
             device=training_args.device,
             shard_rows=stage_args.teacher_cache_shard_rows,
+            wait_seconds=training_args.ddp_timeout,  # a rank this late would time a collective out as well
         )
     trainer = TeacherLearningTrainer(
         model=student,
@@ -423,6 +431,8 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
         image_cache=image_cache,
         **trainer_data_options(data_args, train_sources, training_args),
     )
+    if image_cache is not None:
+        trainer.add_callback(ImageCacheCallback(image_cache))
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -1,8 +1,9 @@
 """The data position of a checkpoint: what a resumed run must share with the run it continues.
 
 The position itself is the Trainer's (epoch, step): the epoch plans are pure functions of the seed. They also
-depend on the number of processes, DataLoader workers, batch size, shuffle buffer and sources, so each checkpoint
-gets ``data_plan.json`` with those, and a resumption that changes them is refused with the difference named.
+depend on the number of processes, DataLoader workers, batch size, gradient accumulation, shuffle buffer and
+sources, so each checkpoint gets ``data_plan.json`` with those, and a resumption that changes them is refused
+with the difference named.
 """
 
 import json
@@ -22,6 +23,8 @@ def data_plan(data_args, training_args) -> dict:
         "world_size": training_args.world_size,
         "dataloader_num_workers": training_args.dataloader_num_workers,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        # A checkpoint's step counts optimizer steps: the batches behind each depend on the accumulation.
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
         "shuffle_buffer": data_args.shuffle_buffer,
         "seed": data_seed(training_args),
     }
@@ -50,11 +53,13 @@ def check_resumed_plan(checkpoint: str, data_args, training_args) -> None:
     if not path.is_file():
         return
     saved, current = json.loads(path.read_text()), data_plan(data_args, training_args)
+    # A name missing from the saved plan was added after the checkpoint was written: not compared.
     changed = [
-        f"{name} {saved.get(name)!r} -> {value!r}" for name, value in current.items() if saved.get(name) != value
+        f"{name} {saved[name]!r} -> {value!r}" for name, value in current.items() if saved.get(name, value) != value
     ]
     if changed:
         raise SystemExit(
             f"altclip-train: {checkpoint} was trained with another data plan ({'; '.join(changed)}); resume with the "
-            "same data, processes, workers, batch size, shuffle buffer and seed, or start a new --output_dir."
+            "same data, processes, workers, batch size, gradient accumulation, shuffle buffer and seed, or start a new "
+            "--output_dir."
         )

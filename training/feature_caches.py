@@ -1,22 +1,26 @@
 """Features computed once by a frozen tower and reused: the stage-1 teacher's text features (sharded, written by
-all ranks in parallel) and the stage-2 image embeddings of a frozen image tower (filled during the first epoch).
+all ranks in parallel) and the stage-2 image embeddings of a frozen image tower (stored during the first epoch).
 
-Both are half-precision, memory-mapped `.npy` files in a folder whose name is a fingerprint of everything that
-determines them (weights, tokenizer or image processor, dtype, length, corpus), so nothing stale is ever reused.
-`numpy` memmaps rather than a `datasets` table: rows are written in place by several processes and read by row
-number, which Arrow files (immutable once written) do not offer.
+Both are half-precision `.npy` shards, each written once by one process and put in place with an atomic rename,
+in a folder whose name is a fingerprint of everything that determines them (weights, tokenizer or image processor,
+dtype, length, corpus), with a ``manifest.json``; nothing stale is reused. A shard or manifest found damaged (cut
+short, another shape, non-finite values) is named in one warning and computed again. `numpy` memmaps rather than a
+`datasets` table: rows are read by row number by many processes without loading whole shards.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,48 @@ def _save_atomically(path: Path, array: np.ndarray) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
+
+
+def _write_json_atomically(path: Path, payload: dict) -> None:
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(payload, indent=2))
+    os.replace(partial, path)
+
+
+def first_non_finite_row(array: np.ndarray, chunk_rows: int = 65_536) -> int | None:
+    """The first row holding NaN or infinity, read in chunks (a memmap is never loaded whole), or None."""
+    for start in range(0, len(array), chunk_rows):
+        bad = ~np.isfinite(np.asarray(array[start : start + chunk_rows])).all(axis=tuple(range(1, array.ndim)))
+        if bad.any():
+            return start + int(bad.argmax())
+    return None
+
+
+def shard_problem(path: Path, shape: tuple[int, ...], dtype=STORED_DTYPE, values: bool = True) -> str | None:
+    """What makes a stored shard unusable (None: nothing): unreadable or cut short, another shape or dtype, and
+    with `values` a row that is not finite."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except Exception as error:  # numpy raises ValueError, EOFError or OSError for a cut or garbled file
+        return f"unreadable or cut short: {error}"
+    if array.shape != shape or array.dtype != dtype:
+        return f"holds {array.dtype} {array.shape}, not {np.dtype(dtype)} {shape}"
+    bad = first_non_finite_row(array) if values else None
+    return None if bad is None else f"row {bad} is not finite"
+
+
+def read_manifest(path: Path) -> dict | None:
+    """A manifest's content, or None (with a warning naming the file) when it is cut short or not JSON."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        return manifest
+    except (ValueError, UnicodeDecodeError) as error:
+        logger.warning("Cache manifest %s is damaged (%s); writing it again.", path, error)
+        return None
 
 
 class ShardedFeatures:
@@ -85,6 +131,60 @@ def shard_names(rows: int, shard_rows: int) -> list[str]:
     return [f"features-{number:05d}.npy" for number in range((rows + shard_rows - 1) // shard_rows)]
 
 
+class _ShardWatch:
+    """The shards of other ranks this rank waits for, each checked whole once it appears (a damaged one left from an
+    earlier run counts as missing until its owner has replaced it)."""
+
+    def __init__(self, folder: Path, names: list[str], numbers: list[int], shapes: dict[int, tuple[int, int]]):
+        self.folder, self.names, self.shapes = folder, names, shapes
+        self.pending = set(numbers)
+        self._rejected: dict[int, tuple[int, int]] = {}  # number -> (mtime_ns, size) of a damaged file
+
+    def poll(self) -> bool:
+        """Checks the shards that appeared or changed; True when one became usable."""
+        progress = False
+        for number in sorted(self.pending):
+            path = self.folder / self.names[number]
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if self._rejected.get(number) == (stat.st_mtime_ns, stat.st_size):
+                continue
+            if shard_problem(path, self.shapes[number]) is None:
+                self.pending.discard(number)
+                progress = True
+            else:
+                self._rejected[number] = (stat.st_mtime_ns, stat.st_size)
+        return progress
+
+
+def _wait_for_shards(watch: _ShardWatch, world_size: int, rank: int, poll_seconds: float, wait_seconds: float) -> None:
+    """Polls the folder (no collective, which a long precompute would time out) until every shard is usable; gives
+    up after `wait_seconds` without a new one, naming the missing shards and the ranks that own them."""
+    last_progress = last_log = time.monotonic()
+    while True:
+        if watch.poll():
+            last_progress = time.monotonic()
+        if not watch.pending:
+            return
+        now = time.monotonic()
+        if now - last_progress > wait_seconds:
+            missing = ", ".join(f"{watch.names[n]} (rank {n % world_size})" for n in sorted(watch.pending)[:8])
+            more = f" and {len(watch.pending) - 8} more" if len(watch.pending) > 8 else ""
+            raise SystemExit(
+                f"altclip-train: rank {rank} waited {wait_seconds:g} s for feature shards in {watch.folder} that "
+                f"never came: {missing}{more}; check those ranks' logs (stopped or stuck?) and start again (finished "
+                "shards are kept), or raise --ddp_timeout if they are only slow."
+            )
+        if now - last_log > WAIT_LOG_SECONDS:
+            logger.info(
+                "Rank %d waits for %d feature shards of other ranks in %s", rank, len(watch.pending), watch.folder
+            )
+            last_log = now
+        time.sleep(poll_seconds)
+
+
 def compute_sharded_features(
     folder: str | os.PathLike,
     rows: int,
@@ -95,82 +195,223 @@ def compute_sharded_features(
     shard_rows: int = 65_536,
     key: dict | None = None,
     poll_seconds: float = 2.0,
+    wait_seconds: float = 1800.0,
 ) -> ShardedFeatures:
-    """Computes `encode(start, stop)` for every shard not on disk yet, shard j by rank j % world_size, each
-    written once (atomically); then waits for the other ranks' shards by looking at the folder, without a
-    collective that a long precompute could time out. A run killed halfway keeps its finished shards."""
+    """Computes `encode(start, stop)` for every shard not usable on disk, shard j by rank j % world_size, each
+    written once (atomically, its rows checked finite); then waits for the other ranks' shards by looking at the
+    folder, without a collective that a long precompute could time out. A run killed halfway keeps its finished
+    shards; a damaged shard (cut short, another shape, non-finite) is named in a warning and computed again. Every
+    rank reads each shard once to check it: a sequential read of the cache per start."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = shard_names(rows, shard_rows)
-    mine = [number for number in range(len(names)) if number % world_size == rank]
-    missing = [number for number in mine if not (folder / names[number]).is_file()]
+    shapes = {number: (min(shard_rows, rows - number * shard_rows), width) for number in range(len(names))}
+    mine, missing = [number for number in range(len(names)) if number % world_size == rank], []
+    for number in mine:
+        path = folder / names[number]
+        problem = shard_problem(path, shapes[number]) if path.is_file() else "missing"
+        if problem == "missing" or problem is None:
+            missing += [number] if problem else []
+            continue
+        logger.warning("Feature shard %s is damaged (%s); computing it again.", path, problem)
+        path.unlink(missing_ok=True)
+        missing.append(number)
     if missing:
         logger.info("Rank %d computes %d of %d feature shards in %s", rank, len(missing), len(names), folder)
     for done, number in enumerate(missing, 1):
         start = number * shard_rows
-        features = np.asarray(encode(start, min(start + shard_rows, rows)), dtype=STORED_DTYPE)
+        features = np.asarray(encode(start, start + shapes[number][0]), dtype=STORED_DTYPE)
+        if features.shape != shapes[number]:
+            raise ValueError(f"Feature shard {names[number]}: computed {features.shape}, expected {shapes[number]}.")
+        bad = first_non_finite_row(features)
+        if bad is not None:
+            raise SystemExit(
+                f"altclip-train: the frozen model gives non-finite features for row {start + bad} (in float16); "
+                "check its weights and dtype. Nothing was written for that shard."
+            )
         _save_atomically(folder / names[number], features)
         logger.info("Wrote feature shard %s (%d/%d of this rank)", names[number], done, len(missing))
-    last_log = time.monotonic()
-    while not all((folder / name).is_file() for name in names):
-        if time.monotonic() - last_log > WAIT_LOG_SECONDS:
-            waiting = sum(not (folder / name).is_file() for name in names)
-            logger.info("Rank %d waits for %d feature shards of other ranks in %s", rank, waiting, folder)
-            last_log = time.monotonic()
-        time.sleep(poll_seconds)
+    others = [number for number in range(len(names)) if number % world_size != rank]
+    _wait_for_shards(_ShardWatch(folder, names, others, shapes), world_size, rank, poll_seconds, wait_seconds)
     manifest = {"rows": rows, "width": width, "shard_rows": shard_rows, "shards": names, "key": key or {}}
-    if rank == 0 and not (folder / MANIFEST).is_file():
-        partial = folder / f"{MANIFEST}.partial"
-        partial.write_text(json.dumps(manifest, indent=2))
-        os.replace(partial, folder / MANIFEST)
-    while not (folder / MANIFEST).is_file():
+    if rank == 0 and read_manifest(folder / MANIFEST) != manifest:
+        _write_json_atomically(folder / MANIFEST, manifest)
+    waited = time.monotonic()
+    while read_manifest_quietly(folder / MANIFEST) != manifest:
+        if time.monotonic() - waited > wait_seconds:
+            raise SystemExit(
+                f"altclip-train: rank {rank} waited {wait_seconds:g} s for {folder / MANIFEST}, which rank 0 writes "
+                "once every shard is there; check rank 0's log."
+            )
         time.sleep(poll_seconds)
     return ShardedFeatures(folder)
 
 
-class ImageEmbeddingCache:
-    """Image embeddings of a frozen tower by table row: ``embeds.npy`` (float16 [rows, width]) and ``filled.npy``
-    (1 where a row was written). Rows are written by whichever rank trains them in the first epoch and read
-    afterwards, also by DataLoader workers, so later epochs neither decode those images nor run the tower. The
-    folder must be shared by all ranks (one machine, or a shared file system)."""
+def read_manifest_quietly(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
-    def __init__(self, folder: str | os.PathLike, rows: int, width: int):
+
+class ImageEmbeddingCache:
+    """Image embeddings of a frozen tower by table row, kept in ``folder``: ``manifest.json`` (rows, width, key) and
+    shards each process writes alone, ``rank-R-TIME-PID.embeds.npy`` (float16 [n, width]) then
+    ``rank-R-TIME-PID.rows.npy`` (their table rows), each by an atomic rename: a shard whose rows file exists is
+    complete, on a local disk or a shared file system, and no two processes write one file.
+
+    Each process buffers the rows it computes while training (`put`, finite rows only) and writes them as a shard
+    every `shard_rows` rows and at each epoch's end (`flush`, see `ImageCacheCallback`). Readers (DataLoader workers
+    included) index the shards present when an epoch starts; a row that is not there yet is computed again. A damaged
+    shard (cut short, another shape, rows out of range) is named in a warning, set aside and its rows recomputed; a
+    non-finite stored row is computed again too. The index holds 8 bytes per table row in each reading process.
+    """
+
+    def __init__(self, folder: str | os.PathLike, rows: int, width: int, rank: int = 0, shard_rows: int = 16_384):
         self.folder, self.rows, self.width = Path(folder), rows, width
-        self._embeds = self._filled = None
-        self._writable = False
+        self.rank, self.shard_rows = rank, shard_rows
+        self._pending_rows: list[np.ndarray] = []
+        self._pending_embeds: list[np.ndarray] = []
+        self._reset_index()
+
+    def _reset_index(self) -> None:
+        self._location: np.ndarray | None = None  # table row -> shard number << 32 | position, or -1
+        self._shards: list[Path] = []
+        self._maps: dict[int, np.ndarray] = {}
+        self._warned: set[int] = set()
 
     @classmethod
-    def create(cls, folder: str | os.PathLike, rows: int, width: int, key: dict) -> "ImageEmbeddingCache":
-        """Creates the (sparse) files unless an earlier run left them; call on one process before the others."""
-        cache = cls(folder, rows, width)
+    def create(
+        cls, folder: str | os.PathLike, rows: int, width: int, key: dict, rank: int = 0
+    ) -> "ImageEmbeddingCache":
+        """The cache in `folder`; writes its manifest unless an intact one is there (call on one process first).
+        Refuses in one line when the disk cannot hold the rows not stored yet."""
+        cache = cls(folder, rows, width, rank)
         cache.folder.mkdir(parents=True, exist_ok=True)
-        if not (cache.folder / MANIFEST).is_file():
-            for name, shape, dtype in (("embeds.npy", (rows, width), STORED_DTYPE), ("filled.npy", (rows,), np.uint8)):
-                np.lib.format.open_memmap(cache.folder / name, mode="w+", dtype=dtype, shape=shape).flush()
-            (cache.folder / MANIFEST).write_text(json.dumps({"rows": rows, "width": width, "key": key}, indent=2))
+        manifest = {"rows": rows, "width": width, "key": key, "format": "shards"}
+        if read_manifest(cache.folder / MANIFEST) != json.loads(json.dumps(manifest, default=str)):
+            _write_json_atomically(cache.folder / MANIFEST, json.loads(json.dumps(manifest, default=str)))
+        needed = (rows - cache.filled_rows()) * (width * np.dtype(STORED_DTYPE).itemsize + 8)
+        free = shutil.disk_usage(cache.folder).free
+        if needed > free:
+            raise SystemExit(
+                f"altclip-train: --cache_image_features needs {needed / 1e9:.2f} GB in {cache.folder} for {rows} "
+                f"image embeddings, and the disk has {free / 1e9:.2f} GB free; free space, point "
+                "--image_feature_cache_dir at a larger disk, or train without --cache_image_features."
+            )
         return cache
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_embeds": None, "_filled": None, "_writable": False}
+        # workers index and map the files themselves; rows not yet written stay with the training process
+        state = {**self.__dict__, "_pending_rows": [], "_pending_embeds": []}
+        return {**state, "_location": None, "_shards": [], "_maps": {}, "_warned": set()}
 
-    def _open(self, writable: bool) -> None:
-        if self._embeds is None or (writable and not self._writable):
-            mode = "r+" if writable else "r"
-            self._embeds = np.load(self.folder / "embeds.npy", mmap_mode=mode)
-            self._filled = np.load(self.folder / "filled.npy", mmap_mode=mode)
-            self._writable = writable
+    def _index(self) -> np.ndarray:
+        """Table row -> where it is stored, from the complete shards present now (damaged ones set aside)."""
+        if self._location is not None:
+            return self._location
+        location = np.full(self.rows, -1, dtype=np.int64)
+        for rows_file in sorted(self.folder.glob("rank-*.rows.npy")):
+            embeds_file = rows_file.with_name(rows_file.name.replace(".rows.npy", ".embeds.npy"))
+            try:
+                rows = np.load(rows_file)
+                problem = None
+                if (
+                    rows.ndim != 1
+                    or rows.dtype != np.int64
+                    or (len(rows) and not 0 <= rows.min() <= rows.max() < self.rows)
+                ):
+                    problem = f"its rows file holds {rows.dtype} {rows.shape} outside 0..{self.rows - 1}"
+            except Exception as error:  # numpy raises ValueError, EOFError or OSError for a cut or garbled file
+                problem = f"its rows file is unreadable or cut short: {error}"
+            problem = problem or shard_problem(embeds_file, (len(rows), self.width), values=False)
+            if problem is not None:
+                logger.warning(
+                    "Image-feature cache shard %s is damaged (%s); its rows are computed again.", embeds_file, problem
+                )
+                for path in (rows_file, embeds_file):  # renamed, not deleted: another reader may be looking at it
+                    with contextlib.suppress(OSError):
+                        path.replace(path.with_name(path.name + ".damaged"))
+                continue
+            number = len(self._shards)
+            self._shards.append(embeds_file)
+            location[rows] = (number << 32) | np.arange(len(rows), dtype=np.int64)
+        self._location = location
+        return location
+
+    def refresh(self) -> None:
+        """Sees the shards written since the index was built (at each epoch's start)."""
+        self._reset_index()
 
     def get(self, row: int) -> np.ndarray | None:
-        """The row's embedding, or None when it has not been computed yet."""
-        self._open(writable=False)
-        return np.array(self._embeds[row]) if self._filled[row] else None
+        """The row's embedding, or None when it is not stored (yet) or stored damaged."""
+        where = int(self._index()[row])
+        if where < 0:
+            return None
+        number, position = where >> 32, where & 0xFFFFFFFF
+        if number not in self._maps:
+            try:
+                self._maps[number] = np.load(self._shards[number], mmap_mode="r")
+            except OSError:  # set aside as damaged by another reader since this one indexed it
+                return None
+        embedding = np.array(self._maps[number][position])
+        if not np.isfinite(embedding).all():
+            if number not in self._warned:
+                self._warned.add(number)
+                logger.warning(
+                    "Image-feature cache shard %s holds non-finite rows; they are computed again.", self._shards[number]
+                )
+            return None
+        return embedding
 
     def put(self, rows: Sequence[int], embeds: torch.Tensor) -> None:
-        self._open(writable=True)
+        """Keeps the finite rows among `embeds` (of table `rows`) for the next shard; non-finite ones are left out
+        with a warning (the image is computed again when next seen)."""
         rows = np.asarray(rows, dtype=np.int64)
-        self._embeds[rows] = embeds.detach().float().cpu().numpy().astype(STORED_DTYPE)
-        self._filled[rows] = 1  # after the embedding: a reader never sees a flag without its row
+        values = embeds.detach().float().cpu().numpy().astype(STORED_DTYPE)
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            logger.warning(
+                "%d image embeddings are not finite in float16 (table rows %s); not cached.",
+                int((~finite).sum()),
+                rows[~finite][:5].tolist(),
+            )
+        self._pending_rows.append(rows[finite])
+        self._pending_embeds.append(values[finite])
+        if sum(len(part) for part in self._pending_rows) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the buffered rows as one shard of this process (embeddings first, their rows last)."""
+        rows = np.concatenate(self._pending_rows) if self._pending_rows else np.empty(0, np.int64)
+        if not len(rows):
+            return
+        embeds = np.concatenate(self._pending_embeds)
+        self._pending_rows, self._pending_embeds = [], []
+        stem = f"rank-{self.rank}-{time.time_ns():020d}-{os.getpid()}"
+        _save_atomically(self.folder / f"{stem}.embeds.npy", embeds)
+        _save_atomically(self.folder / f"{stem}.rows.npy", rows)
+        self._reset_index()  # this process reads what it wrote
 
     def filled_rows(self) -> int:
-        self._open(writable=False)
-        return int(np.count_nonzero(self._filled))
+        """Table rows stored in the complete shards present now."""
+        self.refresh()
+        return int(np.count_nonzero(self._index() >= 0))
+
+
+class ImageCacheCallback(TrainerCallback):
+    """Writes a process's buffered image embeddings at each epoch's end and re-reads the shards at each start."""
+
+    def __init__(self, cache: ImageEmbeddingCache):
+        self.cache = cache
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.cache.refresh()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.cache.flush()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank's shard in place before any rank indexes the next epoch's
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.cache.flush()

@@ -58,10 +58,17 @@ def _is_distributed() -> bool:
 class ClipLoss(torch.nn.Module):
     """Symmetric InfoNCE whose negatives are the global batch, as in open_clip's ``ClipLoss``.
 
-    Each rank scores its own images and texts against everything gathered from all ranks (``local_loss``); with
-    ``gather_with_grad`` the gradient flows back through the gather, so that after DDP's gradient averaging the
-    update equals that of one process holding the whole global batch. Each rank's loss is weighted by its share of
-    the global batch (`rank_share`), so ranks with fewer rows (skipped records) keep that equality.
+    With ``gather_with_grad`` (the default) each rank scores its own images and texts against everything gathered
+    from all ranks (open_clip's ``local_loss``) and the gradient flows back through the gather; each rank's loss is
+    weighted by its share of the global batch (`rank_share`), so that after DDP's averaging the update equals that of
+    one process holding the whole global batch, also when ranks hold different row counts (skipped records).
+
+    Without it (open_clip's ``gather_with_grad=False``: no collective in the backward pass, at the price of the whole
+    global logit matrix on every rank) the features are gathered detached, this rank's own chunk put back with its
+    gradient, and every rank computes the loss of the *whole* global batch: each term in which this rank's rows
+    appear is then differentiated here, so the ranks' gradients sum to the one-process gradient (see
+    `_summed_over_ranks`). A local loss over detached remote features would miss the terms in which the other ranks
+    use this rank's rows as negatives, and bias the gradient.
     """
 
     def __init__(self, gather_with_grad: bool = True):
@@ -72,18 +79,43 @@ class ClipLoss(torch.nn.Module):
         """`image_embeds` and `text_embeds` are L2-normalised, row i of one matching row i of the other."""
         if image_embeds.shape[0] != text_embeds.shape[0]:
             raise ValueError(f"{image_embeds.shape[0]} images but {text_embeds.shape[0]} texts in a contrastive batch.")
-        offset, rows = 0, image_embeds.shape[0]
-        all_images, all_texts = image_embeds, text_embeds
-        share = 1.0 / max(rows, 1)
-        if _is_distributed():
-            images, texts = _gather(image_embeds, self.gather_with_grad), _gather(text_embeds, self.gather_with_grad)
-            offset = sum(len(chunk) for chunk in images[: dist.get_rank()])
-            all_images, all_texts = torch.cat(images), torch.cat(texts)
-            share = dist.get_world_size() / max(len(all_images), 1)
-        labels = torch.arange(rows, device=image_embeds.device) + offset
-        logits_per_image = logit_scale * image_embeds @ all_texts.t()
-        logits_per_text = logit_scale * text_embeds @ all_images.t()
-        summed = F.cross_entropy(logits_per_image, labels, reduction="sum") + F.cross_entropy(
-            logits_per_text, labels, reduction="sum"
-        )
-        return summed / 2 * share
+        if not _is_distributed():
+            summed = _summed_symmetric_loss(image_embeds, text_embeds, text_embeds, image_embeds, logit_scale, 0)
+            return summed / max(len(image_embeds), 1)
+        images, texts = _gather(image_embeds, self.gather_with_grad), _gather(text_embeds, self.gather_with_grad)
+        all_images, all_texts = torch.cat(images), torch.cat(texts)
+        if not self.gather_with_grad:
+            world_size = dist.get_world_size()
+            # Every rank computes the temperature's whole gradient: scaled down by what `_summed_over_ranks` scales
+            # up, so that DDP's average of the ranks keeps it whole.
+            scale = logit_scale / world_size + logit_scale.detach() * (1 - 1 / world_size)
+            summed = _summed_symmetric_loss(all_images, all_texts, all_texts, all_images, scale, 0)
+            return _summed_over_ranks(summed / max(len(all_images), 1), world_size)
+        offset = sum(len(chunk) for chunk in images[: dist.get_rank()])
+        summed = _summed_symmetric_loss(image_embeds, text_embeds, all_texts, all_images, logit_scale, offset)
+        return summed * dist.get_world_size() / max(len(all_images), 1)
+
+
+def _summed_symmetric_loss(
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    all_texts: torch.Tensor,
+    all_images: torch.Tensor,
+    logit_scale: torch.Tensor,
+    offset: int,
+) -> torch.Tensor:
+    """Sum over the rows of `images`/`texts` of the mean of CLIP's two cross-entropies, each row's match at `offset`
+    plus its index among the candidates `all_texts` / `all_images`."""
+    labels = torch.arange(len(images), device=images.device) + offset
+    logits_per_image = logit_scale * images @ all_texts.t()
+    logits_per_text = logit_scale * texts @ all_images.t()
+    summed = F.cross_entropy(logits_per_image, labels, reduction="sum") + F.cross_entropy(
+        logits_per_text, labels, reduction="sum"
+    )
+    return summed / 2
+
+
+def _summed_over_ranks(loss: torch.Tensor, world_size: int) -> torch.Tensor:
+    """`loss`'s value with `world_size` times its gradient: each rank's gradient holds only its own rows' part of the
+    global loss's gradient, and DDP *averages* the ranks, so the parts come out summed."""
+    return loss.detach() + (loss - loss.detach()) * world_size

@@ -94,6 +94,7 @@ def precomputed_teacher_features(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     shard_rows: int = 65_536,
+    wait_seconds: float = 1800.0,
 ) -> ShardedFeatures:
     """Teacher features of `texts` (the distinct English sentences, in group order), computed by all ranks in
     parallel into half-precision shards under ``cache_root/teacher-<fingerprint>``. The fingerprint covers the
@@ -110,8 +111,7 @@ def precomputed_teacher_features(
     }
     folder = Path(cache_root) / f"teacher-{fingerprint(key)}"
     if (folder / MANIFEST).is_file():
-        logger.info("Reusing teacher features from %s", folder)
-        return ShardedFeatures(folder)
+        logger.info("Reusing teacher features from %s (each shard checked; a damaged one is computed again)", folder)
     teacher = teacher.to(device)
     progress = tqdm(desc="Teacher features", unit="text", disable=rank != 0)
 
@@ -129,6 +129,8 @@ def precomputed_teacher_features(
             progress.update(len(batch["input_ids"]))
         return np.concatenate(parts)
 
-    features = compute_sharded_features(folder, len(texts), teacher.width, encode, rank, world_size, shard_rows, key)
+    features = compute_sharded_features(
+        folder, len(texts), teacher.width, encode, rank, world_size, shard_rows, key, wait_seconds=wait_seconds
+    )
     progress.close()
     return features

@@ -216,6 +216,18 @@ def test_resuming_with_another_data_plan_is_refused(tmp_path, toy):
         )  # fmt: skip
 
 
+def test_resuming_with_another_gradient_accumulation_is_refused(tmp_path, toy):
+    """A checkpoint's step counts optimizer steps; with another accumulation the same step means other batches."""
+    run_stage("teacher", tmp_path, *toy_teacher_inputs(toy), "--max_steps", "2", "--save_steps", "2")
+    plan = json.loads((tmp_path / "checkpoint-2" / "data_plan.json").read_text())
+    assert plan["gradient_accumulation_steps"] == 1
+    with pytest.raises(SystemExit, match=r"another data plan \(gradient_accumulation_steps 1 -> 2\);"):
+        run_stage(
+            "teacher", tmp_path, *toy_teacher_inputs(toy), "--max_steps", "4", "--gradient_accumulation_steps", "2",
+            "--resume_from_checkpoint", "true",
+        )  # fmt: skip
+
+
 def cut_inside_header(path: Path, member: int) -> int:
     """Truncates a tar 100 bytes into the header of its `member`-th file; returns the complete samples kept."""
     with tarfile.open(path) as archive:

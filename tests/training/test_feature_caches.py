@@ -1,0 +1,165 @@
+"""The teacher-feature and image-embedding caches: damaged shards and manifests named and recomputed, a wait that
+ends naming the missing shards and their ranks, rows checked finite, room checked before the first row."""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from altclip.training import feature_caches
+from altclip.training.feature_caches import MANIFEST, ImageEmbeddingCache, compute_sharded_features
+
+
+def shard_values(start: int, stop: int) -> np.ndarray:
+    return np.arange(start, stop, dtype=np.float32)[:, None].repeat(2, axis=1)
+
+
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def wrong_shape(path: Path) -> None:
+    np.save(path, np.zeros((3, 5), dtype=np.float16))
+
+
+def non_finite(path: Path) -> None:
+    array = np.load(path)
+    array[-1, 0] = np.nan
+    np.save(path, array)
+
+
+DAMAGE = {"cut short": cut_in_half, "wrong shape": wrong_shape, "non-finite": non_finite}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_teacher_shard_is_named_and_recomputed(tmp_path, caplog, damage):
+    compute_sharded_features(tmp_path, 5, 2, shard_values, shard_rows=2)
+    DAMAGE[damage](tmp_path / "features-00001.npy")
+    calls = []
+    with caplog.at_level(logging.WARNING):
+        features = compute_sharded_features(
+            tmp_path, 5, 2, lambda a, b: calls.append(a) or shard_values(a, b), shard_rows=2
+        )
+    assert calls == [2]  # that shard only
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert "features-00001.npy is damaged" in warning and "\n" not in warning
+    assert features[[0, 1, 2, 3, 4]][:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_cut_teacher_manifest_is_named_and_written_again(tmp_path, caplog):
+    compute_sharded_features(tmp_path, 5, 2, shard_values, shard_rows=2)
+    cut_in_half(tmp_path / MANIFEST)
+    calls = []
+    with caplog.at_level(logging.WARNING):
+        features = compute_sharded_features(tmp_path, 5, 2, lambda a, b: calls.append(a), shard_rows=2)
+    assert calls == [] and features[[4]][0, 0] == 4
+    assert any(f"{MANIFEST} is damaged" in record.getMessage() for record in caplog.records)
+    assert json.loads((tmp_path / MANIFEST).read_text())["rows"] == 5
+
+
+def test_the_teacher_cache_wait_ends_naming_the_missing_shards_and_their_rank(tmp_path):
+    """Rank 0 of 2 writes shards 0 and 2; rank 1 (owner of shard 1) never does."""
+    with pytest.raises(SystemExit, match=r"rank 0 waited 0.5 s .*features-00001\.npy \(rank 1\); check those ranks"):
+        compute_sharded_features(
+            tmp_path, 5, 2, shard_values, rank=0, world_size=2, shard_rows=2, poll_seconds=0.05, wait_seconds=0.5
+        )
+    assert sorted(path.name for path in tmp_path.glob("features-*")) == ["features-00000.npy", "features-00002.npy"]
+
+
+def test_the_teacher_cache_wait_skips_a_damaged_shard_of_another_rank_until_it_is_replaced(tmp_path):
+    compute_sharded_features(tmp_path, 5, 2, shard_values, shard_rows=2)
+    cut_in_half(tmp_path / "features-00001.npy")  # rank 1's, left damaged by an earlier run
+    with pytest.raises(SystemExit, match=r"features-00001\.npy \(rank 1\)"):
+        compute_sharded_features(
+            tmp_path, 5, 2, shard_values, rank=0, world_size=2, shard_rows=2, poll_seconds=0.05, wait_seconds=0.5
+        )
+
+
+def test_non_finite_teacher_features_are_refused_before_writing(tmp_path):
+    def encode(start, stop):
+        values = shard_values(start, stop)
+        values[-1] = np.inf
+        return values
+
+    with pytest.raises(SystemExit, match=r"non-finite features for row 1 "):
+        compute_sharded_features(tmp_path, 5, 2, encode, shard_rows=2)
+    assert not list(tmp_path.glob("features-*"))
+
+
+def embeddings(rows, width=4):
+    return torch.tensor([[float(row)] * width for row in rows])
+
+
+def stored_cache(folder: Path) -> ImageEmbeddingCache:
+    cache = ImageEmbeddingCache.create(folder, 10, 4, {"tower": "x"})
+    cache.put([0, 1, 2], embeddings([0, 1, 2]))
+    cache.flush()
+    cache.put([5, 6], embeddings([5, 6]))
+    cache.flush()
+    return cache
+
+
+def test_image_cache_shards_round_trip_and_pickled_readers_see_them(tmp_path):
+    import pickle
+
+    cache = stored_cache(tmp_path)
+    assert len(list(tmp_path.glob("rank-0-*.rows.npy"))) == 2 and not list(tmp_path.glob("*.partial"))
+    reader = pickle.loads(pickle.dumps(cache))  # as a DataLoader worker gets it
+    assert reader.get(6).tolist() == [6.0] * 4 and reader.get(3) is None
+    assert cache.filled_rows() == 5
+
+
+def first_shard(folder: Path, suffix: str) -> Path:
+    return sorted(folder.glob(f"rank-0-*.{suffix}.npy"))[0]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["embeds cut short", "embeds wrong shape", "rows cut short", "embeds non-finite"],
+)
+def test_a_damaged_image_shard_is_named_and_its_rows_computed_again(tmp_path, caplog, damage):
+    stored_cache(tmp_path)
+    kind, what = damage.split(" ", 1)
+    path = first_shard(tmp_path, kind)
+    {"cut short": cut_in_half, "wrong shape": wrong_shape, "non-finite": non_finite}[what](path)
+    reader = ImageEmbeddingCache(tmp_path, 10, 4)
+    with caplog.at_level(logging.WARNING):
+        assert [reader.get(row) is None for row in (0, 1, 2)] == (
+            [False, False, True] if what == "non-finite" else [True, True, True]
+        )
+        assert reader.get(5).tolist() == [5.0] * 4  # the intact shard is still used
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and path.name.replace(f".{kind}.", ".embeds.") in warnings[0], warnings
+
+
+def test_non_finite_image_embeddings_are_not_stored(tmp_path, caplog):
+    cache = ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"})
+    values = embeddings([3, 4])
+    values[1, 2] = float("nan")
+    with caplog.at_level(logging.WARNING):
+        cache.put([3, 4], values)
+        cache.flush()
+    assert "(table rows [4]); not cached" in caplog.text
+    assert cache.get(3).tolist() == [3.0] * 4 and cache.get(4) is None
+
+
+def test_a_cut_image_cache_manifest_is_named_and_written_again(tmp_path, caplog):
+    stored_cache(tmp_path)
+    cut_in_half(tmp_path / MANIFEST)
+    with caplog.at_level(logging.WARNING):
+        cache = ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"})
+    assert f"{MANIFEST} is damaged" in caplog.text
+    assert json.loads((tmp_path / MANIFEST).read_text())["key"] == {"tower": "x"}
+    assert cache.get(1).tolist() == [1.0] * 4  # the shards themselves are kept
+
+
+def test_the_image_cache_refuses_to_start_without_room(tmp_path, monkeypatch):
+    stored_cache(tmp_path)
+    usage = feature_caches.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(feature_caches.shutil, "disk_usage", lambda path: usage._replace(free=10))
+    # 5 rows are stored; the 5 others need 5 x (4 x 2 + 8) bytes
+    with pytest.raises(SystemExit, match=r"needs 0\.00 GB in .* for 10 image embeddings, and the disk has 0\.00 GB"):
+        ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"})
