@@ -282,7 +282,36 @@ def test_zero_shot_scores_are_logged_during_training(tmp_path, toy, teacher_mode
     assert not (tmp_path / "run" / "zeroshot" / "model").exists()  # the snapshot is removed after scoring
 
 
+def test_zero_shot_out_of_memory_is_named_and_training_goes_on(tmp_path, toy, teacher_model_dir, monkeypatch, caplog):
+    from altclip.training.zeroshot_monitor import ZeroShotMonitor
+
+    def out_of_memory(self, texts):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(ZeroShotMonitor, "_local_share", out_of_memory)
+    folder = shapes_image_folder(toy, tmp_path / "shapes")
+    flags = contrastive_flags(teacher_model_dir, toy, "--max_steps", "2", "--save_strategy", "no")
+    flags += ("--zeroshot_steps", "1", "--zeroshot_data_dir", str(folder))
+    summary = run_stage("contrastive", tmp_path / "run", *flags)
+    assert summary["global_step"] == 2
+    warnings = [record.getMessage() for record in caplog.records if "Zero-shot scoring" in record.getMessage()]
+    assert len(warnings) == 2 and "failed (training goes on): out of memory (CUDA out of memory." in warnings[0]
+    assert "lower --batch_size in --zeroshot_eval_flags" in warnings[0]
+
+
 def test_zero_shot_during_training_needs_its_data(tmp_path, toy, teacher_model_dir):
     flags = contrastive_flags(teacher_model_dir, toy, "--zeroshot_steps", "2", "--zeroshot_data_dir", "nowhere")
     with pytest.raises(SystemExit, match="--zeroshot_steps needs --zeroshot_data_dir, a folder"):
         run_stage("contrastive", tmp_path, *flags)
+
+
+def test_zero_shot_during_training_refuses_what_it_cannot_score_before_models_load(tmp_path, toy, teacher_model_dir):
+    folder = shapes_image_folder(toy, tmp_path / "shapes")
+    flags = contrastive_flags(teacher_model_dir, toy, "--zeroshot_steps", "2", "--zeroshot_data_dir", str(folder))
+    with pytest.raises(SystemExit, match="--zeroshot_dataset imagenet1k: during training the live model scores a"):
+        run_stage("contrastive", tmp_path / "a", *flags, "--zeroshot_dataset", "imagenet1k")
+    with pytest.raises(SystemExit, match=r"classnames.json has no 'fr' names; it has en, de"):
+        run_stage("contrastive", tmp_path / "b", *flags, "--zeroshot_languages", "en,fr")
+    with pytest.raises(SystemExit, match=r"--zeroshot_eval_flags --dtype bfloat16: scoring during training takes"):
+        run_stage("contrastive", tmp_path / "c", *flags, "--zeroshot_eval_flags", "--dtype bfloat16")
+    assert not (tmp_path / "a").exists()
