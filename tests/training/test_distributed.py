@@ -219,3 +219,28 @@ def test_zero_shot_during_training_spreads_the_live_model_scoring_over_the_ranks
             assert entry["metrics"] == expected["metrics"], (language, entry, expected)
             for metric, value in expected["metrics"].items():
                 assert logged[f"zeroshot/image_folder/{language}/{metric}"] == value
+
+
+def test_image_feature_cache_of_two_processes_is_written_per_rank_and_read_by_both(
+    tmp_path, toy, start_without_dropout
+):
+    """Epoch 1: each rank stores the embeddings of the images it trains in its own shards; epoch 2: every image comes
+    from the cache, also those the other rank stored (rank 0's tower count stops growing), with 2 DataLoader workers."""
+    from altclip.training.feature_caches import ImageEmbeddingCache
+
+    flags = ["--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"])]
+    flags += ["--per_device_train_batch_size", "8", "--num_train_epochs", "2", "--logging_steps", "1"]
+    flags += ["--save_strategy", "epoch", "--dataloader_num_workers", "2", "--cache_image_features", "true"]
+    output = tmp_path / "run"
+    torchrun("contrastive", output, 2, *flags)
+    (cache,) = (output / "image_feature_cache").glob("images-*")
+    assert {path.name.split("-")[1] for path in cache.glob("rank-*.rows.npy")} == {"0", "1"}
+    width = json.loads((cache / "manifest.json").read_text())["width"]
+    assert ImageEmbeddingCache(cache, 180, width).filled_rows() == 180
+    last = max(output.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    counts = [(entry["epoch"], entry["image_tower_rows"]) for entry in history if "loss" in entry]
+    first_epoch = [rows for epoch, rows in counts if epoch <= 1.0 + 1e-9]
+    second_epoch = [rows for epoch, rows in counts if epoch > 1.0 + 1e-9]
+    assert second_epoch and set(second_epoch) == {first_epoch[-1]}, counts
+    assert 80 <= first_epoch[-1] <= 100, counts  # rank 0 ran about half of the 180 images through the tower, once

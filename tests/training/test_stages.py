@@ -276,10 +276,10 @@ def test_zero_shot_scores_are_logged_during_training(tmp_path, toy, teacher_mode
             0 <= entry["zeroshot/image_folder/de/top1"] <= 100
             and "zeroshot/image_folder/en/mean_per_class_recall" in entry
         )
-    for step in (2, 4):  # altclip-eval's own files of each scoring
+    for step in (2, 4):  # the results files (altclip-eval's format) of each scoring
         results = json.loads((tmp_path / "run" / "zeroshot" / f"step-{step}" / "results.json").read_text())
         assert results["results"][0]["metrics"]["top1"] == scored[step]["zeroshot/image_folder/en/top1"]
-    assert not (tmp_path / "run" / "zeroshot" / "model").exists()  # the snapshot is removed after scoring
+    assert not (tmp_path / "run" / "zeroshot" / "model").exists()  # scored in memory: no model written
 
 
 def test_zero_shot_out_of_memory_is_named_and_training_goes_on(tmp_path, toy, teacher_model_dir, monkeypatch, caplog):
