@@ -3,7 +3,9 @@ ends naming the missing shards and their ranks, rows checked finite, room checke
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -163,3 +165,33 @@ def test_the_image_cache_refuses_to_start_without_room(tmp_path, monkeypatch):
     # 5 rows are stored; the 5 others need 5 x (4 x 2 + 8) bytes
     with pytest.raises(SystemExit, match=r"needs 0\.00 GB in .* for 10 image embeddings, and the disk has 0\.00 GB"):
         ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"})
+
+
+class FakeDataset:
+    def __init__(self, rows: int):
+        self.rows = SimpleNamespace(tables=[SimpleNamespace(_fingerprint="table-digest")])
+        self._length = rows
+
+    def __len__(self) -> int:
+        return self._length
+
+
+def test_the_image_cache_key_covers_the_image_root_and_column(tmp_path):
+    """The same table read with another --image_root (or image column) names other images: another cache."""
+    from altclip.training.cli import image_feature_cache
+
+    model = SimpleNamespace(
+        vision_model=torch.nn.Linear(2, 2),
+        visual_projection=torch.nn.Linear(2, 2),
+        config=SimpleNamespace(projection_dim=4),
+    )
+    processor = SimpleNamespace(to_dict=lambda: {"size": 224})
+    training = SimpleNamespace(output_dir=str(tmp_path), process_index=0, main_process_first=lambda desc: nullcontext())
+    stage = SimpleNamespace(image_feature_cache_dir=None)
+
+    def folder(image_root, image_column="image"):
+        data = SimpleNamespace(reduced_jpeg_decoding=False, image_column=image_column, image_root=image_root)
+        return image_feature_cache(model, processor, FakeDataset(10), stage, data, training).folder.name
+
+    assert folder(None) == folder(None)
+    assert len({folder(None), folder(str(tmp_path / "a")), folder(str(tmp_path / "b")), folder(None, "photo")}) == 4
