@@ -2,7 +2,9 @@
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -75,6 +77,20 @@ def process_state(device: str = "auto") -> PartialState | None:
     return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
+def _gathered(work: Callable[[], Any]) -> list[Any]:
+    """Runs `work` in every process and gathers the results in rank order; an error in any process is raised in
+    all of them, instead of leaving the others waiting at the gather."""
+    try:
+        part, error = work(), None
+    except (OSError, ValueError) as caught:
+        part, error = None, caught
+    parts = gather_object([(part, error)])
+    for _, error in parts:
+        if error is not None:
+            raise error
+    return [part for part, _ in parts]
+
+
 def _embed_images_sharded(embedder: Embedder, sources: list, description: str, state: PartialState | None):
     """(embeddings, kept indices, failures, images each process embedded): each process embeds its contiguous share
     (accelerate's split_between_processes) and the shares are gathered in rank order, so the result is the
@@ -83,26 +99,25 @@ def _embed_images_sharded(embedder: Embedder, sources: list, description: str, s
         embeddings, kept, failures = embedder.images(sources, description)
         return embeddings, kept, failures, [len(sources)]
     with state.split_between_processes(list(range(len(sources)))) as share:
-        if share:
-            embeddings, kept, failures = embedder.images([sources[i] for i in share], description)
-            kept = [share[row] for row in kept]
-        else:
-            embeddings, kept, failures = torch.empty(0), [], []
-    parts = gather_object([(embeddings, kept, failures, len(share))])
-    return (
-        torch.cat([part[0] for part in parts if part[1]]),
-        [index for part in parts for index in part[1]],
-        [failure for part in parts for failure in part[2]],
-        [part[3] for part in parts],
-    )
+
+        def embed_share():
+            embeddings, kept, failures = embedder.images([sources[i] for i in share], description, allow_none=True)
+            return embeddings, [share[row] for row in kept], failures, len(share)
+
+        parts = _gathered(embed_share)
+    kept = [index for part in parts for index in part[1]]
+    failures = [failure for part in parts for failure in part[2]]
+    if not kept:
+        example = f"{failures[0].where}: {failures[0].reason}" if failures else "none"
+        raise ValueError(f"None of the {len(sources)} {description} could be read, e.g. {example}.")
+    return torch.cat([part[0] for part in parts]), kept, failures, [part[3] for part in parts]
 
 
 def _embed_texts_sharded(embedder: Embedder, texts: list[str], description: str, state: PartialState | None):
     if state is None:
         return embedder.texts(texts, description)
     with state.split_between_processes(list(texts)) as share:
-        embeddings = embedder.texts(share, description)
-    return torch.cat(gather_object([embeddings]))
+        return torch.cat(_gathered(lambda: embedder.texts(share, description)))
 
 
 def evaluate_retrieval(

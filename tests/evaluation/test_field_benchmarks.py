@@ -187,6 +187,8 @@ def test_compare_reference_puts_the_model_next_to_published_numbers(tmp_path, ti
 
 def test_two_processes_give_the_numbers_of_one(tmp_path, tiny_model_dir):
     data = write_xm3600(tmp_path / "xm3600", count=5)
+    for key in (3, 4):  # the second process's whole share is unreadable: skipped and counted, as in one process
+        (data / "images" / f"{key:016x}.jpg").write_bytes(b"not a jpeg")
     flags = ["--languages", "en,de", "--protocol", "all_captions"]
     single = run_eval(tiny_model_dir, "xm3600", data, tmp_path / "one", *flags)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
@@ -197,6 +199,7 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, tiny_model_dir):
     double = json.loads((tmp_path / "two" / "results.json").read_text())["results"]
     assert [r["metrics"] for r in double] == [r["metrics"] for r in single]
     assert [r.get("num_captions") for r in double] == [r.get("num_captions") for r in single]
+    assert (double[0]["num_images"], double[0]["skipped_images"]) == (single[0]["num_images"], 2) == (3, 2)
     # inside the run: two processes, each embedding its share of the 5 images (3 + 2), none all of them
     assert double[0]["processes"] == 2 and double[0]["images_embedded_per_process"] == [3, 2]
     assert single[0]["processes"] == 1 and single[0]["images_embedded_per_process"] == [5]
