@@ -77,7 +77,19 @@ def comparison_markdown(rows: list[dict]) -> str:
         values = " | ".join(f"{row['metrics'][name]:.2f}" if name in row["metrics"] else "" for name in COMPARED)
         cells = [row["dataset"], row["model"], row["protocol"], values, row["languages"], row["source"]]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + protocol_notes(rows)) + "\n"
+
+
+def protocol_notes(rows: list[dict]) -> list[str]:
+    """A line per published row scored with another protocol than this run: those numbers are not like for like."""
+    ours = {row["dataset"]: row["protocol"] for row in rows if row["source"] == "altclip-eval"}
+    notes = [
+        f"- {row['model']} on {row['dataset']} used `{row['protocol']}`; this run used `{ours[row['dataset']]}` "
+        f"(rerun with `--protocol {row['protocol']}` to compare like with like)."
+        for row in rows
+        if row["source"] != "altclip-eval" and row["protocol"] != ours.get(row["dataset"], row["protocol"])
+    ]
+    return ["", *notes] if notes else []
 
 
 def draw_comparison(rows: list[dict], path: Path) -> None:

@@ -183,6 +183,11 @@ def test_compare_reference_puts_the_model_next_to_published_numbers(tmp_path, ti
     assert "NLLB-CLIP large SigLIP" in xm3600_rows[2] and "openclip_multilingual_retrieval_results.csv" in table
     assert "(this run)" in xm3600_rows[3] and "mean of en, de" in xm3600_rows[3]
     assert (tmp_path / "out" / "results_reference.png").read_bytes()[:4] == b"\x89PNG"
+    assert "rerun with" not in table  # same protocol as the published rows
+    flags = ("--languages", "en", "--compare", "reference", "--protocol", "all_captions")
+    run_eval(tiny_model_dir, "xm3600", data, tmp_path / "other", *flags)
+    notes = [line for line in (tmp_path / "other" / "results.md").read_text().splitlines() if "rerun with" in line]
+    assert len(notes) == 3 and all("used `first_caption`; this run used `all_captions`" in note for note in notes)
 
 
 def test_two_processes_give_the_numbers_of_one(tmp_path, tiny_model_dir):
