@@ -208,3 +208,12 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, tiny_model_dir):
     # inside the run: two processes, each embedding its share of the 5 images (3 + 2), none all of them
     assert double[0]["processes"] == 2 and double[0]["images_embedded_per_process"] == [3, 2]
     assert single[0]["processes"] == 1 and single[0]["images_embedded_per_process"] == [5]
+
+
+def test_a_caption_file_that_does_not_match_its_image_list_is_named(tmp_path, capsys):
+    data = write_xtd200(tmp_path / "xtd200")
+    (data / "deu_Latn.txt").write_text("ein Foto 0\nein Foto 1\n", encoding="utf-8")  # 2 lines for 4 images
+    with pytest.raises(SystemExit):
+        main(eval_flags(tmp_path / "no-model", "xtd200", data, tmp_path / "out", "--languages", "deu_Latn"))
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{data / 'deu_Latn.txt'}: 2 captions for the 4 images of test_image_names.txt" in line
