@@ -50,7 +50,7 @@ setup(
     package_dir={"altclip": "altclip", **{f"altclip.{job}": job for job in JOBS}},
     package_data={
         "altclip.training": ["configs/*.yaml", "configs/*.json"],
-        "altclip.evaluation": ["metrics/*/*.py", "metrics/*/*.md"],
+        "altclip.evaluation": ["metrics/*/*.py", "metrics/*/*.md", "references.json"],
         "altclip.hub": ["*.md"],
     },
     entry_points={

@@ -3,24 +3,35 @@
 from altclip.common.results_format import write_results
 
 from .encode import Embedder, resolve_device_and_dtype
+from .field_sets import FIELD_LOADERS, load_flickr30k_200, load_multi30k, load_xm3600, load_xtd200
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, ClassificationSet, RetrievalSet
 from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir
-from .retrieval import evaluate_retrieval, retrieval_scores
+from .references import load_references
+from .retrieval import PROTOCOLS, apply_protocol, evaluate_retrieval, language_average, retrieval_scores
 from .zeroshot import ClassEmbeddingCache, class_embeddings, evaluate_zero_shot
 
 __all__ = [
     "CLASSIFICATION_LOADERS",
+    "FIELD_LOADERS",
+    "PROTOCOLS",
     "RETRIEVAL_LOADERS",
     "ClassEmbeddingCache",
     "ClassPrompts",
     "ClassificationSet",
     "Embedder",
     "RetrievalSet",
+    "apply_protocol",
     "class_embeddings",
     "class_prompts",
     "custom_prompts",
     "evaluate_retrieval",
     "evaluate_zero_shot",
+    "language_average",
+    "load_flickr30k_200",
+    "load_multi30k",
+    "load_references",
+    "load_xm3600",
+    "load_xtd200",
     "prompts_dir",
     "resolve_device_and_dtype",
     "retrieval_scores",

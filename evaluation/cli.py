@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from accelerate import PartialState
 from transformers import HfArgumentParser
 
 from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
@@ -20,19 +21,29 @@ from altclip.common.results_format import markdown_table, write_results
 from modeling_altclip.assets import cache_dir
 
 from .encode import Embedder
+from .field_sets import FIELD_LOADERS, MULTI30K_LANGUAGES, XM3600_LANGUAGES, translated_languages
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, XTD_LANGUAGES, ClassificationSet
 from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir
-from .retrieval import evaluate_retrieval
+from .references import DEFAULT_PROTOCOL, write_comparison
+from .retrieval import PROTOCOLS, evaluate_retrieval, language_average, process_state
 from .zeroshot import ClassEmbeddingCache, evaluate_zero_shot
 
 logger = logging.getLogger("evaluation")
 
-TASKS = {"zeroshot": CLASSIFICATION_LOADERS, "retrieval": RETRIEVAL_LOADERS}
-DEFAULT_RETRIEVAL_LANGUAGE = {"flickr30k": "en", "flickr30k_cn": "zh", "coco_cn": "zh", "xtd10": "en"}
+TASKS = {"zeroshot": CLASSIFICATION_LOADERS, "retrieval": {**RETRIEVAL_LOADERS, **FIELD_LOADERS}}
+DEFAULT_RETRIEVAL_LANGUAGE = {
+    "flickr30k": "en",
+    "flickr30k_cn": "zh",
+    "coco_cn": "zh",
+    "xtd10": "en",
+    "xm3600": ",".join(XM3600_LANGUAGES),
+    "multi30k": ",".join(MULTI30K_LANGUAGES),
+}
 USAGE = """usage: altclip-eval {zeroshot,retrieval} --model PATH_OR_ID --dataset NAME --data_dir DIR [--FLAG VALUE ...]
 
   zeroshot   zero-shot classification: imagenet1k, cifar10, cifar100, image_folder
-  retrieval  image<->text recall@1/5/10: flickr30k, flickr30k_cn, coco_cn, xtd10, captions
+  retrieval  image<->text recall@1/5/10: flickr30k, flickr30k_cn, coco_cn, xtd10, xm3600, xtd200,
+             flickr30k_200, multi30k, captions
 
 'altclip-eval TASK --help' lists every flag."""
 
@@ -47,7 +58,7 @@ class EvalArguments:
     dataset: str = field(
         metadata={
             "help": "zeroshot: imagenet1k|cifar10|cifar100|image_folder; retrieval: "
-            "flickr30k|flickr30k_cn|coco_cn|xtd10|captions."
+            "flickr30k|flickr30k_cn|coco_cn|xtd10|xm3600|xtd200|flickr30k_200|multi30k|captions."
         }
     )
     data_dir: str = field(metadata={"help": "The local copy of the dataset (layouts in the README)."})
@@ -73,7 +84,26 @@ class EvalArguments:
             "help": "Folder of clip-benchmark's class-name/template JSON files (default: the installed package)."
         },
     )
-    split: str = field(default="test", metadata={"help": "Split of Karpathy / Chinese-CLIP style retrieval sets."})
+    split: str = field(
+        default="test", metadata={"help": "Split of Karpathy / Chinese-CLIP / Multi30k (test = test_2016_flickr) sets."}
+    )
+    protocol: str | None = field(
+        default=None,
+        metadata={
+            "help": "Retrieval captions scored: first_caption (each image's first caption: CLIP_benchmark) or "
+            "all_captions (every caption: big_vision, Meta CLIP). Default: the protocol of the dataset's reference "
+            "numbers (xm3600: first_caption; the rest: all_captions).",
+            "choices": list(PROTOCOLS),
+        },
+    )
+    compare: str | None = field(
+        default=None,
+        metadata={
+            "help": "reference: put the results next to the published numbers of evaluation/references.json in "
+            "results.md and results_reference.png.",
+            "choices": ["reference"],
+        },
+    )
     batch_size: int = field(default=64, metadata={"help": "Images or texts per forward pass."})
     num_workers: int = field(
         default=min(4, os.cpu_count() or 1), metadata={"help": "DataLoader workers decoding images."}
@@ -159,15 +189,28 @@ def classification_prompts(args: EvalArguments, dataset: ClassificationSet) -> d
     }
 
 
-def run_zero_shot(args: EvalArguments, make_embedder: Callable[[], Embedder]) -> list[dict]:
+def run_zero_shot(
+    args: EvalArguments, make_embedder: Callable[[], Embedder], state: PartialState | None = None
+) -> list[dict]:
+    """Zero-shot runs whole in every process (only the first writes); `state` is accepted for one call shape."""
     dataset = CLASSIFICATION_LOADERS[args.dataset](args.data_dir)
     prompts = classification_prompts(args, dataset)  # data and lists are checked before the model loads
     return evaluate_zero_shot(make_embedder(), dataset, prompts, ClassEmbeddingCache(args.cache_dir or None))
 
 
-def run_retrieval(args: EvalArguments, make_embedder: Callable[[], Embedder]) -> list[dict]:
-    languages = args.language_list(DEFAULT_RETRIEVAL_LANGUAGE.get(args.dataset, ""))
-    loader = RETRIEVAL_LOADERS[args.dataset]
+def retrieval_languages(args: EvalArguments) -> list[str]:
+    """--languages, else the dataset's own: XM3600's 36, Multi30k's 4, every translation file of XTD200 /
+    Flickr30k-200, the one language of the others."""
+    if not args.languages and args.dataset in ("xtd200", "flickr30k_200"):
+        return translated_languages(args.dataset, args.data_dir)
+    return args.language_list(DEFAULT_RETRIEVAL_LANGUAGE.get(args.dataset, ""))
+
+
+def run_retrieval(
+    args: EvalArguments, make_embedder: Callable[[], Embedder], state: PartialState | None = None
+) -> list[dict]:
+    languages = retrieval_languages(args)
+    loader = TASKS["retrieval"][args.dataset]
     if args.dataset == "xtd10":
         unknown = sorted(set(languages) - set(XTD_LANGUAGES))
         if unknown:
@@ -175,8 +218,14 @@ def run_retrieval(args: EvalArguments, make_embedder: Callable[[], Embedder]) ->
     datasets = {language: loader(args.data_dir, language, split=args.split) for language in languages}
     if not languages:  # a caption table without --languages: all of its rows together
         datasets = {"all": loader(args.data_dir, None, split=args.split)}
+    protocol = args.protocol or DEFAULT_PROTOCOL.get(args.dataset, "all_captions")
     embedder, memo = make_embedder(), {}
-    return [evaluate_retrieval(embedder, dataset, language, memo) for language, dataset in datasets.items()]
+    results = [
+        evaluate_retrieval(embedder, dataset, language, memo, protocol, state) for language, dataset in datasets.items()
+    ]
+    if len(results) > 1 and args.dataset != "captions":
+        results.append(language_average(args.dataset, results))
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -206,12 +255,14 @@ def evaluate(task: str, argv: list[str]) -> None:
         handlers=[logging.StreamHandler(sys.stdout)],
     )
 
+    state = process_state(args.device)  # under torchrun: each process embeds its share of a retrieval set
+
     def make_embedder() -> Embedder:  # called once the data and class lists have been checked
         if missing_local_model(args.model):
             raise SystemExit(f"--model {args.model}: no such folder (and not a Hub id like org/name).")
         return Embedder.from_pretrained(
             args.model,
-            device=args.device,
+            device=str(state.device) if state is not None and args.device == "auto" else args.device,
             dtype=args.dtype,
             batch_size=args.batch_size,
             num_workers=args.num_workers,
@@ -221,9 +272,15 @@ def evaluate(task: str, argv: list[str]) -> None:
             onednn_linear=args.onednn_linear,
         )
 
-    results = (run_zero_shot if task == "zeroshot" else run_retrieval)(args, make_embedder)
+    results = (run_zero_shot if task == "zeroshot" else run_retrieval)(args, make_embedder, state)
+    if state is not None and not state.is_main_process:
+        return  # every process holds the gathered results; the first one writes them
     paths = write_results(results, args.output_dir, args.model)
-    print(markdown_table(results))
+    table = markdown_table(results)
+    if args.compare == "reference":
+        table, chart = write_comparison(results, args.model, paths["table"], table)
+        paths["comparison_chart"] = chart
+    print(table)
     print("Wrote " + ", ".join(str(path) for path in paths.values()))
 
 

@@ -136,9 +136,11 @@ class Embedder:
 
     @torch.no_grad()
     def images(
-        self, sources: Sequence[Any], description: str = "images"
+        self, sources: Sequence[Any], description: str = "images", allow_none: bool = False
     ) -> tuple[torch.Tensor, list[int], list[Skipped]]:
-        """(embeddings of the readable images, their indices in `sources`, the unreadable ones as `Skipped`)."""
+        """(embeddings of the readable images, their indices in `sources`, the unreadable ones as `Skipped`).
+
+        No readable image is a ValueError, unless `allow_none` (one process's share of a set may hold none)."""
         loader = DataLoader(
             _PreprocessedImages(sources, self.processor.image_processor, self.reduced_decoding),
             batch_size=self.batch_size,
@@ -155,6 +157,8 @@ class Embedder:
             kept += indices
         for skipped in failures[:5]:
             logger.warning("Leaving out unreadable image %s (%s)", skipped.where, skipped.reason)
+        if not embeddings and allow_none:
+            return torch.empty(0, self.model.config.projection_dim), [], failures
         if not embeddings:
             example = f"{failures[0].where}: {failures[0].reason}" if failures else "none"
             raise ValueError(f"None of the {len(sources)} {description} could be read, e.g. {example}.")

@@ -68,7 +68,7 @@ def training_note(model_dir: Path) -> str:
 
 
 def card_languages(options: CardOptions, results: list[dict]) -> list[str]:
-    given = options.languages or [row["language"] for row in results if row.get("language") not in (None, "all")]
+    given = options.languages or [row["language"] for row in results if row.get("language") not in (None, "all", "avg")]
     return list(dict.fromkeys(ISO_CODES.get(code, code) for code in given))
 
 

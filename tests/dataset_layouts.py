@@ -105,3 +105,81 @@ def write_caption_table(root: Path, count: int = 4) -> Path:
             ]
     (root / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return root
+
+
+# --- The field's multilingual retrieval sets, each in its publisher's layout (see evaluation/field_sets.py) ---
+
+FIELD_WORDS = {
+    "en": "a photo",
+    "de": "ein Foto",
+    "zh": "一张照片",
+    "fr": "une photo",
+    "cs": "fotka",
+    "deu_Latn": "ein Foto",
+    "zho_Hans": "一张照片",
+    "eng_Latn": "a photo",
+}
+
+
+def write_xm3600(
+    root: Path, count: int = 4, languages: tuple[str, ...] = ("en", "de", "zh"), nested: bool = False
+) -> Path:
+    """Google's release: captions.jsonl (a row per image: "image/key", then per language {"caption": [...],
+    "caption/tokenized": [...]}) and images/<key>.jpg; `nested` puts both in ROOT/xm3600/ as CLIP_benchmark does.
+    Image i has 1 + (i % 2) captions per language, so first-caption and all-captions scoring differ."""
+    folder = root / "xm3600" if nested else root
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for index, image in enumerate(random_images(count, seed=7)):
+        key = f"{index:016x}"
+        image.save(folder / "images" / f"{key}.jpg")
+        row = {"image/key": key, "image/locale": "en", "image/subset": "test"}
+        for language in languages:
+            captions = [f"{FIELD_WORDS[language]} {index} #{n}" for n in range(1 + index % 2)]
+            row[language] = {"caption": captions, "caption/tokenized": [c.lower() for c in captions]}
+        rows.append(row)
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    return root
+
+
+def _write_parallel(folder: Path, index_name: str, names: list[str], languages: tuple[str, ...]) -> None:
+    (folder / "images").mkdir(parents=True)
+    for name, image in zip(names, random_images(len(names), seed=3)):
+        image.save(folder / "images" / name)
+    (folder / index_name).write_text("\n".join(names) + "\n")
+    for language in languages:
+        lines = [f"{FIELD_WORDS[language]} {index}" for index in range(len(names))]
+        (folder / f"{language}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_xtd200(root: Path, count: int = 4, languages=("deu_Latn", "eng_Latn", "zho_Hans"), nested=False) -> Path:
+    """NLLB-CLIP's data/xtd200/: test_image_names.txt and <flores>.txt, with the COCO images in images/."""
+    folder = root / "xtd200" if nested else root
+    _write_parallel(folder, "test_image_names.txt", [f"COCO_val2014_{i:012d}.jpg" for i in range(count)], languages)
+    return root
+
+
+def write_flickr30k_200(root: Path, count: int = 4, languages=("deu_Latn", "eng_Latn", "zho_Hans")) -> Path:
+    """NLLB-CLIP's data/flickr30k-200/: filenames.txt and <flores>.txt, with the Flickr30k images in images/."""
+    _write_parallel(root, "filenames.txt", [f"{1000092795 + i}.jpg" for i in range(count)], languages)
+    return root
+
+
+def write_multi30k(root: Path, count: int = 4, languages=("en", "de", "fr", "cs")) -> Path:
+    """A multi30k/dataset clone: data/task1/image_splits/test_2016_flickr.txt, data/task1/raw/test_2016_flickr.<lang>.gz
+    (gzip, as the repository stores them), and the Flickr30k images in flickr30k-images/."""
+    import gzip
+
+    names = [f"{1007129816 + i}.jpg" for i in range(count)]
+    (root / "flickr30k-images").mkdir(parents=True)
+    for name, image in zip(names, random_images(count, seed=5)):
+        image.save(root / "flickr30k-images" / name)
+    (root / "data" / "task1" / "image_splits").mkdir(parents=True)
+    (root / "data" / "task1" / "raw").mkdir(parents=True)
+    (root / "data" / "task1" / "image_splits" / "test_2016_flickr.txt").write_text("\n".join(names) + "\n")
+    for language in languages:
+        text = "\n".join(f"{FIELD_WORDS[language]} {index}" for index in range(count)) + "\n"
+        raw = root / "data" / "task1" / "raw" / f"test_2016_flickr.{language}.gz"
+        with gzip.open(raw, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    return root

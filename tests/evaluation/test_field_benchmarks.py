@@ -1,0 +1,219 @@
+"""XM3600, XTD200, Flickr30k-200 and Multi30k: their publishers' layouts, the two scoring protocols checked against
+CLIP_benchmark's own metric code, the reference comparison, and 2-process evaluation against 1 process."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from dataset_layouts import write_flickr30k_200, write_multi30k, write_xm3600, write_xtd200
+from ports import free_port
+from stage_runs import REPO, torchrun_env
+
+import altclip.evaluation.retrieval
+from altclip.evaluation.cli import TASKS, main
+from altclip.evaluation.field_sets import FIELD_LOADERS
+from altclip.evaluation.loaders import RetrievalSet
+from altclip.evaluation.references import COMPARED, load_references
+from altclip.evaluation.retrieval import PROTOCOLS, apply_protocol, retrieval_scores
+
+
+def eval_flags(model_dir, dataset, data_dir, output_dir, *flags) -> list[str]:
+    return [
+        "retrieval",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        dataset,
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(output_dir),
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "3",
+        "--device",
+        "cpu",
+        *map(str, flags),
+    ]
+
+
+def run_eval(*args, **kwargs) -> list[dict]:
+    main(eval_flags(*args, **kwargs))
+    return json.loads((args[3] / "results.json").read_text())["results"]
+
+
+@pytest.mark.parametrize(
+    "write, dataset, language, nested, captions",
+    [
+        (write_xm3600, "xm3600", "de", False, 6),  # images 0..3 carry 1, 2, 1, 2 captions
+        (write_xm3600, "xm3600", "zh", True, 6),  # CLIP_benchmark's ROOT/xm3600/
+        (write_xtd200, "xtd200", "deu_Latn", False, 4),
+        (write_xtd200, "xtd200", "zho_Hans", True, 4),  # CLIP_benchmark's ROOT/xtd200/
+        (write_flickr30k_200, "flickr30k_200", "eng_Latn", None, 4),
+        (write_multi30k, "multi30k", "cs", None, 4),  # gzip-compressed raw captions
+    ],
+)
+def test_each_layout_is_read_as_published(tmp_path, write, dataset, language, nested, captions):
+    write(tmp_path, **({} if nested is None else {"nested": nested}))
+    loaded = FIELD_LOADERS[dataset](tmp_path, language)
+    assert len(loaded.images) == 4 and all(path.is_file() for path in loaded.images)
+    assert len(loaded.captions) == captions == len(loaded.caption_image)
+    assert loaded.captions[0].endswith("0" if dataset != "xm3600" else "0 #0")
+    assert loaded.caption_image == sorted(loaded.caption_image)  # caption j describes image caption_image[j]
+
+
+@pytest.mark.parametrize(
+    "dataset, write, missing, flags",
+    [
+        ("xm3600", write_xm3600, "captions.jsonl", []),
+        ("xm3600", write_xm3600, "images", []),
+        ("xtd200", write_xtd200, "deu_Latn.txt", ["--languages", "deu_Latn"]),
+        ("xtd200", write_xtd200, "test_image_names.txt", []),
+        ("flickr30k_200", write_flickr30k_200, "filenames.txt", ["--languages", "eng_Latn"]),
+        ("multi30k", write_multi30k, "data/task1/raw/test_2016_flickr.cs.gz", []),
+        ("multi30k", write_multi30k, "data/task1/image_splits/test_2016_flickr.txt", []),
+    ],
+)
+def test_a_missing_file_is_named_in_one_line(tmp_path, capsys, dataset, write, missing, flags):
+    data = write(tmp_path / "data")
+    shutil.rmtree(data / missing) if (data / missing).is_dir() else (data / missing).unlink()
+    with pytest.raises(SystemExit) as exit_info:  # the data is checked before any model loads
+        main(eval_flags(tmp_path / "no-model", dataset, data, tmp_path / "out", *flags))
+    assert exit_info.value.code == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) == 1 and f"{data / missing} is missing" in printed[0]
+
+
+def clip_benchmark_recalls(images: torch.Tensor, texts: torch.Tensor, caption_image: list[int], ks=(1, 5, 10)) -> dict:
+    """CLIP_benchmark's own retrieval metric (clip_benchmark/metrics/zeroshot_retrieval.py evaluate(): recall_at_k
+    through batchify, > 0, averaged), on given embeddings, in this package's metric names and percent."""
+    from clip_benchmark.metrics.zeroshot_retrieval import batchify, recall_at_k
+
+    scores = texts @ images.t()
+    positive_pairs = torch.zeros_like(scores, dtype=bool)
+    positive_pairs[torch.arange(len(scores)), caption_image] = True
+    metrics = {}
+    for k in ks:  # its topk needs k <= the number of candidates
+        t2i = (batchify(recall_at_k, scores, positive_pairs, 4, "cpu", k=k) > 0).float().mean().item()
+        i2t = (batchify(recall_at_k, scores.T, positive_pairs.T, 4, "cpu", k=k) > 0).float().mean().item()
+        metrics[f"text_to_image_recall@{k}"], metrics[f"image_to_text_recall@{k}"] = t2i, i2t
+    return {name: round(100 * value, 2) for name, value in metrics.items()}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_metrics_equal_clip_benchmark_on_the_same_embeddings(protocol):
+    torch.manual_seed(0)
+    counts = [1, 3, 2, 1, 2, 3, 1, 1, 2, 2, 1, 3]  # captions per image: 12 images, 22 captions
+    caption_image = [image for image, count in enumerate(counts) for _ in range(count)]
+    text_vectors = torch.nn.functional.normalize(torch.randn(len(caption_image), 8), dim=-1)
+    dataset = RetrievalSet("x", list(range(12)), [str(i) for i in range(len(caption_image))], caption_image)
+    scored = apply_protocol(dataset, protocol)
+    texts = text_vectors[[int(text) for text in scored.captions]]
+    images = torch.nn.functional.normalize(torch.randn(12, 8), dim=-1)
+    ours = retrieval_scores(images, texts, scored.caption_image)
+    theirs = clip_benchmark_recalls(images, texts, scored.caption_image)
+    assert {name: ours[name] for name in theirs} == theirs
+    assert len(scored.captions) == (12 if protocol == "first_caption" else 22)
+
+
+def test_first_caption_and_all_captions_give_the_expected_different_numbers():
+    """Image 0's first caption points at image 1; its second caption and image 1's caption are right. Text->image
+    R@1: first caption 1 of 2 queries right (50%), all captions 2 of 3 (66.67%); image->text R@1 is 100 both ways."""
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    captions = {"c0": [0.2, 0.98], "c1": [1.0, 0.0], "c2": [0.0, 1.0]}
+    dataset = RetrievalSet("crafted", [0, 1], list(captions), [0, 0, 1])
+    expected = {"first_caption": 50.0, "all_captions": 66.67}
+    for protocol, t2i in expected.items():
+        scored = apply_protocol(dataset, protocol)
+        texts = torch.tensor([captions[name] for name in scored.captions])
+        scores = retrieval_scores(images, texts, scored.caption_image)
+        assert scores["text_to_image_recall@1"] == t2i
+        assert scores["image_to_text_recall@1"] == 100.0
+        assert scores == {**scores, **clip_benchmark_recalls(images, texts, scored.caption_image, ks=(1,))}
+
+
+def test_xm3600_defaults_to_the_reference_protocol_and_embeds_images_once(tmp_path, tiny_model_dir, monkeypatch):
+    data = write_xm3600(tmp_path / "xm3600")
+    calls = []
+    original = altclip.evaluation.retrieval.Embedder.images
+    monkeypatch.setattr(
+        altclip.evaluation.retrieval.Embedder, "images", lambda self, *a: calls.append(a) or original(self, *a)
+    )
+    first = run_eval(tiny_model_dir, "xm3600", data, tmp_path / "first", "--languages", "en,de,zh")
+    assert len(calls) == 1  # one image set, three languages
+    flags = ("--languages", "en,de,zh", "--protocol", "all_captions")
+    every = run_eval(tiny_model_dir, "xm3600", data, tmp_path / "all", *flags)
+    assert [r["language"] for r in first] == ["en", "de", "zh", "avg"]
+    assert {r["protocol"] for r in first} == {"first_caption"} and {r["protocol"] for r in every} == {"all_captions"}
+    assert [r["num_captions"] for r in first[:3]] == [4, 4, 4] and [r["num_captions"] for r in every[:3]] == [6, 6, 6]
+    for name, value in first[3]["metrics"].items():  # the average over languages, unweighted
+        assert value == pytest.approx(sum(r["metrics"][name] for r in first[:3]) / 3, abs=0.01)
+
+
+def test_translated_sets_default_to_every_language_file(tmp_path, tiny_model_dir):
+    data = write_xtd200(tmp_path / "xtd200", nested=True)
+    results = run_eval(tiny_model_dir, "xtd200", tmp_path / "xtd200", tmp_path / "out")
+    assert [r["language"] for r in results] == ["deu_Latn", "eng_Latn", "zho_Hans", "avg"]
+    assert data.is_dir() and results[-1]["dataset"] == "xtd200"
+
+
+def test_every_reference_row_cites_its_source_and_is_consistent():
+    rows = load_references()
+    assert {row["dataset"] for row in rows} >= {"xm3600", "xtd10", "flickr30k_cn"}
+    for row in rows:
+        assert row["dataset"] in TASKS["retrieval"] and row["protocol"] in PROTOCOLS
+        assert row["source"] and row["found_via"] and row["languages"]
+        assert set(row["metrics"]) == set(COMPARED)
+        six = [row["metrics"][name] for name in COMPARED[:6]]
+        assert row["metrics"]["mean_recall"] == pytest.approx(sum(six) / 6, abs=0.01)
+
+
+def test_compare_reference_puts_the_model_next_to_published_numbers(tmp_path, tiny_model_dir):
+    data = write_xm3600(tmp_path / "xm3600")
+    run_eval(tiny_model_dir, "xm3600", data, tmp_path / "out", "--languages", "en,de", "--compare", "reference")
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "## Compared with published numbers" in table
+    comparison = table.split("## Compared with published numbers")[1]
+    xm3600_rows = [line for line in comparison.splitlines() if line.startswith("| xm3600 |")]
+    assert len(xm3600_rows) == 4  # three published rows, then this run
+    assert "NLLB-CLIP large SigLIP" in xm3600_rows[2] and "openclip_multilingual_retrieval_results.csv" in table
+    assert "(this run)" in xm3600_rows[3] and "mean of en, de" in xm3600_rows[3]
+    assert (tmp_path / "out" / "results_reference.png").read_bytes()[:4] == b"\x89PNG"
+    assert "rerun with" not in table  # same protocol as the published rows
+    flags = ("--languages", "en", "--compare", "reference", "--protocol", "all_captions")
+    run_eval(tiny_model_dir, "xm3600", data, tmp_path / "other", *flags)
+    notes = [line for line in (tmp_path / "other" / "results.md").read_text().splitlines() if "rerun with" in line]
+    assert len(notes) == 3 and all("used `first_caption`; this run used `all_captions`" in note for note in notes)
+
+
+def test_two_processes_give_the_numbers_of_one(tmp_path, tiny_model_dir):
+    data = write_xm3600(tmp_path / "xm3600", count=5)
+    for key in (3, 4):  # the second process's whole share is unreadable: skipped and counted, as in one process
+        (data / "images" / f"{key:016x}.jpg").write_bytes(b"not a jpeg")
+    flags = ["--languages", "en,de", "--protocol", "all_captions"]
+    single = run_eval(tiny_model_dir, "xm3600", data, tmp_path / "one", *flags)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "altclip.evaluation.cli"]
+    command = launcher + eval_flags(tiny_model_dir, "xm3600", data, tmp_path / "two", *flags)
+    done = subprocess.run(command, cwd=REPO, env=torchrun_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    double = json.loads((tmp_path / "two" / "results.json").read_text())["results"]
+    assert [r["metrics"] for r in double] == [r["metrics"] for r in single]
+    assert [r.get("num_captions") for r in double] == [r.get("num_captions") for r in single]
+    assert (double[0]["num_images"], double[0]["skipped_images"]) == (single[0]["num_images"], 2) == (3, 2)
+    # inside the run: two processes, each embedding its share of the 5 images (3 + 2), none all of them
+    assert double[0]["processes"] == 2 and double[0]["images_embedded_per_process"] == [3, 2]
+    assert single[0]["processes"] == 1 and single[0]["images_embedded_per_process"] == [5]
+
+
+def test_a_caption_file_that_does_not_match_its_image_list_is_named(tmp_path, capsys):
+    data = write_xtd200(tmp_path / "xtd200")
+    (data / "deu_Latn.txt").write_text("ein Foto 0\nein Foto 1\n", encoding="utf-8")  # 2 lines for 4 images
+    with pytest.raises(SystemExit):
+        main(eval_flags(tmp_path / "no-model", "xtd200", data, tmp_path / "out", "--languages", "deu_Latn"))
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{data / 'deu_Latn.txt'}: 2 captions for the 4 images of test_image_names.txt" in line
