@@ -459,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv and argv[0] == "plan":
         from .plan_command import plan_main
 
-        run_with_one_line_errors("altclip-train plan", lambda: plan_main(argv[1:]), wants_traceback(argv))
+        run_with_one_line_errors("altclip-train", lambda: plan_main(argv[1:]), wants_traceback(argv))
         return
     if not argv or argv[0] not in STAGES:
         print(USAGE, file=sys.stderr)
