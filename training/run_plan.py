@@ -420,8 +420,18 @@ def full_report(run, stage: str, world: int, data: dict, sources: list[dict], ro
         "total_steps": total,
         "model": model,
         "disk": disk,
-        "notes": data_notes(data),
+        "notes": data_notes(data) + estimate_notes(sources),
     }
+
+
+def estimate_notes(sources: list[dict]) -> list[str]:
+    """Sizes estimated from --train_num_samples: what a shard of another size does."""
+    if not any("--train_num_samples" in source["sized_by"] for source in sources):
+        return []
+    return [
+        "shard sizes estimated from --train_num_samples: a shard holding fewer samples leaves the rest of its planned "
+        "samples as counted skips, one holding more is read only as far as planned; a sizes.json makes it exact."
+    ]
 
 
 def write_plan(report: dict, output_dir: str) -> Path:

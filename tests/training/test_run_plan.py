@@ -3,6 +3,7 @@
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,29 @@ def test_ddp_memory_of_a_fully_trained_model_on_one_device_equals_accelerates_es
         theirs["gradients"],
         theirs["optimizer"],
     )
+
+
+def keyed(raw: dict) -> dict:
+    return {"key": raw["where"]}
+
+
+def test_readers_starting_inside_a_shard_read_past_its_first_samples_and_together_read_each_once(toy):
+    sources = parse_sources([str(toy["shards"])])
+    everything = Counter(sample["where"] for url in sources[0].urls for sample in shard_stream.shard_samples(url))
+    read: Counter = Counter()
+    for rank in range(3):  # 180 samples of 8 shards in 3 ranges of 60: two cuts inside shards
+        stream = shard_stream.ShardStream(sources, keyed, batch_size=7, rank=rank, world_size=3, shuffle_buffer=4)
+        assert (stream.shard_plan.reader_pieces(0, rank).start > 0).any() or rank == 0
+        batches = list(stream)
+        assert len(batches) == len(stream) == 9 and max(len(batch) for batch in batches) <= 7
+        read.update(row["key"] for batch in batches for row in batch)
+    assert read == everything
+
+
+def test_resampled_stream_reads_whole_shards_from_their_start_up_to_its_quota(toy):
+    sources = parse_sources([str(toy["shards"])])
+    stream = shard_stream.ShardStream(sources, keyed, batch_size=8, mode="resampled", samples_per_epoch=50)
+    batches = list(stream)
+    assert [len(batch) for batch in batches] == [8, 7, 7, 7, 7, 7, 7]
+    pieces = stream.shard_plan.reader_pieces(0, 0)
+    assert (pieces.start == 0).all() and pieces.lengths.sum() == 50
