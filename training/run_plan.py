@@ -10,7 +10,8 @@ Memory is estimated from the model config on the meta device (no weights read), 
   world; ZeRO-3 shards all of them; FSDP2 shards fp32 weights, gradients and states.
 - activations of the trained towers (Korthikanti et al. 2022, flash/SDPA attention: 34 x seq x batch x hidden bytes
   per 16-bit layer; with activation checkpointing 2 x seq x batch x hidden per layer plus one layer recomputed);
-  frozen towers run without gradients and keep none.
+  frozen towers run without gradients and keep none (their transient forward peak, one layer's intermediate
+  tensors, is not counted).
 
 For DDP in fp32 and bf16 with every parameter trained on one device, weights + gradients + optimizer equal the
 parts of accelerate's ``accelerate estimate-memory`` (``estimate_training_usage``: model 4P, gradients 4P or 6P,
@@ -503,6 +504,11 @@ def check_shard_plan(run, train_sources) -> None:
     """Shard sources: every shard sized (rank 0 first: it counts local shards once, the others read its counts) and
     the reading plan checked against the invariants, before any model loads."""
     if not train_sources[0].is_shards:
+        given = [flag for flag in ("shard_sizes", "train_num_samples", "dataset_resampled") if getattr(run.data, flag)]
+        if given:
+            raise SystemExit(
+                f"altclip-train: --{given[0]} applies to webdataset shards; tables are sized by their rows: drop it."
+            )
         return
     with run.training.main_process_first(desc="shard sizes"):
         sized_shards(train_sources, run.data)

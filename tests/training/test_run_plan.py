@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from accelerate.commands.estimate import estimate_training_usage
+from stage_runs import run_stage, toy_teacher_inputs
 
 from altclip.training import shard_stream
 from altclip.training.cli import main as train_main
@@ -154,3 +155,8 @@ def test_resampled_stream_reads_whole_shards_from_their_start_up_to_its_quota(to
     assert [len(batch) for batch in batches] == [8, 7, 7, 7, 7, 7, 7]
     pieces = stream.shard_plan.reader_pieces(0, 0)
     assert (pieces.start == 0).all() and pieces.lengths.sum() == 50
+
+
+def test_shard_flags_on_tables_are_refused_before_models_load(tmp_path, toy):
+    with pytest.raises(SystemExit, match=r"--train_num_samples applies to webdataset shards"):
+        run_stage("teacher", tmp_path, *toy_teacher_inputs(toy), "--train_num_samples", "100")
