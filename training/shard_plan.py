@@ -113,7 +113,8 @@ def reader_quotas(total: int, readers: int) -> np.ndarray:
 def cut_for_reader(pieces: Pieces, quotas: np.ndarray, reader: int) -> Pieces:
     """The `reader`'s contiguous part of the pieces laid end to end (its quota), first and last piece trimmed."""
     ends = np.cumsum(pieces.lengths)
-    begin, end = int(quotas[:reader].sum()), int(quotas[: reader + 1].sum())
+    begin = int(quotas[:reader].sum())
+    end = begin + int(quotas[reader])
     if end <= begin:
         return Pieces(*(np.zeros(0, dtype=np.int64) for _ in range(3)))
     first = int(np.searchsorted(ends, begin, side="right"))
@@ -178,18 +179,27 @@ class ShardPlan:
     seed: int = 0
     shuffle: bool = True
 
+    def __post_init__(self):
+        # Computed once: every worker plans at each epoch start, `altclip-train plan` for all readers.
+        sizes = np.asarray(self.shard_sizes, dtype=np.int64)
+        if self.samples is not None and self.mode == RESAMPLED:  # split mode lays out what the shards hold
+            total = int(self.samples)
+        else:
+            total = sum(samples_per_source(sizes, self.shards_per_source, self.weights))
+        object.__setattr__(self, "shard_sizes", sizes)
+        object.__setattr__(self, "_quotas", reader_quotas(total, self.readers))
+        object.__setattr__(self, "_total", total)
+
     @property
     def samples_per_epoch(self) -> int:
-        if self.samples is not None and self.mode == RESAMPLED:  # split mode lays out what the shards hold
-            return self.samples
-        return sum(samples_per_source(self.shard_sizes, self.shards_per_source, self.weights))
+        return self._total
 
     @property
     def batches_per_reader(self) -> int:
         return batches_per_reader(self.samples_per_epoch, self.readers, self.batch_size)
 
     def quotas(self) -> np.ndarray:
-        return reader_quotas(self.samples_per_epoch, self.readers)
+        return self._quotas
 
     def epoch_pieces(self, epoch: int) -> Pieces:
         """All pieces of the epoch (mode split) in reading order."""
