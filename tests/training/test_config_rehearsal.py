@@ -140,9 +140,14 @@ def test_shipped_config_runs_on_two_cpu_processes_as_planned(path, tmp_path, toy
     assert ran["data"] == planned["data"] and ran["total_steps"] == planned["total_steps"]
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["global_step"] == planned["total_steps"]
-    rows = Counter()
+    rows, keys = Counter(), Counter()
     for rank_file in (out / "trained_keys").glob("rank-*.tsv"):
         for line in rank_file.read_text().splitlines():
-            rows[(rank_file.name, line.split("\t", 1)[0])] += 1
+            step, key = line.split("\t", 1)
+            rows[(rank_file.name, step)] += 1
+            keys[key] += 1
     batch = planned["data"]["per_device_batch"]
     assert len(rows) == 2 * planned["total_steps"] and max(rows.values()) <= batch["max"] <= batch["asked"]
+    epochs, rest = divmod(planned["total_steps"], planned["data"]["batches_per_rank_per_epoch"])
+    if "train_file_weights" not in config and rest == 0:  # whole epochs: every sample as often as the plan says
+        assert sum(keys.values()) == epochs * planned["data"]["samples_per_epoch"] and set(keys.values()) == {epochs}
