@@ -72,6 +72,28 @@ class DataArguments:
     image_root: str | None = field(
         default=None, metadata={"help": "Folder that relative image paths start from (default: the table's folder)."}
     )
+    # Shard sizing and the reading plan (training/sizing.py, training/shard_plan.py, training/run_plan.py).
+    shard_sizes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "JSON files {shard file name or URL: samples} for shards whose folder has no sizes.json (any "
+            "source kind, pipe: included); they win over sizes.json."
+        },
+    )
+    train_num_samples: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "open_clip's: samples of the shards no size is known for (one number for all, or one per "
+            "source), spread evenly over them; with --dataset_resampled, the samples of an epoch."
+        },
+    )
+    dataset_resampled: bool = field(
+        default=False,
+        metadata={
+            "help": "open_clip's: each reader draws whole shards with replacement (by size and weight) instead of "
+            "reading its sample range of the epoch; for fewer than two shards per reader."
+        },
+    )
 
 
 @dataclass

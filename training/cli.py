@@ -50,6 +50,7 @@ from .model_setup import (
 )
 from .output_folder import check_output_folder, check_room, disk_full_message, is_disk_full
 from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
+from .run_plan import PlanCallback, check_shard_plan, reading_mode, sized_shards
 from .saving import save_complete_model
 from .shard_stream import ShardStream
 from .sources import Source, parse_sources, source_weights
@@ -62,11 +63,14 @@ from .zeroshot_monitor import ZeroShotMonitor, check_zeroshot_arguments
 logger = logging.getLogger("training")
 
 STAGES = {"teacher": TeacherLearningArguments, "contrastive": ContrastiveArguments}
+STAGE_OF = {arguments: stage for stage, arguments in STAGES.items()}
 USAGE = """usage: altclip-train {teacher,contrastive} [--config FILE] [--FLAG VALUE ...]
        altclip-train toy-setup [FOLDER]
+       altclip-train plan [--stage STAGE] --config FILE [--FLAG VALUE ...] [--world_size N]
 
   teacher      stage 1: the XLM-R text tower learns CLIP's text features from parallel text
   contrastive  stage 2: image-caption pairs, symmetric InfoNCE, image tower frozen by default
+  plan         the run's plan without training: sources, samples, steps, batch sizes, memory, disk
   toy-setup    write tiny random CLIP and XLM-R checkpoints and a multilingual shapes dataset
                (default folder outputs/toy) for a CPU run that needs no download
 
@@ -306,12 +310,17 @@ def finish(trainer, model, processor, training_args: TrainingArguments, stage: s
     logger.info("Saved the %s-stage model, %s and %s to %s", stage, LOSS_CURVE_FILE, SUMMARY_FILE, output_dir)
 
 
-def trainer_data_options(data_args, train_sources: list[Source], training_args: TrainingArguments) -> dict:
+def trainer_data_options(
+    data_args, train_sources: list[Source], training_args: TrainingArguments, run=None, stage: str | None = None
+) -> dict:
+    callbacks = [data_plan_callback(data_args, training_args)]
+    if run is not None:  # the run's plan, logged and written to OUTPUT_DIR/plan.json when training begins
+        callbacks.append(PlanCallback(run, stage, train_sources))
     return {
         "record_trained_keys": data_args.record_trained_keys,
         "train_weights": source_weights(train_sources),
         "shuffle_train": shuffles(training_args),
-        "callbacks": [data_plan_callback(data_args, training_args)],
+        "callbacks": callbacks,
     }
 
 
@@ -357,7 +366,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
         data_collator=DistillationCollator(processor.tokenizer, teacher_tokenizer, data_args.max_text_length, features),
         teacher=None if features is not None else teacher,
         loss_kind=stage_args.distillation_loss,
-        **trainer_data_options(data_args, train_sources, training_args),
+        **trainer_data_options(data_args, train_sources, training_args, run, STAGE_OF[type(stage_args)]),
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model)
@@ -376,6 +385,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
 def image_text_data(sources: list[Source], image_processor, data_args, training_args, shuffle: bool = True):
     """A `ShardStream` of webdataset shards or an `ImageTextTable` of tables, for this rank."""
     if sources[0].is_shards:
+        sized = sized_shards(sources, data_args)
         return ShardStream(
             sources,
             functools.partial(
@@ -388,6 +398,8 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
             seed=data_seed(training_args),
             shuffle_buffer=data_args.shuffle_buffer,
             shuffle=shuffle and shuffles(training_args),
+            sizes=sized.sizes,
+            **reading_mode(data_args),
         )
     with training_args.main_process_first(desc="image-caption tables"):
         return ImageTextTable(
@@ -429,7 +441,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
         gather_with_grad=stage_args.gather_with_grad,
         full_batch_negatives=stage_args.full_batch_negatives,
         image_cache=image_cache,
-        **trainer_data_options(data_args, train_sources, training_args),
+        **trainer_data_options(data_args, train_sources, training_args, run, STAGE_OF[type(stage_args)]),
     )
     if image_cache is not None:
         trainer.add_callback(ImageCacheCallback(image_cache))
@@ -453,6 +465,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         for name, path in write_toy_setup(argv[1] if len(argv) > 1 else "outputs/toy").items():
             print(f"{name}: {path}")
+        return
+    if argv and argv[0] == "plan":
+        from .plan_command import plan_main
+
+        run_with_one_line_errors("altclip-train", lambda: plan_main(argv[1:]), wants_traceback(argv))
         return
     if not argv or argv[0] not in STAGES:
         print(USAGE, file=sys.stderr)
@@ -481,6 +498,7 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     setup_logging(run.training)
     train_sources, validation_sources = read_sources(run.data, stage)
     check_stage_flags(stage, run.stage, run.training, train_sources)
+    check_shard_plan(run, train_sources)  # shard sizes resolved and the reading plan checked before models load
     check_zeroshot_arguments(run.zeroshot)
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:

@@ -17,7 +17,7 @@ DATA_PLAN_FILE = "data_plan.json"
 
 
 def data_plan(data_args, training_args) -> dict:
-    return {
+    plan = {
         "train_files": list(data_args.train_files),
         "train_file_weights": data_args.train_file_weights,
         "world_size": training_args.world_size,
@@ -28,6 +28,12 @@ def data_plan(data_args, training_args) -> dict:
         "shuffle_buffer": data_args.shuffle_buffer,
         "seed": data_seed(training_args),
     }
+    # Shard sizing and reading mode (training/sizing.py, shard_plan.py): named only when set, so that checkpoints
+    # written before these flags existed compare equal.
+    for name in ("shard_sizes", "train_num_samples", "dataset_resampled"):
+        if getattr(data_args, name, None):
+            plan[name] = getattr(data_args, name)
+    return plan
 
 
 class DataPlanCallback(TrainerCallback):

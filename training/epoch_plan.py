@@ -6,7 +6,6 @@ node when shards don't divide evenly. Here a global batch of ``world x batch`` r
 the last, smaller global batch is split as evenly as possible (a rank may get fewer rows, never another step).
 """
 
-import heapq
 import math
 from collections.abc import Iterator, Sequence
 
@@ -105,15 +104,3 @@ class GlobalBatchSampler:
             sizes = even_split(len(chunk), self.world_size)
             begin = sum(sizes[: self.rank])
             yield chunk[begin : begin + sizes[self.rank]].tolist()
-
-
-def assign_shards(sizes: Sequence[int], readers: int) -> list[list[int]]:
-    """Shard positions per reader, in the given (shuffled) order, each shard to the least-loaded reader so far:
-    reader totals differ by at most one shard."""
-    assigned: list[list[int]] = [[] for _ in range(readers)]
-    heap = [(0, reader) for reader in range(readers)]  # (load, reader): ties go to the lower reader
-    for position, size in enumerate(sizes):
-        load, reader = heapq.heappop(heap)
-        assigned[reader].append(position)
-        heapq.heappush(heap, (load + size, reader))
-    return assigned

@@ -1,9 +1,10 @@
 """Webdataset shards streamed for training: each sample once per epoch, all ranks the same steps, exact resumption.
 
 webdataset reads the shards (its tar member iterator and key grouping, its ``pipe:`` opener; fsspec for other
-URLs). What it lacks, and this module adds: shards are reshuffled every epoch and dealt to the ``ranks x workers``
-readers by size (each shard read by exactly one reader); every reader yields the same number of batches (its
-samples split evenly over them, so no rank waits at the end); and the sample-level shuffle buffer is driven by a
+URLs). What it lacks, and this module adds: each epoch's shards (reshuffled, drawn by source weight) are cut into
+one sample range per ``ranks x workers`` reader (`shard_plan`: readers differ by at most one sample); every reader
+yields the same number of batches, never larger than asked (its samples split evenly over them, so no rank waits
+at the end); and the sample-level shuffle buffer is driven by a
 seeded generator over sample *slots*, so a resumed run replays the buffer on integers, re-reads only the raw bytes
 still in the buffer and decodes nothing already trained.
 
@@ -12,7 +13,6 @@ short, or holds a broken sample loses exactly those slots: each is counted as a 
 """
 
 import logging
-import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 
@@ -22,7 +22,8 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from altclip.common.records import DataFormatError, Skipped
 
-from .epoch_plan import assign_shards, epoch_rng, even_split, weighted_draw
+from .epoch_plan import epoch_rng
+from .shard_plan import SPLIT, ShardPlan
 from .sources import Source, is_remote, open_stream, read_sizes_file, source_weights
 
 logger = logging.getLogger(__name__)
@@ -92,8 +93,16 @@ def shuffled_slots(count: int, buffer_size: int, rng: random.Random) -> Iterator
 class SlotReader:
     """The raw samples of a reader's shards by slot, read forward once; only slots still to come are kept."""
 
-    def __init__(self, urls: Sequence[str], sizes: Sequence[int], wanted: Callable[[int], bool]):
+    def __init__(
+        self,
+        urls: Sequence[str],
+        sizes: Sequence[int],
+        wanted: Callable[[int], bool],
+        offsets: Sequence[int] | None = None,
+    ):
+        """`sizes[i]` samples of shard `urls[i]` from its sample `offsets[i]` on (default 0: from its start)."""
         self.urls, self.sizes, self.wanted = list(urls), list(sizes), wanted
+        self.offsets = list(offsets) if offsets is not None else [0] * len(self.urls)
         self.starts = [sum(self.sizes[:index]) for index in range(len(self.sizes))]
         self.kept: dict[int, dict | Skipped] = {}
         self.shard, self.samples, self.position = -1, iter(()), 0
@@ -110,11 +119,25 @@ class SlotReader:
         self.shard += 1
         self.position = self.starts[self.shard]
         self.samples = shard_samples(self.urls[self.shard])
+        if self.offsets[self.shard] and self.sizes[self.shard]:
+            self._skip_members(self.offsets[self.shard])
+
+    def _skip_members(self, count: int) -> None:
+        """Reads past the shard's first `count` samples (a piece that starts inside a shard; see `shard_plan`)."""
+        for skipped in range(count):
+            try:
+                next(self.samples)
+            except StopIteration:
+                self._lose_rest(f"shard ended after {skipped} samples, before its planned sample {count}")
+                return
+            except Exception as error:  # unreadable, truncated or not a tar: webdataset/tarfile raise many types
+                self._lose_rest(f"unreadable shard ({type(error).__name__}: {error})")
+                return
 
     def _read_one(self) -> None:
         if self.shard < 0 or self.position >= self.starts[self.shard] + self.sizes[self.shard]:
             self._next_shard()
-            if self.sizes[self.shard] == 0:
+            if self.sizes[self.shard] == 0 or self.position >= self.starts[self.shard] + self.sizes[self.shard]:
                 return
         index = self.position - self.starts[self.shard]
         try:
@@ -163,23 +186,31 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         shuffle: bool = True,
+        sizes: Sequence[int] | None = None,
+        mode: str = SPLIT,
+        samples_per_epoch: int | None = None,
     ):
+        """`sizes`: samples of every shard, as `shard_sizes` finds them (default) or as the caller resolved them
+        (`sizing.resolve_shard_sizes`); `mode` and `samples_per_epoch`: see `shard_plan.ShardPlan`."""
         self.urls = [url for source in sources for url in source.urls]
-        self.sizes = shard_sizes(sources)
+        self.sizes = list(sizes) if sizes is not None else shard_sizes(sources)
         self.shards_per_source = [len(source.urls) for source in sources]
         self.weights = source_weights(sources)
         self.decode_sample, self.batch_size = decode_sample, batch_size
         self.rank, self.world_size, self.workers = rank, world_size, max(num_workers, 1)
         self.seed, self.shuffle_buffer, self.shuffle = seed, shuffle_buffer if shuffle else 1, shuffle
         self.epoch, self.resume_epoch, self.resume_batches = 0, -1, 0
-        readers = self.world_size * self.workers
-        if len(self.urls) < readers:
-            logger.warning(
-                "%d shards for %d readers (processes x DataLoader workers): some readers stay idle; use more shards "
-                "or fewer --dataloader_num_workers.",
-                len(self.urls),
-                readers,
-            )
+        self.shard_plan = ShardPlan(
+            self.sizes,
+            self.shards_per_source,
+            self.weights,
+            readers=self.world_size * self.workers,
+            batch_size=batch_size,
+            mode=mode,
+            samples=samples_per_epoch,
+            seed=seed,
+            shuffle=shuffle,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -189,31 +220,12 @@ class ShardStream(IterableDataset):
         self.epoch, self.resume_epoch, self.resume_batches = epoch, epoch, batches
 
     def epoch_shards(self) -> list[int]:
-        """Shard indices of this epoch in reading order (weighted per source by shard count), the same on all ranks."""
-        rng = epoch_rng(self.seed, self.epoch)
-        shards = weighted_draw(self.shards_per_source, self.weights, rng)
-        return (rng.permutation(shards) if self.shuffle else shards).tolist()
+        """Shards of this epoch in reading order (mode split; weighted per source), the same on all ranks."""
+        return self.shard_plan.epoch_pieces(self.epoch).shard.tolist()
 
     def batches_per_reader(self) -> int:
-        """The same for every epoch (the Trainer fixes its steps per epoch once), from a bound on any epoch's
-        heaviest reader: the last shard a reader got came when it was the lightest, so its load is at most
-        total / readers + (1 - 1 / readers) x largest shard; with shards of one size, ceil(shards / readers) x size.
-        With hundreds of shards per reader this costs a fraction of a percent of the batch size; with a handful of
-        unequal shards per reader, batches come out smaller than asked."""
-        readers, drawn = self.world_size * self.workers, len(self.epoch_shards())
-        largest = sorted(self.sizes, reverse=True)
-        if largest[0] == largest[-1]:
-            bound = math.ceil(drawn / readers) * largest[0]
-        else:
-            most_per_epoch = sum(largest[index % len(largest)] for index in range(drawn))
-            bound = most_per_epoch / readers + (1 - 1 / readers) * largest[0]
-        return max(1, math.ceil(bound / self.batch_size))
-
-    def plan(self) -> tuple[list[int], list[list[int]], int]:
-        """(epoch shards, their positions per reader, batches per reader)."""
-        shards = self.epoch_shards()
-        assigned = assign_shards([self.sizes[shard] for shard in shards], self.world_size * self.workers)
-        return shards, assigned, self.batches_per_reader()
+        """The same for every reader and epoch (the Trainer fixes its steps per epoch once): see `shard_plan`."""
+        return self.shard_plan.batches_per_reader
 
     def __len__(self) -> int:
         return self.batches_per_reader() * self.workers
@@ -221,11 +233,10 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[list[dict] | None]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
-        shards, assigned, batches = self.plan()
         reader = self.rank * self.workers + worker
-        mine = [shards[position] for position in assigned[reader]]
-        sizes = [self.sizes[shard] for shard in mine]
-        batch_sizes = even_split(sum(sizes), batches)
+        pieces = self.shard_plan.reader_pieces(self.epoch, reader)
+        sizes = pieces.lengths.tolist()
+        batch_sizes = self.shard_plan.reader_batch_sizes(reader)
         done = self.resume_batches if self.epoch == self.resume_epoch else 0
         skipped_batches = len(range(worker, done, self.workers))  # batch i of the rank came from worker i % workers
         emitted = sum(batch_sizes[:skipped_batches])
@@ -235,7 +246,8 @@ class ShardStream(IterableDataset):
         for _ in range(emitted):  # replay the trained part on integers only
             _, buffer, pulled = next(order)
         alive = set(buffer)
-        slots = SlotReader([self.urls[shard] for shard in mine], sizes, lambda s: s >= pulled or s in alive)
+        urls = [self.urls[shard] for shard in pieces.shard.tolist()]
+        slots = SlotReader(urls, sizes, lambda s: s >= pulled or s in alive, offsets=pieces.start.tolist())
         slots.skip_to(min(alive, default=pulled))
         for _ in range(skipped_batches):
             yield None

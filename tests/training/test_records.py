@@ -1,13 +1,12 @@
 """Record readers: formats, errors that name the file and row, skipped rows."""
 
 import json
-import random
 
 import datasets
 import pytest
 
 from altclip.common.records import DataFormatError, Record, SkipCounter, Skipped, iter_records
-from altclip.training.epoch_plan import GlobalBatchSampler, assign_shards, epoch_rng, weighted_draw
+from altclip.training.epoch_plan import GlobalBatchSampler, epoch_rng, weighted_draw
 
 
 def rows_of(path, required=("english", "translation")):
@@ -102,11 +101,6 @@ def test_global_batches_hold_every_row_once_and_every_rank_the_same_steps(rows):
     assert [sorted(a + b) for a, b in zip(*two)] == [sorted(batch) for batch in one]
 
 
-def test_shards_go_to_the_least_loaded_reader():
-    assert assign_shards([10, 10, 10, 10, 5], 2) == [[0, 2, 4], [1, 3]]
-    assert assign_shards([3], 2) == [[0], []]
-
-
 def test_explicit_equal_weights_mix_half_and_half_unlike_no_weights(tmp_path):
     from altclip.training.sources import parse_sources, source_weights
 
@@ -117,14 +111,3 @@ def test_explicit_equal_weights_mix_half_and_half_unlike_no_weights(tmp_path):
     assert source_weights(parse_sources(specs, [1, 1])) == [1.0, 1.0]
     drawn = weighted_draw([90, 10], [1.0, 1.0], epoch_rng(0, 0))
     assert int((drawn >= 90).sum()) == 50  # the small source is repeated to half of the epoch
-
-
-def test_no_reader_exceeds_the_epoch_independent_bound_of_its_load():
-    """The bound `ShardStream.batches_per_reader` rests on, for least-loaded assignment in any shard order."""
-    rng = random.Random(0)
-    for _ in range(300):
-        readers, sizes = rng.randint(1, 9), [rng.randint(1, 50) for _ in range(rng.randint(1, 40))]
-        bound = sum(sizes) / readers + (1 - 1 / readers) * max(sizes)
-        for _ in range(10):
-            order = rng.sample(sizes, len(sizes))
-            assert max(sum(order[p] for p in mine) for mine in assign_shards(order, readers)) <= bound + 1e-9

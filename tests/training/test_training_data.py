@@ -181,7 +181,7 @@ def logged(output_dir: Path) -> dict[int, float]:
 def test_sigkill_in_epoch_two_then_resume_trains_exactly_what_the_uninterrupted_run_trains(
     tmp_path, toy, start_without_dropout
 ):
-    """2 processes x 2 workers, 2 epochs of 24 steps over the shards; killed after checkpoint-30 (after the
+    """2 processes x 2 workers, 2 epochs of 12 steps over the shards; killed after checkpoint-20 (after the
     wrap), the newest checkpoint left as an interrupted write leaves it (no trainer_state.json), resumed."""
     flags = [
         "--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["shards"]),
@@ -190,7 +190,7 @@ def test_sigkill_in_epoch_two_then_resume_trains_exactly_what_the_uninterrupted_
     ]  # fmt: skip
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     torchrun("contrastive", whole, 2, *flags)
-    kill_after_checkpoint(torchrun_command("contrastive", killed, 2, *flags), killed, 25)
+    kill_after_checkpoint(torchrun_command("contrastive", killed, 2, *flags), killed, 20)
     newest = max(killed.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     (newest / "trainer_state.json").unlink()  # as a kill inside the checkpoint write leaves it
     resumed_from = int(newest.name.split("-")[1]) - 5

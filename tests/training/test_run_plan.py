@@ -1,0 +1,162 @@
+"""Shard sizing (sizes.json through pipe: commands, --shard_sizes, --train_num_samples, local counts kept) and
+``altclip-train plan`` (its report, its refusals, the shipped 8-GPU config in seconds, accelerate's memory parts)."""
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from accelerate.commands.estimate import estimate_training_usage
+from stage_runs import run_stage, toy_teacher_inputs
+
+from altclip.training import shard_stream
+from altclip.training.cli import main as train_main
+from altclip.training.run_plan import count_parameters, memory_report
+from altclip.training.sizing import inner_url, resolve_shard_sizes
+from altclip.training.sources import parse_sources
+from modeling_altclip import AltCLIPConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def toy_sizes(toy) -> dict[str, int]:
+    return json.loads((Path(toy["shards"]).parent / "sizes.json").read_text())
+
+
+def test_the_url_inside_a_pipe_command_finds_its_sizes_json(toy):
+    folder = Path(toy["shards"]).parent
+    spec = f"pipe:cat {folder}/shard-{{0000..0007}}.tar"
+    assert inner_url("pipe:aws s3 cp s3://b/x/00001.tar -") == "s3://b/x/00001.tar"
+    sized = resolve_shard_sizes(parse_sources([spec]))
+    assert sized.sizes == [toy_sizes(toy)[f"shard-{n:04d}.tar"] for n in range(8)]
+    assert sized.origins == ["sizes.json"] and not sized.estimated
+
+
+def test_pipe_shards_without_sizes_json_are_refused_then_sized_by_shard_sizes_or_train_num_samples(tmp_path, toy):
+    for number in range(2):
+        shutil.copy(Path(toy["shards"]).parent / f"shard-000{number}.tar", tmp_path / f"shard-000{number}.tar")
+    sources = parse_sources([f"pipe:cat {tmp_path}/shard-000{{0..1}}.tar"])
+    with pytest.raises(Exception, match=r"no sizes.json beside the remote shards .*--shard_sizes FILE.*--train_num_"):
+        resolve_shard_sizes(sources)
+    given = tmp_path / "sizes-elsewhere.json"
+    given.write_text(json.dumps({"shard-0000.tar": 5, f"{tmp_path}/shard-0001.tar": 7}))
+    assert resolve_shard_sizes(sources, [str(given)]).sizes == [5, 7]
+    estimated = resolve_shard_sizes(sources, train_num_samples=[41])
+    assert estimated.sizes == [21, 20] and estimated.estimated and estimated.origins == ["--train_num_samples"]
+
+
+def test_local_shards_are_counted_once_and_the_count_kept(tmp_path, toy, monkeypatch):
+    folder = tmp_path / "shards"
+    shutil.copytree(Path(toy["shards"]).parent, folder)
+    (folder / "sizes.json").unlink()
+    sources = parse_sources([f"{folder}/shard-{{0000..0007}}.tar"])
+    first = resolve_shard_sizes(sources, cache_dir=str(tmp_path / "cache"))
+    assert first.sizes == [toy_sizes(toy)[f"shard-{n:04d}.tar"] for n in range(8)] and first.origins == ["counted"]
+
+    def no_second_count(url):
+        raise AssertionError(f"{url} counted again")
+
+    monkeypatch.setattr(shard_stream, "_count_samples", no_second_count)
+    assert resolve_shard_sizes(sources, cache_dir=str(tmp_path / "cache")).sizes == first.sizes
+
+
+def plan_output(capsys, *flags: str) -> str:
+    train_main(["plan", *flags])
+    return capsys.readouterr().out
+
+
+def test_plan_of_toy_shards_reports_readers_steps_batches_and_memory(toy, teacher_model_dir, capsys):
+    flags = [
+        "--model_name_or_path", str(teacher_model_dir), "--train_files", str(toy["shards"]),
+        "--per_device_train_batch_size", "8", "--dataloader_num_workers", "2", "--world_size", "2",
+    ]  # fmt: skip
+    text = plan_output(capsys, *flags)
+    assert "4 readers (processes x workers) for 8 shards (2.0 per reader, mode split)" in text
+    report = json.loads(plan_output(capsys, *flags, "--format", "json"))
+    data = report["data"]
+    assert data["samples_per_epoch"] == 180 and data["batches_per_rank_per_epoch"] == 2 * 6  # 45 per reader
+    assert data["per_device_batch"] == {"asked": 8, "min": 7, "mean": 7.5, "max": 8}
+    assert report["sources"][0]["sized_by"] == "sizes.json"
+    memory = report["model"]["memory_per_device"]
+    assert report["model"]["backend"] == "ddp" and memory["weights"] == 4 * report["model"]["parameters"]["total"]
+
+
+def test_a_plan_that_leaves_readers_without_samples_is_refused_in_one_line(tmp_path, toy, teacher_model_dir, capsys):
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(Path(toy["shards"]).parent / "shard-0000.tar", one)
+    with pytest.raises(SystemExit) as refused:
+        train_main(
+            ["plan", "--model_name_or_path", str(teacher_model_dir), "--train_files", str(one / "shard-0000.tar"),
+             "--dataloader_num_workers", "8", "--world_size", "4", "--data_cache_dir", str(tmp_path / "cache")]
+        )  # fmt: skip
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert refused.value.code == 2 and "for 32 readers" in message and "fewer --dataloader_num_workers" in message
+
+
+def test_the_shipped_8_gpu_config_plans_from_sizes_given_without_any_download(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(REPO)
+    report = json.loads(
+        plan_output(
+            capsys,
+            "--config",
+            "training/configs/contrastive_vit-l-14_xlm-r-large.yaml",
+            "--world_size",
+            "8",
+            "--train_num_samples",
+            "414080000",
+            "100000000",
+            "--format",
+            "json",
+        )  # fmt: skip
+    )
+    data, model = report["data"], report["model"]
+    assert data["shards"] == 51_408 and data["readers"] == 64 and data["per_device_batch"]["max"] <= 512
+    assert data["padding_share"] < 0.01 and model["backend"] == "zero2" and model["activation_checkpointing"]
+    assert model["parameters"]["total"] == count_parameters(AltCLIPConfig(), "contrastive")["total"]
+    assert [source["samples_per_epoch"] for source in report["sources"]] == [411_264_000, 102_816_000]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ddp_memory_of_a_fully_trained_model_on_one_device_equals_accelerates_estimate(dtype):
+    params = count_parameters(AltCLIPConfig(), "contrastive", unfreeze_vision=True)
+    ours = memory_report(params, "ddp", world=1, bf16=dtype == "bfloat16")
+    theirs = estimate_training_usage(4 * params["total"], dtype)
+    assert (ours["weights"], ours["gradients"], ours["optimizer_states"]) == (
+        theirs["model"],
+        theirs["gradients"],
+        theirs["optimizer"],
+    )
+
+
+def keyed(raw: dict) -> dict:
+    return {"key": raw["where"]}
+
+
+def test_readers_starting_inside_a_shard_read_past_its_first_samples_and_together_read_each_once(toy):
+    sources = parse_sources([str(toy["shards"])])
+    everything = Counter(sample["where"] for url in sources[0].urls for sample in shard_stream.shard_samples(url))
+    read: Counter = Counter()
+    for rank in range(3):  # 180 samples of 8 shards in 3 ranges of 60: two cuts inside shards
+        stream = shard_stream.ShardStream(sources, keyed, batch_size=7, rank=rank, world_size=3, shuffle_buffer=4)
+        assert (stream.shard_plan.reader_pieces(0, rank).start > 0).any() or rank == 0
+        batches = list(stream)
+        assert len(batches) == len(stream) == 9 and max(len(batch) for batch in batches) <= 7
+        read.update(row["key"] for batch in batches for row in batch)
+    assert read == everything
+
+
+def test_resampled_stream_reads_whole_shards_from_their_start_up_to_its_quota(toy):
+    sources = parse_sources([str(toy["shards"])])
+    stream = shard_stream.ShardStream(sources, keyed, batch_size=8, mode="resampled", samples_per_epoch=50)
+    batches = list(stream)
+    assert [len(batch) for batch in batches] == [8, 7, 7, 7, 7, 7, 7]
+    pieces = stream.shard_plan.reader_pieces(0, 0)
+    assert (pieces.start == 0).all() and pieces.lengths.sum() == 50
+
+
+def test_shard_flags_on_tables_are_refused_before_models_load(tmp_path, toy):
+    with pytest.raises(SystemExit, match=r"--train_num_samples applies to webdataset shards"):
+        run_stage("teacher", tmp_path, *toy_teacher_inputs(toy), "--train_num_samples", "100")
