@@ -80,20 +80,23 @@ class ZeroShotMonitor(TrainerCallback):
             *shlex.split(self.args.zeroshot_eval_flags),
         ]
 
-    def score(self, step: int) -> None:
+    def score(self, step: int, name: str | None = None) -> dict[str, float] | None:
+        """Scores the model as it is now, logs and returns the scores (rank 0; None elsewhere or on failure);
+        `name` (default step-N) names the results folder."""
         folder = Path(self.trainer.args.output_dir) / ZEROSHOT_FOLDER
-        model_dir, output_dir = folder / "model", folder / f"step-{step}"
+        model_dir, output_dir = folder / "model", folder / (name or f"step-{step}")
         if not save_complete_model(self.trainer, self.model, self.processor, model_dir):
-            return  # ranks other than 0 only took part in gathering the weights
+            return None  # ranks other than 0 only took part in gathering the weights
         result = subprocess.run(self.command(model_dir, output_dir), capture_output=True, text=True)
         shutil.rmtree(model_dir, ignore_errors=True)
         if result.returncode != 0:
             last_line = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
             logger.warning("Zero-shot scoring at step %d failed (training goes on): %s", step, last_line)
-            return
+            return None
         scores = {}
         for entry in json.loads((output_dir / RESULTS_FILE).read_text(encoding="utf-8"))["results"]:
             for metric, value in entry["metrics"].items():
                 scores[f"zeroshot/{entry['dataset']}/{entry['language']}/{metric}"] = value
         logger.info("Zero-shot at step %d: %s", step, scores)
         self.trainer.log(scores)
+        return scores
