@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runs import logged_losses, run_stage, teacher_flags
+from stage_runs import logged_losses, run_stage, shapes_image_folder, teacher_flags
 from transformers import AutoModel, CLIPModel
 
 from altclip.common.config_files import config_file_to_flags, expand_config
@@ -260,17 +260,6 @@ def test_shipped_configs_parse_and_leave_optimizer_and_scheduler_to_the_trainer(
         del flags[position : position + 2]
     stage = "teacher" if config.startswith("teacher") else "contrastive"
     parse(stage, flags)
-
-
-def shapes_image_folder(toy, root: Path) -> Path:
-    """An altclip-eval image_folder of the toy images by shape, with English and German class names."""
-    for image in sorted((Path(toy["captions"]).parent / "images").glob("*.png")):
-        shape = image.stem.split("_")[1]
-        (root / shape).mkdir(parents=True, exist_ok=True)
-        (root / shape / image.name).symlink_to(image)
-    names = {"en": ["circle", "square", "triangle"], "de": ["Kreis", "Quadrat", "Dreieck"]}
-    (root / "classnames.json").write_text(json.dumps(names))
-    return root
 
 
 def test_zero_shot_scores_are_logged_during_training(tmp_path, toy, teacher_model_dir):
