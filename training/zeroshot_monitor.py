@@ -98,5 +98,5 @@ class ZeroShotMonitor(TrainerCallback):
             for metric, value in entry["metrics"].items():
                 scores[f"zeroshot/{entry['dataset']}/{entry['language']}/{metric}"] = value
         logger.info("Zero-shot at step %d: %s", step, scores)
-        self.trainer.log(scores)
+        self.trainer.log(dict(scores))  # a copy: the Trainer adds its own fields to what it logs
         return scores
