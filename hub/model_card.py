@@ -126,7 +126,8 @@ def build_adapter_card(
         model_name=repo_id.split("/")[-1],
         eval_results=[EvalResult(**entry) for entry in model_index(results)] or None,
     )
-    towers = sorted({name.split(".")[0].removesuffix("_model") for name in config.target_modules})
+    adapted = {name.split(".lora_A.")[0] for name, _ in adapter.named_parameters() if ".lora_A." in name}
+    towers = sorted({"text" if ".text_" in name else "vision" for name in adapted})
     labels = [EXAMPLE_LABELS[code] for code in languages if code in EXAMPLE_LABELS][:4] or [EXAMPLE_LABELS["en"]]
     return ModelCard.from_template(
         data,
@@ -136,8 +137,7 @@ def build_adapter_card(
         base_model=base_model,
         rank=config.r,
         trainable=f"{sum(p.numel() for n, p in adapter.named_parameters() if '.lora_' in n):,}",
-        targets=f"{len(config.target_modules)} linear layers of the {' and '.join(towers)} tower"
-        + ("s" if len(towers) > 1 else ""),
+        targets=f"{len(adapted)} linear layers of the {' and '.join(towers)} tower" + ("s" if len(towers) > 1 else ""),
         example_labels=json.dumps(labels, ensure_ascii=False),
         results_table=markdown_table(results) if results else "",
         training=training_note(Path(model_dir)),

@@ -130,7 +130,7 @@ def prepare_adapter_upload_folder(adapter_dir: Path, target: Path, repo_id: str,
     card = build_adapter_card(adapter, adapter_dir, repo_id, base_id, options)
     target.mkdir(parents=True, exist_ok=True)
     adapter.peft_config[adapter.active_adapter].base_model_name_or_path = base_id
-    adapter.save_pretrained(target)
+    adapter.save_pretrained(target, save_embedding_layers=False)  # no embedding trained; no Hub lookup
     processor.save_pretrained(target)
     card.save(target / "README.md")  # replaces peft's generic card
     for name in COPIED_FROM_MODEL_DIR:

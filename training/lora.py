@@ -159,7 +159,7 @@ def save_adapter(trainer, peft_model: PeftModel, processor, folder: str | os.Pat
     folder = Path(folder)
     staging = folder / f".saving-{os.getpid()}"
     try:
-        peft_model.save_pretrained(staging)
+        peft_model.save_pretrained(staging, save_embedding_layers=False)
         processor.save_pretrained(staging)
         if merge:
             base = peft_model.get_base_model()
