@@ -376,11 +376,11 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model)
-    robust = BeforeAfter.start(trainer, run.tuning, run.zeroshot, student, model, processor)
+    scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, student, model, processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
     extra = {"distillation_loss": stage_args.distillation_loss, "teacher": model_args.clip_model_name_or_path}
-    extra.update(fine_tuning_summary(run.tuning, student, robust.finish()))
+    extra.update(fine_tuning_summary(run.tuning, student, scoring.finish()))
     finish(trainer, model, processor, training_args, "teacher", extra, adapter, run.tuning.merge_adapter)
 
 
@@ -418,6 +418,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
     adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
+    trained = adapter if adapter is not None else model
     image_processor = processor.image_processor
     train_dataset = image_text_data(train_sources, image_processor, data_args, training_args)
     image_cache = None
@@ -430,7 +431,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
         else None
     )
     trainer = ContrastiveTrainer(
-        model=adapter or model,
+        model=trained,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -445,10 +446,10 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model)
-    robust = BeforeAfter.start(trainer, run.tuning, run.zeroshot, adapter or model, model, processor)
+    scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     extra = {"image_tower_frozen": not stage_args.unfreeze_vision}
-    extra.update(fine_tuning_summary(run.tuning, adapter or model, robust.finish()))
+    extra.update(fine_tuning_summary(run.tuning, trained, scoring.finish()))
     saved = model if adapter is not None else trainer.accelerator.unwrap_model(trainer.model)
     finish(trainer, saved, processor, training_args, "contrastive", extra, adapter, run.tuning.merge_adapter)
 
