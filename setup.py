@@ -21,6 +21,12 @@ TRAIN = [
 EVAL = ["evaluate>=0.4", "datasets>=3", "matplotlib>=3.7", "tqdm>=4.66", "pyyaml>=6"]
 HUB = ["jinja2>=3"]
 DEMO = ["gradio>=5", "pandas", "scikit-image>=0.22"]
+# LoRA fine-tuning (altclip-train --lora_r) and loading its adapters (altclip-eval, altclip-demo, altclip-push)
+PEFT = ["peft>=0.13"]
+TRAIN += PEFT
+EVAL += PEFT
+HUB += PEFT
+DEMO += PEFT
 ONNX = ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.20"]
 # the emoji reproduction trains and evaluates; the glyphs come from Debian's fonts-noto-color-emoji
 REPRODUCE = sorted({*TRAIN, *EVAL, "emoji>=2.10"})

@@ -6,4 +6,5 @@ python benchmarks/embedding_throughput.py --shape vit-b-32_xlm-r-base --images 6
 python benchmarks/embedding_throughput.py --shape vit-l-14_xlm-r-large --images 16 --texts 64 --batch_size 16 --repeats 2
 python benchmarks/training_throughput.py --steps 60
 python benchmarks/training_throughput.py --scale
+python benchmarks/training_throughput.py --lora --steps 4 --batch_size 32
 python benchmarks/data_throughput.py

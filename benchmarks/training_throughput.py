@@ -1,10 +1,13 @@
 """Training throughput and peak memory of both stages at a small size on this machine, stage 1 with and without
 the cached teacher features; each run is its own `altclip-train` process, so its peak memory is its own.
+With --lora, rows at the ViT-B/32 + XLM-R-base shape: stage 2 with LoRA (r=16 on the text tower's attention and
+MLP layers) against full fine-tuning of the text tower, side by side: trainable parameters, optimizer-state memory
+(AdamW's moments, measured in the run), peak resident memory and samples/s.
 With --scale, rows at the ViT-B/32 + XLM-R-base shape (random weights, real JPEG photos, multilingual captions):
 stage 2 epoch-2 samples/s with and without --cache_image_features, the time per optimizer step of full-batch
 negatives (GradCache) against plain gradient accumulation, and teacher-feature precompute sentences/s.
 
-    python benchmarks/training_throughput.py [--steps 60] [--width 128] [--scale]
+    python benchmarks/training_throughput.py [--steps 60] [--width 128] [--scale] [--lora]
 
 On a GPU add `--bf16` (passed to the Trainer); the device tool's numbers are in benchmarks/README.md.
 """
@@ -34,6 +37,12 @@ REPORTING_PEAK = (
     "    start = time.perf_counter(); result = run_epoch(self, *args, **kwargs)\n"
     "    print('EPOCH_SECONDS', kwargs['epoch'], time.perf_counter() - start, flush=True); return result\n"
     "trainers.AltCLIPTrainer._run_epoch = timed\n"
+    "train = trainers.AltCLIPTrainer.train\n"
+    "def reporting_train(self, *args, **kwargs):\n"
+    "    result = train(self, *args, **kwargs); state = self.optimizer.state.values()\n"
+    "    print('OPTIMIZER_STATE_BYTES', sum(t.numel() * t.element_size() for s in state for t in s.values() "
+    "if hasattr(t, 'numel')), flush=True); return result\n"
+    "trainers.AltCLIPTrainer.train = reporting_train\n"
     "from training.cli import main; main(sys.argv[1:])"
 )
 
@@ -83,20 +92,15 @@ def run_stage(stage: str, output_dir: Path, steps: int | None, batch_size: int, 
         "wall_s": round(time.perf_counter() - start, 1),
         "last_loss": summary["last_loss"],
         "peak_rss_mib": round(int(output.rsplit("PEAK_RSS_KIB", 1)[1].split()[0]) / 1024, 1),
+        "optimizer_state_mib": round(int(output.rsplit("OPTIMIZER_STATE_BYTES", 1)[1].split()[0]) / 2**20, 1),
+        "trainable_parameters": summary.get("trainable_parameters"),
     }
 
 
 def scale_rows(folder: Path, pairs: int, batch_size: int, micro_batch: int, accumulation: int) -> dict:
     """The --scale rows (see the module docstring), ViT-B/32 + XLM-R-base, image tower frozen, fp32 on this CPU."""
-    from benchmarks.common import model_pair, multilingual_sentences, photo_files
-
-    model_dir = folder / "vit-b-32_xlm-r-base"
-    model_pair("vit-b-32_xlm-r-base", model_dir)
-    photos = photo_files(folder / "photos", pairs)
-    table = folder / "captions.jsonl"
-    captions = multilingual_sentences(pairs, max_parts=1)  # caption-like: one sentence (LAION's are ~15 tokens)
-    table.write_text("".join(json.dumps({"image": str(p), "caption": c}) + "\n" for p, c in zip(photos, captions)))
-    base = ["--model_name_or_path", str(model_dir), "--train_files", str(table), "--dataloader_num_workers", "0"]
+    base = scale_data(folder, pairs)
+    captions = [json.loads(line)["caption"] for line in (folder / "captions.jsonl").read_text().splitlines()]
     rows = {}
     two_epochs = [*base, "--num_train_epochs", "2"]
     rows["stage 2, epoch 2, image tower run"] = run_stage("contrastive", folder / "plain", None, batch_size, two_epochs)
@@ -113,6 +117,56 @@ def scale_rows(folder: Path, pairs: int, batch_size: int, micro_batch: int, accu
     )
     rows["teacher precompute (ViT-B/32 CLIP text tower)"] = precompute_row(folder, captions * 4)
     return rows
+
+
+def scale_data(folder: Path, pairs: int) -> list[str]:
+    """The ViT-B/32 + XLM-R-base checkpoint and a caption table of real photos; the flags that train on them."""
+    from benchmarks.common import model_pair, multilingual_sentences, photo_files
+
+    model_dir = folder / "vit-b-32_xlm-r-base"
+    model_pair("vit-b-32_xlm-r-base", model_dir)
+    photos = photo_files(folder / "photos", pairs)
+    table = folder / "captions.jsonl"
+    captions = multilingual_sentences(pairs, max_parts=1)  # caption-like: one sentence (LAION's are ~15 tokens)
+    table.write_text("".join(json.dumps({"image": str(p), "caption": c}) + "\n" for p, c in zip(photos, captions)))
+    return ["--model_name_or_path", str(model_dir), "--train_files", str(table), "--dataloader_num_workers", "0"]
+
+
+LORA_ROWS = {
+    "stage 2, full fine-tuning (text tower)": [],
+    "stage 2, LoRA r=16 (text tower)": ["--lora_r", "16", "--lora_alpha", "32", "--lora_targets", "text"],
+}
+
+
+def report_lora(args, extra: list[str]) -> None:
+    """LoRA r=16 on the text tower against full fine-tuning at the ViT-B/32 + XLM-R-base shape, each in its own
+    process on the same data and batch; prints the rows and their ratios, writes training_lora.json."""
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        base = [*scale_data(folder, args.pairs), *extra]
+        rows = {
+            name: run_stage("contrastive", folder / f"run-{index}", args.steps, args.batch_size, [*base, *flags])
+            for index, (name, flags) in enumerate(LORA_ROWS.items())
+        }
+    full, lora = rows.values()
+    for name, row in rows.items():
+        print(
+            f"{name:40s} trainable {row['trainable_parameters']:>12,}  "
+            f"optimizer state {row['optimizer_state_mib']:8.1f} MiB  "
+            f"peak RSS {row['peak_rss_mib']:8.1f} MiB  {row['samples_per_s']:6.1f} samples/s"
+        )
+    ratios = {
+        "lora_trainable_fraction": round(lora["trainable_parameters"] / full["trainable_parameters"], 4),
+        "lora_optimizer_state_fraction": round(lora["optimizer_state_mib"] / full["optimizer_state_mib"], 4),
+        "lora_peak_rss_fraction": round(lora["peak_rss_mib"] / full["peak_rss_mib"], 3),
+        "lora_samples_per_s_ratio": round(lora["samples_per_s"] / full["samples_per_s"], 2),
+    }
+    print(json.dumps(ratios))
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    result = {"shape": "vit-b-32_xlm-r-base", "steps": args.steps, "batch_size": args.batch_size, "rows": rows}
+    text = json.dumps({**result, **ratios}, indent=2)
+    replace_atomically(output / "training_lora.json", lambda p: p.write_text(text))
 
 
 def precompute_row(folder: Path, texts: list[str]) -> dict:
@@ -137,8 +191,11 @@ def main() -> None:
     parser.add_argument("--output_dir", default=str(RESULTS_DIR))
     parser.add_argument("--scale", action="store_true", help="Also the ViT-B/32 + XLM-R-base rows (slow).")
     parser.add_argument("--pairs", type=int, default=128, help="--scale: image-caption pairs (one epoch).")
+    parser.add_argument("--lora", action="store_true", help="Only the LoRA vs full fine-tuning rows (slow).")
     args = parser.parse_args()
     extra = ["--bf16", "true"] if args.bf16 else []
+    if args.lora:
+        return report_lora(args, extra)
     if args.scale:
         return report_scale(args)
     rows = {}

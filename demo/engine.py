@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from altclip.common.adapters import load_altclip, processor_source
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.devices import default_device
 from altclip.common.images import ImageTooLarge, open_rgb_image
-from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
+from modeling_altclip import AltCLIPProcessor, check_finite_weights
 from modeling_altclip.cpu_kernels import use_onednn_linear
 
 MAX_LABELS = 50
@@ -91,11 +92,11 @@ class DemoEngine:
     def __init__(self, model_name_or_path: str | Path, device: str | None = None):
         self.name = str(model_name_or_path)
         self.device = torch.device(device) if device else default_device()
-        self.model = AltCLIPModel.from_pretrained(model_name_or_path).to(self.device).eval()
+        self.model = load_altclip(model_name_or_path).to(self.device).eval()  # a checkpoint or a LoRA adapter
         check_finite_weights(self.model, model_name_or_path)
         if self.device.type == "cpu":
             self.model = use_onednn_linear(self.model, inplace=True)  # fp32 Linear layers about 2x faster on AMD
-        self.processor = AltCLIPProcessor.from_pretrained(model_name_or_path)
+        self.processor = AltCLIPProcessor.from_pretrained(processor_source(model_name_or_path))
         self.gallery_cache: dict[tuple, torch.Tensor] = {}
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from altclip.common.adapters import load_altclip, processor_source
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.devices import default_device, default_half_dtype
 from altclip.common.images import open_rgb_image
@@ -130,9 +131,10 @@ class Embedder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "Embedder":
-        model = AltCLIPModel.from_pretrained(name_or_path)
+        """A checkpoint, or a LoRA adapter folder applied to (merged into) its base model."""
+        model = load_altclip(name_or_path)
         check_finite_weights(model, name_or_path)  # a NaN model would still rank classes, meaninglessly
-        return cls(model, AltCLIPProcessor.from_pretrained(name_or_path), **kwargs)
+        return cls(model, AltCLIPProcessor.from_pretrained(processor_source(name_or_path)), **kwargs)
 
     @torch.no_grad()
     def images(

@@ -15,6 +15,7 @@ from altclip.common.constants import TRAINING_SUMMARY_FILE as SUMMARY_FILE
 from altclip.common.results_format import RESULTS_FILE, markdown_table, model_index
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
+ADAPTER_TEMPLATE = Path(__file__).with_name("adapter_card_template.md")
 PIPELINE_TAG = "zero-shot-image-classification"
 LIBRARY_NAME = "transformers"
 DEFAULT_TAGS = ("altclip", "clip", "multilingual", "zero-shot-image-classification", "image-text-retrieval")
@@ -104,4 +105,40 @@ def build_model_card(model, model_dir: str | Path, repo_id: str, options: CardOp
         example_labels=json.dumps(labels, ensure_ascii=False),
         results_table=markdown_table(results) if results else "",
         training=training_note(model_dir),
+    )
+
+
+def build_adapter_card(
+    adapter, model_dir: str | Path, repo_id: str, base_model: str, options: CardOptions
+) -> ModelCard:
+    """The README.md of a pushed LoRA adapter (`adapter`: the loaded `peft.PeftModel`), naming its base model."""
+    results = read_results(options.results_files)
+    languages = card_languages(options, results)
+    config = adapter.peft_config[adapter.active_adapter]
+    data = ModelCardData(
+        language=languages or None,
+        license=options.license,
+        library_name="peft",
+        pipeline_tag=PIPELINE_TAG,
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, "lora", "peft", *options.tags])),
+        base_model=base_model,
+        datasets=options.datasets or None,
+        model_name=repo_id.split("/")[-1],
+        eval_results=[EvalResult(**entry) for entry in model_index(results)] or None,
+    )
+    adapted = {name.split(".lora_A.")[0] for name, _ in adapter.named_parameters() if ".lora_A." in name}
+    towers = sorted({"text" if ".text_" in name else "vision" for name in adapted})
+    labels = [EXAMPLE_LABELS[code] for code in languages if code in EXAMPLE_LABELS][:4] or [EXAMPLE_LABELS["en"]]
+    return ModelCard.from_template(
+        data,
+        template_path=str(ADAPTER_TEMPLATE),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        base_model=base_model,
+        rank=config.r,
+        trainable=f"{sum(p.numel() for n, p in adapter.named_parameters() if '.lora_' in n):,}",
+        targets=f"{len(adapted)} linear layers of the {' and '.join(towers)} tower" + ("s" if len(towers) > 1 else ""),
+        example_labels=json.dumps(labels, ensure_ascii=False),
+        results_table=markdown_table(results) if results else "",
+        training=training_note(Path(model_dir)),
     )

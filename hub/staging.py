@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from altclip.common.adapters import AdapterError, adapter_base_model, is_adapter_folder, load_altclip, processor_source
+from altclip.common.model_paths import looks_local
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, NonFiniteWeightsError, check_finite_weights
 
-from .model_card import CardOptions, build_model_card
+from .model_card import CardOptions, build_adapter_card, build_model_card
 
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".py", ".md", ".png", ".txt", ".model"}
 COPIED_FROM_MODEL_DIR = ("training_summary.json", "loss_curve.png")
@@ -74,6 +76,8 @@ def prepare_upload_folder(model_dir: str | Path, target: str | Path, repo_id: st
     """Writes into the empty (or new) folder `target` exactly what would be uploaded; returns its relative paths."""
     model_dir, target = Path(model_dir), Path(target)
     require_empty_folder(target)
+    if is_adapter_folder(model_dir):
+        return prepare_adapter_upload_folder(model_dir, target, repo_id, options)
     model, processor = load_checked(model_dir)
     card = build_model_card(model, model_dir, repo_id, options)  # checks the results files before writing
     target.mkdir(parents=True, exist_ok=True)
@@ -88,3 +92,48 @@ def prepare_upload_folder(model_dir: str | Path, target: str | Path, repo_id: st
     if unexpected:
         raise PushRefused(f"Refusing to upload {unexpected}: only {sorted(ALLOWED_SUFFIXES)} files are published.")
     return files
+
+
+def published_base_model(adapter_dir: Path, options: CardOptions) -> str:
+    """The Hub id of an adapter's base model: --base-model, else its adapter_config.json's (a local folder cannot
+    be named on the Hub: then --base-model is required)."""
+    try:
+        base = adapter_base_model(adapter_dir)
+    except AdapterError as error:
+        raise PushRefused(str(error)) from error
+    if options.base_models:
+        return options.base_models[0]
+    if looks_local(base) or Path(base).exists():
+        raise PushRefused(
+            f"{adapter_dir} adapts the local model {base}; pass --base-model ORG/NAME, the Hub id that model is "
+            "published as (the pushed adapter_config.json will name it)."
+        )
+    return base
+
+
+def prepare_adapter_upload_folder(adapter_dir: Path, target: Path, repo_id: str, options: CardOptions) -> list[str]:
+    """A LoRA adapter's upload folder: adapter_config.json (naming the base model's Hub id), the adapter weights,
+    the processor and a card; loaded onto its base model and run once first."""
+    base_id = published_base_model(adapter_dir, options)
+    try:
+        adapter = load_altclip(adapter_dir, merge=False).eval()
+        processor = AltCLIPProcessor.from_pretrained(processor_source(adapter_dir))
+    except Exception as error:  # whatever stops loading stops the push, with the loader's own message
+        raise PushRefused(
+            f"{adapter_dir} does not load onto its base model: {type(error).__name__}: {error}"
+        ) from error
+    try:
+        check_finite_weights(adapter, adapter_dir)
+    except NonFiniteWeightsError as error:
+        raise PushRefused(str(error)) from error
+    smoke_test(adapter, processor, adapter_dir)
+    card = build_adapter_card(adapter, adapter_dir, repo_id, base_id, options)
+    target.mkdir(parents=True, exist_ok=True)
+    adapter.peft_config[adapter.active_adapter].base_model_name_or_path = base_id
+    adapter.save_pretrained(target, save_embedding_layers=False)  # no embedding trained; no Hub lookup
+    processor.save_pretrained(target)
+    card.save(target / "README.md")  # replaces peft's generic card
+    for name in COPIED_FROM_MODEL_DIR:
+        if (adapter_dir / name).is_file():
+            shutil.copy2(adapter_dir / name, target / name)
+    return relative_files(target)

@@ -2,11 +2,14 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 from ports import free_port
 
 from altclip.training.cli import main as train_main
@@ -102,3 +105,24 @@ def shapes_image_folder(toy, root: Path) -> Path:
     names = {"en": ["circle", "square", "triangle"], "de": ["Kreis", "Quadrat", "Dreieck"]}
     (root / "classnames.json").write_text(json.dumps(names))
     return root
+
+
+def kill_after_checkpoint(command: list[str], output_dir: Path, step: int) -> None:
+    """Starts a run and SIGKILLs torchrun and every process under it (the ranks and their DataLoader workers are
+    not in torchrun's process group) once checkpoint-`step` is complete."""
+    process = subprocess.Popen(command, cwd=REPO, env=torchrun_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (output_dir / f"checkpoint-{step}" / "trainer_state.json").is_file():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    root = psutil.Process(process.pid)
+    members = [root, *root.children(recursive=True)]
+    for member in members:
+        try:
+            member.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    process.wait()
+    psutil.wait_procs(members[1:], timeout=30)
+    assert not (output_dir / "training_summary.json").exists(), "the run ended before it was killed"

@@ -187,3 +187,57 @@ class OutputArguments:
     show_traceback: bool = field(
         default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
     )
+
+
+@dataclass
+class FineTuningArguments:
+    """Fine-tuning without forgetting: LoRA adapters (peft), weight-space interpolation (WiSE-FT), before/after."""
+
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains the weights themselves (no adapter)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update scaled by alpha/r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_targets: str = field(
+        default="text",
+        metadata={"help": "Towers that get adapters: text, vision or both.", "choices": ["text", "vision", "both"]},
+    )
+    lora_layers: str = field(
+        default="attention,mlp",
+        metadata={
+            "help": "Comma-separated linear layers of each transformer block that get adapters: attention (query, "
+            "key, value, output), mlp (both feed-forward layers), projection (the towers' output projections)."
+        },
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "LoRA: also save the adapter merged into the base model, a full checkpoint in OUTPUT_DIR/merged."
+        },
+    )
+    wise_ft_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Save start + alpha * (fine-tuned - start) (WiSE-FT, Wortsman et al. 2022): 0 the start model, 1 "
+            "the fine-tuned one; with LoRA the adapter's update is scaled."
+        },
+    )
+    wise_ft_sweep: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated alphas (e.g. 0,0.25,0.5,0.75,1) scored at the end on the validation and "
+            "zero-shot sets; the best by --wise_ft_metric is saved."
+        },
+    )
+    wise_ft_metric: str = field(
+        default="eval_loss",
+        metadata={
+            "help": "What the sweep maximises: eval_loss (minimised) or a zero-shot score, e.g. "
+            "zeroshot/image_folder/en/top1."
+        },
+    )
+    before_after: bool = field(
+        default=False,
+        metadata={
+            "help": "Score the validation set and the --zeroshot_* set before the first step and at the end: "
+            "training_summary.json and before_after.png (the forgetting view)."
+        },
+    )

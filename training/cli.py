@@ -26,11 +26,13 @@ from modeling_altclip.assets import XLMR_MAX_LENGTH
 from .arguments import (
     ContrastiveArguments,
     DataArguments,
+    FineTuningArguments,
     ModelArguments,
     OutputArguments,
     TeacherLearningArguments,
     ZeroShotArguments,
 )
+from .before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
 from .data_plan import check_resumed_plan, data_plan_callback
 from .epoch_plan import data_seed, shuffles
 from .feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
@@ -41,6 +43,7 @@ from .image_text_data import (
     decode_shard_sample,
     image_shape_of,
 )
+from .lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
 from .model_setup import (
     check_model_arguments,
     disable_dropout,
@@ -87,13 +90,22 @@ class RunArguments:
     zeroshot: ZeroShotArguments
     output: OutputArguments
     training: TrainingArguments
+    tuning: FineTuningArguments
 
 
 def parse(stage: str, argv: Sequence[str]) -> RunArguments:
     """The flags (and ``--config`` files) of `stage`; unknown or malformed flags end in one line."""
     program = f"altclip-train {stage}"
     parser = HfArgumentParser(
-        (ModelArguments, DataArguments, STAGES[stage], ZeroShotArguments, OutputArguments, TrainingArguments)
+        (
+            ModelArguments,
+            DataArguments,
+            STAGES[stage],
+            ZeroShotArguments,
+            OutputArguments,
+            TrainingArguments,
+            FineTuningArguments,
+        )
     )
     parser.prog = program
     one_line_parser_errors(parser, program)
@@ -287,13 +299,23 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
     return requested
 
 
-def finish(trainer, model, processor, training_args: TrainingArguments, stage: str, extra: dict) -> None:
-    """Saves the complete model with its processor, a loss-curve PNG and a summary; all ranks sum their skips."""
+def finish(
+    trainer, model, processor, training_args: TrainingArguments, stage: str, extra: dict, adapter=None, merge=False
+) -> None:
+    """Saves the complete model (or, with LoRA, the `adapter` and with `merge` also the merged model) with its
+    processor, a loss-curve PNG and a summary; all ranks sum their skips."""
     skipped = trainer.accelerator.reduce(torch.tensor(float(trainer.skipped.total), device=training_args.device), "sum")
     output_dir = Path(training_args.output_dir)
-    if not save_complete_model(trainer, model, processor, output_dir):
+    if adapter is not None:
+        if not save_adapter(trainer, adapter, processor, output_dir, merge):
+            return
+    elif not save_complete_model(trainer, model, processor, output_dir):
         return
     save_loss_curve(trainer.state.log_history, output_dir / LOSS_CURVE_FILE, title=f"AltCLIP {stage} stage")
+    before_after = extra.get("before_after")
+    if before_after and before_after["after"]:
+        title = f"AltCLIP {stage} stage: before and after fine-tuning"
+        save_before_after_chart(before_after["before"], before_after["after"], output_dir / BEFORE_AFTER_CHART, title)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     save_summary(
         {
@@ -328,7 +350,8 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
     model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
     model, processor = load_or_build_model(model_args)
     teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
-    student = model.text_model
+    adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
+    student = model.text_model  # with LoRA, its linear layers now carry the adapters (the rest frozen)
     if not stage_args.student_dropout:
         disable_dropout(student)
     columns = dict(
@@ -370,16 +393,12 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model)
+    scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, student, model, processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
-    finish(
-        trainer,
-        model,
-        processor,
-        training_args,
-        "teacher",
-        {"distillation_loss": stage_args.distillation_loss, "teacher": model_args.clip_model_name_or_path},
-    )
+    extra = {"distillation_loss": stage_args.distillation_loss, "teacher": model_args.clip_model_name_or_path}
+    extra.update(fine_tuning_summary(run.tuning, student, scoring.finish()))
+    finish(trainer, model, processor, training_args, "teacher", extra, adapter, run.tuning.merge_adapter)
 
 
 def image_text_data(sources: list[Source], image_processor, data_args, training_args, shuffle: bool = True):
@@ -418,6 +437,8 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
     model, processor = load_or_build_model(model_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
+    adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
+    trained = adapter if adapter is not None else model
     image_processor = processor.image_processor
     train_dataset = image_text_data(train_sources, image_processor, data_args, training_args)
     image_cache = None
@@ -430,7 +451,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
         else None
     )
     trainer = ContrastiveTrainer(
-        model=model,
+        model=trained,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -447,15 +468,27 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
         trainer.add_callback(ImageCacheCallback(image_cache))
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model)
+    scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    finish(
-        trainer,
-        trainer.accelerator.unwrap_model(trainer.model),
-        processor,
-        training_args,
-        "contrastive",
-        {"image_tower_frozen": not stage_args.unfreeze_vision},
-    )
+    extra = {"image_tower_frozen": not stage_args.unfreeze_vision}
+    extra.update(fine_tuning_summary(run.tuning, trained, scoring.finish()))
+    saved = model if adapter is not None else trainer.accelerator.unwrap_model(trainer.model)
+    finish(trainer, saved, processor, training_args, "contrastive", extra, adapter, run.tuning.merge_adapter)
+
+
+def fine_tuning_summary(args: FineTuningArguments, trained: torch.nn.Module, scores: dict) -> dict:
+    """The summary's fine-tuning fields: parameters trained, the LoRA settings, WiSE-FT and before/after scores."""
+    trainable, total = count_parameters(trained)
+    summary = {"trainable_parameters": trainable, "parameters": total}
+    if lora_enabled(args):
+        summary["lora"] = {
+            "r": args.lora_r,
+            "alpha": args.lora_alpha,
+            "dropout": args.lora_dropout,
+            "targets": args.lora_targets,
+            "layers": args.lora_layers,
+        }
+    return {**summary, **scores}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -500,6 +533,8 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     check_stage_flags(stage, run.stage, run.training, train_sources)
     check_shard_plan(run, train_sources)  # shard sizes resolved and the reading plan checked before models load
     check_zeroshot_arguments(run.zeroshot)
+    check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model)
+    check_fine_tuning_arguments(run.tuning, run.zeroshot, validation_sources is not None, run.training)
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
         check_resumed_plan(checkpoint, run.data, run.training)

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import torch
 
+from .lora import has_lora_layers, merged_state_dict
 from .output_folder import move_into
 
 
 def full_state_dict(trainer, model) -> dict[str, torch.Tensor]:
     """The complete model's weights, gathered through accelerate on every rank (ZeRO-3 and FSDP hold only shards;
     the call is collective), with stage 1's trained student put back inside its AltCLIP."""
+    if has_lora_layers(model):  # LoRA (DDP: every rank holds all weights): the adapters' updates added
+        return merged_state_dict(model)
     trained = trainer.accelerator.get_state_dict(trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model)
     if not trained:  # ZeRO-3 consolidates on rank 0 only
         return {}

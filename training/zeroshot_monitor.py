@@ -64,8 +64,8 @@ def check_zeroshot_arguments(args: ZeroShotArguments) -> None:
     """One-line refusals before any model loads: the data, its class names per language, the flags."""
     if args.zeroshot_steps < 0:
         raise SystemExit(f"altclip-train: --zeroshot_steps must be 0 (off) or positive, not {args.zeroshot_steps}.")
-    if not args.zeroshot_steps:
-        return
+    if not args.zeroshot_steps and not args.zeroshot_data_dir:
+        return  # off; a folder given alone is still checked (--before_after and the WiSE-FT sweep score it)
     if not (args.zeroshot_data_dir and Path(args.zeroshot_data_dir).is_dir()):
         raise SystemExit(
             f"altclip-train: --zeroshot_steps needs --zeroshot_data_dir, a folder with the {args.zeroshot_dataset} "
@@ -171,11 +171,13 @@ class ZeroShotMonitor(TrainerCallback):
             self.model.train(was_training)
         return {"images": images, "kept": kept, "unreadable": unreadable, "texts": texts}
 
-    def score(self, step: int) -> None:
+    def score(self, step: int, name: str | None = None) -> dict[str, float] | None:
+        """Scores the live model as it is now on every rank; logs and returns the scores (None when skipped or
+        failed); `name` (default step-N) names the results folder."""
         started = time.monotonic()
         if self._sharded():
             logger.warning("Zero-shot scoring at step %d skipped: the parameters are sharded (FSDP/ZeRO-3).", step)
-            return
+            return None
         templates = self.options.templates
         all_texts = [text for names in self.names.values() for text in prompts(names, templates)]
         problem, share = None, None
@@ -191,7 +193,7 @@ class ZeroShotMonitor(TrainerCallback):
             logger.warning(
                 "Zero-shot scoring at step %d failed (training goes on): %s", step, problem or "on another rank"
             )
-            return
+            return None
         logger.info(
             "Rank %d embedded %d images and %d prompts for zero-shot at step %d",
             _world()[0],
@@ -213,10 +215,11 @@ class ZeroShotMonitor(TrainerCallback):
         }
         scores["zeroshot/seconds"] = round(seconds, 3)
         if self.trainer.is_world_process_zero():
-            folder = Path(self.trainer.args.output_dir) / ZEROSHOT_FOLDER / f"step-{step}"
+            folder = Path(self.trainer.args.output_dir) / ZEROSHOT_FOLDER / (name or f"step-{step}")
             write_results(results, folder, f"{self.trainer.args.output_dir} (step {step})")
             logger.info("Zero-shot at step %d (%.2f s): %s", step, seconds, scores)
-        self.trainer.log(scores)
+        self.trainer.log(dict(scores))  # a copy: the Trainer adds its own fields to what it logs
+        return scores
 
     def _any_rank_failed(self, failed: bool) -> bool:
         _, world_size = _world()

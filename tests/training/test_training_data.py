@@ -10,24 +10,19 @@ import io
 import json
 import os
 import shutil
-import signal
-import subprocess
 import tarfile
 import threading
-import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import datasets
-import psutil
 import pytest
 from stage_runs import (
-    REPO,
+    kill_after_checkpoint,
     run_stage,
     torchrun,
     torchrun_command,
-    torchrun_env,
     toy_teacher_inputs,
     trained_keys,
     trained_steps,
@@ -149,27 +144,6 @@ def test_samples_are_shuffled_across_shards_and_shards_reshuffled_every_epoch(to
         first.set_epoch(epoch)
         orders.append(first.epoch_shards())
     assert sorted(orders[0]) == sorted(orders[1]) == list(range(8)) and orders[0] != orders[1]
-
-
-def kill_after_checkpoint(command: list[str], output_dir: Path, step: int) -> None:
-    """Starts a run and SIGKILLs torchrun and every process under it (the ranks and their DataLoader workers are
-    not in torchrun's process group) once checkpoint-`step` is complete."""
-    process = subprocess.Popen(command, cwd=REPO, env=torchrun_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not (output_dir / f"checkpoint-{step}" / "trainer_state.json").is_file():
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    root = psutil.Process(process.pid)
-    members = [root, *root.children(recursive=True)]
-    for member in members:
-        try:
-            member.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    process.wait()
-    psutil.wait_procs(members[1:], timeout=30)
-    assert not (output_dir / "training_summary.json").exists(), "the run ended before it was killed"
 
 
 def logged(output_dir: Path) -> dict[int, float]:

@@ -1,0 +1,108 @@
+"""LoRA adapter folders as models: told from full checkpoints, loaded onto the base model they name, and served
+by evaluation's Embedder and the demo with the same numbers as the merged checkpoint; pushed as adapter repos."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from peft import LoraConfig, PeftModel, get_peft_model
+from tiny_models import random_images
+
+from altclip.common.adapters import AdapterError, is_adapter_folder, load_altclip, processor_source
+from altclip.demo.engine import DemoEngine
+from altclip.evaluation.encode import Embedder
+from altclip.hub.cli import main as push_main
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+
+ADAPTER_FILES = {
+    "README.md",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "processing_altclip.py",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A LoRA adapter with random (non-zero) B matrices on both towers of the tiny model, saved alone."""
+    torch.manual_seed(0)
+    base = AltCLIPModel.from_pretrained(tiny_model_dir)
+    targets = ["query", "value", "q_proj", "v_proj"]
+    adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    folder = tmp_path_factory.mktemp("adapter")
+    adapted.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def merged_dir(tmp_path_factory, adapter_dir, tiny_model_dir) -> Path:
+    folder = tmp_path_factory.mktemp("merged")
+    base = AltCLIPModel.from_pretrained(tiny_model_dir)
+    PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(folder)
+    AltCLIPProcessor.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+def test_an_adapter_folder_loads_onto_its_base_model(adapter_dir, merged_dir, tiny_model_dir, processor):
+    assert is_adapter_folder(adapter_dir) and not is_adapter_folder(tiny_model_dir)
+    assert processor_source(adapter_dir) == str(tiny_model_dir)  # no tokenizer beside the adapter: the base's
+    inputs = processor(text=["ein Hund", "a cat"], images=random_images(2), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        merged = load_altclip(adapter_dir).eval()(**inputs).logits_per_image
+        unmerged = load_altclip(adapter_dir, merge=False).eval()(**inputs).logits_per_image
+        saved = AltCLIPModel.from_pretrained(merged_dir).eval()(**inputs).logits_per_image
+        base = AltCLIPModel.from_pretrained(tiny_model_dir).eval()(**inputs).logits_per_image
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(saved, unmerged, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(base, unmerged, atol=1e-4)
+
+
+def test_a_relative_base_path_is_read_from_the_adapter_folder_and_a_missing_one_is_named(tmp_path, adapter_dir):
+    moved = tmp_path / "project" / "adapter"
+    shutil.copytree(adapter_dir, moved)
+    config = json.loads((moved / "adapter_config.json").read_text())
+    shutil.copytree(config["base_model_name_or_path"], tmp_path / "project" / "base")
+    config["base_model_name_or_path"] = "../base"
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    assert isinstance(load_altclip(moved), AltCLIPModel)
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterError, match=r"its base model .*gone .* does not exist"):
+        load_altclip(moved)
+
+
+def test_embedder_and_demo_serve_an_adapter_like_its_merged_checkpoint(adapter_dir, merged_dir):
+    images = random_images(3, seed=1)
+    texts = ["ein Hund", "a cat", "一只猫"]
+    embedded = {}
+    for name, folder in (("adapter", adapter_dir), ("merged", merged_dir)):
+        embedder = Embedder.from_pretrained(folder, device="cpu", dtype="float32", onednn_linear=False)
+        embedded[name] = (embedder.images(images)[0], embedder.texts(texts))
+    for adapter_side, merged_side in zip(embedded["adapter"], embedded["merged"]):
+        torch.testing.assert_close(adapter_side, merged_side, rtol=1e-5, atol=1e-5)
+    labels = "dog, cat, bird"
+    adapter_engine, merged_engine = DemoEngine(adapter_dir, device="cpu"), DemoEngine(merged_dir, device="cpu")
+    adapter_scores = adapter_engine.classify(images[0], labels)
+    merged_scores = merged_engine.classify(images[0], labels)
+    assert adapter_scores.keys() == merged_scores.keys()
+    assert all(adapter_scores[key] == pytest.approx(merged_scores[key], abs=1e-5) for key in adapter_scores)
+
+
+def test_push_publishes_the_adapter_with_a_card_naming_its_base_model(tmp_path, adapter_dir):
+    with pytest.raises(SystemExit) as refused:
+        push_main([str(adapter_dir), "someone/tiny-lora", "--dry-run", str(tmp_path / "a")])
+    assert refused.value.code == 2 and not (tmp_path / "a").exists()
+    target = tmp_path / "upload"
+    push_main([str(adapter_dir), "someone/tiny-lora", "--base-model", "someone/tiny-altclip", "--dry-run", str(target)])
+    assert {str(path.relative_to(target)) for path in target.rglob("*") if path.is_file()} == ADAPTER_FILES
+    assert json.loads((target / "adapter_config.json").read_text())["base_model_name_or_path"] == "someone/tiny-altclip"
+    card = ModelCard.load(target / "README.md")
+    assert card.data.base_model == "someone/tiny-altclip" and card.data.library_name == "peft"
+    assert 'PeftModel.from_pretrained(base, "someone/tiny-lora")' in card.text
+    assert "rank 4" in card.text and "text and vision towers" in card.text
