@@ -31,7 +31,7 @@ RESULTS_DIR = Path(__file__).parent / "results"
 # ... and the wall time of each epoch (EPOCH_SECONDS epoch seconds)
 REPORTING_PEAK = (
     "import atexit, resource, time; atexit.register(lambda: print('PEAK_RSS_KIB', "
-    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); import sys; from training import trainers\n"
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); import sys; from altclip.training import trainers\n"
     "run_epoch = trainers.AltCLIPTrainer._run_epoch\n"
     "def timed(self, *args, **kwargs):\n"
     "    start = time.perf_counter(); result = run_epoch(self, *args, **kwargs)\n"
@@ -43,7 +43,7 @@ REPORTING_PEAK = (
     "    print('OPTIMIZER_STATE_BYTES', sum(t.numel() * t.element_size() for s in state for t in s.values() "
     "if hasattr(t, 'numel')), flush=True); return result\n"
     "trainers.AltCLIPTrainer.train = reporting_train\n"
-    "from training.cli import main; main(sys.argv[1:])"
+    "from altclip.training.cli import main; main(sys.argv[1:])"
 )
 
 
