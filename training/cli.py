@@ -31,7 +31,7 @@ from .arguments import (
     TeacherLearningArguments,
     ZeroShotArguments,
 )
-from .data_plan import check_resumed_plan, data_plan_callback
+from .data_plan import check_resumed_plan, check_resumed_tables, data_plan_callback, table_sizes
 from .epoch_plan import data_seed, shuffles
 from .feature_caches import ImageEmbeddingCache, fingerprint, module_digest
 from .image_text_data import (
@@ -53,7 +53,7 @@ from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summ
 from .saving import save_complete_model
 from .shard_stream import ShardStream
 from .sources import Source, parse_sources, source_weights
-from .tables import check_columns
+from .tables import built_first, check_columns
 from .teacher import precomputed_teacher_features
 from .text_data import DistillationCollator, ParallelText
 from .trainers import ContrastiveTrainer, TeacherLearningTrainer
@@ -299,12 +299,17 @@ def finish(trainer, model, processor, training_args: TrainingArguments, stage: s
     logger.info("Saved the %s-stage model, %s and %s to %s", stage, LOSS_CURVE_FILE, SUMMARY_FILE, output_dir)
 
 
-def trainer_data_options(data_args, train_sources: list[Source], training_args: TrainingArguments) -> dict:
+def trainer_data_options(
+    data_args, train_sources: list[Source], training_args: TrainingArguments, train_dataset=None
+) -> dict:
+    tables = table_sizes(train_sources, train_dataset) if train_dataset is not None else None
+    if training_args.resume_from_checkpoint:
+        check_resumed_tables(training_args.resume_from_checkpoint, tables)
     return {
         "record_trained_keys": data_args.record_trained_keys,
         "train_weights": source_weights(train_sources),
         "shuffle_train": shuffles(training_args),
-        "callbacks": [data_plan_callback(data_args, training_args)],
+        "callbacks": [data_plan_callback(data_args, training_args, tables)],
     }
 
 
@@ -320,8 +325,10 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
         translation_column=data_args.translation_column,
         include_english_pairs=stage_args.include_english_pairs,
         cache_dir=data_args.data_cache_dir,
+        build_processes=data_args.table_build_processes,
     )
-    with training_args.main_process_first(desc="parallel text tables"):
+    tables = [*train_sources, *(validation_sources or [])]
+    with built_first(training_args, tables, data_args.table_build_processes, "parallel text tables"):
         train_dataset = ParallelText(train_sources, **columns)
         eval_dataset = ParallelText(validation_sources, **columns) if validation_sources else None
     features = None
@@ -349,7 +356,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
         data_collator=DistillationCollator(processor.tokenizer, teacher_tokenizer, data_args.max_text_length, features),
         teacher=None if features is not None else teacher,
         loss_kind=stage_args.distillation_loss,
-        **trainer_data_options(data_args, train_sources, training_args),
+        **trainer_data_options(data_args, train_sources, training_args, train_dataset),
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model)
@@ -381,7 +388,7 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
             shuffle_buffer=data_args.shuffle_buffer,
             shuffle=shuffle and shuffles(training_args),
         )
-    with training_args.main_process_first(desc="image-caption tables"):
+    with built_first(training_args, sources, data_args.table_build_processes, "image-caption tables"):
         return ImageTextTable(
             sources,
             image_processor,
@@ -390,6 +397,7 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
             image_root=data_args.image_root,
             cache_dir=data_args.data_cache_dir,
             reduced_jpeg_decoding=data_args.reduced_jpeg_decoding,
+            build_processes=data_args.table_build_processes,
         )
 
 
@@ -421,7 +429,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
         gather_with_grad=stage_args.gather_with_grad,
         full_batch_negatives=stage_args.full_batch_negatives,
         image_cache=image_cache,
-        **trainer_data_options(data_args, train_sources, training_args),
+        **trainer_data_options(data_args, train_sources, training_args, train_dataset),
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model)
