@@ -215,7 +215,7 @@ def setup_logging(training_args: TrainingArguments) -> None:
     )
     level = training_args.get_process_log_level()
     transformers.utils.logging.set_verbosity(level)
-    for name in ("training", "modeling_altclip"):
+    for name in ("training", "altclip", "modeling_altclip"):  # altclip: the jobs' modules as installed
         logging.getLogger(name).setLevel(logging.INFO if training_args.should_log else level)
 
 

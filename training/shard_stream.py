@@ -63,21 +63,30 @@ def shard_sizes(sources: Sequence[Source]) -> list[int]:
                         f"{url}: no sizes.json beside the remote shards names its size; write one ({{shard name: "
                         "samples}, as img2dataset/webdataset tools do) so that every rank can plan the epoch."
                     )
-                counts[len(sizes)] = _count_samples(url)
+                counts[len(sizes)] = count_shard(url)
                 known = counts[len(sizes)].found
             sizes.append(known)
     urls = [url for source in sources for url in source.urls]
     return planned_sizes(urls, sizes, counts, [len(source.urls) for source in sources])
 
 
-def _count_samples(url: str) -> ShardCount:
+def count_shard(url: str) -> ShardCount:
+    """The samples a shard holds, read through, and the error that cut the read short (`planned_sizes` adds the
+    samples it lost)."""
     count = 0
     try:
         for _ in shard_samples(url):
             count += 1
-    except Exception as error:  # a broken shard still counts what it holds; `planned_sizes` adds what it lost
+    except Exception as error:  # a broken shard still counts what it holds
         return ShardCount(url, count, error)
     return ShardCount(url, count)
+
+
+def _count_samples(url: str) -> int:
+    """One shard's planned size on its own (no siblings to estimate from): what it holds, plus one for a cut or
+    unreadable shard (the sample the cut went through) or an empty one, so that the loss is counted."""
+    count = count_shard(url)
+    return count.found + (1 if count.error is not None or not count.found else 0)
 
 
 def shuffled_slots(count: int, buffer_size: int, rng: random.Random) -> Iterator[tuple[int, list[int], int]]:

@@ -9,6 +9,7 @@ such a line becomes a row whose ``_skipped`` column says why, counted as a skipp
 import contextlib
 import csv
 import datetime
+import hashlib
 import io
 import json
 import logging
@@ -31,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 WHERE, SKIPPED = "_where", "_skipped"
 READER_VERSION = 2  # part of the cache key: raise it when the rows a file gives change (2: bounded quotes)
-CHUNK_BYTES = 16 << 20  # a file is built in pieces of about this size, several at a time (`num_proc`)
+CHUNK_BYTES = 4 << 20  # a file is built in pieces of about this size, several at a time (`num_proc`)
 BUILD_BYTES_PER_SECOND = 250_000  # per process; benchmarks/data_throughput.py measures several times more
-CHUNK_SEARCH_BYTES = 4 << 20  # how far past a piece's nominal end its true start (a record start) is looked for
+CHUNK_SEARCH_BYTES = 1 << 20  # how far past a piece's nominal end its true start (a record start) is looked for
 
 
 def _bad(where: str, reason: str, columns: Sequence[str]) -> dict:
@@ -128,13 +129,34 @@ def _chunk_start(handle, target: int, quoted: bool) -> int | None:
     return None
 
 
-def table_chunks(url: str, kind: str) -> list[tuple]:
+def table_chunks(url: str, kind: str, cache_dir: str | None = None) -> list[tuple]:
     """The byte ranges (url, start, end, first line number, stamp) that `_rows` reads of one file, about
     CHUNK_BYTES each and cut where a record starts, so that processes build them apart and still report every
-    skipped row with its true line number. Remote files are one chunk (read as a stream)."""
-    first_line = 1 if kind == "jsonl" else 2
+    skipped row with its true line number. Remote files are one chunk (read as a stream). Finding them reads the
+    file once (line numbers); they are kept beside the Arrow cache, so a cache hit does not read it again."""
     if is_remote(url):
-        return [(url, None, None, first_line, _stamp(url))]
+        return [(url, None, None, 1 if kind == "jsonl" else 2, _stamp(url))]
+    key = json.dumps([_stamp(url), kind, CHUNK_BYTES, READER_VERSION])
+    kept = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "altclip_table_chunks"
+    kept = kept / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    try:
+        starts, numbers = json.loads(kept.read_text())
+    except (OSError, ValueError):
+        starts, numbers = _find_chunks(url, kind)
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            partial = kept.with_suffix(f".{os.getpid()}.partial")
+            partial.write_text(json.dumps([starts, numbers]))
+            os.replace(partial, kept)
+        except OSError as error:  # a read-only cache: found again next time
+            logger.debug("Could not keep the chunks of %s in %s: %s", url, kept, error)
+    ends = [*starts[1:], None]
+    return [(url, start, end, number, _stamp(url)) for start, end, number in zip(starts, ends, numbers)]
+
+
+def _find_chunks(url: str, kind: str) -> tuple[list[int], list[int]]:
+    """(start offsets, first line numbers) of `table_chunks`."""
+    first_line = 1 if kind == "jsonl" else 2
     size, starts = os.path.getsize(url), []
     with open(url, "rb") as handle:
         starts.append(len(handle.readline()) if kind != "jsonl" else 0)
@@ -149,8 +171,7 @@ def table_chunks(url: str, kind: str) -> list[tuple]:
         for previous, start in zip(starts, starts[1:]):
             newlines = sum(block.count(b"\n") for block in _blocks(handle, start - previous))
             numbers.append(numbers[-1] + newlines)
-    ends = [*starts[1:], None]
-    return [(url, start, end, number, _stamp(url)) for start, end, number in zip(starts, ends, numbers)]
+    return starts, numbers
 
 
 def _blocks(handle, length: int, block: int = 1 << 24) -> Iterator[bytes]:
@@ -249,7 +270,7 @@ def build_processes(requested: int | None = None) -> int:
 
 def _built_table(source: Source, columns: list[str], cache_dir: str | None, processes: int | None) -> datasets.Dataset:
     """A text table built by `_rows` over chunks of its files, several processes at once on a cache miss."""
-    chunks = [chunk for url in source.urls for chunk in table_chunks(url, source.kind)]
+    chunks = [chunk for url in source.urls for chunk in table_chunks(url, source.kind, cache_dir)]
     features = datasets.Features({name: datasets.Value("string") for name in [*columns, WHERE, SKIPPED]})
     processes = min(build_processes(processes), len(chunks))
     started = time.perf_counter()

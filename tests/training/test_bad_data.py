@@ -38,12 +38,14 @@ def test_tsv_with_a_stray_quote_trains_every_other_row_and_counts_one_skip(tmp_p
     """2 processes x 2 workers; before bounded quotes, the quote swallowed every later row into one caption."""
     table = Path(toy["captions"]).parent / "stray_quote.tsv"
     expected = write_tsv(table, caption_rows(toy["captions"]), stray_at=40)
-    torchrun(
+    result = torchrun(
         "contrastive", tmp_path, 2, "--model_name_or_path", str(teacher_model_dir), "--train_files", str(table),
         "--per_device_train_batch_size", "8", "--dataloader_num_workers", "2", "--num_train_epochs", "1",
         "--save_strategy", "no", "--table_build_processes", "2", *KEYS,
     )  # fmt: skip
     assert trained_keys(tmp_path) == Counter(expected) and len(expected) == 179
+    wait = "image-caption tables: built (or opened) by the first process of each node with 2 process(es); the others"
+    assert f"{wait} wait up to 30 min for it (ddp_timeout: 30 min)" in result.stdout  # their own barrier
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert summary["skipped_records"] == 1
     assert list(summary["skipped_by_reason_on_rank0"].values()) in ([], [1])  # the skip fell to either rank
@@ -97,8 +99,12 @@ def test_tables_built_in_chunks_by_two_processes_equal_one_process_build(tmp_pat
     path.write_text("".join(lines))
     monkeypatch.setattr(tables, "CHUNK_BYTES", 2000)
     source = parse_sources([str(path)])[0]
-    chunks = tables.table_chunks(str(path), "tsv")
+    chunks = tables.table_chunks(str(path), "tsv", str(tmp_path / "c1"))
     assert len(chunks) > 10
+    monkeypatch.setattr(tables, "_find_chunks", None)  # kept: a second open (other ranks, cache hits) reads nothing
+    assert tables.table_chunks(str(path), "tsv", str(tmp_path / "c1")) == chunks
+    monkeypatch.undo()
+    monkeypatch.setattr(tables, "CHUNK_BYTES", 2000)
     built = {
         processes: tables.open_table(source, ("english", "translation"), str(tmp_path / f"c{processes}"), processes)
         for processes in (1, 2)
