@@ -174,18 +174,23 @@ def probe(table: Path, cache: Path, processes: int) -> dict:
 
 
 def table_figures(folder: Path, rows: int, processes: int) -> dict:
-    """Per format: the first open (the Arrow build) by 1 and by `processes` processes side by side, each into an
-    empty cache, then a second open (a cache hit)."""
+    """Per format: the first open (the Arrow build) by 1 and by `processes` processes side by side (best of two
+    alternating runs each, each into an empty cache), then a second open (a cache hit)."""
     figures = {"rows": rows, "build_processes": processes}
     for suffix in ("jsonl", "tsv"):
         table = write_table(folder / f"parallel.{suffix}", rows)
-        builds = {count: probe(table, folder / f"cache-{suffix}-{count}", count) for count in sorted({1, processes})}
-        builds[processes]["chunks"] = len(table_chunks(str(table), suffix, str(folder / f"cache-{suffix}-1")))
+        builds: dict[int, dict] = {}
+        for attempt in range(2):  # alternating, best of two each, each into an empty cache: load drifts
+            for count in sorted({1, processes}):
+                run = probe(table, folder / f"cache-{suffix}-{count}-{attempt}", count)
+                if run["rows_per_s"] > builds.get(count, {}).get("rows_per_s", 0):
+                    builds[count] = run
+        builds[processes]["chunks"] = len(table_chunks(str(table), suffix, str(folder / f"cache-{suffix}-1-0")))
         figures[suffix] = {
             "mib": table.stat().st_size / 2**20,
             "first_open": {str(count): run for count, run in builds.items()},
             "build_speedup": builds[processes]["rows_per_s"] / builds[1]["rows_per_s"],
-            "second_open": probe(table, folder / f"cache-{suffix}-{processes}", processes),
+            "second_open": probe(table, folder / f"cache-{suffix}-{processes}-0", processes),
         }
         print(json.dumps({suffix: figures[suffix]}), flush=True)
     return figures
@@ -206,6 +211,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         results["table"] = table_figures(Path(folder), args.rows, args.build_processes)
         if args.tables_only:
+            RESULTS_DIR.mkdir(exist_ok=True)
+            path = RESULTS_DIR / "data_throughput_tables.json"
+            replace_atomically(path, lambda partial: partial.write_text(json.dumps(results, indent=2)))
+            print(f"wrote {path}")
             return
         spec = write_shards(Path(folder), args.shards, args.per_shard)
         for workers in (0, 1, 2):
