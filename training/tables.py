@@ -3,7 +3,13 @@
 `datasets` builds and caches the Arrow file (``Dataset.from_generator``; a second open is a cache hit) and
 memory-maps it, so a row costs no Python memory in the trainer or its DataLoader workers. The line reader below
 is our own because `datasets`' json/csv builders abort the whole load on one malformed or non-UTF-8 line: here
-such a line becomes a row whose ``_skipped`` column says why, counted as a skipped sample each time it is drawn.
+such a line becomes a row whose ``_skipped`` column says why, counted as a skipped sample each time it is drawn
+(a stray CSV/TSV quote too: `altclip.common.records.delimited_records` bounds a quoted field's span).
+
+A big table is built by several processes: `table_chunks` cuts each file into byte ranges that start where a
+record starts and keep their first line number, which `datasets`' ``num_proc`` splits among processes (the row
+order, locations and cache key stay those of one process). `built_first` lets the other ranks wait for the build
+in a barrier whose timeout covers it, instead of ``main_process_first``'s, which ``ddp_timeout`` bounds.
 """
 
 import contextlib
@@ -33,7 +39,7 @@ logger = logging.getLogger(__name__)
 WHERE, SKIPPED = "_where", "_skipped"
 READER_VERSION = 2  # part of the cache key: raise it when the rows a file gives change (2: bounded quotes)
 CHUNK_BYTES = 4 << 20  # a file is built in pieces of about this size, several at a time (`num_proc`)
-BUILD_BYTES_PER_SECOND = 100_000  # per process: 4x under the build rate measured on a loaded 2-core machine
+BUILD_BYTES_PER_SECOND = 200_000  # about half the slowest one-process build measured (420 kB/s, a loaded node)
 CHUNK_SEARCH_BYTES = 1 << 20  # how far past a piece's nominal end its true start (a record start) is looked for
 
 
@@ -319,14 +325,14 @@ def _bytes_of(url: str) -> int | None:
         return None
 
 
-def build_wait_seconds(sources: Sequence[Source], processes: int, ddp_timeout: int) -> int:
-    """How long the other processes may wait for a table build: the bytes at BUILD_BYTES_PER_SECOND per process
-    (a floor well under the rate measured on a loaded machine), never less than `ddp_timeout`; a day where a
-    file's size cannot be known."""
+def build_wait_seconds(sources: Sequence[Source], ddp_timeout: int) -> int:
+    """How long the other processes may wait for a table build: the bytes at BUILD_BYTES_PER_SECOND, as if the
+    build processes gained nothing (a busy node), never less than `ddp_timeout`; a day where a file's size cannot
+    be known. Only a hung build waits it out: a failed one ends the job through torchrun at once."""
     sizes = [_bytes_of(url) for source in sources if not source.is_shards for url in source.urls]
     if any(size is None for size in sizes):
         return max(ddp_timeout, 24 * 3600)
-    return max(ddp_timeout, math.ceil(sum(sizes) / (BUILD_BYTES_PER_SECOND * processes)))
+    return max(ddp_timeout, math.ceil(sum(sizes) / BUILD_BYTES_PER_SECOND))
 
 
 @contextlib.contextmanager
@@ -338,7 +344,7 @@ def built_first(training_args, sources: Sequence[Source], processes: int | None,
         yield
         return
     processes = build_processes(processes)
-    seconds = build_wait_seconds(sources, processes, int(training_args.ddp_timeout))
+    seconds = build_wait_seconds(sources, int(training_args.ddp_timeout))
     group = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(seconds=seconds))
     first = training_args.local_process_index == 0
     if first:

@@ -134,8 +134,8 @@ def test_the_cache_key_follows_the_file_not_the_process_count(tmp_path):
 def test_the_build_wait_covers_the_bytes_at_the_floor_rate(tmp_path, ddp_timeout, expected):
     path = tmp_path / "t.jsonl"
     path.write_bytes(b"x" * 1_000_000)
-    wait = tables.build_wait_seconds(parse_sources([str(path)]), 2, ddp_timeout)
-    assert wait == expected  # 1 MB at 2 x 100 kB/s: 5 s
+    wait = tables.build_wait_seconds(parse_sources([str(path)]), ddp_timeout)
+    assert wait == expected  # 1 MB at 200 kB/s: 5 s
 
 
 def copy_shards(toy, folder: Path, keep_sizes: bool) -> dict[str, int]:
