@@ -5,11 +5,13 @@
    out with webdataset (open_clip's module imports torchvision, which is not installed here): shard shuffle,
    split by node/worker, ``tarfile_to_samples``, ``shuffle(5000, 1000)``, decode, the same image processor and
    tokenizer, ``batched``. 0, 1 and 2 DataLoader workers; samples/s and samples per CPU-second (process + workers).
-2. Stage 1 tables: a 1M-pair JSONL built into Arrow by `datasets`, reopened, and read through a DataLoader worker;
-   anonymous resident memory (RssAnon: the heap, not the memory-mapped file's reclaimable pages, which USS would
+2. Stage 1 tables: a 1M-pair JSONL and TSV built into Arrow by `datasets` (rows/s of the first build by 1 and by
+   N processes side by side: ``--build_processes``, default every CPU), reopened, and read through a DataLoader
+   worker; anonymous resident memory (RssAnon: the heap, not the memory-mapped file's reclaimable pages, which USS would
    count as private while no other process maps the file) per rank and per worker.
 
-    python benchmarks/data_throughput.py [--shards 40] [--per_shard 100] [--rows 1000000]
+    python benchmarks/data_throughput.py [--shards 40] [--per_shard 100] [--rows 1000000] [--build_processes N]
+                                         [--tables_only]
 """
 
 import argparse
@@ -37,6 +39,7 @@ from altclip.common.plots import plt  # noqa: E402
 from altclip.training.image_text_data import ContrastiveCollator, PairDecoder, decode_shard_sample  # noqa: E402
 from altclip.training.shard_stream import ShardStream  # noqa: E402
 from altclip.training.sources import parse_sources  # noqa: E402
+from altclip.training.tables import table_chunks  # noqa: E402
 from modeling_altclip.assets import load_xlmr_tokenizer  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -125,38 +128,72 @@ TABLE_PROBE = r"""
 import json, sys, time
 from torch.utils.data import DataLoader
 from altclip.training.sources import parse_sources
+from altclip.training.tables import TableRows
 from altclip.training.text_data import ParallelText
 from altclip.training.epoch_plan import GlobalBatchSampler
 def anon_mib():  # anonymous resident memory: the heap, not the reclaimable pages of the memory-mapped Arrow file
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssAnon")) / 1024
 before = anon_mib()
 start = time.perf_counter()
-dataset = ParallelText(parse_sources([sys.argv[1]]), cache_dir=sys.argv[2])
+sources = parse_sources([sys.argv[1]])
+rows = TableRows(sources, ("english", "translation"), cache_dir=sys.argv[2], build_processes=int(sys.argv[3]))
+built = time.perf_counter() - start  # the Arrow build on the first open (chunk plan included), a cache hit after
+dataset = ParallelText(sources, cache_dir=sys.argv[2], build_processes=int(sys.argv[3]))
 opened = time.perf_counter() - start
 rank = anon_mib() - before
 sampler = GlobalBatchSampler(dataset.sizes, 1024, extra=len(dataset) - sum(dataset.sizes))
 loader = DataLoader(dataset, batch_sampler=sampler, num_workers=1, collate_fn=lambda rows: anon_mib())
 seen = list(loader)  # the worker reads every row once; its own anonymous memory after each batch
-print(json.dumps({"open_s": opened, "rank_anon_mib": rank, "worker_anon_growth_mib": max(seen) - seen[0],
-                  "rows": len(dataset)}))
+print(json.dumps({"build_s": built, "rows_per_s": len(rows) / built, "open_s": opened, "rank_anon_mib": rank,
+                  "worker_anon_growth_mib": max(seen) - seen[0], "rows": dataset.pairs}))
 """
 
 
-def table_figures(folder: Path, rows: int) -> dict:
-    table = folder / "parallel.jsonl"
-    with table.open("w", encoding="utf-8") as handle:
+def write_table(path: Path, rows: int) -> Path:
+    """`rows` pairs as JSONL or TSV (by the suffix), a quarter of them with distinct English sentences."""
+    with path.open("w", encoding="utf-8") as handle:
+        if path.suffix == ".tsv":
+            handle.write("english\ttranslation\n")
         for number in range(rows):
             english = f"a photo of thing number {number % (rows // 4)}"
-            handle.write(json.dumps({"english": english, "translation": f"ein Foto von Ding Nummer {number}"}) + "\n")
-    runs = []
-    for _ in range(2):  # the first run builds the Arrow file, the second opens it from the cache
-        output = subprocess.run(
-            [sys.executable, "-c", TABLE_PROBE, str(table), str(folder / "cache")],
-            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        )  # fmt: skip
-        runs.append(json.loads(output.stdout.strip().splitlines()[-1]))
-    return {"rows": rows, "jsonl_mib": table.stat().st_size / 2**20, "first_open": runs[0], "second_open": runs[1]}
+            translation = f"ein Foto von Ding Nummer {number}"
+            if path.suffix == ".tsv":
+                handle.write(f"{english}\t{translation}\n")
+            else:
+                handle.write(json.dumps({"english": english, "translation": translation}) + "\n")
+    return path
+
+
+def probe(table: Path, cache: Path, processes: int) -> dict:
+    output = subprocess.run(
+        [sys.executable, "-c", TABLE_PROBE, str(table), str(cache), str(processes)],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def table_figures(folder: Path, rows: int, processes: int) -> dict:
+    """Per format: the first open (the Arrow build) by 1 and by `processes` processes side by side (best of two
+    alternating runs each, each into an empty cache), then a second open (a cache hit)."""
+    figures = {"rows": rows, "build_processes": processes}
+    for suffix in ("jsonl", "tsv"):
+        table = write_table(folder / f"parallel.{suffix}", rows)
+        builds: dict[int, dict] = {}
+        for attempt in range(2):  # alternating, best of two each, each into an empty cache: load drifts
+            for count in sorted({1, processes}):
+                run = probe(table, folder / f"cache-{suffix}-{count}-{attempt}", count)
+                if run["rows_per_s"] > builds.get(count, {}).get("rows_per_s", 0):
+                    builds[count] = run
+        builds[processes]["chunks"] = len(table_chunks(str(table), suffix, str(folder / f"cache-{suffix}-1-0")))
+        figures[suffix] = {
+            "mib": table.stat().st_size / 2**20,
+            "first_open": {str(count): run for count, run in builds.items()},
+            "build_speedup": builds[processes]["rows_per_s"] / builds[1]["rows_per_s"],
+            "second_open": probe(table, folder / f"cache-{suffix}-{processes}-0", processes),
+        }
+        print(json.dumps({suffix: figures[suffix]}), flush=True)
+    return figures
 
 
 def main() -> None:
@@ -164,12 +201,21 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=40)
     parser.add_argument("--per_shard", type=int, default=100)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--build_processes", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--tables_only", action="store_true", help="Measure the table builds only.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     processor = CLIPImageProcessorPil()
     tokenizer = load_xlmr_tokenizer()
     results = {"pipelines": [], "device": "cpu", "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as folder:
+        results["table"] = table_figures(Path(folder), args.rows, args.build_processes)
+        if args.tables_only:
+            RESULTS_DIR.mkdir(exist_ok=True)
+            path = RESULTS_DIR / "data_throughput_tables.json"
+            replace_atomically(path, lambda partial: partial.write_text(json.dumps(results, indent=2)))
+            print(f"wrote {path}")
+            return
         spec = write_shards(Path(folder), args.shards, args.per_shard)
         for workers in (0, 1, 2):
             row = {"workers": workers}
@@ -182,8 +228,6 @@ def main() -> None:
             row["ratio_per_cpu_s"] = row["ours"]["samples_per_cpu_s"] / row["open_clip"]["samples_per_cpu_s"]
             print(json.dumps(row), flush=True)
             results["pipelines"].append(row)
-        results["table"] = table_figures(Path(folder), args.rows)
-        print(json.dumps(results["table"]), flush=True)
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / "data_throughput.json"
     replace_atomically(path, lambda partial: partial.write_text(json.dumps(results, indent=2)))

@@ -8,11 +8,12 @@ and go on (open_clip's ``log_and_continue``).
 import csv
 import json
 import logging
-from collections import Counter
-from collections.abc import Iterator, Sequence
+import re
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,107 @@ def record_format(path: str | Path) -> str:
         ) from None
 
 
+# A quoted CSV/TSV field may hold newlines (legal CSV), but one stray opening quote would otherwise run on to the
+# next quote, however far: a whole file read as one caption. A record that spans more than these is the stray
+# quote's line, skipped and counted; the lines after it are read again as rows. Captions and sentences fit well
+# inside both bounds; raising them costs nothing but a later resynchronisation after a stray quote.
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape kept: the line was not UTF-8
+QUOTED_SPAN_LINES = 8
+QUOTED_SPAN_CHARS = 16_384
+
+
+STRAY_QUOTE = (
+    'stray quote (a field opened with " on this line does not close within {lines} lines / {chars} characters as '
+    "a {width}-column row; the next lines are read as rows)"
+)
+
+
+class Line(NamedTuple):
+    """A physical line of a text table: 1-based number, byte offset of its start, text (newline kept)."""
+
+    number: int
+    offset: int
+    text: str
+
+
+class _Unclosed(Exception):
+    """A quoted field runs past QUOTED_SPAN_LINES / QUOTED_SPAN_CHARS or past the end of the data."""
+
+
+def _quoted_record(first: Line, pull, delimiter: str) -> tuple[list[str] | None, list[Line]]:
+    """The fields of the record that starts at `first` (csv quoting, newlines inside quotes allowed within the
+    bounds) and the lines it took; None for fields where a quoted field does not close within them."""
+    taken, chars = [first], len(first.text)
+
+    def feed() -> Iterator[str]:
+        nonlocal chars
+        yield first.text
+        while True:  # csv asks for another line only while a quoted field is open
+            if len(taken) >= QUOTED_SPAN_LINES or chars > QUOTED_SPAN_CHARS:
+                raise _Unclosed
+            line = pull()
+            if line is None:
+                raise _Unclosed
+            taken.append(line)
+            chars += len(line.text)
+            yield line.text
+
+    try:
+        return next(csv.reader(feed(), delimiter=delimiter)), taken
+    except (_Unclosed, csv.Error):
+        return None, taken
+
+
+def _swallows_rows(taken: list[Line], fields: list[str], delimiter: str, width: int) -> bool:
+    """A record over several lines that is a stray quote's rather than a quoted field with newlines: its column
+    count is off, its quotes are not as a CSV writer puts them (a closing quote not followed by the delimiter or
+    the line's end: a stray quote closed by an unrelated one), or (TSV) a field holds a tab, which prose does not."""
+    if len(fields) != width:
+        return True
+    try:
+        next(csv.reader([line.text for line in taken], delimiter=delimiter, strict=True))
+    except csv.Error:
+        return True
+    return delimiter == "\t" and any(delimiter in field for field in fields)
+
+
+def delimited_records(
+    lines: Iterable[Line], delimiter: str, width: int, end: int | None = None
+) -> Iterator[tuple[Line, list[str] | str]]:
+    """(first line, fields) of every CSV/TSV record in `lines` (the header already read: it has `width` columns),
+    or (line, reason) for a record that cannot be used. Records that start at byte offset `end` or later are left
+    to the next chunk. A stray quote costs its own line only: the lines it would have swallowed are read again."""
+    source = iter(lines)
+    pending: deque[Line] = deque()
+
+    def pull() -> Line | None:
+        return pending.popleft() if pending else next(source, None)
+
+    while (first := pull()) is not None and (end is None or first.offset < end):
+        if not first.text.strip("\r\n"):
+            continue  # a blank line, as csv skips it
+        if '"' not in first.text:
+            fields = first.text.rstrip("\r\n").split(delimiter)  # what csv gives for a line without quotes
+        else:
+            fields, taken = _quoted_record(first, pull, delimiter)
+            if fields is None or (len(taken) > 1 and _swallows_rows(taken, fields, delimiter, width)):
+                pending.extendleft(reversed(taken[1:]))
+                yield first, STRAY_QUOTE.format(lines=QUOTED_SPAN_LINES, chars=QUOTED_SPAN_CHARS, width=width)
+                continue
+        if len(fields) != width:
+            yield first, f"has {width} columns in the header but {len(fields)} in this row"
+            continue
+        yield first, fields
+
+
+def text_lines(handle, start_number: int = 1, start_offset: int = 0) -> Iterator[Line]:
+    """The lines of a binary stream as `Line`s, decoded as UTF-8 (bytes that are not stay as surrogate escapes)."""
+    number, offset = start_number, start_offset
+    for raw in handle:
+        yield Line(number, offset, raw.decode("utf-8", errors="surrogateescape"))
+        number, offset = number + 1, offset + len(raw)
+
+
 def _missing(fields: dict[str, Any] | Sequence[str], required: Sequence[str]) -> list[str]:
     return [column for column in required if column not in fields]
 
@@ -84,19 +186,21 @@ def _iter_jsonl(path: Path) -> Iterator[Record | Skipped]:
 
 
 def _iter_delimited(path: Path, delimiter: str, required: Sequence[str]) -> Iterator[Record | Skipped]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        header = reader.fieldnames or []
+    with path.open("rb") as handle:
+        first = handle.readline()
+        header = next(csv.reader([first.decode("utf-8")], delimiter=delimiter), [])
         if missing := _missing(header, required):
             raise DataFormatError(
                 f"{path}:1: the header lacks column(s) {', '.join(missing)} (it has: {', '.join(header) or 'nothing'})."
             )
-        for fields in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in fields or any(fields[column] is None for column in required):
-                yield Skipped(where, f"has {len(header)} columns in the header but not in this row")
-                continue
-            yield Record(where, fields)
+        for line, fields in delimited_records(text_lines(handle, 2, len(first)), delimiter, len(header)):
+            where = f"{path}:{line.number}"
+            if isinstance(fields, str):
+                yield Skipped(where, fields)
+            elif any(NOT_UTF8.search(value) for value in fields):
+                yield Skipped(where, "not UTF-8 text")
+            else:
+                yield Record(where, dict(zip(header, fields)))
 
 
 def _iter_saved_dataset(path: Path, required: Sequence[str]) -> Iterator[Record | Skipped]:

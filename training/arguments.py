@@ -54,6 +54,12 @@ class DataArguments:
     data_cache_dir: str | None = field(
         default=None, metadata={"help": "Where datasets keeps the Arrow files of tables (default: its own cache)."}
     )
+    table_build_processes: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes that build a table's Arrow file on its first use (default: every CPU of the node)."
+        },
+    )
     record_trained_keys: bool = field(
         default=False,
         metadata={"help": "Write every trained sample's location per step to OUTPUT_DIR/trained_keys/rank-R.tsv."},

@@ -33,7 +33,7 @@ from .arguments import (
     ZeroShotArguments,
 )
 from .before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
-from .data_plan import check_resumed_plan, data_plan_callback
+from .data_plan import check_resumed_plan, check_resumed_tables, data_plan_callback, table_sizes
 from .epoch_plan import data_seed, shuffles
 from .feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
 from .image_text_data import (
@@ -57,7 +57,7 @@ from .run_plan import PlanCallback, check_shard_plan, reading_mode, sized_shards
 from .saving import save_complete_model
 from .shard_stream import ShardStream
 from .sources import Source, parse_sources, source_weights
-from .tables import check_columns
+from .tables import built_first, check_columns
 from .teacher import precomputed_teacher_features
 from .text_data import DistillationCollator, ParallelText
 from .trainers import ContrastiveTrainer, TeacherLearningTrainer
@@ -333,9 +333,17 @@ def finish(
 
 
 def trainer_data_options(
-    data_args, train_sources: list[Source], training_args: TrainingArguments, run=None, stage: str | None = None
+    data_args,
+    train_sources: list[Source],
+    training_args: TrainingArguments,
+    run=None,
+    stage: str | None = None,
+    train_dataset=None,
 ) -> dict:
-    callbacks = [data_plan_callback(data_args, training_args)]
+    tables = table_sizes(train_sources, train_dataset) if train_dataset is not None else None
+    if training_args.resume_from_checkpoint:
+        check_resumed_tables(training_args.resume_from_checkpoint, tables)
+    callbacks = [data_plan_callback(data_args, training_args, tables)]
     if run is not None:  # the run's plan, logged and written to OUTPUT_DIR/plan.json when training begins
         callbacks.append(PlanCallback(run, stage, train_sources))
     return {
@@ -359,8 +367,10 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
         translation_column=data_args.translation_column,
         include_english_pairs=stage_args.include_english_pairs,
         cache_dir=data_args.data_cache_dir,
+        build_processes=data_args.table_build_processes,
     )
-    with training_args.main_process_first(desc="parallel text tables"):
+    tables = [*train_sources, *(validation_sources or [])]
+    with built_first(training_args, tables, data_args.table_build_processes, "parallel text tables"):
         train_dataset = ParallelText(train_sources, **columns)
         eval_dataset = ParallelText(validation_sources, **columns) if validation_sources else None
     features = None
@@ -389,7 +399,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
         data_collator=DistillationCollator(processor.tokenizer, teacher_tokenizer, data_args.max_text_length, features),
         teacher=None if features is not None else teacher,
         loss_kind=stage_args.distillation_loss,
-        **trainer_data_options(data_args, train_sources, training_args, run, STAGE_OF[type(stage_args)]),
+        **trainer_data_options(data_args, train_sources, training_args, run, STAGE_OF[type(stage_args)], train_dataset),
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model)
@@ -420,7 +430,7 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
             sizes=sized.sizes,
             **reading_mode(data_args),
         )
-    with training_args.main_process_first(desc="image-caption tables"):
+    with built_first(training_args, sources, data_args.table_build_processes, "image-caption tables"):
         return ImageTextTable(
             sources,
             image_processor,
@@ -429,6 +439,7 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
             image_root=data_args.image_root,
             cache_dir=data_args.data_cache_dir,
             reduced_jpeg_decoding=data_args.reduced_jpeg_decoding,
+            build_processes=data_args.table_build_processes,
         )
 
 
@@ -462,7 +473,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
         gather_with_grad=stage_args.gather_with_grad,
         full_batch_negatives=stage_args.full_batch_negatives,
         image_cache=image_cache,
-        **trainer_data_options(data_args, train_sources, training_args, run, STAGE_OF[type(stage_args)]),
+        **trainer_data_options(data_args, train_sources, training_args, run, STAGE_OF[type(stage_args)], train_dataset),
     )
     if image_cache is not None:
         trainer.add_callback(ImageCacheCallback(image_cache))

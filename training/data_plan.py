@@ -16,8 +16,10 @@ from .epoch_plan import data_seed
 DATA_PLAN_FILE = "data_plan.json"
 
 
-def data_plan(data_args, training_args) -> dict:
+def data_plan(data_args, training_args, tables: dict | None = None) -> dict:
+    """What a resumed run must share with the run it continues; `tables` (`table_sizes`) once they are built."""
     plan = {
+        **({"tables": tables} if tables is not None else {}),
         "train_files": list(data_args.train_files),
         "train_file_weights": data_args.train_file_weights,
         "world_size": training_args.world_size,
@@ -49,8 +51,54 @@ class DataPlanCallback(TrainerCallback):
                 (folder / DATA_PLAN_FILE).write_text(json.dumps(self.plan, indent=2))
 
 
-def data_plan_callback(data_args, training_args) -> DataPlanCallback:
-    return DataPlanCallback(data_plan(data_args, training_args))
+def data_plan_callback(data_args, training_args, tables: dict | None = None) -> DataPlanCallback:
+    return DataPlanCallback(data_plan(data_args, training_args, tables))
+
+
+def table_sizes(sources, dataset) -> dict | None:
+    """{source spec: {"rows": rows, "bytes": {file: bytes}}} of table sources (None for shard streams): the row
+    index of a checkpoint's data position means the same rows only while these stay."""
+    if sources[0].is_shards:
+        return None
+    return {
+        source.spec: {"rows": int(rows), "bytes": {url: _bytes(url) for url in source.urls}}
+        for source, rows in zip(sources, dataset.sizes)
+    }
+
+
+def _bytes(url: str) -> int | None:
+    path = Path(url)
+    if not path.exists():  # a URL
+        return None
+    return path.stat().st_size if path.is_file() else sum(item.stat().st_size for item in path.rglob("*"))
+
+
+def check_resumed_tables(checkpoint: str, tables: dict | None) -> None:
+    """Refuses to resume `checkpoint` on tables whose rows changed since it was written (the epoch's order of row
+    indices would then train some rows twice and others never), naming the source, rows then and now, and the
+    files whose size changed."""
+    path = Path(checkpoint) / DATA_PLAN_FILE
+    saved = json.loads(path.read_text()).get("tables") if path.is_file() else None
+    if saved is None or tables is None:
+        return
+    changed = []
+    for spec, now in tables.items():
+        then = saved.get(spec)
+        if then is None or then["rows"] == now["rows"]:
+            continue
+        files = [
+            f"{url} {then['bytes'].get(url)} -> {size} bytes"
+            for url, size in now["bytes"].items()
+            if then["bytes"].get(url) != size
+        ]
+        changed.append(
+            f"{spec}: {then['rows']} rows then, {now['rows']} now" + (f" ({'; '.join(files)})" if files else "")
+        )
+    if changed:
+        raise SystemExit(
+            f"altclip-train: {checkpoint} was trained on tables of another size ({'; '.join(changed)}); resume on "
+            "the tables as they were, or start a new --output_dir to train on the changed ones."
+        )
 
 
 def check_resumed_plan(checkpoint: str, data_args, training_args) -> None:

@@ -101,8 +101,9 @@ class ImageTextTable(Dataset):
         image_root: str | None = None,
         cache_dir: str | None = None,
         reduced_jpeg_decoding: bool = False,
+        build_processes: int | None = None,
     ):
-        self.rows = TableRows(sources, (image_column, caption_column), cache_dir)
+        self.rows = TableRows(sources, (image_column, caption_column), cache_dir, build_processes)
         self.columns, self.image_root = (image_column, caption_column), image_root
         self.decode = PairDecoder(image_processor, reduced_jpeg_decoding)
         self.image_cache: ImageEmbeddingCache | None = None  # set for --cache_image_features

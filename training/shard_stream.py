@@ -23,6 +23,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from altclip.common.records import DataFormatError, Skipped
 
 from .epoch_plan import epoch_rng
+from .shard_checks import CutShard, EndCheckedStream, ShardCount, loss_reason, planned_sizes
 from .shard_plan import SPLIT, ShardPlan
 from .sources import Source, is_remote, open_stream, read_sizes_file, source_weights
 
@@ -32,18 +33,23 @@ DEFAULT_SHUFFLE_BUFFER = 5000
 
 
 def shard_samples(url: str) -> Iterator[dict]:
-    """Raw samples of one shard: {member suffix: bytes, "where": "url:key"}; raises on a broken or cut tar."""
+    """Raw samples of one shard: {member suffix: bytes, "where": "url:key"}; raises on a broken or cut tar (also
+    one cut inside a header, which tarfile takes for the end: `CutShard`)."""
     with open_stream(url) as stream:
-        members = ({**member, "__url__": url} for member in tar_file_iterator(stream))
+        checked = EndCheckedStream(stream)
+        members = ({**member, "__url__": url} for member in tar_file_iterator(checked))
         for sample in group_by_keys(members):
             sample["where"] = f"{url}:{sample['__key__']}"
             yield sample
+        if not checked.is_complete():
+            raise CutShard("no tar end-of-archive marker: the shard is cut")
 
 
 def shard_sizes(sources: Sequence[Source]) -> list[int]:
     """Samples of every shard of `sources`, from ``sizes.json`` beside them; local shards without it are counted
     (reading them once); remote ones need it."""
     sizes: list[int] = []
+    counts: dict[int, ShardCount] = {}  # shards counted here, by position
     listings: dict[str, dict[str, int] | None] = {}
     for source in sources:
         for url in source.urls:
@@ -58,19 +64,30 @@ def shard_sizes(sources: Sequence[Source]) -> list[int]:
                         f"{url}: no sizes.json beside the remote shards names its size; write one ({{shard name: "
                         "samples}, as img2dataset/webdataset tools do) so that every rank can plan the epoch."
                     )
-                known = _count_samples(url)
+                counts[len(sizes)] = count_shard(url)
+                known = counts[len(sizes)].found
             sizes.append(known)
-    return sizes
+    urls = [url for source in sources for url in source.urls]
+    return planned_sizes(urls, sizes, counts, [len(source.urls) for source in sources])
 
 
-def _count_samples(url: str) -> int:
+def count_shard(url: str) -> ShardCount:
+    """The samples a shard holds, read through, and the error that cut the read short (`planned_sizes` adds the
+    samples it lost)."""
     count = 0
     try:
         for _ in shard_samples(url):
             count += 1
     except Exception as error:  # a broken shard still counts what it holds
-        logger.warning("Counting %s stopped after %d samples: %s", url, count, error)
-    return count
+        return ShardCount(url, count, error)
+    return ShardCount(url, count)
+
+
+def _count_samples(url: str) -> int:
+    """One shard's planned size on its own (no siblings to estimate from): what it holds, plus one for a cut or
+    unreadable shard (the sample the cut went through) or an empty one, so that the loss is counted."""
+    count = count_shard(url)
+    return count.found + (1 if count.error is not None or not count.found else 0)
 
 
 def shuffled_slots(count: int, buffer_size: int, rng: random.Random) -> Iterator[tuple[int, list[int], int]]:
@@ -106,6 +123,7 @@ class SlotReader:
         self.starts = [sum(self.sizes[:index]) for index in range(len(self.sizes))]
         self.kept: dict[int, dict | Skipped] = {}
         self.shard, self.samples, self.position = -1, iter(()), 0
+        self.unplanned: list[Skipped] = []  # samples past a shard's planned size, counted with the next batch
 
     def _lose_rest(self, reason: str) -> None:
         """The current shard's unread slots become skipped samples."""
@@ -131,7 +149,7 @@ class SlotReader:
                 self._lose_rest(f"shard ended after {skipped} samples, before its planned sample {count}")
                 return
             except Exception as error:  # unreadable, truncated or not a tar: webdataset/tarfile raise many types
-                self._lose_rest(f"unreadable shard ({type(error).__name__}: {error})")
+                self._lose_rest(loss_reason(error))
                 return
 
     def _read_one(self) -> None:
@@ -139,20 +157,47 @@ class SlotReader:
             self._next_shard()
             if self.sizes[self.shard] == 0 or self.position >= self.starts[self.shard] + self.sizes[self.shard]:
                 return
-        index = self.position - self.starts[self.shard]
+        index, size = self.position - self.starts[self.shard], self.sizes[self.shard]
         try:
             sample = next(self.samples)
         except StopIteration:
-            self._lose_rest(f"shard ended after {index} of {self.sizes[self.shard]} samples")
+            url = self.urls[self.shard]
+            if index == 0:
+                self._lose_rest("empty shard (no sample)")
+                return
+            logger.warning(
+                "%s holds %d samples, not %d as planned (sizes.json says %d, or the shard changed since it was "
+                "counted); the %d missing are counted as skipped",
+                *(url, index, size, size, size - index),
+            )
+            self._lose_rest(f"shard ended after {index} of {size} samples")
             return
         except Exception as error:  # unreadable, truncated or not a tar: webdataset/tarfile raise many types
-            self._lose_rest(f"unreadable shard ({type(error).__name__}: {error})")
+            self._lose_rest(loss_reason(error))
             return
         if self.wanted(self.position):
             self.kept[self.position] = sample
         self.position += 1
-        if self.position == self.starts[self.shard] + self.sizes[self.shard]:
-            self.samples.close()  # a shard with more samples than its size: the extra ones are not planned
+        if self.position == self.starts[self.shard] + size:
+            self._count_unplanned(size)
+
+    def _count_unplanned(self, size: int) -> None:
+        """Reads on past a shard's planned size: samples there (sizes.json says fewer than it holds) are not
+        trained, so they are named and counted (`self.unplanned`); a cut right after the planned ones is named."""
+        url, extra = self.urls[self.shard], 0
+        try:
+            for _ in self.samples:
+                extra += 1
+        except Exception as error:
+            logger.warning("%s: %s after its %d planned samples", url, loss_reason(error), size + extra)
+        if extra:
+            logger.warning(
+                "%s holds %d samples where %d were planned (sizes.json says %d); the %d beyond are not trained and "
+                "are counted as skipped: correct sizes.json",
+                *(url, size + extra, size, size, extra),
+            )
+            reason = f"not in sizes.json (it says {size} samples, the shard holds {size + extra})"
+            self.unplanned += [Skipped(f"{url}#{size + index}", reason) for index in range(extra)]
 
     def skip_to(self, slot: int) -> None:
         """Moves past whole shards that end before `slot` without opening them."""
@@ -256,6 +301,8 @@ class ShardStream(IterableDataset):
             for _ in range(size):
                 raw = slots.take(next(order)[0])
                 batch.append({"skipped": raw} if isinstance(raw, Skipped) else self._decoded(raw))
+            batch += [{"skipped": skipped} for skipped in slots.unplanned]  # counted, never given to the model
+            slots.unplanned.clear()
             yield batch
 
     def _decoded(self, raw: dict) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from altclip.common.records import DataFormatError
 
+from .shard_checks import ShardCount, planned_sizes
 from .sources import SIZES_FILE, Source, is_remote, open_stream, read_sizes_file, sibling_url
 
 logger = logging.getLogger(__name__)
@@ -110,9 +111,10 @@ def _file_key(path: str) -> str:
     return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def count_local_shards(paths: Sequence[str], cache_dir: str | None) -> list[int]:
-    """Samples of local shards, counted once and kept (a shard changed since is counted again)."""
-    from .shard_stream import _count_samples
+def count_local_shards(paths: Sequence[str], cache_dir: str | None) -> list[ShardCount]:
+    """Samples of local shards, counted once and kept (a shard changed since is counted again), with the reason a
+    cut or unreadable one stopped early (so `planned_sizes` can estimate what it lost from its siblings)."""
+    from .shard_stream import count_shard
 
     store = counts_file(cache_dir)
     try:
@@ -120,11 +122,12 @@ def count_local_shards(paths: Sequence[str], cache_dir: str | None) -> list[int]
     except (OSError, ValueError):
         kept = {}
     keys = [_file_key(path) for path in paths]
-    missing = [(key, path) for key, path in zip(keys, paths) if key not in kept]
+    missing = [(key, path) for key, path in zip(keys, paths) if not isinstance(kept.get(key), list)]
     if missing:
         logger.info("Counting the samples of %d local shards without sizes.json (kept in %s)", len(missing), store)
         for key, path in missing:
-            kept[key] = _count_samples(path)
+            count = count_shard(path)
+            kept[key] = [count.found, None if count.error is None else f"{type(count.error).__name__}: {count.error}"]
         try:
             store.parent.mkdir(parents=True, exist_ok=True)
             partial = store.with_suffix(f".{os.getpid()}.tmp")
@@ -132,7 +135,14 @@ def count_local_shards(paths: Sequence[str], cache_dir: str | None) -> list[int]
             partial.replace(store)
         except OSError as error:
             logger.warning("Could not keep the shard counts in %s: %s", store, error)
-    return [int(kept[key]) for key in keys]
+    return [
+        ShardCount(path, int(kept[key][0]), None if kept[key][1] is None else KeptError(kept[key][1]))
+        for key, path in zip(keys, paths)
+    ]
+
+
+class KeptError(Exception):
+    """The error that stopped an earlier count of a shard, as kept in the counts file."""
 
 
 def resolve_shard_sizes(
@@ -173,7 +183,17 @@ def resolve_shard_sizes(
     if local_unsized:
         counted = count_local_shards([_flat_urls(sources)[index] for index in local_unsized], cache_dir)
         for index, count in zip(local_unsized, counted):
-            sizes[index] = count
+            sizes[index] = count.found
+    if any(sizes) or (sizes and None not in sizes):  # (all known sizes 0 with unsized ones left: estimated below)
+        # cut or unreadable counted shards: what they lost, estimated from their sizes' siblings (shard_checks);
+        # empty shards planned as one counted loss instead of a step on nothing
+        planned = planned_sizes(
+            _flat_urls(sources),
+            [size or 0 for size in sizes],
+            dict(zip(local_unsized, counted if local_unsized else [])),
+            [len(source.urls) for source in sources],
+        )
+        sizes = [None if size is None else planned[index] for index, size in enumerate(sizes)]
     estimated = _estimate_unknown(sources, sizes, origins, train_num_samples)
     return SizedShards([int(size) for size in sizes], [" + ".join(sorted(seen)) for seen in origins], estimated)
 

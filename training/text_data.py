@@ -65,9 +65,10 @@ class ParallelText(Dataset):
         translation_column: str = "translation",
         include_english_pairs: bool = True,
         cache_dir: str | None = None,
+        build_processes: int | None = None,
     ):
         self.columns = (english_column, translation_column)
-        self.rows = TableRows(sources, self.columns, cache_dir)
+        self.rows = TableRows(sources, self.columns, cache_dir, build_processes)
         self.groups, self.first_row_of_group, self.corpus_digest = english_groups(
             self.rows, english_column, translation_column
         )
