@@ -116,10 +116,16 @@ class SlotReader:
         sizes: Sequence[int],
         wanted: Callable[[int], bool],
         offsets: Sequence[int] | None = None,
+        shard_sizes: Sequence[int] | None = None,
     ):
-        """`sizes[i]` samples of shard `urls[i]` from its sample `offsets[i]` on (default 0: from its start)."""
+        """`sizes[i]` samples of shard `urls[i]` from its sample `offsets[i]` on (default 0: from its start);
+        `shard_sizes[i]`: the whole shard's planned size (default: offset + size), so that samples a shard holds
+        beyond it are counted only by the reader whose piece ends where the shard does."""
         self.urls, self.sizes, self.wanted = list(urls), list(sizes), wanted
         self.offsets = list(offsets) if offsets is not None else [0] * len(self.urls)
+        self.shard_sizes = (
+            list(shard_sizes) if shard_sizes is not None else [o + s for o, s in zip(self.offsets, self.sizes)]
+        )
         self.starts = [sum(self.sizes[:index]) for index in range(len(self.sizes))]
         self.kept: dict[int, dict | Skipped] = {}
         self.shard, self.samples, self.position = -1, iter(()), 0
@@ -130,7 +136,7 @@ class SlotReader:
         url, start, size = self.urls[self.shard], self.starts[self.shard], self.sizes[self.shard]
         for index in range(self.position - start, size):
             if self.wanted(start + index):
-                self.kept[start + index] = Skipped(f"{url}#{index}", reason)
+                self.kept[start + index] = Skipped(f"{url}#{self.offsets[self.shard] + index}", reason)
         self.position = start + size
 
     def _next_shard(self) -> None:
@@ -161,16 +167,16 @@ class SlotReader:
         try:
             sample = next(self.samples)
         except StopIteration:
-            url = self.urls[self.shard]
-            if index == 0:
+            url, found, whole = self.urls[self.shard], self.offsets[self.shard] + index, self.shard_sizes[self.shard]
+            if found == 0:
                 self._lose_rest("empty shard (no sample)")
                 return
             logger.warning(
                 "%s holds %d samples, not %d as planned (sizes.json says %d, or the shard changed since it was "
                 "counted); the %d missing are counted as skipped",
-                *(url, index, size, size, size - index),
+                *(url, found, whole, whole, whole - found),
             )
-            self._lose_rest(f"shard ended after {index} of {size} samples")
+            self._lose_rest(f"shard ended after {found} of {whole} samples")
             return
         except Exception as error:  # unreadable, truncated or not a tar: webdataset/tarfile raise many types
             self._lose_rest(loss_reason(error))
@@ -178,8 +184,9 @@ class SlotReader:
         if self.wanted(self.position):
             self.kept[self.position] = sample
         self.position += 1
-        if self.position == self.starts[self.shard] + size:
-            self._count_unplanned(size)
+        whole = self.shard_sizes[self.shard]
+        if self.position == self.starts[self.shard] + size and self.offsets[self.shard] + size == whole:
+            self._count_unplanned(whole)
 
     def _count_unplanned(self, size: int) -> None:
         """Reads on past a shard's planned size: samples there (sizes.json says fewer than it holds) are not
@@ -292,7 +299,13 @@ class ShardStream(IterableDataset):
             _, buffer, pulled = next(order)
         alive = set(buffer)
         urls = [self.urls[shard] for shard in pieces.shard.tolist()]
-        slots = SlotReader(urls, sizes, lambda s: s >= pulled or s in alive, offsets=pieces.start.tolist())
+        slots = SlotReader(
+            urls,
+            sizes,
+            lambda s: s >= pulled or s in alive,
+            offsets=pieces.start.tolist(),
+            shard_sizes=[self.sizes[shard] for shard in pieces.shard.tolist()],
+        )
         slots.skip_to(min(alive, default=pulled))
         for _ in range(skipped_batches):
             yield None
