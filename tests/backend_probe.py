@@ -1,7 +1,8 @@
 """Test-only launcher of ``altclip-train`` (run under torchrun as a script) that records, inside the run, which
 backend really trains: after the first optimizer step every rank writes ``OUTPUT_DIR/backend_probe/rank-R.json``
-with accelerate's distributed type, the model's wrapper and, for a trained and a frozen weight, what this rank holds
-(FSDP2: DTensor or not, local and full shape; DeepSpeed: ``numel()``, ``ds_numel`` and the partition's size).
+with accelerate's distributed type, the model's wrapper (and DeepSpeed's ZeRO stage) and, for a trained and a
+frozen weight, what this rank holds (FSDP2: DTensor or not, local and full shape; DeepSpeed: ``numel()``,
+``ds_numel`` and the partition's size).
 
 ``ALTCLIP_TEST_FSDP_ON_CPU=1`` switches on the one unsupported piece, for tests only: accelerate enables FSDP only
 for GPU-like distributed types and drops ``--fsdp`` on CPU processes (no supported setting changes that in
@@ -61,6 +62,7 @@ class BackendProbe(TrainerCallback):
             "is_fsdp_enabled": bool(trainer.is_fsdp_enabled),
             "is_deepspeed_enabled": bool(trainer.is_deepspeed_enabled),
             "wrapper": type(trainer.model_wrapped).__name__,
+            "zero_stage": trainer.model_wrapped.zero_optimization_stage() if trainer.is_deepspeed_enabled else None,
             "world_size": args.world_size,
             "trained": describe(parameters[trained]),
             "frozen": describe(parameters.get(frozen)) if frozen else None,
