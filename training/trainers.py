@@ -139,6 +139,8 @@ class TeacherLearningTrainer(AltCLIPTrainer):
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         self.loss_kind = loss_kind
+        if self.is_fsdp_enabled:  # one FSDP config for both stages: this stage trains the text tower alone
+            wrap_only_present_layers(self.accelerator.state.fsdp_plugin, self.model)
 
     def _teacher_targets(self, inputs: dict, device: torch.device) -> torch.Tensor:
         if "teacher_features" in inputs:
@@ -161,6 +163,18 @@ class TeacherLearningTrainer(AltCLIPTrainer):
 FROZEN_IMAGE_TOWER = ("vision_model", "visual_projection")
 
 
+def wrap_only_present_layers(plugin, trained: torch.nn.Module, left_out: tuple[str, ...] = ()) -> None:
+    """FSDP2 wraps as units only the configured layer classes that the trained module holds outside `left_out`
+    (accelerate refuses a configured class the model lacks, e.g. ``CLIPEncoderLayer`` in stage 1's text tower)."""
+    present = {
+        type(module).__name__
+        for name, module in trained.named_modules()
+        if not (left_out and name.startswith(left_out))
+    }
+    names = plugin.transformer_cls_names_to_wrap or list(getattr(trained, "_no_split_modules", None) or ())
+    plugin.transformer_cls_names_to_wrap = [name for name in names if name in present]
+
+
 def keep_frozen_tower_out_of_fsdp(plugin, altclip: torch.nn.Module) -> None:
     """FSDP2 leaves a frozen image tower whole on every rank: it has no gradients or optimizer state to shard, it runs
     outside the trained forward (where the root would hold only shards of it, and its layers would start as FSDP
@@ -168,11 +182,7 @@ def keep_frozen_tower_out_of_fsdp(plugin, altclip: torch.nn.Module) -> None:
     ``fully_shard`` and its layer classes are not wrapped (accelerate's plugin settings, read when the Trainer
     prepares the model)."""
     plugin.ignored_modules = [getattr(altclip, name) for name in FROZEN_IMAGE_TOWER]
-    trained_classes = {
-        type(module).__name__ for name, module in altclip.named_modules() if not name.startswith(FROZEN_IMAGE_TOWER)
-    }
-    names = plugin.transformer_cls_names_to_wrap or list(altclip._no_split_modules)
-    plugin.transformer_cls_names_to_wrap = [name for name in names if name in trained_classes]
+    wrap_only_present_layers(plugin, altclip, left_out=FROZEN_IMAGE_TOWER)
 
 
 class ContrastiveTrainer(AltCLIPTrainer):

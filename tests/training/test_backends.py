@@ -220,3 +220,25 @@ def test_deepspeed_teacher_learning_trains_like_ddp_and_saves_the_whole_model(tm
     assert saved.keys() == expected.keys()
     for name, tensor in saved.items():
         torch.testing.assert_close(tensor, expected[name], rtol=DEEPSPEED_RTOL, atol=DEEPSPEED_ATOL, msg=name)
+
+
+@pytest.mark.slow
+def test_fsdp2_teacher_learning_shards_the_text_tower_and_trains_like_ddp(tmp_path, toy, teacher_ddp):
+    """Stage 1 under the shipped FSDP2 settings (its ``fsdp`` and ``fsdp_config``, whose ``CLIPEncoderLayer`` the
+    text tower lacks): the trained ``transformation.weight`` is sharded, the teacher runs whole, DDP's losses and the
+    complete AltCLIP saved."""
+    config = teacher_config(toy, tmp_path)
+    shipped = yaml.safe_load(FSDP_CONFIG.read_text())
+    values = {**yaml.safe_load(config.read_text()), "fsdp": shipped["fsdp"], "fsdp_config": shipped["fsdp_config"]}
+    config.write_text(yaml.safe_dump(values))
+    probed_run("teacher", tmp_path / "out", config, fsdp_on_cpu=True)
+    for report in probe_reports(tmp_path / "out"):
+        assert report["distributed_type"] == "FSDP" and report["trained"]["dtensor"], report
+        trained = report["trained"]
+        assert math.prod(trained["local_shape"]) < math.prod(trained["full_shape"]), trained
+    assert losses_of(tmp_path / "out") == pytest.approx(losses_of(teacher_ddp), rel=1e-5)
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    expected = load_file(teacher_ddp / "model.safetensors")
+    assert saved.keys() == expected.keys()
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5, msg=name)
