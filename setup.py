@@ -30,6 +30,10 @@ DEMO += PEFT
 ONNX = ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.20"]
 # the emoji reproduction trains and evaluates; the glyphs come from Debian's fonts-noto-color-emoji
 REPRODUCE = sorted({*TRAIN, *EVAL, "emoji>=2.10"})
+# DeepSpeed ZeRO-2/3 (--deepspeed): 0.19 installs from PyPI without compiling (its communication op builds on first
+# use); in the train extra (and so in test), not in reproduce, which trains without it.
+DEEPSPEED = ["deepspeed>=0.19"]
+TRAIN = [*TRAIN, *DEEPSPEED]
 EXTRAS = {
     "train": TRAIN,
     "eval": EVAL,

@@ -393,7 +393,8 @@ def run_cli(stage: str, config: str, flags: list[str], output_dir: Path, smoke: 
 
 def cli_rows(folder: Path, models: dict, device: torch.device, steps: int, batch: int, smoke: bool) -> dict:
     """Stage 1 then stage 2 (on stage 1's output) with the shipped ViT-L/14 configs, data and models swapped for
-    local ones and the run shortened; DeepSpeed kept when installed, the FSDP config on CUDA only."""
+    local ones and the run shortened; DeepSpeed (ZeRO-2 in the configs, and a ZeRO-3 row) when installed, and the
+    FSDP2 config, on CUDA only."""
     data = write_shapes_dataset(folder / "data", images_per_class=max(2, batch // 9 + 1))
     common = ["--max_steps", str(steps), "--per_device_train_batch_size", str(batch), "--logging_steps", "1"]
     common += ["--save_strategy", "no", "--dataloader_num_workers", "0" if smoke else "4", "--warmup_steps", "0"]
@@ -436,7 +437,18 @@ def cli_rows(folder: Path, models: dict, device: torch.device, steps: int, batch
             folder / "cli-fsdp",
             smoke,
         )
-    rows["deepspeed"] = "ZeRO-2 config in use" if has_deepspeed else "not installed (or no CUDA): runs without it"
+    if has_deepspeed:  # ZeRO-3 on a GPU (CPU processes: tests/training/test_backends.py)
+        zero3 = ["--deepspeed", str(REPO / "training" / "configs" / "deepspeed_zero3.json")]
+        rows["contrastive, contrastive_vit-l-14_xlm-r-large.yaml, deepspeed_zero3.json"] = run_cli(
+            "contrastive",
+            "contrastive_vit-l-14_xlm-r-large.yaml",
+            [*common, *stage2_flags, *zero3],
+            folder / "cli-zero3",
+            smoke,
+        )
+    rows["deepspeed"] = (
+        "ZeRO-2 config in use, ZeRO-3 row added" if has_deepspeed else "not installed (or no CUDA): runs without it"
+    )
     return rows
 
 

@@ -5,6 +5,7 @@ The towers are composed, not copied: `AltCLIPTextModel` wraps `XLMRobertaModel` 
 Weight names match the released BAAI checkpoints, so those load directly (see `from_pretrained`).
 """
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionModel, PreTrainedModel, XLMRobertaModel
 from transformers import initialization as init
+from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.modeling_outputs import BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndProjection
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import can_return_tuple
@@ -36,13 +38,56 @@ VISION_LAYER_RENAMING = {
 IGNORED_CHECKPOINT_KEYS = [r"(^|\.)roberta\.pooler\.", r"(^|\.)position_ids$"]
 
 
+# Released checkpoints (BAAI's, transformers' AltCLIPModel, this package's) store ``logit_scale`` as a 0-dim tensor.
+# The model holds it as a 1-element vector: FSDP2's fully_shard refuses scalar parameters and DeepSpeed broadcasts
+# every parameter through a byte view, which a 0-dim tensor cannot give. Loading reshapes the stored scalar (or a
+# 1-element vector), saving writes the scalar again, so files keep their released names and shapes.
+LOGIT_SCALE_KEY = "logit_scale"
+
+
+class LogitScaleAsVector(ConversionOps):
+    """transformers weight conversion: the stored ``logit_scale`` (0-dim or 1 element) as the model's (1,) vector."""
+
+    def convert(self, input_dict: dict, source_patterns: list[str], target_patterns: list[str], **kwargs) -> dict:
+        tensors = next(iter(input_dict.values()))
+        tensor = tensors[0] if isinstance(tensors, list) else tensors
+        return {target_patterns[0]: tensor.reshape(1)}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return LogitScaleAsScalar()
+
+
+class LogitScaleAsScalar(ConversionOps):
+    """The reverse of `LogitScaleAsVector`: the released 0-dim ``logit_scale``."""
+
+    def convert(self, input_dict: dict, source_patterns: list[str], target_patterns: list[str], **kwargs) -> dict:
+        tensors = next(iter(input_dict.values()))
+        tensor = tensors[0] if isinstance(tensors, list) else tensors
+        return {target_patterns[0]: tensor.reshape(())}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return LogitScaleAsVector()
+
+
+def _logit_scale_as_vector_on_load(module, state_dict, prefix, *args) -> None:
+    """`load_state_dict` pre-hook (a Trainer resuming a checkpoint, user code): a stored 0-dim ``logit_scale`` fits."""
+    key = prefix + LOGIT_SCALE_KEY
+    if key in state_dict and state_dict[key].dim() == 0:
+        state_dict[key] = state_dict[key].reshape(1)
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose weights do not fit the model: missing, unexpected or wrongly shaped tensors."""
 
 
 @dataclass
 class AltCLIPOutput(CLIPOutput):
-    """Output of `AltCLIPModel.forward`: CLIP's fields (`logits_per_image`, `text_embeds`, ...)."""
+    """Output of `AltCLIPModel.forward`: CLIP's fields (`logits_per_image`, `text_embeds`, ...), and
+    ``logit_scale_exp`` (shape (1,)) when the forward is asked for it."""
+
+    logit_scale_exp: torch.FloatTensor | None = None
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -291,17 +336,35 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         self.vision_model = AltCLIPVisionModel._from_config(config.vision_config)
         self.visual_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
         self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # A (1,) vector, not a 0-dim tensor, so that FSDP2 and DeepSpeed can shard and broadcast it (see
+        # LOGIT_SCALE_KEY); checkpoints store it as the released 0-dim tensor.
+        self.logit_scale = nn.Parameter(torch.tensor([config.logit_scale_init_value]))
+        self.register_load_state_dict_pre_hook(_logit_scale_as_vector_on_load)
         self.post_init()
 
+    @staticmethod
+    def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):
+        """transformers' loading, with the stored 0-dim ``logit_scale`` reshaped into the model's (1,) vector
+        (also under DeepSpeed ZeRO-3, whose loading applies the same weight conversions)."""
+        converter = WeightConverter(LOGIT_SCALE_KEY, LOGIT_SCALE_KEY, [LogitScaleAsVector()])
+        mapping = [*(load_config.weight_mapping or []), converter]
+        load_config = dataclasses.replace(load_config, weight_mapping=mapping)
+        return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained`; with remote code on, also maps the zero-shot Auto class to this model."""
+        """`PreTrainedModel.save_pretrained` writing ``logit_scale`` in its released 0-dim shape (also from a given
+        ``state_dict``, e.g. a Trainer's gathered one); with remote code on, also maps the zero-shot Auto class to
+        this model."""
         if self._auto_class is not None:
             module = type(self).__module__.rsplit(".", 1)[-1]
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
             auto_map["AutoModelForZeroShotImageClassification"] = f"{module}.{type(self).__name__}"
             self.config.auto_map = auto_map
-        super().save_pretrained(save_directory, *args, **kwargs)
+        state_dict = kwargs.pop("state_dict", None)
+        state_dict = dict(self.state_dict() if state_dict is None else state_dict)
+        if LOGIT_SCALE_KEY in state_dict and state_dict[LOGIT_SCALE_KEY].numel() == 1:
+            state_dict[LOGIT_SCALE_KEY] = state_dict[LOGIT_SCALE_KEY].detach().reshape(()).clone()
+        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_model.get_input_embeddings()
@@ -351,13 +414,16 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
         image_embeds: torch.FloatTensor | None = None,
+        return_logit_scale: bool = False,
         **kwargs: Any,
     ) -> AltCLIPOutput:
         """Embeds both modalities; ``logits_per_image[i, j]`` scores image i against text j.
 
         With ``return_loss=True`` the i-th text must describe the i-th image, so both batches must be equal.
         ``image_embeds`` (L2-normalised, e.g. cached from a frozen image tower) may stand in for ``pixel_values``;
-        the vision tower is then not run.
+        the vision tower is then not run. ``return_logit_scale=True`` adds ``logit_scale_exp``, the temperature
+        applied, computed inside the forward (where DeepSpeed ZeRO-3 and FSDP2 have gathered ``logit_scale``), so
+        that a loss over other ranks' embeddings can use it with its gradient.
         """
         if input_ids is None or (pixel_values is None) == (image_embeds is None):
             raise ValueError(
@@ -384,8 +450,9 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         )
         text_embeds = F.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
 
+        scale = self.logit_scale.exp().to(text_embeds.device)
         logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device)
-        logits_per_text = logits_per_text * self.logit_scale.exp().to(text_embeds.device)
+        logits_per_text = logits_per_text * scale
         logits_per_image = logits_per_text.t()
 
         return AltCLIPOutput(
@@ -396,6 +463,7 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
             image_embeds=image_embeds,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
+            logit_scale_exp=scale if return_logit_scale else None,
         )
 
 

@@ -34,6 +34,7 @@ from .arguments import (
 )
 from .before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
 from .data_plan import check_resumed_plan, check_resumed_tables, data_plan_callback, table_sizes
+from .distributed_backends import gathered, init_deepspeed_communication, outside_zero3_init
 from .epoch_plan import data_seed, shuffles
 from .feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
 from .image_text_data import (
@@ -199,18 +200,22 @@ def check_stage_flags(stage: str, stage_args, training_args: TrainingArguments, 
             "altclip-train: --cache_image_features works on table data (JSONL/CSV/TSV/Parquet/datasets folders), "
             "whose rows have a fixed index; webdataset shards stream and are not cached."
         )
-    if training_args.deepspeed and stage_args.full_batch_negatives and training_args.gradient_accumulation_steps > 1:
+    sharded = "DeepSpeed" if training_args.deepspeed else "FSDP" if training_args.fsdp else None
+    if sharded and stage_args.full_batch_negatives and training_args.gradient_accumulation_steps > 1:
         raise SystemExit(
-            "altclip-train: --full_batch_negatives (several backward passes per optimizer step) is not supported "
-            "under DeepSpeed; use DDP or FSDP, or pass --full_batch_negatives false for plain accumulation."
+            "altclip-train: --full_batch_negatives with --gradient_accumulation_steps above 1 (GradCache: several "
+            f"backward passes per optimizer step, the temperature read outside the forward) is not supported under "
+            f"{sharded}; use DDP, or pass --full_batch_negatives false for plain accumulation."
         )
 
 
 def image_feature_cache(model, image_processor, dataset, stage_args, data_args, training_args):
     """The `ImageEmbeddingCache` of this frozen image tower, image processor and table data (created once)."""
     tower = torch.nn.ModuleDict({"vision_model": model.vision_model, "visual_projection": model.visual_projection})
+    with gathered(tower):  # ZeRO-3 built it partitioned
+        digest = module_digest(tower)
     key = {
-        "image_tower": module_digest(tower),
+        "image_tower": digest,
         "image_processor": image_processor.to_dict(),
         "reduced_jpeg_decoding": data_args.reduced_jpeg_decoding,
         "tables": [table._fingerprint for table in dataset.rows.tables],
@@ -356,8 +361,9 @@ def trainer_data_options(
 
 def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -> None:
     model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
-    model, processor = load_or_build_model(model_args)
-    teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
+    with outside_zero3_init(training_args):  # the engine trains (and partitions) the text tower only
+        model, processor = load_or_build_model(model_args)
+        teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
     adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
     student = model.text_model  # with LoRA, its linear layers now carry the adapters (the rest frozen)
     if not stage_args.student_dropout:
@@ -445,7 +451,7 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
 
 def run_contrastive(run: RunArguments, train_sources, validation_sources) -> None:
     model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
-    model, processor = load_or_build_model(model_args)
+    model, processor = load_or_build_model(model_args, training_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
     adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
@@ -554,6 +560,7 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     check_model_arguments(run.model, needs_teacher=stage == "teacher")
     check_model_paths(run.model)
     run.training.resume_from_checkpoint = checkpoint
+    init_deepspeed_communication(run.training)
     transformers.set_seed(run.training.seed)  # the fresh `transformation` layer is drawn before the Trainer exists
     runner = run_teacher_learning if stage == "teacher" else run_contrastive
     try:

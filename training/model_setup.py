@@ -1,14 +1,16 @@
 """Turning `ModelArguments` into the model, processor and (stage 1) teacher that a run trains."""
 
+import contextlib
 import logging
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, TrainingArguments
 
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from modeling_altclip.conversion_altclip import build_altclip
 
 from .arguments import ModelArguments
+from .distributed_backends import full_numel, outside_zero3_init
 from .teacher import FrozenTextTeacher, load_teacher
 
 logger = logging.getLogger(__name__)
@@ -16,19 +18,23 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_or_build_model(args: ModelArguments) -> tuple[AltCLIPModel, AltCLIPProcessor]:
-    """An existing AltCLIP checkpoint, or a new one from a CLIP and an XLM-R-family encoder."""
+def load_or_build_model(
+    args: ModelArguments, training_args: TrainingArguments | None = None
+) -> tuple[AltCLIPModel, AltCLIPProcessor]:
+    """An existing AltCLIP checkpoint, or a new one from a CLIP and an XLM-R-family encoder (built whole under
+    ZeRO-3: its weights are copied between models)."""
     if args.model_name_or_path:
         model = AltCLIPModel.from_pretrained(args.model_name_or_path, attn_implementation=args.attn_implementation)
         processor = AltCLIPProcessor.from_pretrained(args.tokenizer_name_or_path or args.model_name_or_path)
         return model, processor
     check_model_arguments(args, needs_teacher=False)
-    model, processor = build_altclip(
-        args.clip_model_name_or_path,
-        args.text_encoder_name_or_path,
-        args.tokenizer_name_or_path,
-        attn_implementation=args.attn_implementation,
-    )
+    with outside_zero3_init(training_args) if training_args is not None else contextlib.nullcontext():
+        model, processor = build_altclip(
+            args.clip_model_name_or_path,
+            args.text_encoder_name_or_path,
+            args.tokenizer_name_or_path,
+            attn_implementation=args.attn_implementation,
+        )
     return model, processor
 
 
@@ -79,5 +85,5 @@ def freeze_image_tower(model: AltCLIPModel) -> None:
     """Stage 2 default: the vision tower and ``visual_projection`` keep CLIP's weights."""
     model.vision_model.requires_grad_(False)
     model.visual_projection.requires_grad_(False)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
     logger.info("Image tower frozen; %s trainable parameters", f"{trainable:,}")

@@ -63,11 +63,16 @@ def check_output_folder(output_dir: str, inputs: list[str | None], overwrite: bo
         raise SystemExit(f"altclip-train: cannot write to --output_dir {output_dir}: {error.strerror or error}.")
 
 
+def _whole_numel(parameter: torch.Tensor) -> int:
+    """Elements of the whole parameter, also when DeepSpeed ZeRO-3 holds it partitioned (``numel()`` is then 0)."""
+    return int(getattr(parameter, "ds_numel", parameter.numel()))
+
+
 def checkpoint_bytes(trained: torch.nn.Module) -> int:
     """About what one checkpoint takes: the trained module's weights plus two fp32 AdamW moments per trainable
     parameter (the optimizer's state file)."""
-    weights = sum(parameter.numel() * parameter.element_size() for parameter in trained.parameters())
-    moments = sum(2 * 4 * parameter.numel() for parameter in trained.parameters() if parameter.requires_grad)
+    weights = sum(_whole_numel(parameter) * parameter.element_size() for parameter in trained.parameters())
+    moments = sum(2 * 4 * _whole_numel(parameter) for parameter in trained.parameters() if parameter.requires_grad)
     return weights + moments
 
 

@@ -21,6 +21,7 @@ from .feature_caches import ImageEmbeddingCache
 from .losses import ClipLoss, distillation_loss
 from .shard_stream import ShardStream
 from .teacher import FrozenTextTeacher
+from .temperature import LogitScaleClamp
 
 TRAINED_KEYS_FOLDER = "trained_keys"
 
@@ -138,6 +139,8 @@ class TeacherLearningTrainer(AltCLIPTrainer):
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         self.loss_kind = loss_kind
+        if self.is_fsdp_enabled:  # one FSDP config for both stages: this stage trains the text tower alone
+            wrap_only_present_layers(self.accelerator.state.fsdp_plugin, self.model)
 
     def _teacher_targets(self, inputs: dict, device: torch.device) -> torch.Tensor:
         if "teacher_features" in inputs:
@@ -155,6 +158,31 @@ class TeacherLearningTrainer(AltCLIPTrainer):
         features = outputs.pooler_output.float()
         loss = distillation_loss(features[:usable], targets.float()[:usable], self.loss_kind)
         return (loss, outputs) if return_outputs else loss
+
+
+FROZEN_IMAGE_TOWER = ("vision_model", "visual_projection")
+
+
+def wrap_only_present_layers(plugin, trained: torch.nn.Module, left_out: tuple[str, ...] = ()) -> None:
+    """FSDP2 wraps as units only the configured layer classes that the trained module holds outside `left_out`
+    (accelerate refuses a configured class the model lacks, e.g. ``CLIPEncoderLayer`` in stage 1's text tower)."""
+    present = {
+        type(module).__name__
+        for name, module in trained.named_modules()
+        if not (left_out and name.startswith(left_out))
+    }
+    names = plugin.transformer_cls_names_to_wrap or list(getattr(trained, "_no_split_modules", None) or ())
+    plugin.transformer_cls_names_to_wrap = [name for name in names if name in present]
+
+
+def keep_frozen_tower_out_of_fsdp(plugin, altclip: torch.nn.Module) -> None:
+    """FSDP2 leaves a frozen image tower whole on every rank: it has no gradients or optimizer state to shard, it runs
+    outside the trained forward (where the root would hold only shards of it, and its layers would start as FSDP
+    roots of their own), and keeping it whole saves an all-gather of it per step. Its parameters are ignored by
+    ``fully_shard`` and its layer classes are not wrapped (accelerate's plugin settings, read when the Trainer
+    prepares the model)."""
+    plugin.ignored_modules = [getattr(altclip, name) for name in FROZEN_IMAGE_TOWER]
+    wrap_only_present_layers(plugin, altclip, left_out=FROZEN_IMAGE_TOWER)
 
 
 class ContrastiveTrainer(AltCLIPTrainer):
@@ -176,7 +204,9 @@ class ContrastiveTrainer(AltCLIPTrainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.max_logit_scale = max_logit_scale
         self.max_log_logit_scale = math.log(max_logit_scale)
+        self.add_callback(LogitScaleClamp(self, self.max_log_logit_scale))
         self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad)
         self.accumulates_negatives = full_batch_negatives and self.args.gradient_accumulation_steps > 1
         self.image_cache = image_cache
@@ -188,6 +218,8 @@ class ContrastiveTrainer(AltCLIPTrainer):
         )
         self.image_tower_rows = 0
         self._window: list[dict] = []
+        if self.frozen_image_tower and self.is_fsdp_enabled:
+            keep_frozen_tower_out_of_fsdp(self.accelerator.state.fsdp_plugin, altclip)
 
     def _image_embeds(self, model, inputs: dict) -> torch.Tensor:
         """Frozen tower: image embeddings without gradients, cached ones where the batch has them, the others
@@ -213,35 +245,36 @@ class ContrastiveTrainer(AltCLIPTrainer):
             self.image_cache.put(new_rows[keep].cpu().numpy(), computed[keep])
         return embeds
 
-    def _embed(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image_embeds, text_embeds) of a batch; with a frozen tower the image side runs outside the trained
+    def _forward(self, model, inputs: dict):
+        """The model's outputs on a batch, with the applied temperature (``logit_scale_exp``: read inside the forward,
+        where ZeRO-3 and FSDP2 have gathered it); with a frozen tower the image side runs outside the trained
         forward (and is kept in `inputs`, so that a second call does not run it again)."""
         if self.frozen_image_tower:
             if "image_embeds" not in inputs:
                 inputs["image_embeds"] = self._image_embeds(model, inputs)
-            outputs = model(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                image_embeds=inputs["image_embeds"],
-            )
+            images = {"image_embeds": inputs["image_embeds"]}
         else:
-            outputs = model(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                pixel_values=inputs["pixel_values"],
-            )
+            images = {"pixel_values": inputs["pixel_values"]}
+        return model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], return_logit_scale=True, **images
+        )
+
+    def _embed(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image_embeds, text_embeds) of a batch (see `_forward`)."""
+        outputs = self._forward(model, inputs)
         return outputs.image_embeds, outputs.text_embeds
 
-    def _loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-        # Clamped where it is used, not in place: an in-place clamp would miss the fp32 master copy of DeepSpeed and
-        # mixed precision. The loss never sees more than the bound and gets no gradient beyond it; the final save
-        # clamps the saved value.
-        return self.clip_loss(image_embeds, text_embeds, log_scale.clamp(0, self.max_log_logit_scale).exp())
+    def _loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        # Not clamped here: a clamp in the loss has no gradient beyond (or, in float rounding, at) the bound, so the
+        # temperature could never come back down. The parameter itself is clamped in place when training starts and
+        # after every optimizer step (`temperature.LogitScaleClamp`).
+        return self.clip_loss(image_embeds, text_embeds, scale)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         usable = self._take_bookkeeping(inputs)
-        image_embeds, text_embeds = self._embed(model, inputs)
-        loss = self._loss(image_embeds[:usable], text_embeds[:usable], self.accelerator.unwrap_model(model).logit_scale)
+        outputs = self._forward(model, inputs)
+        image_embeds, text_embeds = outputs.image_embeds, outputs.text_embeds
+        loss = self._loss(image_embeds[:usable], text_embeds[:usable], outputs.logit_scale_exp)
         return (loss, (image_embeds, text_embeds)) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -256,7 +289,11 @@ class ContrastiveTrainer(AltCLIPTrainer):
         model.train()
         usable = [self._take_bookkeeping(batch) for batch in batches]
         logit_scale = self.accelerator.unwrap_model(model).logit_scale
-        return accumulated_contrastive_step(self, model, batches, usable, self._embed, self._loss, logit_scale)
+
+        def loss_of(images: torch.Tensor, texts: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+            return self._loss(images, texts, log_scale.exp())
+
+        return accumulated_contrastive_step(self, model, batches, usable, self._embed, loss_of, logit_scale)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         logs["image_tower_rows"] = self.image_tower_rows  # this process's count

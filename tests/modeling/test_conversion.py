@@ -60,7 +60,7 @@ def test_builder_copies_clip_and_encoder_weights(clip_dir, xlmr_dir):
     assert model.config.text_config.project_dim == CLIP_TEXT_WIDTH
     assert model.text_model.transformation.weight.shape == (CLIP_TEXT_WIDTH, 32)
     assert model.config.projection_dim == 12
-    torch.testing.assert_close(model.logit_scale, clip.logit_scale)
+    torch.testing.assert_close(model.logit_scale, clip.logit_scale.reshape(1))
     torch.testing.assert_close(model.visual_projection.weight, clip.visual_projection.weight)
     torch.testing.assert_close(model.text_projection.weight, clip.text_projection.weight)
     for name, tensor in clip.vision_model.state_dict().items():

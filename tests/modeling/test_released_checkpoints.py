@@ -214,3 +214,24 @@ def test_a_truncated_weights_file_is_named(tmp_path, reference_dir):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(OSError, match=rf"{weights}: the weights cannot be read .*truncated or corrupt"):
         AltCLIPModel.from_pretrained(tmp_path / "model")
+
+
+def test_logit_scale_is_a_vector_in_the_model_and_a_scalar_in_files(tmp_path, reference_dir):
+    """FSDP2 and DeepSpeed need the temperature as a (1,) parameter; released files (transformers', BAAI's) and this
+    package's saves keep the 0-dim tensor, and both that and a (1,) file load; transformers' own class reads ours."""
+    released = load_file(reference_dir / "model.safetensors")["logit_scale"]
+    assert released.dim() == 0
+    ours = AltCLIPModel.from_pretrained(reference_dir)
+    assert ours.logit_scale.shape == (1,) and ours.logit_scale.item() == pytest.approx(released.item())
+    with torch.no_grad():
+        ours.logit_scale.fill_(2.5)
+    ours.save_pretrained(tmp_path / "saved")
+    assert load_file(tmp_path / "saved" / "model.safetensors")["logit_scale"].shape == ()
+    theirs = transformers.AltCLIPModel.from_pretrained(tmp_path / "saved")
+    assert theirs.logit_scale.shape == () and theirs.logit_scale.item() == pytest.approx(2.5)
+    assert AltCLIPModel.from_pretrained(tmp_path / "saved").logit_scale.tolist() == [2.5]
+    vector_file = rewrite_checkpoint(reference_dir, tmp_path / "vector", extra={"logit_scale": torch.tensor([1.5])})
+    assert AltCLIPModel.from_pretrained(vector_file).logit_scale.tolist() == [1.5]
+    fresh = AltCLIPModel(ours.config)
+    fresh.load_state_dict(load_file(tmp_path / "saved" / "model.safetensors"))  # a Trainer resuming a checkpoint
+    assert fresh.logit_scale.tolist() == [2.5]
