@@ -34,6 +34,8 @@ EXTRAS = {
 }
 EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
 EXTRAS["test"] = sorted({*EXTRAS["all"], "pytest>=8", "gradio_client>=1", "playwright>=1.40"})
+# tests/test_packaging.py builds the wheel offline (--no-build-isolation): setuptools that builds wheels by itself
+EXTRAS["test"] = sorted({*EXTRAS["test"], "setuptools>=70.1"})
 
 setup(
     name="altclip",
