@@ -352,7 +352,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
         **trainer_data_options(data_args, train_sources, training_args),
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
-    check_room(training_args.output_dir, trainer.model)
+    check_room(training_args.output_dir, trainer.model, model, training_args, train_dataset)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
     finish(
@@ -424,7 +424,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
         **trainer_data_options(data_args, train_sources, training_args),
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
-    check_room(training_args.output_dir, trainer.model)
+    check_room(training_args.output_dir, trainer.model, model, training_args, train_dataset)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     finish(
         trainer,
