@@ -2,8 +2,10 @@
 ranking with any AltCLIP model (default: the package's own, built offline by the README's main command)."""
 
 import argparse
+import errno
 import functools
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -119,11 +121,42 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
     return demo
 
 
+def check_address(host: str, port: int) -> None:
+    """Binds `host`:`port` once and lets it go, so that a port in use or a host that is not this machine's is named
+    in one line before the model loads (Gradio would say it after loading, in a traceback)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+            probe.bind(address)
+    except socket.gaierror as error:
+        raise fail(f"altclip-demo: --host {host}: {error.strerror}; give an address such as 127.0.0.1 or 0.0.0.0.")
+    except OSError as error:
+        raise fail(f"altclip-demo: {address_problem(error, host, port)}") from None
+
+
+def address_problem(error: OSError, host: str, port: int) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use (another altclip-demo?): choose a free one with --port."
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host} is not an address of this machine: use 127.0.0.1, or 0.0.0.0 for every interface."
+    if error.errno == errno.EACCES:
+        return f"port {port} needs administrator rights: choose --port 1024 or above (e.g. 7860)."
+    return f"cannot serve on {host}:{port}: {error.strerror or error}."
+
+
+def port_number(value: str) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1..65535)")
+    return port
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="altclip-demo", description=__doc__)
     parser.add_argument("--model", help="AltCLIP folder or Hub id (default: the package's default model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=port_number, default=7860, help="port to serve on")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     one_line_parser_errors(parser, parser.prog)
     return parser.parse_args(argv)
@@ -140,11 +173,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise fail(f"altclip-demo: {error}") from None
     if args.model and (missing_local_model(args.model) or (not Path(args.model).exists() and "/" not in args.model)):
         raise fail(f"altclip-demo: --model {args.model}: no such folder (and not a Hub id like owner/name).")
+    check_address(args.host, args.port)
     try:
         engine = DemoEngine(model)
     except (OSError, ValueError) as error:  # a folder without a model, a broken or non-finite checkpoint
         raise fail(f"altclip-demo: {str(error).splitlines()[0]}") from None
-    build_demo(engine).launch(server_name=args.host, server_port=args.port, share=args.share)
+    try:
+        build_demo(engine).launch(server_name=args.host, server_port=args.port, share=args.share)
+    except OSError as error:  # taken between the check above and now (Gradio's error has no errno: "Cannot find
+        # empty port in range")
+        in_use = OSError(errno.EADDRINUSE, "in use") if "Cannot find empty port" in str(error) else error
+        raise fail(f"altclip-demo: {address_problem(in_use, args.host, args.port)}") from None
 
 
 if __name__ == "__main__":
