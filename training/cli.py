@@ -43,6 +43,7 @@ from .image_text_data import (
 )
 from .model_setup import (
     check_model_arguments,
+    check_tokenizer_fits,
     disable_dropout,
     freeze_image_tower,
     load_or_build_model,
@@ -311,6 +312,7 @@ def trainer_data_options(data_args, train_sources: list[Source], training_args: 
 def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -> None:
     model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
     model, processor = load_or_build_model(model_args)
+    check_tokenizer_fits(model, processor, model_args)
     teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
     student = model.text_model
     if not stage_args.student_dropout:
@@ -396,6 +398,7 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
 def run_contrastive(run: RunArguments, train_sources, validation_sources) -> None:
     model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
     model, processor = load_or_build_model(model_args)
+    check_tokenizer_fits(model, processor, model_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
     image_processor = processor.image_processor

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors import SafetensorError
 from stage_runs import QUIET, run_stage, teacher_flags, torchrun_env
-from transformers import modeling_utils
+from transformers import XLMRobertaConfig, XLMRobertaModel, modeling_utils
 
 from altclip.common.cli_errors import CommandLineError
 from altclip.training import output_folder
@@ -171,3 +171,22 @@ def test_a_full_disk_during_the_final_save_is_named_and_leaves_no_half_model(cap
     assert "--resume_from_checkpoint true" in message
     assert not (tmp_path / "out" / "model.safetensors").exists()  # the half file went with the staging folder
     assert not list((tmp_path / "out").glob(".saving-*"))
+
+
+def test_a_tokenizer_larger_than_the_text_vocabulary_is_one_line_before_the_first_step(capsys, tmp_path, toy):
+    """XLM-R's 250,002-token tokenizer over a text tower with 1,000 embeddings: its ids would fail the first
+    forward pass (ValueError inside the Trainer's step, a traceback)."""
+    encoder = tmp_path / "small-vocabulary"
+    config = XLMRobertaConfig(
+        vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+    )
+    XLMRobertaModel(config).save_pretrained(encoder)
+    shutil.copy(toy["xlmr"] / "tokenizer.json", encoder)
+    shutil.copy(toy["xlmr"] / "tokenizer_config.json", encoder)
+    flags = teacher_flags(toy, "--text_encoder_name_or_path", str(encoder), "--max_steps", "1", "--save_strategy", "no")
+    assert refused(capsys, tmp_path, "teacher", *flags) == (
+        f"altclip-train: the tokenizer of {encoder} has 250,002 tokens but the text tower of {encoder} has 1,000 "
+        "embeddings (vocab_size): pass the tokenizer that text encoder was trained with (--tokenizer_name_or_path), "
+        "or a text encoder made for this tokenizer."
+    )
+    assert not (tmp_path / "out" / "training_summary.json").exists()
