@@ -3,6 +3,9 @@ instead of after transformers' Hub retries (~25 s offline), and naming what a mo
 
 from pathlib import Path
 
+from huggingface_hub import HfApi, constants, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, HTTPError
+
 
 def looks_local(name: str) -> bool:
     """A path rather than a Hub id: absolute, relative with ./ ../ ~, more than one slash, or whose first part is an
@@ -20,6 +23,45 @@ def looks_local(name: str) -> bool:
 def missing_local_model(name: str | None) -> bool:
     """True when `name` looks like a local path (`looks_local`) that does not exist."""
     return bool(name) and looks_local(name) and not Path(name).expanduser().exists()
+
+
+CACHE_MARKERS = ("config.json", "tokenizer_config.json")  # one of them cached: the model (or tokenizer) was downloaded
+
+
+def unavailable_model(name: str | None) -> str | None:
+    """Why the model `name` cannot be loaded, found before loading it: no such local folder, and the Hub has no such
+    repository, cannot be reached, or is switched off (HF_HUB_OFFLINE) with nothing cached. None when it can be
+    (a folder, a cached or an existing Hub repository); transformers would otherwise end in "couldn't connect to
+    huggingface.co" after its retries, whatever the cause. One small Hub request for an uncached Hub id."""
+    if not name or Path(name).expanduser().exists():
+        return None
+    if missing_local_model(name):
+        return f"{name}: no such folder (and not a Hub id like owner/name)."
+    try:
+        if any(
+            isinstance(try_to_load_from_cache(name, file), str) for file in ("config.json", "tokenizer_config.json")
+        ):
+            return None
+        if constants.HF_HUB_OFFLINE:
+            return f"{name}: no such local folder, and not in the Hub cache (HF_HUB_OFFLINE is set). Check the name."
+        if HfApi(endpoint=constants.ENDPOINT).repo_exists(name):
+            return None
+    except HFValidationError:
+        return f"{name}: no such local folder, and not a valid Hub id (owner/name). Check the name."
+    except HfHubHTTPError as error:  # an answer that is not "no such repository": a refused token, a server error
+        status = error.response.status_code if error.response is not None else "an error"
+        return (
+            f"{name}: no such local folder, and the Hub ({constants.ENDPOINT}) answered {status} when asked for it. "
+            "Check the name, and your token (HF_TOKEN) if it is private."
+        )
+    except HTTPError as error:  # no answer at all
+        return (
+            f"{name}: no such local folder, not in the Hub cache, and the Hub ({constants.ENDPOINT}) cannot be reached "
+            f"({type(error).__name__}). Check the name, or the network."
+        )
+    return (
+        f"{name}: no such local folder, and the Hub has no model repository {name} (or it is private). Check the name."
+    )
 
 
 # What AltCLIPProcessor.from_pretrained reads from a folder: each entry is satisfied by any one of its files.

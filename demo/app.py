@@ -7,13 +7,12 @@ import functools
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from altclip.common.cli_errors import fail, one_line_parser_errors
-from altclip.common.model_paths import missing_local_model
+from altclip.common.model_paths import unavailable_model
 
 from .engine import MAX_GALLERY, MAX_LABELS, DemoEngine, DemoInputError
 from .examples import CAPTIONS, SEARCHES, classification_examples, example_photos
@@ -171,8 +170,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = args.model or str(require_default_model())
     except FileNotFoundError as error:
         raise fail(f"altclip-demo: {error}") from None
-    if args.model and (missing_local_model(args.model) or (not Path(args.model).exists() and "/" not in args.model)):
-        raise fail(f"altclip-demo: --model {args.model}: no such folder (and not a Hub id like owner/name).")
+    problem = unavailable_model(args.model)
+    if problem:
+        raise fail(f"altclip-demo: --model {problem}")
     check_address(args.host, args.port)
     try:
         engine = DemoEngine(model)

@@ -19,7 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
 from altclip.common.config_files import expand_config
-from altclip.common.model_paths import missing_local_model
+from altclip.common.model_paths import unavailable_model
 from altclip.common.records import DataFormatError
 from modeling_altclip.assets import XLMR_MAX_LENGTH
 
@@ -492,16 +492,18 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
 
 
 def check_model_paths(model_args: ModelArguments) -> None:
-    """A model given as a local-looking path that does not exist is named at once (not after Hub retries)."""
+    """A model that is neither a local folder nor to be had from the Hub (a mistyped path or name, offline) is named
+    at once, not after Hub retries as "couldn't connect to huggingface.co"."""
     for flag in (
         "model_name_or_path",
         "clip_model_name_or_path",
         "text_encoder_name_or_path",
         "tokenizer_name_or_path",
+        "teacher_tokenizer_name_or_path",
     ):
-        name = getattr(model_args, flag)
-        if missing_local_model(name):
-            raise SystemExit(f"altclip-train: --{flag} {name}: no such folder (and not a Hub id like org/name).")
+        problem = unavailable_model(getattr(model_args, flag))
+        if problem:
+            raise SystemExit(f"altclip-train: --{flag} {problem}")
 
 
 if __name__ == "__main__":

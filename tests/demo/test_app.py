@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from huggingface_hub import constants
 from ports import free_port
 from tiny_models import random_images
 
@@ -116,5 +117,9 @@ def test_command_without_a_default_model_says_how_to_get_one(tmp_path, monkeypat
     monkeypatch.setenv("ALTCLIP_DEFAULT_MODEL", str(tmp_path / "none"))
     with pytest.raises(SystemExit, match="No default AltCLIP model at .*none. Build it offline"):
         main([])
-    with pytest.raises(SystemExit, match=r"--model not-a-model: no such folder \(and not a Hub id"):
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(
+        SystemExit, match=r"^altclip-demo: --model not-a-model: no such local folder, and not in the Hub"
+    ):
         main(["--model", "not-a-model"])

@@ -12,6 +12,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
+from huggingface_hub import constants
 from safetensors import SafetensorError
 from stage_runs import QUIET, run_stage, teacher_flags, torchrun_env
 from transformers import XLMRobertaConfig, XLMRobertaModel, modeling_utils
@@ -190,3 +191,14 @@ def test_a_tokenizer_larger_than_the_text_vocabulary_is_one_line_before_the_firs
         "or a text encoder made for this tokenizer."
     )
     assert not (tmp_path / "out" / "training_summary.json").exists()
+
+
+def test_a_mistyped_model_name_without_a_slash_is_named_before_loading(capsys, tmp_path, toy, monkeypatch):
+    """Offline with an empty cache: no such local folder, not "couldn't connect to huggingface.co"."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    flags = ["--model_name_or_path", "altclipp", "--train_files", str(toy["captions"])]
+    assert refused(capsys, tmp_path, "contrastive", *flags) == (
+        "altclip-train: --model_name_or_path altclipp: no such local folder, and not in the Hub cache (HF_HUB_OFFLINE "
+        "is set). Check the name."
+    )
