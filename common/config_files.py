@@ -10,7 +10,7 @@ import yaml
 def config_file_to_flags(path: str) -> list[str]:
     """A YAML/JSON mapping of flag names to values, as command-line flags."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
         values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise SystemExit(f"cannot read config file {path}: {error}") from error

@@ -67,7 +67,7 @@ def _missing(fields: dict[str, Any] | Sequence[str], required: Sequence[str]) ->
 
 
 def _iter_jsonl(path: Path) -> Iterator[Record | Skipped]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             where = f"{path}:{line_number}"
             if not line.strip():
@@ -84,7 +84,8 @@ def _iter_jsonl(path: Path) -> Iterator[Record | Skipped]:
 
 
 def _iter_delimited(path: Path, delimiter: str, required: Sequence[str]) -> Iterator[Record | Skipped]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    # utf-8-sig: a leading byte-order mark (spreadsheet exports write one) is not part of the first column's name
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         header = reader.fieldnames or []
         if missing := _missing(header, required):

@@ -52,7 +52,7 @@ def _jsonl_rows(url: str, raw, columns: Sequence[str]) -> Iterator[dict]:
     for line_number, line in enumerate(raw, start=1):
         where = f"{url}:{line_number}"
         try:
-            text = line.decode("utf-8")
+            text = line.decode("utf-8-sig")
         except UnicodeDecodeError:
             yield _bad(where, "not UTF-8 text", columns)
             continue
@@ -67,7 +67,8 @@ def _jsonl_rows(url: str, raw, columns: Sequence[str]) -> Iterator[dict]:
 
 
 def _delimited_rows(url: str, raw, columns: Sequence[str], delimiter: str) -> Iterator[dict]:
-    text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+    # utf-8-sig: a leading byte-order mark (spreadsheet exports write one) is not part of the first column's name
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.DictReader(text, delimiter=delimiter)
     for fields in reader:
         where = f"{url}:{reader.line_num}"
@@ -100,7 +101,7 @@ def _check_header(url: str, kind: str, columns: Sequence[str]) -> None:
         if kind == "jsonl":
             for line_number, line in enumerate(raw, start=1):
                 try:
-                    fields = json.loads(line.decode("utf-8"))
+                    fields = json.loads(line.decode("utf-8-sig"))
                 except (UnicodeDecodeError, json.JSONDecodeError):
                     continue
                 if isinstance(fields, dict):
@@ -112,7 +113,7 @@ def _check_header(url: str, kind: str, columns: Sequence[str]) -> None:
                         )
                     return
             raise DataFormatError(f"{url} holds no JSON object line.")
-        header = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="").readline()
+        header = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="").readline()
         names = next(csv.reader([header], delimiter="," if kind == "csv" else "\t"), [])
         if missing := [column for column in columns if column not in names]:
             raise DataFormatError(
