@@ -20,7 +20,7 @@ TRAIN = [
 # evaluation's class names and templates: pip install --no-deps clip-benchmark (data files only)
 EVAL = ["evaluate>=0.4", "datasets>=3", "matplotlib>=3.7", "tqdm>=4.66", "pyyaml>=6"]
 HUB = ["jinja2>=3"]
-DEMO = ["gradio>=5", "pandas", "scikit-image>=0.22"]
+DEMO = ["gradio>=5", "scikit-image>=0.22"]
 ONNX = ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.20"]
 # the emoji reproduction trains and evaluates; the glyphs come from Debian's fonts-noto-color-emoji
 REPRODUCE = sorted({*TRAIN, *EVAL, "emoji>=2.10"})

@@ -9,7 +9,6 @@ import socket
 from collections.abc import Callable, Sequence
 
 import gradio as gr
-import pandas as pd
 
 from altclip.common.cli_errors import fail, one_line_parser_errors
 from altclip.common.model_paths import unavailable_model
@@ -44,8 +43,14 @@ def file_path(payload):
     return getattr(payload, "path", payload)
 
 
-def probability_chart(probabilities: dict[str, float]) -> pd.DataFrame:
-    return pd.DataFrame({"label": list(probabilities), "probability": list(probabilities.values())})
+def first_example_result(engine: DemoEngine, example: list[str]) -> dict[str, float] | None:
+    """The first example's probabilities, computed once when the app is built, so that the page opens on a
+    classified image instead of an empty upload box; None (an empty result) if that example cannot be classified."""
+    try:
+        return engine.classify(example[0], example[1], example[2])
+    except Exception:
+        logger.exception("The first example could not be classified; the demo opens without a result")
+        return None
 
 
 def build_demo(engine: DemoEngine) -> gr.Blocks:
@@ -54,8 +59,7 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
 
     @shown_to_user
     def classify(image, labels, template):
-        probabilities = engine.classify(file_path(image), labels, template)
-        return probabilities, probability_chart(probabilities)
+        return engine.classify(file_path(image), labels, template)
 
     @shown_to_user
     def search(query, files):
@@ -74,7 +78,9 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
         with gr.Tab("Zero-shot classification"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"])
+                    image = gr.Image(
+                        type="filepath", label="Image", sources=["upload", "clipboard"], value=examples[0][0]
+                    )
                     labels = gr.Textbox(
                         label=f"Labels (comma or newline separated, at most {MAX_LABELS})",
                         value=examples[0][1],
@@ -83,15 +89,16 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
                     template = gr.Textbox(label="Prompt template ({} is the label)", value=examples[0][2])
                     classify_button = gr.Button("Classify", variant="primary")
                 with gr.Column():
-                    label_output = gr.Label(label="Probabilities", num_top_classes=10)
-                    chart = gr.BarPlot(x="label", y="probability", label="Probabilities", y_lim=[0, 1], sort="-y")
+                    label_output = gr.Label(
+                        label="Probabilities", num_top_classes=10, value=first_example_result(engine, examples[0])
+                    )
             gr.Examples(
                 examples,
                 inputs=[image, labels, template],
                 label="Examples (labels in several languages)",
             )
             classify_button.click(
-                classify, [image, labels, template], [label_output, chart], api_name="classify", preprocess=False
+                classify, [image, labels, template], [label_output], api_name="classify", preprocess=False
             )
         with gr.Tab("Text-to-image search"):
             with gr.Row():
