@@ -86,3 +86,11 @@ def missing_processor_message(folder: str | Path, missing: list[str]) -> str:
         f"{folder} has no {named}: copy the tokenizer and image-processor files from the model it was trained from, "
         "or save them there with AltCLIPProcessor.save_pretrained."
     )
+
+
+def incomplete_model_folder(name: str | None) -> str | None:
+    """For a local model folder that lacks processor files, the one-line message naming them; else None."""
+    if not name or not Path(name).expanduser().is_dir() or not (Path(name).expanduser() / "config.json").is_file():
+        return None
+    missing = missing_processor_files(Path(name).expanduser())
+    return missing_processor_message(name, missing) if missing else None

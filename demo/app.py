@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import gradio as gr
 
 from altclip.common.cli_errors import fail, one_line_parser_errors
-from altclip.common.model_paths import unavailable_model
+from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 
 from .engine import MAX_GALLERY, MAX_LABELS, DemoEngine, DemoInputError
 from .examples import CAPTIONS, SEARCHES, classification_examples, example_photos
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = args.model or str(require_default_model())
     except FileNotFoundError as error:
         raise fail(f"altclip-demo: {error}") from None
-    problem = unavailable_model(args.model)
+    problem = unavailable_model(args.model) or incomplete_model_folder(model)
     if problem:
         raise fail(f"altclip-demo: --model {problem}")
     check_address(args.host, args.port)

@@ -1,6 +1,7 @@
 """altclip-demo's address problems: one line naming the port or host (exit status 2), found before the model loads
 where it can be, and Gradio's own "Cannot find empty port" when the port is taken after that check."""
 
+import shutil
 import socket
 
 import pytest
@@ -50,4 +51,15 @@ def test_a_port_taken_after_the_check_is_the_same_line(capsys, monkeypatch, tiny
     assert refusal(capsys, "--model", str(tiny_model_dir), "--port", str(taken_port)) == (
         f"altclip-demo: port {taken_port} on 127.0.0.1 is already in use (another altclip-demo?): choose a free one "
         "with --port."
+    )
+
+
+def test_a_model_folder_without_tokenizer_files_names_them(capsys, tmp_path, tiny_model_dir):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "tokenizer.json").unlink()
+    assert refusal(capsys, "--model", str(folder)) == (
+        f"altclip-demo: --model {folder} has no tokenizer.json (or sentencepiece.bpe.model): copy the tokenizer and "
+        "image-processor files from the model it was trained from, or save them there with "
+        "AltCLIPProcessor.save_pretrained."
     )
