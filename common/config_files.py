@@ -6,11 +6,15 @@ from pathlib import Path
 
 import yaml
 
+# Flags whose value names another file: a relative path is read beside the config file first (so a config and
+# the DeepSpeed JSON it names travel together and work from any folder), else from the current folder.
+FILE_FLAGS = ("deepspeed",)
+
 
 def config_file_to_flags(path: str) -> list[str]:
     """A YAML/JSON mapping of flag names to values, as command-line flags."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
         values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise SystemExit(f"cannot read config file {path}: {error}") from error
@@ -21,6 +25,8 @@ def config_file_to_flags(path: str) -> list[str]:
         if value is None:
             continue
         flags.append(f"--{name}")
+        if name in FILE_FLAGS and isinstance(value, str):
+            value = beside_config(path, value)
         if value is True:  # a bare flag: true for boolean fields, and what switches on ``--fsdp`` (a str field)
             continue
         if value is False:
@@ -32,6 +38,17 @@ def config_file_to_flags(path: str) -> list[str]:
         else:
             flags.append(str(value))
     return flags
+
+
+def beside_config(config_path: str, value: str) -> str:
+    """`value` as a path beside the config file when it names a file there (as written, or by its file name)."""
+    if Path(value).is_absolute() or value.lstrip().startswith("{"):
+        return value
+    folder = Path(config_path).parent
+    for candidate in (folder / value, folder / Path(value).name):
+        if candidate.is_file():
+            return str(candidate)
+    return value
 
 
 def expand_config(argv: Sequence[str]) -> list[str]:

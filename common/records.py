@@ -169,7 +169,7 @@ def _missing(fields: dict[str, Any] | Sequence[str], required: Sequence[str]) ->
 
 
 def _iter_jsonl(path: Path) -> Iterator[Record | Skipped]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             where = f"{path}:{line_number}"
             if not line.strip():
@@ -188,7 +188,8 @@ def _iter_jsonl(path: Path) -> Iterator[Record | Skipped]:
 def _iter_delimited(path: Path, delimiter: str, required: Sequence[str]) -> Iterator[Record | Skipped]:
     with path.open("rb") as handle:
         first = handle.readline()
-        header = next(csv.reader([first.decode("utf-8")], delimiter=delimiter), [])
+        # utf-8-sig: a leading byte-order mark (spreadsheet exports write one) is not part of the first column's name
+        header = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
         if missing := _missing(header, required):
             raise DataFormatError(
                 f"{path}:1: the header lacks column(s) {', '.join(missing)} (it has: {', '.join(header) or 'nothing'})."

@@ -2,16 +2,16 @@
 ranking with any AltCLIP model (default: the package's own, built offline by the README's main command)."""
 
 import argparse
+import errno
 import functools
 import logging
+import socket
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from altclip.common.cli_errors import fail, one_line_parser_errors
-from altclip.common.model_paths import missing_local_model
+from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 
 from .engine import MAX_GALLERY, MAX_LABELS, DemoEngine, DemoInputError
 from .examples import CAPTIONS, SEARCHES, classification_examples, example_photos
@@ -43,8 +43,14 @@ def file_path(payload):
     return getattr(payload, "path", payload)
 
 
-def probability_chart(probabilities: dict[str, float]) -> pd.DataFrame:
-    return pd.DataFrame({"label": list(probabilities), "probability": list(probabilities.values())})
+def first_example_result(engine: DemoEngine, example: list[str]) -> dict[str, float] | None:
+    """The first example's probabilities, computed once when the app is built, so that the page opens on a
+    classified image instead of an empty upload box; None (an empty result) if that example cannot be classified."""
+    try:
+        return engine.classify(example[0], example[1], example[2])
+    except Exception:
+        logger.exception("The first example could not be classified; the demo opens without a result")
+        return None
 
 
 def build_demo(engine: DemoEngine) -> gr.Blocks:
@@ -53,8 +59,7 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
 
     @shown_to_user
     def classify(image, labels, template):
-        probabilities = engine.classify(file_path(image), labels, template)
-        return probabilities, probability_chart(probabilities)
+        return engine.classify(file_path(image), labels, template)
 
     @shown_to_user
     def search(query, files):
@@ -73,7 +78,9 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
         with gr.Tab("Zero-shot classification"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"])
+                    image = gr.Image(
+                        type="filepath", label="Image", sources=["upload", "clipboard"], value=examples[0][0]
+                    )
                     labels = gr.Textbox(
                         label=f"Labels (comma or newline separated, at most {MAX_LABELS})",
                         value=examples[0][1],
@@ -82,15 +89,16 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
                     template = gr.Textbox(label="Prompt template ({} is the label)", value=examples[0][2])
                     classify_button = gr.Button("Classify", variant="primary")
                 with gr.Column():
-                    label_output = gr.Label(label="Probabilities", num_top_classes=10)
-                    chart = gr.BarPlot(x="label", y="probability", label="Probabilities", y_lim=[0, 1], sort="-y")
+                    label_output = gr.Label(
+                        label="Probabilities", num_top_classes=10, value=first_example_result(engine, examples[0])
+                    )
             gr.Examples(
                 examples,
                 inputs=[image, labels, template],
                 label="Examples (labels in several languages)",
             )
             classify_button.click(
-                classify, [image, labels, template], [label_output, chart], api_name="classify", preprocess=False
+                classify, [image, labels, template], [label_output], api_name="classify", preprocess=False
             )
         with gr.Tab("Text-to-image search"):
             with gr.Row():
@@ -119,11 +127,42 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
     return demo
 
 
+def check_address(host: str, port: int) -> None:
+    """Binds `host`:`port` once and lets it go, so that a port in use or a host that is not this machine's is named
+    in one line before the model loads (Gradio would say it after loading, in a traceback)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+            probe.bind(address)
+    except socket.gaierror as error:
+        raise fail(f"altclip-demo: --host {host}: {error.strerror}; give an address such as 127.0.0.1 or 0.0.0.0.")
+    except OSError as error:
+        raise fail(f"altclip-demo: {address_problem(error, host, port)}") from None
+
+
+def address_problem(error: OSError, host: str, port: int) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use (another altclip-demo?): choose a free one with --port."
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host} is not an address of this machine: use 127.0.0.1, or 0.0.0.0 for every interface."
+    if error.errno == errno.EACCES:
+        return f"port {port} needs administrator rights: choose --port 1024 or above (e.g. 7860)."
+    return f"cannot serve on {host}:{port}: {error.strerror or error}."
+
+
+def port_number(value: str) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1..65535)")
+    return port
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="altclip-demo", description=__doc__)
     parser.add_argument("--model", help="AltCLIP folder or Hub id (default: the package's default model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=port_number, default=7860, help="port to serve on")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     one_line_parser_errors(parser, parser.prog)
     return parser.parse_args(argv)
@@ -138,13 +177,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = args.model or str(require_default_model())
     except FileNotFoundError as error:
         raise fail(f"altclip-demo: {error}") from None
-    if args.model and (missing_local_model(args.model) or (not Path(args.model).exists() and "/" not in args.model)):
-        raise fail(f"altclip-demo: --model {args.model}: no such folder (and not a Hub id like owner/name).")
+    problem = unavailable_model(args.model) or incomplete_model_folder(model)
+    if problem:
+        raise fail(f"altclip-demo: --model {problem}")
+    check_address(args.host, args.port)
     try:
         engine = DemoEngine(model)
     except (OSError, ValueError) as error:  # a folder without a model, a broken or non-finite checkpoint
         raise fail(f"altclip-demo: {str(error).splitlines()[0]}") from None
-    build_demo(engine).launch(server_name=args.host, server_port=args.port, share=args.share)
+    try:
+        build_demo(engine).launch(server_name=args.host, server_port=args.port, share=args.share)
+    except OSError as error:  # taken between the check above and now (Gradio's error has no errno: "Cannot find
+        # empty port in range")
+        in_use = OSError(errno.EADDRINUSE, "in use") if "Cannot find empty port" in str(error) else error
+        raise fail(f"altclip-demo: {address_problem(in_use, args.host, args.port)}") from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from transformers import HfArgumentParser
 from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
 from altclip.common.config_files import expand_config
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
-from altclip.common.model_paths import missing_local_model
+from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 from altclip.common.results_format import markdown_table, write_results
 from modeling_altclip.assets import cache_dir
 
@@ -258,8 +258,9 @@ def evaluate(task: str, argv: list[str]) -> None:
     state = process_state(args.device)  # under torchrun: each process embeds its share of a retrieval set
 
     def make_embedder() -> Embedder:  # called once the data and class lists have been checked
-        if missing_local_model(args.model):
-            raise SystemExit(f"--model {args.model}: no such folder (and not a Hub id like org/name).")
+        problem = unavailable_model(args.model) or incomplete_model_folder(args.model)
+        if problem:
+            raise SystemExit(f"--model {problem}")
         return Embedder.from_pretrained(
             args.model,
             device=str(state.device) if state is not None and args.device == "auto" else args.device,

@@ -64,7 +64,7 @@ IMAGE_FOLDER_LAYOUT = "ROOT/<class>/<image>.jpg, one folder per class (optional 
 def read_classnames(path: Path) -> dict[str, list[str]]:
     """``{language: [names]}`` from a classnames.json, or a ValueError naming the file and what is wrong."""
     try:
-        names = json.loads(path.read_text(encoding="utf-8"))
+        names = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error}); it should map languages to lists of names.") from None
     if not isinstance(names, dict) or not all(

@@ -27,6 +27,7 @@ from torch import nn
 
 from altclip.common.cli_errors import fail, one_line_parser_errors
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 from .batching import length_sorted_batches
@@ -266,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     one_line_parser_errors(parser, parser.prog)
     (args,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    problem = unavailable_model(args.model) or incomplete_model_folder(args.model)
+    if problem:
+        raise fail(f"altclip-export-onnx: --model {problem}")
     try:
         report = export_onnx(args.model, args.output_dir, args.opset, args.check, args.tolerance)
     except (ImportError, OSError, ParityError, ValueError) as error:

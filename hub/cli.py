@@ -16,7 +16,7 @@ from altclip.common.cli_errors import fail, one_line_parser_errors
 from .model_card import CardOptions
 from .space import prepare_space_folder
 from .staging import PushRefused, prepare_upload_folder
-from .upload import resolve_token, upload_in_one_commit
+from .upload import describe_hub_failure, resolve_token, upload_in_one_commit
 
 
 def add_upload_flags(parser: argparse.ArgumentParser, default_message: str) -> None:
@@ -85,16 +85,22 @@ def stage_and_upload(args: argparse.Namespace, prepare, repo_id: str, **upload_k
     token = resolve_token(args.token)  # before any work: no token, no push
     with tempfile.TemporaryDirectory(prefix="altclip-push-") as folder:
         files = prepare(folder)
-        info = upload_in_one_commit(
-            folder,
-            repo_id,
-            token=token,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            endpoint=args.endpoint,
-            **upload_kwargs,
-        )
+        try:
+            info = upload_in_one_commit(
+                folder,
+                repo_id,
+                token=token,
+                private=args.private,
+                revision=args.revision,
+                commit_message=args.commit_message,
+                endpoint=args.endpoint,
+                **upload_kwargs,
+            )
+        except Exception as error:
+            message = describe_hub_failure(error, args.endpoint, repo_id)
+            if message is None:
+                raise
+            raise PushRefused(message) from error
     print(f"Uploaded {len(files)} files to {repo_id} in one commit: {info.commit_url}")
 
 

@@ -18,7 +18,6 @@ REQUIREMENTS = """torch>=2.4
 transformers>=5.24,<6
 safetensors>=0.4
 gradio>=5
-pandas
 pillow>=10
 scikit-image
 """

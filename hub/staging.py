@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from altclip.common.adapters import AdapterError, adapter_base_model, is_adapter_folder, load_altclip, processor_source
-from altclip.common.model_paths import looks_local
+from altclip.common.model_paths import looks_local, missing_processor_files, missing_processor_message
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, NonFiniteWeightsError, check_finite_weights
 
 from .model_card import CardOptions, build_adapter_card, build_model_card
@@ -30,6 +30,9 @@ def load_checked(model_dir: str | Path) -> tuple[AltCLIPModel, AltCLIPProcessor]
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise PushRefused(f"{model_dir} is not a model folder: it has no config.json.")
+    missing = missing_processor_files(model_dir)
+    if missing:
+        raise PushRefused(missing_processor_message(model_dir, missing))
     try:
         model = AltCLIPModel.from_pretrained(model_dir, dtype="auto").eval()
         processor = AltCLIPProcessor.from_pretrained(model_dir)

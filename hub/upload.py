@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, HfApi, get_token
+from huggingface_hub import CommitInfo, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
 
 def resolve_token(token: str | None) -> str:
@@ -37,3 +38,26 @@ def upload_in_one_commit(
         revision=revision,
         commit_message=commit_message,
     )
+
+
+def describe_hub_failure(error: BaseException, endpoint: str | None, repo_id: str) -> str | None:
+    """One line for an upload the Hub refused or could not be reached for; None for anything else (a bug).
+    huggingface_hub's errors derive from its HTTP client's `HTTPError`: `HfHubHTTPError` carries the response."""
+    where = endpoint or constants.ENDPOINT
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        status = error.response.status_code
+        if status == 401:
+            return (
+                f"the Hub at {where} refused the token (401 Unauthorized): pass a valid --token, set HF_TOKEN, or run "
+                "`hf auth login`."
+            )
+        if status == 403:
+            return f"the token may not write to {repo_id} (403 Forbidden): use a token with write access to it."
+        reason = (error.server_message or str(error)).strip().splitlines()[0]
+        return f"the Hub at {where} answered {status} for {repo_id}: {reason}"
+    if isinstance(error, HTTPError):  # no answer at all: connection refused, unknown host, timeout
+        return (
+            f"cannot reach the Hub at {where} ({type(error).__name__}: {str(error).splitlines()[0]}): check "
+            "--endpoint / HF_ENDPOINT and the network."
+        )
+    return None

@@ -9,6 +9,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
+import types
+import typing
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -26,13 +30,104 @@ RELEASED_MODEL_TYPE = "altclip"
 _COMMON_CONFIG_KEYS = frozenset({"architectures", "dtype", "torch_dtype", "transformers_version", "_name_or_path"})
 
 
+def check_local_path(name: str | os.PathLike | None) -> None:
+    """Raises `OSError` naming `name` when it is written as a local path (absolute, ./ ../ ~, several slashes)
+    that does not exist: transformers would report it as an invalid Hub repository id instead."""
+    if name is None or isinstance(name, dict):
+        return
+    text = os.fspath(name)
+    path = Path(text).expanduser()
+    local = path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or "\\" in text
+    if local and not path.exists():
+        raise OSError(f"{text}: no such folder (a local path; a Hub id looks like owner/name).")
+
+
+_SCALARS = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    tuple: "a list",
+    dict: "a mapping",
+    type(None): "null",
+}
+
+
+def _accepts(value: Any, hint: Any) -> bool | None:
+    """Whether `value` fits the type `hint` (None: a hint this check does not judge)."""
+    options = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType"))
+        else (hint,)
+    )
+    verdicts = []
+    for option in options:
+        option = typing.get_origin(option) or option
+        if option is type(None):
+            verdicts.append(value is None)
+        elif option in (int, float):  # a bool is not a number here; an int is a float (JSON writes 1.0 as 1)
+            verdicts.append(isinstance(value, int if option is int else (int, float)) and not isinstance(value, bool))
+        elif option in (str, bool, list, tuple, dict):
+            verdicts.append(isinstance(value, (list, tuple) if option in (list, tuple) else option))
+        else:
+            return None
+    return any(verdicts)
+
+
+def _field_hints(config_class: type) -> dict[str, Any]:
+    """The resolvable type hints of a config class and its bases (one at a time: a base's hint that names a
+    type its module imports only for type checkers is left out instead of failing them all)."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(config_class.__mro__):
+        namespace = vars(sys.modules[klass.__module__]) if klass.__module__ in sys.modules else {}
+        for name, annotation in vars(klass).get("__annotations__", {}).items():
+            try:
+                hints[name] = eval(annotation, dict(namespace)) if isinstance(annotation, str) else annotation
+            except Exception:
+                hints.pop(name, None)
+    return hints
+
+
 class _ReleasedConfigMixin:
-    """Makes ``from_pretrained`` accept released ``"altclip"`` config files (see `convert_released_config_dict`)."""
+    """Makes ``from_pretrained`` accept released ``"altclip"`` config files (see `convert_released_config_dict`),
+    names a missing local folder, and checks that every field holds a value of its type."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """Like `PreTrainedConfig.from_pretrained`; a field of the wrong type is a `ValueError` naming the file."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except Exception as error:
+            if not type(error).__name__.startswith("StrictDataclass"):  # huggingface_hub's validation errors
+                raise
+            reason = (
+                str(error).strip().splitlines()[-1].strip().removeprefix("ValueError: ").removeprefix("TypeError: ")
+            )
+            raise ValueError(f"{Path(pretrained_model_name_or_path) / 'config.json'}: {reason}") from error
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        check_local_path(pretrained_model_name_or_path)
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         return convert_released_config_dict(config_dict), kwargs
+
+    def validate_field_types(self):
+        """Part of `@strict` validation: a field typed as a number holding a string (a hand-edited config.json,
+        ``"num_hidden_layers": "12"``) is named here instead of failing deep inside the model's constructor."""
+        hints = _field_hints(type(self))
+        prefix = f"{self.base_config_key}." if getattr(self, "base_config_key", "") else ""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name, None)
+            hint = hints.get(field.name)
+            if hint is None or _accepts(value, hint) is not False:
+                continue
+            options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            names = dict.fromkeys(_SCALARS.get(typing.get_origin(o) or o, str(o)) for o in options)
+            if "a number" in names:
+                names.pop("an integer", None)
+            wanted = " or ".join(names)
+            raise ValueError(f"{prefix}{field.name} must be {wanted}, not {type(value).__name__} {value!r}.")
 
 
 @strict

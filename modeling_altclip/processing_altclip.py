@@ -4,6 +4,8 @@ from typing import Any
 
 from transformers import BatchFeature, ProcessorMixin
 
+from .configuration_altclip import check_local_path
+
 
 class AltCLIPXLMRProcessor(ProcessorMixin):
     """Prepares ``input_ids``/``attention_mask`` (XLM-R tokenizer) and ``pixel_values`` (CLIP image processor).
@@ -16,6 +18,12 @@ class AltCLIPXLMRProcessor(ProcessorMixin):
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any):
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+        """Like `ProcessorMixin.from_pretrained`; a missing local folder is named as such (not as a bad Hub id)."""
+        check_local_path(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def __call__(self, images: Any = None, text: Any = None, **kwargs: Any) -> BatchFeature:
         if images is None and text is None:

@@ -14,6 +14,7 @@ The student is then cached as the package's default model (``modeling_altclip.as
 """
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -292,6 +293,29 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
     return report
 
 
+def check_writable(output_dir: str) -> None:
+    """The output folder is created and written once before any work, so that a wrong path fails in one line."""
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(output_dir) / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"cannot write to --output_dir {output_dir}: {error.strerror or error}.") from None
+
+
+def environment_problem(error: BaseException, output_dir: str) -> str | None:
+    """A full disk or another file-system error during the run, in one line; anything else keeps its traceback."""
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "os error 28" in str(error):
+        return (
+            f"altclip-reproduce: the disk of {output_dir} is full. Free some space (the full preset writes a few "
+            "GB) and run again."
+        )
+    if isinstance(error, OSError) and error.filename:
+        return f"altclip-reproduce: {error.strerror or error}: {error.filename}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="altclip-reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", "--output-dir", default="outputs/reproduction")
@@ -313,9 +337,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     outcome = {}
 
     def run() -> None:
+        check_writable(args.output_dir)
         outcome["report"] = reproduce(args.output_dir, PRESETS[args.preset], cache_default=not args.no_cache_default)
 
-    run_with_one_line_errors("altclip-reproduce", run)
+    run_with_one_line_errors(
+        "altclip-reproduce", run, translate=lambda error: environment_problem(error, args.output_dir)
+    )
     report = outcome["report"]
     print(report["table"])
     print(

@@ -1,5 +1,6 @@
 """A small Hub-API server on 127.0.0.1 for upload tests: the endpoints `huggingface_hub` uses to create a repo, a
-branch and a commit (all files as regular base64 blobs), recording every request and every file that arrives."""
+branch and a commit (all files as regular base64 blobs), recording every request and every file that arrives; and
+the model-info request that tells whether a repository exists."""
 
 import base64
 import json
@@ -40,6 +41,22 @@ def _handler(record: HubRecord):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self):  # repo_exists / model_info: the repositories created on this server, else RepoNotFound
+            path = self.path.split("?")[0]
+            if path.startswith("/api/models/"):
+                repo_id = path.removeprefix("/api/models/").split("/revision/")[0].strip("/")
+                if repo_id in record.repos:
+                    return self.reply(200, {"id": repo_id, "sha": "0" * 40, "siblings": []})
+                body = json.dumps({"error": "Repository not found"}).encode()
+                self.send_response(404)
+                self.send_header("X-Error-Code", "RepoNotFound")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return None
+            return self.reply(404, {"error": f"not implemented: {path}"})
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

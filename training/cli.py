@@ -19,7 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
 from altclip.common.config_files import expand_config
-from altclip.common.model_paths import missing_local_model
+from altclip.common.model_paths import unavailable_model
 from altclip.common.records import DataFormatError
 from modeling_altclip.assets import XLMR_MAX_LENGTH
 
@@ -47,6 +47,7 @@ from .image_text_data import (
 from .lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
 from .model_setup import (
     check_model_arguments,
+    check_tokenizer_fits,
     disable_dropout,
     freeze_image_tower,
     load_or_build_model,
@@ -363,6 +364,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
     model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
     with outside_zero3_init(training_args):  # the engine trains (and partitions) the text tower only
         model, processor = load_or_build_model(model_args)
+        check_tokenizer_fits(model, processor, model_args)
         teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
     adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
     student = model.text_model  # with LoRA, its linear layers now carry the adapters (the rest frozen)
@@ -408,7 +410,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
         **trainer_data_options(data_args, train_sources, training_args, run, STAGE_OF[type(stage_args)], train_dataset),
     )
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
-    check_room(training_args.output_dir, trainer.model)
+    check_room(training_args.output_dir, trainer.model, model, training_args, train_dataset)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, student, model, processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
@@ -452,6 +454,7 @@ def image_text_data(sources: list[Source], image_processor, data_args, training_
 def run_contrastive(run: RunArguments, train_sources, validation_sources) -> None:
     model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
     model, processor = load_or_build_model(model_args, training_args)
+    check_tokenizer_fits(model, processor, model_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
     adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
@@ -484,7 +487,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
     if image_cache is not None:
         trainer.add_callback(ImageCacheCallback(image_cache))
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
-    check_room(training_args.output_dir, trainer.model)
+    check_room(training_args.output_dir, trainer.model, model, training_args, train_dataset)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     extra = {"image_tower_frozen": not stage_args.unfreeze_vision}
@@ -570,16 +573,18 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
 
 
 def check_model_paths(model_args: ModelArguments) -> None:
-    """A model given as a local-looking path that does not exist is named at once (not after Hub retries)."""
+    """A model that is neither a local folder nor to be had from the Hub (a mistyped path or name, offline) is named
+    at once, not after Hub retries as "couldn't connect to huggingface.co"."""
     for flag in (
         "model_name_or_path",
         "clip_model_name_or_path",
         "text_encoder_name_or_path",
         "tokenizer_name_or_path",
+        "teacher_tokenizer_name_or_path",
     ):
-        name = getattr(model_args, flag)
-        if missing_local_model(name):
-            raise SystemExit(f"altclip-train: --{flag} {name}: no such folder (and not a Hub id like org/name).")
+        problem = unavailable_model(getattr(model_args, flag))
+        if problem:
+            raise SystemExit(f"altclip-train: --{flag} {problem}")
 
 
 if __name__ == "__main__":

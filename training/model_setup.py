@@ -87,3 +87,17 @@ def freeze_image_tower(model: AltCLIPModel) -> None:
     model.visual_projection.requires_grad_(False)
     trainable = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
     logger.info("Image tower frozen; %s trainable parameters", f"{trainable:,}")
+
+
+def check_tokenizer_fits(model: AltCLIPModel, processor: AltCLIPProcessor, args: ModelArguments) -> None:
+    """Refuses (one line, before the first step) a tokenizer with more tokens than the text tower has embeddings:
+    its larger ids would fail the first forward pass that meets them."""
+    tokens, embeddings = len(processor.tokenizer), model.config.text_config.vocab_size
+    if tokens > embeddings:
+        tokenizer = args.tokenizer_name_or_path or args.model_name_or_path or args.text_encoder_name_or_path
+        tower = args.model_name_or_path or args.text_encoder_name_or_path
+        raise SystemExit(
+            f"altclip-train: the tokenizer of {tokenizer} has {tokens:,} tokens but the text tower of {tower} has "
+            f"{embeddings:,} embeddings (vocab_size): pass the tokenizer that text encoder was trained with "
+            "(--tokenizer_name_or_path), or a text encoder made for this tokenizer."
+        )

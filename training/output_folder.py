@@ -2,11 +2,13 @@
 finished model in it, writable) and before the first step (room for a checkpoint); a full disk is named."""
 
 import errno
+import math
 import os
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 # What the final save writes at the top of the output folder (beside the Trainer's checkpoint-N folders).
 FINAL_FILES = (
@@ -76,20 +78,69 @@ def checkpoint_bytes(trained: torch.nn.Module) -> int:
     return weights + moments
 
 
-def check_room(output_dir: str, trained: torch.nn.Module) -> None:
-    """Refuses to start when the output folder's disk cannot hold one checkpoint."""
-    needed, free = checkpoint_bytes(trained), shutil.disk_usage(output_dir).free
+def planned_steps(training_args, train_dataset) -> int | None:
+    """The optimizer steps the run will take: --max_steps, else epochs x batches of a dataset with a length; None
+    for a stream of unknown length."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    try:
+        rows = len(train_dataset)
+    except TypeError:
+        return None
+    batch = training_args.per_device_train_batch_size * max(1, training_args.world_size)
+    per_epoch = max(1, math.ceil(rows / batch) // training_args.gradient_accumulation_steps)
+    return math.ceil(per_epoch * training_args.num_train_epochs)
+
+
+def checkpoints_held_at_once(training_args, steps: int | None) -> int:
+    """The most checkpoints the disk holds at one time: every save of the run, or --save_total_limit + 1 (the Trainer
+    writes the new checkpoint before it deletes the oldest)."""
+    strategy = str(getattr(training_args.save_strategy, "value", training_args.save_strategy))
+    if strategy == "no":
+        return 0
+    saves = None
+    if strategy == "epoch":
+        saves = max(1, math.ceil(training_args.num_train_epochs))
+    elif strategy == "steps" and steps is not None:
+        every = training_args.save_steps
+        every = max(1, math.ceil(every * steps)) if every < 1 else int(every)
+        saves = max(1, steps // every)
+    if training_args.save_total_limit:
+        saves = min(saves or training_args.save_total_limit + 1, training_args.save_total_limit + 1)
+    return saves or 1
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """What the final save writes: every weight of the complete model in its own dtype."""
+    return sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+
+
+def check_room(output_dir: str, trained: torch.nn.Module, model: torch.nn.Module, training_args, train_dataset) -> None:
+    """Refuses to start when the output folder's disk cannot hold what the run writes at its peak: the checkpoints
+    kept at once (weights, AdamW moments, trainer state) and the final model."""
+    held = checkpoints_held_at_once(training_args, planned_steps(training_args, train_dataset))
+    checkpoint = int(checkpoint_bytes(trained) * 1.01) + 2**20  # + trainer state, scheduler, RNG states
+    final = model_bytes(model)
+    needed, free = held * checkpoint + final, shutil.disk_usage(output_dir).free
     if free < needed:
+        limit = training_args.save_total_limit
+        kept = f"{held} checkpoint(s) of about {checkpoint / 2**30:.2f} GiB" + (
+            f" (--save_total_limit {limit}, +1 while the next is written)" if limit else ""
+        )
         raise SystemExit(
-            f"altclip-train: one checkpoint needs about {needed / 2**30:.2f} GiB, but the disk of {output_dir} has "
-            f"{free / 2**30:.2f} GiB free. Free some space or choose another --output_dir."
+            f"altclip-train: {kept} and the final model ({final / 2**30:.2f} GiB) need about {needed / 2**30:.2f} "
+            f"GiB, but the disk of {output_dir} has {free / 2**30:.2f} GiB free. Free some space, keep fewer "
+            "checkpoints (--save_total_limit, --save_steps), or choose another --output_dir."
         )
 
 
 def is_disk_full(error: BaseException) -> bool:
-    """An error of a write that ran out of space (PyTorch's zip writer says "unexpected pos" instead of ENOSPC)."""
+    """An error of a write that ran out of space: ENOSPC, PyTorch's zip writer ("unexpected pos"), or safetensors'
+    Rust writer (a SafetensorError carrying "os error 28", ENOSPC's number)."""
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return True
+    if isinstance(error, SafetensorError):
+        return f"os error {errno.ENOSPC})" in str(error) or "No space left on device" in str(error)
     return isinstance(error, RuntimeError) and "unexpected pos" in str(error)
 
 

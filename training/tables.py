@@ -70,7 +70,7 @@ def _jsonl_rows(url: str, raw, columns: Sequence[str], number: int, offset: int,
             return
         where, number, offset = f"{url}:{number}", number + 1, offset + len(line)
         try:
-            text = line.decode("utf-8")
+            text = line.decode("utf-8-sig")
         except UnicodeDecodeError:
             yield _bad(where, "not UTF-8 text", columns)
             continue
@@ -109,7 +109,8 @@ def _rows(chunks: list[tuple], kind: str, columns: tuple[str, ...], reader_versi
             else:
                 lines = text_lines(raw, first_line, offset)
                 delimiter = "," if kind == "csv" else "\t"
-                names = next(csv.reader([header.decode("utf-8", errors="replace")], delimiter=delimiter), [])
+                header_text = header.decode("utf-8-sig", errors="replace")  # a byte-order mark is not a column name
+                names = next(csv.reader([header_text], delimiter=delimiter), [])
                 yield from _delimited_rows(url, lines, columns, names, delimiter, end)
 
 
@@ -199,7 +200,7 @@ def _check_header(url: str, kind: str, columns: Sequence[str]) -> None:
         if kind == "jsonl":
             for line_number, line in enumerate(raw, start=1):
                 try:
-                    fields = json.loads(line.decode("utf-8"))
+                    fields = json.loads(line.decode("utf-8-sig"))
                 except (UnicodeDecodeError, json.JSONDecodeError):
                     continue
                 if isinstance(fields, dict):
@@ -211,7 +212,7 @@ def _check_header(url: str, kind: str, columns: Sequence[str]) -> None:
                         )
                     return
             raise DataFormatError(f"{url} holds no JSON object line.")
-        header = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="").readline()
+        header = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="").readline()
         names = next(csv.reader([header], delimiter="," if kind == "csv" else "\t"), [])
         if missing := [column for column in columns if column not in names]:
             raise DataFormatError(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from huggingface_hub import constants
 from ports import free_port
 from tiny_models import random_images
 
@@ -44,12 +45,11 @@ def client(app_url):
 
 
 def test_classify_through_the_api(client):
-    labels, chart = client.predict(
+    labels = client.predict(
         handle_file(example_photos()[1]), "Katze, Rakete\n猫", "ein Foto von {}", api_name="/classify"
     )
     confidences = {entry["label"]: entry["confidence"] for entry in labels["confidences"]}
     assert set(confidences) == {"Katze", "Rakete", "猫"} and sum(confidences.values()) == pytest.approx(1, abs=1e-4)
-    assert [row[0] for row in chart["data"]] == [entry["label"] for entry in labels["confidences"]]
 
 
 def test_search_and_caption_ranking_through_the_api(client, tmp_path):
@@ -80,32 +80,44 @@ def test_bad_input_is_a_message_and_the_queue_goes_on(client, tmp_path, argument
     files = {"photo": handle_file(example_photos()[2]), "broken": handle_file(str(tmp_path / "broken.png")), None: None}
     with pytest.raises(Exception, match=message):
         client.predict(files[arguments[0]], *arguments[1:], api_name="/classify")
-    labels, _ = client.predict(handle_file(example_photos()[2]), "cup, cat", "{}", api_name="/classify")
+    labels = client.predict(handle_file(example_photos()[2]), "cup, cat", "{}", api_name="/classify")
     assert len(labels["confidences"]) == 2  # the app still answers
 
 
+def label_pattern(labels: str) -> re.Pattern:
+    """Any one of the comma-separated `labels`, as the whole text of the Label's top class."""
+    return re.compile("^(" + "|".join(re.escape(label.strip()) for label in labels.split(",")) + ")$")
+
+
 @pytest.mark.slow
-def test_headless_chromium_runs_an_example(app_url, tmp_path, tiny_model_dir):
+def test_headless_chromium_opens_classified_and_runs_an_example(app_url, tmp_path, tiny_model_dir):
     from playwright.sync_api import expect, sync_playwright
 
     screenshot = Path(os.environ.get("ALTCLIP_SCREENSHOT_DIR", tmp_path)) / "demo_screenshot.png"
-    # the second example: the German photo labels for the tiny model, the model's own examples where it has some
-    _, example_labels, _ = classification_examples(os.environ.get("ALTCLIP_DEMO_MODEL", tiny_model_dir))[1]
-    candidates = [label.strip() for label in example_labels.split(",")]
+    # the first example opens classified; the second is clicked (the model's own examples where it has some)
+    examples = classification_examples(os.environ.get("ALTCLIP_DEMO_MODEL", tiny_model_dir))
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(app_url)
         page.get_by_text("Examples (labels in several languages)").wait_for(timeout=60_000)
+        # on open, before any click: the first example's image, its labels and their probabilities
+        expect(page.get_by_label("Labels (comma or newline separated, at most 50)")).to_have_value(examples[0][1])
+        expect(page.locator("[data-testid='image'] img, .image-container img").first).to_be_visible(timeout=30_000)
+        best = page.locator("[data-testid='label-output-value']").first  # the top label, in large type
+        expect(best).to_have_text(label_pattern(examples[0][1]), timeout=30_000)
+        expect(page.get_by_role("meter")).to_have_count(len(examples[0][1].split(",")))  # one bar per label
+        expect(page.get_by_role("button", name=re.compile(r" \d+%$")).first).to_be_visible()
+        # one view of the probabilities: a single block titled so, and no plot beside it
+        expect(page.get_by_text("Probabilities", exact=True)).to_have_count(1)
+        expect(page.locator(".js-plotly-plot, .vega-embed, [data-testid='plot']")).to_have_count(0)
+        page.screenshot(path=str(screenshot), full_page=True)
         page.locator(".gallery-item, tr.tr-body, button.gallery-item").nth(1).click()
         expect(page.get_by_label("Labels (comma or newline separated, at most 50)")).to_have_value(
-            example_labels, timeout=30_000
+            examples[1][1], timeout=30_000
         )
         page.get_by_role("button", name="Classify").click()
-        best = page.locator("[data-testid='label-output-value']").first  # the top label, in large type
-        expect(best).to_have_text(re.compile("^(" + "|".join(map(re.escape, candidates)) + ")$"), timeout=60_000)
-        expect(page.locator(".confidence-set, [data-testid='label-output-confidences']").first).to_contain_text("%")
-        page.screenshot(path=str(screenshot), full_page=True)
+        expect(best).to_have_text(label_pattern(examples[1][1]), timeout=60_000)
         browser.close()
     assert screenshot.stat().st_size > 10_000
 
@@ -116,5 +128,9 @@ def test_command_without_a_default_model_says_how_to_get_one(tmp_path, monkeypat
     monkeypatch.setenv("ALTCLIP_DEFAULT_MODEL", str(tmp_path / "none"))
     with pytest.raises(SystemExit, match="No default AltCLIP model at .*none. Build it offline"):
         main([])
-    with pytest.raises(SystemExit, match=r"--model not-a-model: no such folder \(and not a Hub id"):
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(
+        SystemExit, match=r"^altclip-demo: --model not-a-model: no such local folder, and not in the Hub"
+    ):
         main(["--model", "not-a-model"])

@@ -2,6 +2,7 @@
 the model's own forward pass, its files, its class-embedding cache and its errors."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from dataset_layouts import (
     write_karpathy,
     write_xtd,
 )
+from huggingface_hub import constants
 
 import altclip.evaluation.zeroshot
 from altclip.common.images import open_rgb_image
@@ -256,6 +258,34 @@ def test_a_mistyped_local_model_is_named_at_once(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"--model ./outputs/my-rn: no such folder") as exit_info:
         run_eval("zeroshot", "./outputs/my-rn", "image_folder", data, tmp_path / "out")
     assert exit_info.value.code == 2
+
+
+def test_a_mistyped_hub_name_without_a_slash_is_named_at_once(tmp_path, capsys, monkeypatch):
+    """Offline with an empty cache (transformers would say "couldn't connect to huggingface.co" after retries)."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    data = write_image_folder(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        run_eval("zeroshot", "altclipp", "image_folder", data, tmp_path / "out")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "altclip-eval zeroshot: --model altclipp: no such local folder, and not in the Hub cache (HF_HUB_OFFLINE is "
+        "set). Check the name."
+    )
+
+
+def test_a_model_folder_without_tokenizer_files_names_them(tmp_path, capsys, tiny_model_dir):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "tokenizer_config.json").unlink()
+    data = write_image_folder(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        run_eval("zeroshot", folder, "image_folder", data, tmp_path / "out")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"altclip-eval zeroshot: --model {folder} has no tokenizer_config.json: copy the tokenizer and image-processor "
+        "files from the model it was trained from, or save them there with AltCLIPProcessor.save_pretrained."
+    )
 
 
 def test_quantised_run_and_a_wrong_quantisation(tmp_path, tiny_model_dir):

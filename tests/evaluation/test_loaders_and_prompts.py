@@ -35,6 +35,13 @@ def test_image_folder_with_names_in_several_languages(tmp_path):
     assert dataset.classnames_by_language["zh"] == CLASSES["zh"]
 
 
+def test_class_names_with_a_byte_order_mark(tmp_path):
+    root = write_image_folder(tmp_path / "folder")
+    names = root / "classnames.json"
+    names.write_bytes(b"\xef\xbb\xbf" + names.read_bytes().removeprefix(b"\xef\xbb\xbf"))  # as a Windows editor saves
+    assert load_image_folder(root).classnames_by_language["zh"] == CLASSES["zh"]
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.*ROOT/<class>"):
         load_image_folder(tmp_path / "nowhere")

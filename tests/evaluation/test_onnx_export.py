@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import constants
 from tiny_models import random_images
 
 from altclip.evaluation.encode import Embedder
@@ -59,9 +60,18 @@ def test_parity_failure_names_the_tower_and_keeps_the_report(tmp_path, tiny_mode
     assert json.loads((tmp_path / "out" / PARITY_FILE).read_text())["tolerance"] == 1e-12
 
 
-def test_clear_errors(tmp_path, monkeypatch, tiny_model_dir):
+def test_clear_errors(tmp_path, monkeypatch, tiny_model_dir, capsys):
     with pytest.raises(SystemExit, match="altclip-export-onnx: .*no-model-here"):
         main(["--model", str(tmp_path / "no-model-here"), "--output_dir", str(tmp_path / "out")])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit) as refusal:
+        main(["--model", "altclipp", "--output_dir", str(tmp_path / "out")])
+    assert refusal.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "altclip-export-onnx: --model altclipp: no such local folder, and not in the Hub cache (HF_HUB_OFFLINE is "
+        "set). Check the name."
+    )
     with pytest.raises(FileNotFoundError, match="has no image_encoder.onnx; make it with altclip-export-onnx"):
         OnnxEncoders(tmp_path)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed

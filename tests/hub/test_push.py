@@ -12,9 +12,11 @@ import pytest
 import torch
 from fake_hub import FakeHub
 from huggingface_hub import ModelCard
+from ports import free_port
 from safetensors.torch import load_file, save_file
 from tiny_models import random_images
 
+from altclip.common.cli_errors import CommandLineError
 from altclip.hub.cli import main, space_main
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
@@ -192,13 +194,61 @@ def test_command_line_upload_with_endpoint_and_token_from_the_environment(tmp_pa
     assert hub.record.repos["someone/cli-model"].get("visibility", "public") == "public"
 
 
-def test_no_token_no_upload(tmp_path, tiny_model_dir, no_stored_login):
+def refused_line(capsys, *argv) -> str:
+    """Runs altclip-push expecting a one-line refusal with exit status 2; returns the line."""
+    with pytest.raises(CommandLineError) as refusal:
+        push(*argv)
+    assert refusal.value.code == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert printed[-1] == str(refusal.value)
+    return str(refusal.value)
+
+
+def test_no_token_no_upload(tmp_path, tiny_model_dir, no_stored_login, capsys):
     with FakeHub(TOKEN) as hub:
         with pytest.raises(SystemExit, match="No Hugging Face token"):
             push(tiny_model_dir, "someone/x", "--endpoint", hub.endpoint)
-        with pytest.raises(Exception, match="401|Invalid credentials|Unauthorized"):
-            push(tiny_model_dir, "someone/x", "--endpoint", hub.endpoint, "--token", "hf_wrong")
+        line = refused_line(capsys, tiny_model_dir, "someone/x", "--endpoint", hub.endpoint, "--token", "hf_wrong")
+    assert line == (
+        f"altclip-push: the Hub at {hub.endpoint} refused the token (401 Unauthorized): pass a valid --token, set "
+        "HF_TOKEN, or run `hf auth login`."
+    )
     assert hub.record.commits == [] and hub.record.unauthorized == 1
+
+
+def test_an_unreachable_endpoint_is_one_line(tiny_model_dir, no_stored_login, capsys):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    line = refused_line(capsys, tiny_model_dir, "someone/x", "--endpoint", endpoint, "--token", TOKEN)
+    assert line == (
+        f"altclip-push: cannot reach the Hub at {endpoint} (ConnectError: [Errno 111] Connection refused): check "
+        "--endpoint / HF_ENDPOINT and the network."
+    )
+    with pytest.raises(CommandLineError, match=f"^altclip-push-space: cannot reach the Hub at {endpoint} "):
+        space_main(["someone/demo", "--model", "someone/x", "--endpoint", endpoint, "--token", TOKEN])
+
+
+@pytest.mark.parametrize(
+    ("removed", "named"),
+    [
+        (["tokenizer.json"], "tokenizer.json (or sentencepiece.bpe.model)"),
+        (
+            ["tokenizer.json", "tokenizer_config.json"],
+            "tokenizer.json (or sentencepiece.bpe.model) and no tokenizer_config.json",
+        ),
+        (["processor_config.json"], "processor_config.json (or preprocessor_config.json)"),
+    ],
+)
+def test_a_folder_without_processor_files_names_them(tmp_path, tiny_model_dir, capsys, removed, named):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    for name in removed:
+        (folder / name).unlink()
+    line = refused_line(capsys, folder, "someone/x", "--dry-run", tmp_path / "upload")
+    assert line == (
+        f"altclip-push: {folder} has no {named}: copy the tokenizer and image-processor files from the model it was "
+        "trained from, or save them there with AltCLIPProcessor.save_pretrained."
+    )
+    assert not (tmp_path / "upload").exists()
 
 
 def test_space_push(tmp_path, no_stored_login):

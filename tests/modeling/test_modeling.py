@@ -1,5 +1,8 @@
 """AltCLIPModel and its towers: outputs, loss, save/load, attention backends, dtype, checkpointing, input errors."""
 
+import json
+import shutil
+
 import pytest
 import torch
 from tiny_models import TINY_IMAGE_SIZE, random_images, tiny_config
@@ -217,3 +220,38 @@ def test_processor_cuts_long_texts_at_the_position_limit(tiny_model, processor):
     assert processor(text=[long_text], return_tensors="pt", max_length=20)["input_ids"].shape[1] == 20
     with pytest.raises(ValueError, match="max_length=600 is beyond the text tower's 512 positions"):
         processor(text=["a cat"], return_tensors="pt", max_length=600)
+
+
+def test_from_pretrained_on_a_missing_folder_names_it(tmp_path):
+    missing = tmp_path / "no" / "such-model"
+    for load in (AltCLIPModel.from_pretrained, AltCLIPProcessor.from_pretrained, AltCLIPConfig.from_pretrained):
+        with pytest.raises(
+            OSError, match=rf"^{missing}: no such folder \(a local path; a Hub id looks like owner/name\)"
+        ):
+            load(missing)
+    with pytest.raises(OSError, match=r"^\./no-model-here: no such folder"):
+        AltCLIPModel.from_pretrained("./no-model-here")
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "message"),
+    [
+        ("text_config", "num_hidden_layers", "2", "text_config.num_hidden_layers must be an integer, not str '2'."),
+        (None, "projection_dim", "16", "projection_dim must be an integer, not str '16'."),
+        (None, "logit_scale_init_value", "2.6", "logit_scale_init_value must be a number, not str '2.6'."),
+        ("vision_config", "image_size", "224", "Field 'image_size' with value '224' doesn't match any type"),
+    ],
+)
+def test_a_config_with_a_string_where_a_number_belongs_names_file_and_field(
+    tmp_path, tiny_model_dir, section, field, value, message
+):
+    """A hand-edited config.json: the error names the file and the field, not a TypeError deep in a constructor."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (config[section] if section else config)[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    for load in (AltCLIPModel.from_pretrained, AltCLIPConfig.from_pretrained):
+        with pytest.raises(ValueError) as error:
+            load(folder)
+        assert str(error.value).startswith(f"{folder / 'config.json'}: {message}")

@@ -1,6 +1,7 @@
 """The offline reproduction at a reduced size: every step runs (data, teacher CLIP, both stages, evaluation,
 report, default model), the test emoji stay out of training, and the cached student serves the demo by default."""
 
+import errno
 import json
 from pathlib import Path
 
@@ -96,3 +97,23 @@ def test_no_held_out_name_reaches_any_training_stage_at_the_full_preset(tmp_path
         assert rows, path
         leaked = {row[field] for row in rows for field in fields if normalised(row[field]) in held_out}
         assert not leaked, (path.name, sorted(leaked)[:10])
+
+
+def test_an_unusable_output_folder_and_a_full_disk_are_one_line(tmp_path, capsys, monkeypatch):
+    from altclip.common.cli_errors import CommandLineError
+    from altclip.reproduction import run
+
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(CommandLineError) as refusal:
+        run.main(["--preset", "tiny", "--output_dir", str(tmp_path / "a-file" / "out")])
+    assert refusal.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"altclip-reproduce: cannot write to --output_dir {tmp_path / 'a-file' / 'out'}: Not a directory."
+    )
+
+    def full(*args, **kwargs):  # the disk fills while the training data is written
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "data" / "x"))
+
+    monkeypatch.setattr(run, "reproduce", full)
+    with pytest.raises(CommandLineError, match=r"^altclip-reproduce: the disk of .*out is full\. Free some space"):
+        run.main(["--preset", "tiny", "--output_dir", str(tmp_path / "out")])

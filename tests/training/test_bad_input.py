@@ -3,11 +3,19 @@ nothing a user wrote is overwritten (an input model, a finished model), a full d
 
 import errno
 import hashlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from stage_runs import run_stage, teacher_flags
+from huggingface_hub import constants
+from safetensors import SafetensorError
+from stage_runs import QUIET, run_stage, teacher_flags, torchrun_env
+from transformers import XLMRobertaConfig, XLMRobertaModel, modeling_utils
 
 from altclip.common.cli_errors import CommandLineError
 from altclip.training import output_folder
@@ -92,8 +100,64 @@ def test_no_room_for_a_checkpoint_is_found_before_the_first_step(capsys, tmp_pat
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(output_folder.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     message = refused(capsys, tmp_path, "teacher", *teacher_flags(toy, "--max_steps", "2"))
-    assert "one checkpoint needs about" in message and "0.00 GiB free" in message
+    assert "1 checkpoint(s) of about" in message and "0.00 GiB free" in message
     assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def can_mount_tmpfs() -> bool:
+    """Whether this machine lets an unprivileged process mount its own tmpfs (user and mount namespaces)."""
+    probe = "mount -t tmpfs -o size=1m tmpfs /mnt || mount -t tmpfs -o size=1m tmpfs /tmp"
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(["unshare", "-r", "-m", "sh", "-c", probe], capture_output=True).returncode == 0
+    )
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs `unshare -r -m` to mount a small tmpfs")
+def test_a_real_disk_too_small_for_the_run_is_refused_before_the_first_step(tmp_path, toy):
+    """A real 110 MiB tmpfs: room for one toy checkpoint (~92 MiB) but not for the two that --save_steps 2 keeps
+    plus the final model (the old check counted one checkpoint and let this disk through, to fail at step 4)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    flags = [*QUIET, *teacher_flags(toy, "--max_steps", "4", "--save_steps", "2")]
+    command = shlex.join(
+        [sys.executable, "-m", "altclip.training.cli", "teacher", "--output_dir", f"{disk}/out", *flags]
+    )
+    done = subprocess.run(
+        ["unshare", "-r", "-m", "sh", "-c", f"mount -t tmpfs -o size=110m tmpfs {disk} && exec {command}"],
+        env=torchrun_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"altclip-train: 2 checkpoint\(s\) of about 0\.09 GiB and the final model \(0\.03 GiB\) need about 0\.21 GiB, "
+        rf"but the disk of {disk}/out has 0\.1\d GiB free\. Free some space, keep fewer checkpoints "
+        r"\(--save_total_limit, --save_steps\), or choose another --output_dir\.",
+        last,
+    ), last
+    assert "Traceback" not in done.stderr
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line(capsys, tmp_path, toy, monkeypatch):
+    """safetensors' writer fails with its own error type (not OSError) when the disk fills inside a checkpoint
+    (simulated: the writer is patched to raise the exact error a full tmpfs gave)."""
+    real_save_file = modeling_utils.safe_save_file
+
+    def full_inside_checkpoints(tensors, filename, *args, **kwargs):
+        if "checkpoint-" in str(filename):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full_inside_checkpoints)
+    message = refused(capsys, tmp_path, "teacher", *teacher_flags(toy, "--max_steps", "2", "--save_steps", "1"))
+    assert re.fullmatch(
+        rf"altclip-train: the disk of {tmp_path / 'out'} is full \(\d+ MiB free\) and a save failed\. Free some "
+        r"space, then continue with --resume_from_checkpoint true \(it takes the newest complete checkpoint\)\.",
+        message,
+    ), message
 
 
 def test_a_full_disk_during_the_final_save_is_named_and_leaves_no_half_model(capsys, tmp_path, toy, monkeypatch):
@@ -108,3 +172,33 @@ def test_a_full_disk_during_the_final_save_is_named_and_leaves_no_half_model(cap
     assert "--resume_from_checkpoint true" in message
     assert not (tmp_path / "out" / "model.safetensors").exists()  # the half file went with the staging folder
     assert not list((tmp_path / "out").glob(".saving-*"))
+
+
+def test_a_tokenizer_larger_than_the_text_vocabulary_is_one_line_before_the_first_step(capsys, tmp_path, toy):
+    """XLM-R's 250,002-token tokenizer over a text tower with 1,000 embeddings: its ids would fail the first
+    forward pass (ValueError inside the Trainer's step, a traceback)."""
+    encoder = tmp_path / "small-vocabulary"
+    config = XLMRobertaConfig(
+        vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+    )
+    XLMRobertaModel(config).save_pretrained(encoder)
+    shutil.copy(toy["xlmr"] / "tokenizer.json", encoder)
+    shutil.copy(toy["xlmr"] / "tokenizer_config.json", encoder)
+    flags = teacher_flags(toy, "--text_encoder_name_or_path", str(encoder), "--max_steps", "1", "--save_strategy", "no")
+    assert refused(capsys, tmp_path, "teacher", *flags) == (
+        f"altclip-train: the tokenizer of {encoder} has 250,002 tokens but the text tower of {encoder} has 1,000 "
+        "embeddings (vocab_size): pass the tokenizer that text encoder was trained with (--tokenizer_name_or_path), "
+        "or a text encoder made for this tokenizer."
+    )
+    assert not (tmp_path / "out" / "training_summary.json").exists()
+
+
+def test_a_mistyped_model_name_without_a_slash_is_named_before_loading(capsys, tmp_path, toy, monkeypatch):
+    """Offline with an empty cache: no such local folder, not "couldn't connect to huggingface.co"."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    flags = ["--model_name_or_path", "altclipp", "--train_files", str(toy["captions"])]
+    assert refused(capsys, tmp_path, "contrastive", *flags) == (
+        "altclip-train: --model_name_or_path altclipp: no such local folder, and not in the Hub cache (HF_HUB_OFFLINE "
+        "is set). Check the name."
+    )

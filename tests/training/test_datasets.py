@@ -103,6 +103,16 @@ def test_csv_tsv_and_parquet_tables(tmp_path):
     assert rows[2]["skipped"].where == f"{tmp_path / 'b.tsv'}:3"
 
 
+def test_tables_starting_with_a_byte_order_mark(tmp_path):
+    """The header check and the row reader skip a UTF-8 BOM (it made the first column 'missing')."""
+    (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbfenglish,translation\na cat,eine Katze\n")
+    (tmp_path / "b.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"english": "a dog", "translation": "un chien"}).encode()
+    )
+    dataset = parallel_text([tmp_path / "a.csv", tmp_path / "b.jsonl"], include_english_pairs=False)
+    assert [dataset[i].get("student_text") for i in range(len(dataset))] == ["eine Katze", "un chien"]
+
+
 def test_tables_are_checked_for_columns_before_training(tmp_path):
     path = write_jsonl(tmp_path / "de.jsonl", [{"en": "a cat", "de": "eine Katze"}])
     with pytest.raises(DataFormatError, match=r"de\.jsonl:1: missing column\(s\) english, translation"):

@@ -44,6 +44,19 @@ def test_first_jsonl_row_without_a_column_is_an_error_later_ones_are_skipped(tmp
     assert "missing column(s) translation" in read[1].reason and "not valid JSON" in read[2].reason
 
 
+@pytest.mark.parametrize("name", ["a.csv", "a.tsv", "a.jsonl"])
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path, name):
+    """A spreadsheet's UTF-8 export starts with a BOM; it was read as part of 'english' (reported missing)."""
+    body = {
+        "a.csv": "english,translation\na cat,un chat\n",
+        "a.tsv": "english\ttranslation\na cat\tun chat\n",
+        "a.jsonl": json.dumps({"english": "a cat", "translation": "un chat"}) + "\n",
+    }[name]
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + body.encode())
+    (record,) = rows_of(tmp_path / name)
+    assert isinstance(record, Record) and record.fields == {"english": "a cat", "translation": "un chat"}
+
+
 def test_csv_row_with_too_few_fields_is_skipped(tmp_path):
     (tmp_path / "a.csv").write_text("english,translation\na cat,un chat\nlonely\n")
     read = rows_of(tmp_path / "a.csv")

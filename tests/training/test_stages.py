@@ -220,6 +220,8 @@ def test_config_file_supplies_flags_and_later_flags_win(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(SystemExit, match="must map flag names to values"):
         config_file_to_flags(str(tmp_path / "list.yaml"))
+    (tmp_path / "bom.json").write_bytes(b'\xef\xbb\xbf{"seed": 3}')  # a byte-order mark (Windows editors)
+    assert config_file_to_flags(str(tmp_path / "bom.json")) == ["--seed", "3"]
 
 
 def test_cached_image_features_same_first_epoch_and_no_tower_in_the_second(tmp_path, toy, start_without_dropout):
