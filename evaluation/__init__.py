@@ -1,8 +1,8 @@
 """Zero-shot classification and image-text retrieval for AltCLIP models, in many languages (``altclip-eval``)."""
 
+from altclip.common.embedding import Embedder, resolve_device_and_dtype
 from altclip.common.results_format import write_results
 
-from .encode import Embedder, resolve_device_and_dtype
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, ClassificationSet, RetrievalSet
 from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir
 from .retrieval import evaluate_retrieval, retrieval_scores

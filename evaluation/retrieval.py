@@ -4,7 +4,8 @@ import logging
 
 import torch
 
-from .encode import Embedder
+from altclip.common.embedding import Embedder
+
 from .loaders import RetrievalSet
 from .metrics import load_metric
 

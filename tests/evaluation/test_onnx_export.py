@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_models import random_images
 
-from altclip.evaluation.encode import Embedder
+from altclip.common.embedding import Embedder
 from altclip.evaluation.onnx_export import (
     IMAGE_FILE,
     PARITY_FILE,
