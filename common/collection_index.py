@@ -229,3 +229,30 @@ class Index:
             metadata=metadata,
             notes=notes,
         )
+
+
+def open_indexed_image(row: dict):
+    """The RGB image of a metadata row, for showing it: a file or URL, a member of a webdataset shard (``#key``) or
+    a table row with image bytes (``#row=N``)."""
+    import tarfile
+
+    from .images import open_rgb_image
+    from .sources import open_stream
+
+    location, key = row["location"], row.get("key")
+    if key and location.endswith(f"#{key}"):
+        with open_stream(location[: -len(key) - 1]) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                stem, _, suffix = member.name.rpartition(".")
+                if stem == key and suffix.lower() in ("jpg", "jpeg", "png", "webp"):
+                    return open_rgb_image(tar.extractfile(member).read())
+        raise FileNotFoundError(f"{location}: no image member")
+    if "#row=" in location:
+        import pyarrow.parquet
+
+        table, number = location.rsplit("#row=", 1)
+        with open_stream(table) as stream:
+            cells = pyarrow.parquet.read_table(stream).slice(int(number), 1).to_pylist()[0]
+        return open_rgb_image(next(value for value in cells.values() if isinstance(value, (bytes, dict))))
+    with open_stream(location) as stream:
+        return open_rgb_image(stream.read())

@@ -47,7 +47,8 @@ def probability_chart(probabilities: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame({"label": list(probabilities), "probability": list(probabilities.values())})
 
 
-def build_demo(engine: DemoEngine) -> gr.Blocks:
+def build_demo(engine: DemoEngine, collection=None) -> gr.Blocks:
+    """The app; with `collection` (an `altclip.common.collection_index.Index`), a "Search a collection" tab too."""
     photos = example_photos()
     examples = classification_examples(engine.name)
 
@@ -115,6 +116,10 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
                     rank_button = gr.Button("Rank captions", variant="primary")
                 ranking = gr.Label(label="Caption probabilities", num_top_classes=20)
             rank_button.click(rank, [rank_image, captions], [ranking], api_name="rank_captions", preprocess=False)
+        if collection is not None:
+            from .collection_tab import collection_tab
+
+            collection_tab(collection, shown_to_user)
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo
 
@@ -125,6 +130,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+    parser.add_argument("--index", help="an index folder (altclip-index build) to search in a tab of its own")
     one_line_parser_errors(parser, parser.prog)
     return parser.parse_args(argv)
 
@@ -140,11 +146,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise fail(f"altclip-demo: {error}") from None
     if args.model and (missing_local_model(args.model) or (not Path(args.model).exists() and "/" not in args.model)):
         raise fail(f"altclip-demo: --model {args.model}: no such folder (and not a Hub id like owner/name).")
+    if args.index:  # a missing or corrupt index is named before the model loads
+        from altclip.common.collection_index import CollectionIndexError, read_manifest
+
+        try:
+            read_manifest(args.index)
+        except CollectionIndexError as error:
+            raise fail(f"altclip-demo: --index {args.index}: {error}") from None
     try:
         engine = DemoEngine(model)
     except (OSError, ValueError) as error:  # a folder without a model, a broken or non-finite checkpoint
         raise fail(f"altclip-demo: {str(error).splitlines()[0]}") from None
-    build_demo(engine).launch(server_name=args.host, server_port=args.port, share=args.share)
+    collection = None
+    if args.index:
+        from altclip.common.collection_index import CollectionIndexError
+
+        from .collection_tab import load_collection
+
+        try:
+            collection = load_collection(engine, args.index)
+        except CollectionIndexError as error:  # missing, corrupt, or built by another model: one line
+            raise fail(f"altclip-demo: --index {args.index}: {error}") from None
+    build_demo(engine, collection).launch(server_name=args.host, server_port=args.port, share=args.share)
 
 
 if __name__ == "__main__":
