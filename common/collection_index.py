@@ -137,7 +137,7 @@ class Index:
     def load(cls, folder: str | Path, model: str | None = None, embedder=None, **embedder_options) -> "Index":
         """The index in `folder`; queries are embedded by `embedder` (an `altclip.common.embedding.Embedder` whose
         model the caller checked with `check_model`) or by `model` (default: the manifest's), loaded on first use."""
-        folder = Path(folder)
+        folder = Path(folder).expanduser()
         manifest = read_manifest(folder)
         metadata = read_metadata(folder)
         index_path = folder / INDEX_FILE
