@@ -7,3 +7,4 @@ python benchmarks/embedding_throughput.py --shape vit-l-14_xlm-r-large --images 
 python benchmarks/training_throughput.py --steps 60
 python benchmarks/training_throughput.py --scale
 python benchmarks/data_throughput.py
+python benchmarks/search.py
