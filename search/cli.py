@@ -31,12 +31,17 @@ logger = logging.getLogger(__name__)
 INDEX_PROGRAM, SEARCH_PROGRAM = "altclip-index", "altclip-search"
 
 
-def _translate(error: BaseException) -> str | None:
-    if isinstance(error, (CollectionIndexError, DataFormatError, FileNotFoundError)):
-        return str(error).splitlines()[0]
-    if isinstance(error, (OSError, ValueError)):
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    return None
+def _translator(program: str):
+    """User errors as one line starting with the program's name; anything else keeps its traceback."""
+
+    def translate(error: BaseException) -> str | None:
+        if isinstance(error, (CollectionIndexError, DataFormatError, FileNotFoundError)):
+            return f"{program}: {str(error).splitlines()[0]}"
+        if isinstance(error, (OSError, ValueError)):
+            return f"{program}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return None
+
+    return translate
 
 
 def index_parser() -> argparse.ArgumentParser:
@@ -201,7 +206,7 @@ def index_main(argv: Sequence[str] | None = None) -> None:
     args = index_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = build_command if args.command == "build" else remove_command
-    run_with_one_line_errors(INDEX_PROGRAM, lambda: command(args), translate=_translate)
+    run_with_one_line_errors(INDEX_PROGRAM, lambda: command(args), translate=_translator(INDEX_PROGRAM))
 
 
 def search_parser() -> argparse.ArgumentParser:
@@ -254,7 +259,7 @@ def search_main(argv: Sequence[str] | None = None) -> None:
     """``altclip-search INDEX "query" [--image FILE] [--k 20] [--json]``."""
     args = search_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_with_one_line_errors(SEARCH_PROGRAM, lambda: search_command(args), translate=_translate)
+    run_with_one_line_errors(SEARCH_PROGRAM, lambda: search_command(args), translate=_translator(SEARCH_PROGRAM))
 
 
 if __name__ == "__main__":  # torchrun -m altclip.search.cli build ...

@@ -79,7 +79,10 @@ def build_faiss_index(
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        lists = faiss.extract_index_ivf(index).nlist
+        ivf = faiss.extract_index_ivf(index)
+        lists = ivf.nlist
+        if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:  # faiss-gpu: k-means on the GPUs
+            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(dim))
         sample = vectors[np.sort(rng.choice(count, min(count, max(64 * lists, 20_000)), replace=False))]
         index.train(sample)
     index.add(vectors)
