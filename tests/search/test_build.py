@@ -70,12 +70,12 @@ def test_a_killed_build_resumes_with_its_finished_parts(tmp_path, tiny_model_dir
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 300
-    while not (output / "parts" / "part-00001.parquet").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while not (output / "parts" / "part-00000.parquet").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)  # the first part takes seconds (start-up, model load), the next ones milliseconds
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = sorted(path.name for path in (output / "parts").glob("*.parquet"))
-    assert 2 <= len(finished) < 5 and not (output / "manifest.json").exists(), finished
+    assert 1 <= len(finished) < 5 and not (output / "manifest.json").exists(), finished
     stamps = {name: os.stat(output / "parts" / name).st_mtime_ns for name in finished}
     index_main(flags)
     assert {name: os.stat(output / "parts" / name).st_mtime_ns for name in finished} == stamps  # not embedded again
