@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
-JOBS = ("common", "training", "evaluation", "hub", "demo", "reproduction")
+JOBS = ("common", "training", "evaluation", "hub", "demo", "reproduction", "search")
 JOB_PACKAGES = [f"altclip.{name}" for name in find_packages(include=[f"{job}*" for job in JOBS])]
 
 TRAIN = [
@@ -27,6 +27,8 @@ TRAIN += PEFT
 EVAL += PEFT
 HUB += PEFT
 DEMO += PEFT
+# image search: FAISS for the vector index (faiss-gpu where installed is used the same way), Parquet metadata
+SEARCH = ["faiss-cpu>=1.8", "pyarrow>=15", "braceexpand>=0.1.7", "webdataset>=1.0", "tqdm>=4.66"]
 ONNX = ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.20"]
 # the emoji reproduction trains and evaluates; the glyphs come from Debian's fonts-noto-color-emoji
 REPRODUCE = sorted({*TRAIN, *EVAL, "emoji>=2.10"})
@@ -40,6 +42,7 @@ EXTRAS = {
     "hub": HUB,
     "demo": DEMO,
     "onnx": ONNX,
+    "search": SEARCH,
     "reproduce": REPRODUCE,
 }
 EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
@@ -74,6 +77,8 @@ setup(
             "altclip-push-space = altclip.hub.cli:space_main",
             "altclip-demo = altclip.demo.app:main",
             "altclip-reproduce = altclip.reproduction.run:main",
+            "altclip-index = altclip.search.cli:index_main",
+            "altclip-search = altclip.search.cli:search_main",
         ]
     },
     # The base install loads and runs a model (modeling_altclip, common.images); each job adds its own extras.

@@ -26,9 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from altclip.common.embedding import Embedder  # noqa: E402
 from altclip.common.files import replace_atomically  # noqa: E402
 from altclip.common.plots import plt  # noqa: E402
-from altclip.evaluation.encode import Embedder  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     SHAPES,
     median_seconds,

@@ -18,7 +18,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from altclip.evaluation.encode import Embedder  # noqa: E402
+from altclip.common.embedding import Embedder  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     multilingual_sentences,
     peak_working_memory_mib,

@@ -8,3 +8,4 @@ python benchmarks/training_throughput.py --steps 60
 python benchmarks/training_throughput.py --scale
 python benchmarks/training_throughput.py --lora --steps 4 --batch_size 32
 python benchmarks/data_throughput.py
+python benchmarks/search.py

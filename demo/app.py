@@ -53,7 +53,8 @@ def first_example_result(engine: DemoEngine, example: list[str]) -> dict[str, fl
         return None
 
 
-def build_demo(engine: DemoEngine) -> gr.Blocks:
+def build_demo(engine: DemoEngine, collection=None) -> gr.Blocks:
+    """The app; with `collection` (an `altclip.common.collection_index.Index`), a "Search a collection" tab too."""
     photos = example_photos()
     examples = classification_examples(engine.name)
 
@@ -123,6 +124,10 @@ def build_demo(engine: DemoEngine) -> gr.Blocks:
                     rank_button = gr.Button("Rank captions", variant="primary")
                 ranking = gr.Label(label="Caption probabilities", num_top_classes=20)
             rank_button.click(rank, [rank_image, captions], [ranking], api_name="rank_captions", preprocess=False)
+        if collection is not None:
+            from .collection_tab import collection_tab
+
+            collection_tab(collection, shown_to_user)
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo
 
@@ -164,6 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
     parser.add_argument("--port", type=port_number, default=7860, help="port to serve on")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+    parser.add_argument("--index", help="an index folder (altclip-index build) to search in a tab of its own")
     one_line_parser_errors(parser, parser.prog)
     return parser.parse_args(argv)
 
@@ -180,13 +186,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     problem = unavailable_model(args.model) or incomplete_model_folder(model)
     if problem:
         raise fail(f"altclip-demo: --model {problem}")
+    if args.index:  # a missing or corrupt index is named before the model loads
+        from altclip.common.collection_index import CollectionIndexError, read_manifest
+
+        try:
+            read_manifest(args.index)
+        except CollectionIndexError as error:
+            raise fail(f"altclip-demo: --index {args.index}: {error}") from None
     check_address(args.host, args.port)
     try:
         engine = DemoEngine(model)
     except (OSError, ValueError) as error:  # a folder without a model, a broken or non-finite checkpoint
         raise fail(f"altclip-demo: {str(error).splitlines()[0]}") from None
+    collection = None
+    if args.index:
+        from altclip.common.collection_index import CollectionIndexError
+
+        from .collection_tab import load_collection
+
+        try:
+            collection = load_collection(engine, args.index)
+        except CollectionIndexError as error:  # missing, corrupt, or built by another model: one line
+            raise fail(f"altclip-demo: --index {args.index}: {error}") from None
     try:
-        build_demo(engine).launch(server_name=args.host, server_port=args.port, share=args.share)
+        build_demo(engine, collection).launch(server_name=args.host, server_port=args.port, share=args.share)
     except OSError as error:  # taken between the check above and now (Gradio's error has no errno: "Cannot find
         # empty port in range")
         in_use = OSError(errno.EADDRINUSE, "in use") if "Cannot find empty port" in str(error) else error

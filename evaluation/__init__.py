@@ -1,8 +1,8 @@
 """Zero-shot classification and image-text retrieval for AltCLIP models, in many languages (``altclip-eval``)."""
 
+from altclip.common.embedding import Embedder, resolve_device_and_dtype
 from altclip.common.results_format import write_results
 
-from .encode import Embedder, resolve_device_and_dtype
 from .field_sets import FIELD_LOADERS, load_flickr30k_200, load_multi30k, load_xm3600, load_xtd200
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, ClassificationSet, RetrievalSet
 from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir

@@ -16,11 +16,11 @@ from transformers import HfArgumentParser
 from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
 from altclip.common.config_files import expand_config
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.embedding import Embedder
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 from altclip.common.results_format import markdown_table, write_results
 from modeling_altclip.assets import cache_dir
 
-from .encode import Embedder
 from .field_sets import FIELD_LOADERS, MULTI30K_LANGUAGES, XM3600_LANGUAGES, translated_languages
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, XTD_LANGUAGES, ClassificationSet
 from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir

@@ -25,12 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from altclip.common.batching import length_sorted_batches
 from altclip.common.cli_errors import fail, one_line_parser_errors
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
-
-from .batching import length_sorted_batches
 
 logger = logging.getLogger(__name__)
 

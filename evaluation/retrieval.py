@@ -10,7 +10,8 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from .encode import Embedder
+from altclip.common.embedding import Embedder
+
 from .loaders import RetrievalSet
 from .metrics import load_metric
 

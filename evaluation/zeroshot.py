@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .encode import Embedder
+from altclip.common.embedding import Embedder
+
 from .loaders import ClassificationSet
 from .metrics import load_metric
 from .prompts import ClassPrompts

@@ -7,18 +7,21 @@ webdataset's ``pipe:`` support or fsspec (``https://``, ``s3://`` with s3fs, ``g
 
 import glob
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import braceexpand
 
 from altclip.common.records import DataFormatError
+from altclip.common.sources import (  # noqa: F401 (is_remote, open_stream, ...: re-exported for the training modules)
+    folder_of,
+    is_remote,
+    join_url,
+    open_stream,
+    url_kind,
+)
 
-SHARD_PATTERN = re.compile(r"\.(tar|tgz|tar\.gz)($|[?\s])")
-TABLE_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 SIZES_FILE = "sizes.json"  # {shard file name: samples}, as webdataset's and open_clip's tools write it
 
@@ -35,24 +38,6 @@ class Source:
     @property
     def is_shards(self) -> bool:
         return self.kind == "shards"
-
-
-def is_remote(url: str) -> bool:
-    """A URL (``scheme://``) or a ``pipe:`` command rather than a local path."""
-    return url.startswith("pipe:") or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url) is not None
-
-
-def url_kind(url: str) -> str:
-    """``shards`` for tar shards (also inside a ``pipe:`` command), else the table format of the suffix."""
-    if SHARD_PATTERN.search(url):
-        return "shards"
-    suffix = Path(url.split("?")[0]).suffix.lower()
-    if suffix in TABLE_FORMATS:
-        return TABLE_FORMATS[suffix]
-    raise DataFormatError(
-        f"{url}: unknown data format {suffix or '(no suffix)'!r}; use .tar/.tar.gz shards, .jsonl, .csv, .tsv, "
-        ".parquet or a datasets save_to_disk folder."
-    )
 
 
 def _local_entries(pattern: str, spec: str) -> list[str]:
@@ -130,32 +115,6 @@ def parse_sources(specs: Sequence[str], weights: Sequence[float] | None = None) 
             "memory-mapped)."
         )
     return sources
-
-
-def open_stream(url: str) -> IO[bytes]:
-    """A binary stream of a local file, a ``pipe:`` command (webdataset's gopen) or an fsspec URL."""
-    if not is_remote(url):
-        return open(url, "rb")
-    if url.startswith("pipe:"):
-        import webdataset
-
-        return webdataset.gopen(url, "rb")
-    import fsspec
-
-    try:
-        return fsspec.open(url, "rb").open()
-    except ImportError as error:  # e.g. s3:// without s3fs
-        raise DataFormatError(f"{url}: fsspec cannot open this scheme here ({error}).") from error
-
-
-def folder_of(url: str) -> str:
-    """The folder of a local path or URL."""
-    return url.rsplit("/", 1)[0] if is_remote(url) else str(Path(url).parent)
-
-
-def join_url(folder: str, name: str) -> str:
-    """`name` inside a local folder or URL folder."""
-    return f"{folder.rstrip('/')}/{name}" if is_remote(folder) else str(Path(folder) / name)
 
 
 def sibling_url(url: str, name: str) -> str:

@@ -13,7 +13,7 @@ from tiny_models import random_images
 
 from altclip.common.adapters import AdapterError, is_adapter_folder, load_altclip, processor_source
 from altclip.demo.engine import DemoEngine
-from altclip.evaluation.encode import Embedder
+from altclip.common.embedding import Embedder
 from altclip.hub.cli import main as push_main
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 

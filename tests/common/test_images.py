@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from altclip.common.embedding import _PreprocessedImages
 from altclip.common.images import ImageTooLarge, open_rgb_image
 from altclip.demo.engine import as_rgb_image
-from altclip.evaluation.encode import _PreprocessedImages
 from altclip.training.image_text_data import PairDecoder
 
 ORIENTATION = 0x0112

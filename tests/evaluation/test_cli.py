@@ -19,9 +19,9 @@ from dataset_layouts import (
 from huggingface_hub import constants
 
 import altclip.evaluation.zeroshot
+from altclip.common.embedding import Embedder
 from altclip.common.images import open_rgb_image
 from altclip.evaluation.cli import main
-from altclip.evaluation.encode import Embedder
 from altclip.evaluation.loaders import load_caption_table, load_image_folder
 from altclip.evaluation.prompts import class_prompts, prompts_dir
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor

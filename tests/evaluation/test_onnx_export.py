@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import constants
 from tiny_models import random_images
 
-from altclip.evaluation.encode import Embedder
+from altclip.common.embedding import Embedder
 from altclip.evaluation.onnx_export import (
     IMAGE_FILE,
     PARITY_FILE,

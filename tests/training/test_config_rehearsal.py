@@ -31,6 +31,7 @@ import yaml
 from ports import free_port
 from stage_runs import REPO, torchrun_env
 
+from altclip.common.config_files import beside_config
 from altclip.training.cli import main as train_main
 
 CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
@@ -105,6 +106,8 @@ def rehearsal_config(path: Path, toy, teacher_model_dir, work: Path, served) -> 
     else:
         config["model_name_or_path"] = str(teacher_model_dir)
     config["train_files"] = [local_source(spec, toy, work, served) for spec in config["train_files"]]
+    if isinstance(config.get("deepspeed"), str):  # written beside the shipped config, which the test rewrites
+        config["deepspeed"] = beside_config(str(path), config["deepspeed"])
     config.update({key: value for key, value in CPU_OFF.items() if key in config or key == "report_to"})
     for key in NOT_ON_CPU:
         config.pop(key, None)

@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 from tiny_models import TINY_VISION_CONFIG, random_images
 
+from altclip.common.batching import length_sorted_batches
+from altclip.common.embedding import Embedder
 from altclip.common.images import open_rgb_image
-from altclip.evaluation.batching import length_sorted_batches
-from altclip.evaluation.encode import Embedder
 from modeling_altclip.cpu_kernels import OneDNNLinear
 
 
@@ -46,7 +46,7 @@ def test_quantisation_errors(tiny_model, processor):
 def test_cls_only_last_layer_equals_the_full_forward(tiny_model):
     import transformers
 
-    from altclip.evaluation.fast_paths import projected_image_features, supports_cls_only
+    from altclip.common.fast_paths import projected_image_features, supports_cls_only
 
     pixels = torch.randn(3, 3, 30, 30)
     clip = transformers.CLIPModel(

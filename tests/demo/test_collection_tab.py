@@ -1,0 +1,99 @@
+"""``altclip-demo --index``: the "Search a collection" tab over an index of scikit-image's photos, through the API
+and in a real headless Chromium (saving a screenshot), and an index of another model refused with both names."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow
+import pyarrow.parquet
+import pytest
+from gradio_client import Client
+from index_builds import build_flags
+from ports import free_port
+
+from altclip.demo.app import build_demo, main
+from altclip.demo.collection_tab import load_collection
+from altclip.demo.engine import DemoEngine
+from altclip.demo.examples import example_photos
+from altclip.search.cli import index_main
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # as in test_app.py (Debian's package)
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+]
+CAPTIONS = ["an astronaut", "eine Katze", "une tasse de café", "火箭", "una motocicleta"]
+
+
+@pytest.fixture(scope="module")
+def photo_index(tmp_path_factory, tiny_model_dir):
+    """An index of the five bundled photos, with a caption each (a Parquet table of paths and captions)."""
+    folder = tmp_path_factory.mktemp("photo_index")
+    table = folder / "photos.parquet"
+    pyarrow.parquet.write_table(pyarrow.table({"image": example_photos(), "caption": CAPTIONS}), table)
+    model = os.environ.get("ALTCLIP_DEMO_MODEL", str(tiny_model_dir))
+    index_main(build_flags(model, folder / "index", table))
+    return folder / "index"
+
+
+@pytest.fixture(scope="module")
+def app_url(photo_index, tiny_model_dir):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    engine = DemoEngine(os.environ.get("ALTCLIP_DEMO_MODEL", tiny_model_dir), device="cpu")
+    app = build_demo(engine, load_collection(engine, photo_index))
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_search_a_collection_through_the_api(app_url):
+    results, note = Client(app_url, verbose=False).predict("eine Katze", api_name="/search_collection")
+    assert len(results) == 5 and note == ""
+    scores = [float(item["caption"].split(" · ")[0]) for item in results]
+    assert scores == sorted(scores, reverse=True)
+    assert {item["caption"].split(" · ")[1] for item in results} == set(CAPTIONS)
+
+
+@pytest.mark.slow
+def test_the_collection_tab_in_headless_chromium(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    screenshot = Path(os.environ.get("ALTCLIP_SCREENSHOT_DIR", tmp_path)) / "search_screenshot.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(app_url)
+        page.get_by_role("tab", name="Search a collection").click(timeout=60_000)
+        page.get_by_label("Search the collection for").fill("une tasse de café")
+        page.get_by_role("button", name="Search collection").click()
+        thumbnails = page.locator("[data-testid='gallery'] img, .gallery-container img, .thumbnail-item img")
+        expect(thumbnails.first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("une tasse de café").first).to_be_visible()
+        assert thumbnails.count() >= 5
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_an_index_of_another_model_is_refused_with_both_names(photo_index, tmp_path, processor, capsys):
+    import torch
+    from tiny_models import tiny_config
+
+    from modeling_altclip import AltCLIPModel
+
+    torch.manual_seed(5)
+    other = tmp_path / "other"
+    AltCLIPModel(tiny_config()).save_pretrained(other)
+    processor.save_pretrained(other)
+    with pytest.raises(SystemExit):
+        main(["--model", str(other), "--index", str(photo_index)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"not by {other}" in line and "was built by" in line and line.startswith("altclip-demo: --index")
+    with pytest.raises(SystemExit):
+        main(["--model", str(other), "--index", str(tmp_path / "nowhere")])
+    assert "no such index folder" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""Querying: equal to brute force on the exact index (text, image, text+image), the CLI, an approximate index's
+measured recall, and every bad input as one line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from index_builds import build_flags
+from tiny_models import tiny_config
+
+from altclip.common.collection_index import Index
+from altclip.search.build import gather_embeddings
+from altclip.search.cli import index_main, search_main
+from altclip.search.vector_index import build_faiss_index, choose_index
+from modeling_altclip import AltCLIPModel
+
+
+@pytest.fixture(scope="module")
+def index(fresh_index, tiny_model_dir):
+    return Index.load(fresh_index, model=str(tiny_model_dir))
+
+
+def brute_force(index, query: np.ndarray, k: int):
+    vectors = gather_embeddings(index.folder, index.metadata, index.manifest["dim"])
+    scores = vectors @ query[0]
+    order = np.argsort(-scores, kind="stable")[:k]
+    return index.metadata.column("id").to_numpy()[order].tolist(), scores[order]
+
+
+def test_search_equals_brute_force(index, collection):
+    photo = collection["folder"] / "photo1.png"
+    for texts, images in ((["ein Hund am Strand"], []), ([], [photo]), (["一只猫"], [photo])):
+        result = index.search(texts=texts, images=images, k=5)
+        vector, _ = index.query_vector(texts, images)
+        ids, scores = brute_force(index, vector, 5)
+        assert result.ids == ids and np.allclose(result.scores, scores, atol=1e-5)
+        assert [row["id"] for row in result.metadata] == ids
+    everything = index.search(images=[photo], k=len(index))  # the photo itself scores 1 (float16 storage)
+    itself = [row["location"] for row in everything.metadata].index(str(photo))
+    assert everything.scores[itself] == pytest.approx(1, abs=2e-3) == everything.scores[0]
+
+
+def test_search_command_prints_and_writes_json(fresh_index, tiny_model_dir, capsys):
+    search_main([str(fresh_index), "ein Hund", "--k", "3", "--json", "--model", str(tiny_model_dir)])
+    found = json.loads(capsys.readouterr().out)
+    assert len(found["ids"]) == 3 and sorted(found["scores"], reverse=True) == found["scores"]
+    assert set(found["metadata"][0]) == {"id", "location", "caption", "key", "part", "row"}
+    search_main([str(fresh_index), "猫", "--k", "2", "--model", str(tiny_model_dir)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and float(lines[0].split()[0]) >= float(lines[1].split()[0])
+
+
+def test_a_query_past_the_models_length_is_cut_and_said(index):
+    result = index.search("Hund " * 600, k=2)
+    assert len(result.ids) == 2 and "the model reads the first" in result.notes[0]
+
+
+def test_approximate_index_reaches_its_recall_and_is_memory_mapped(tmp_path):
+    import faiss
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 32))
+    vectors = centres[rng.integers(0, 50, 20_000)] + 0.3 * rng.normal(size=(20_000, 32))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype("float32")
+    assert choose_index(20_000, 32, exact_limit=10_000) == "IVF128,Flat"
+    assert choose_index(20_000, 32, memory_budget=1_000_000, exact_limit=10_000) == "IVF128,SQ8"
+    assert choose_index(20_000, 32, memory_budget=400_000, exact_limit=10_000).startswith("IVF128,PQ")
+    index, description = build_faiss_index(vectors, exact_limit=10_000)
+    assert description["factory"] == "IVF128,Flat" and description["recall_at_10"] >= 0.95
+    assert 1 <= description["parameters"]["nprobe"] < 128  # tuned, not every list
+    faiss.write_index(index, str(tmp_path / "index.faiss"))
+    from altclip.common.collection_index import read_faiss_index
+
+    mapped = read_faiss_index(tmp_path / "index.faiss")
+    assert mapped.ntotal == 20_000
+    assert np.array_equal(mapped.search(vectors[:5], 3)[1], index.search(vectors[:5], 3)[1])
+
+
+def fails_with(main, argv, capsys, *expected: str):
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    for text in expected:
+        assert text in lines[-1], lines[-1]
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory, processor):
+    """Another model of 8 dimensions."""
+    torch.manual_seed(1)
+    config = tiny_config()
+    config.projection_dim = 8
+    path = tmp_path_factory.mktemp("other_model")
+    AltCLIPModel(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_bad_input_is_one_line(tmp_path, fresh_index, tiny_model_dir, other_model_dir, collection, capsys):
+    # an index built by another model: both named
+    fails_with(search_main, [str(fresh_index), "x", "--model", str(other_model_dir)], capsys,
+               f"built by {tiny_model_dir}", f"not by {other_model_dir}")  # fmt: skip
+    # a dimension mismatch on --add
+    fails_with(index_main, [*build_flags(other_model_dir, fresh_index, collection["table"]), "--add"], capsys,
+               "embeds in 8 dimensions", "holds 16")  # fmt: skip
+    # an empty collection
+    (tmp_path / "empty").mkdir()
+    fails_with(index_main, build_flags(tiny_model_dir, tmp_path / "out", tmp_path / "empty"), capsys, "no image found")
+    # an existing index is not overwritten
+    fails_with(index_main, build_flags(tiny_model_dir, fresh_index, collection["table"]), capsys, "already holds")
+    # a corrupt shard, a corrupt manifest: named
+    broken = tmp_path / "broken"
+    index_main(build_flags(tiny_model_dir, broken, collection["table"]))
+    shard = broken / "parts" / "part-00000.npy"
+    shard.write_bytes(shard.read_bytes()[:100])
+    fails_with(index_main, ["remove", str(broken), "--ids", "0"], capsys, f"{shard}: corrupt embedding shard")
+    (broken / "manifest.json").write_text('{"format": 1, "model"')
+    fails_with(search_main, [str(broken), "x"], capsys, f"{broken / 'manifest.json'}: corrupt manifest")
+    fails_with(index_main, ["remove", str(fresh_index), "--ids", "99"], capsys, "no image with id 99")
+    fails_with(search_main, [str(fresh_index), "x", "--image", str(tmp_path / "none.png")], capsys, "no such file")
+    fails_with(search_main, [str(tmp_path / "nowhere"), "x"], capsys, "no such index folder")
+
+
+def test_query_vectors_are_normalised_sums(index):
+    texts = index.embedder.texts(["ein Hund", "a dog"])
+    vector, _ = index.query_vector(["ein Hund", "a dog"])
+    assert np.allclose(vector[0], F.normalize(texts.sum(0), dim=0).numpy(), atol=1e-6)
