@@ -12,8 +12,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tiny_models import random_images
 
 from altclip.common.adapters import AdapterError, is_adapter_folder, load_altclip, processor_source
-from altclip.demo.engine import DemoEngine
 from altclip.common.embedding import Embedder
+from altclip.demo.engine import DemoEngine
 from altclip.hub.cli import main as push_main
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
