@@ -394,7 +394,7 @@ def run_cli(stage: str, config: str, flags: list[str], output_dir: Path, smoke: 
 def cli_rows(folder: Path, models: dict, device: torch.device, steps: int, batch: int, smoke: bool) -> dict:
     """Stage 1 then stage 2 (on stage 1's output) with the shipped ViT-L/14 configs, data and models swapped for
     local ones and the run shortened; DeepSpeed (ZeRO-2 in the configs, and a ZeRO-3 row) when installed, and the
-    FSDP2 config, on CUDA only."""
+    FSDP2 config, on CUDA only; a LoRA row (stage 2, DDP) and an altclip-index build with the stage-1 model."""
     data = write_shapes_dataset(folder / "data", images_per_class=max(2, batch // 9 + 1))
     common = ["--max_steps", str(steps), "--per_device_train_batch_size", str(batch), "--logging_steps", "1"]
     common += ["--save_strategy", "no", "--dataloader_num_workers", "0" if smoke else "4", "--warmup_steps", "0"]
@@ -446,10 +446,41 @@ def cli_rows(folder: Path, models: dict, device: torch.device, steps: int, batch
             folder / "cli-zero3",
             smoke,
         )
+    # LoRA (r=16, text tower) on the same stage-2 config: DeepSpeed off (LoRA runs with DDP; see test_lora.py)
+    rows["contrastive, contrastive_vit-l-14_xlm-r-large.yaml, LoRA r=16"] = run_cli(
+        "contrastive",
+        "contrastive_vit-l-14_xlm-r-large.yaml",
+        [*common, "--deepspeed", "", *stage2_flags, "--lora_r", "16", "--lora_alpha", "32"],
+        folder / "cli-lora",
+        smoke,
+    )
+    rows["index build (altclip-index) over the images"] = run_index_build(
+        stage1, data["captions"], folder / "index", device, batch, smoke
+    )
     rows["deepspeed"] = (
         "ZeRO-2 config in use, ZeRO-3 row added" if has_deepspeed else "not installed (or no CUDA): runs without it"
     )
     return rows
+
+
+def run_index_build(model: Path, table: Path, output: Path, device: torch.device, batch: int, smoke: bool) -> dict:
+    """``altclip-index build`` (1 process) of the shapes images with the stage-1 model; images/s from the manifest's
+    count over the wall time."""
+    command = [sys.executable, "-m", "altclip.search.cli", "build", "--model", str(model), "--images", str(table)]
+    command += ["--output", str(output), "--batch_size", str(batch), "--device", device.type, "--num_workers", "0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1" if smoke else "4"}
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    row = {"returncode": result.returncode, "wall_s": round(wall, 1)}
+    if result.returncode:
+        row["error"] = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1][:300]
+        return row
+    manifest = json.loads((output / "manifest.json").read_text())
+    count = manifest["counts"]["images"]
+    row.update({"images": count, "dim": manifest["dim"], "index": manifest["index"]})
+    row["images_per_second"] = round(count / wall, 1)
+    return row
 
 
 # ---------------------------------------------------------------- report

@@ -26,6 +26,9 @@ def test_gpu_check_smoke_runs_every_check_and_reports_them(tmp_path):
     assert set(trained) == {"teacher", "teacher, checkpointing", "contrastive", "contrastive, checkpointing"}
     assert all(numbers["samples_per_s"] > 0 and numbers["model_tflops"] > 0 for numbers in trained.values())
     assert row["largest_contrastive_batch"]["largest_batch"] >= 16
+    index_build = row["cli"].pop("index build (altclip-index) over the images")
+    assert index_build["returncode"] == 0 and index_build["images"] > 0, index_build
+    assert any("LoRA" in name for name in row["cli"])
     for name, run in row["cli"].items():
         if name != "deepspeed":
             assert run["returncode"] == 0 and run["global_step"] == 2, (name, run)
