@@ -36,10 +36,10 @@ from transformers import CLIPImageProcessorPil  # noqa: E402
 
 from altclip.common.files import replace_atomically  # noqa: E402
 from altclip.common.plots import plt  # noqa: E402
-from altclip.training.image_text_data import ContrastiveCollator, PairDecoder, decode_shard_sample  # noqa: E402
-from altclip.training.shard_stream import ShardStream  # noqa: E402
-from altclip.training.sources import parse_sources  # noqa: E402
-from altclip.training.tables import table_chunks  # noqa: E402
+from altclip.training.data.image_text_data import ContrastiveCollator, PairDecoder, decode_shard_sample  # noqa: E402
+from altclip.training.data.shard_stream import ShardStream  # noqa: E402
+from altclip.training.data.sources import parse_sources  # noqa: E402
+from altclip.training.data.tables import table_chunks  # noqa: E402
 from modeling_altclip.assets import load_xlmr_tokenizer  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -127,10 +127,10 @@ def measure(make, spec, processor, tokenizer, workers: int) -> dict:
 TABLE_PROBE = r"""
 import json, sys, time
 from torch.utils.data import DataLoader
-from altclip.training.sources import parse_sources
-from altclip.training.tables import TableRows
-from altclip.training.text_data import ParallelText
-from altclip.training.epoch_plan import GlobalBatchSampler
+from altclip.training.data.sources import parse_sources
+from altclip.training.data.tables import TableRows
+from altclip.training.data.text_data import ParallelText
+from altclip.training.data.epoch_plan import GlobalBatchSampler
 def anon_mib():  # anonymous resident memory: the heap, not the reclaimable pages of the memory-mapped Arrow file
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssAnon")) / 1024
 before = anon_mib()

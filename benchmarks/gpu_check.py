@@ -32,8 +32,8 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel  # noqa: E
 from altclip.common.constants import CLIP_CONTEXT_LENGTH  # noqa: E402
 from altclip.common.files import replace_atomically  # noqa: E402
 from altclip.common.plots import plt  # noqa: E402
-from altclip.training.losses import ClipLoss, distillation_loss  # noqa: E402
-from altclip.training.teacher import load_teacher  # noqa: E402
+from altclip.training.loop.losses import ClipLoss, distillation_loss  # noqa: E402
+from altclip.training.loop.teacher import load_teacher  # noqa: E402
 from altclip.training.toy_setup import english_word_tokenizer, write_shapes_dataset, write_tiny_xlmr  # noqa: E402
 from benchmarks.common import SHAPES, reference_config, vision_config  # noqa: E402
 from modeling_altclip import AltCLIPModel  # noqa: E402

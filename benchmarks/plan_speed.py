@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from altclip.training.epoch_plan import epoch_rng
-from altclip.training.shard_plan import ShardPlan
+from altclip.training.data.epoch_plan import epoch_rng
+from altclip.training.data.shard_plan import ShardPlan
 
 
 def seconds(function, repeats: int = 5) -> float:

@@ -31,7 +31,7 @@ RESULTS_DIR = Path(__file__).parent / "results"
 # ... and the wall time of each epoch (EPOCH_SECONDS epoch seconds)
 REPORTING_PEAK = (
     "import atexit, resource, time; atexit.register(lambda: print('PEAK_RSS_KIB', "
-    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); import sys; from altclip.training import trainers\n"
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); import sys; from altclip.training.loop import trainers\n"
     "run_epoch = trainers.AltCLIPTrainer._run_epoch\n"
     "def timed(self, *args, **kwargs):\n"
     "    start = time.perf_counter(); result = run_epoch(self, *args, **kwargs)\n"
@@ -171,7 +171,7 @@ def report_lora(args, extra: list[str]) -> None:
 
 def precompute_row(folder: Path, texts: list[str]) -> dict:
     """Sentences/s of the stage-1 teacher precompute, one process, CLIP ViT-B/32's text tower shape."""
-    from altclip.training.teacher import load_teacher, precomputed_teacher_features
+    from altclip.training.loop.teacher import load_teacher, precomputed_teacher_features
     from altclip.training.toy_setup import english_word_tokenizer
 
     clip = write_tiny_clip(folder / "clip-b32-text", text_width=512, vision_width=32, layers=12, projection_dim=512)

@@ -16,8 +16,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
-from altclip.training.losses import ClipLoss
-from altclip.training.reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
+from altclip.training.loop.losses import ClipLoss
+from altclip.training.loop.reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from altclip.training.toy_setup import english_word_tokenizer, write_tiny_clip
 
 from .emoji_data import augmented

@@ -19,7 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 import altclip.training.cli as cli
-from altclip.training.trainers import AltCLIPTrainer
+from altclip.training.loop.trainers import AltCLIPTrainer
 
 PROBE_FOLDER = "backend_probe"
 FSDP_ON_CPU = "ALTCLIP_TEST_FSDP_ON_CPU"

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 
-from .losses import DISTILLATION_LOSSES
+from .loop.losses import DISTILLATION_LOSSES
 
 
 @dataclass
@@ -78,7 +78,7 @@ class DataArguments:
     image_root: str | None = field(
         default=None, metadata={"help": "Folder that relative image paths start from (default: the table's folder)."}
     )
-    # Shard sizing and the reading plan (training/sizing.py, training/shard_plan.py, training/run_plan.py).
+    # Shard sizing and the reading plan (training/data/sizing.py, training/data/shard_plan.py, training/run_plan.py).
     shard_sizes: list[str] | None = field(
         default=None,
         metadata={

@@ -32,20 +32,24 @@ from .arguments import (
     TeacherLearningArguments,
     ZeroShotArguments,
 )
-from .before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
-from .data_plan import check_resumed_plan, check_resumed_tables, data_plan_callback, table_sizes
-from .distributed_backends import gathered, init_deepspeed_communication, outside_zero3_init
-from .epoch_plan import data_seed, shuffles
-from .feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
-from .image_text_data import (
+from .data.data_plan import check_resumed_plan, check_resumed_tables, data_plan_callback, table_sizes
+from .data.epoch_plan import data_seed, shuffles
+from .data.image_text_data import (
     ContrastiveCollator,
     ImageTextTable,
     PairDecoder,
     decode_shard_sample,
     image_shape_of,
 )
-from .lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
-from .model_setup import (
+from .data.shard_stream import ShardStream
+from .data.sources import Source, parse_sources, source_weights
+from .data.tables import built_first, check_columns
+from .data.text_data import DistillationCollator, ParallelText
+from .finetune.before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
+from .finetune.lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
+from .loop.distributed_backends import gathered, init_deepspeed_communication, outside_zero3_init
+from .loop.feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
+from .loop.model_setup import (
     check_model_arguments,
     check_tokenizer_fits,
     disable_dropout,
@@ -53,17 +57,13 @@ from .model_setup import (
     load_or_build_model,
     load_teacher_for,
 )
-from .output_folder import check_output_folder, check_room, disk_full_message, is_disk_full
-from .reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
+from .loop.output_folder import check_output_folder, check_room, disk_full_message, is_disk_full
+from .loop.reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
+from .loop.saving import save_complete_model
+from .loop.teacher import precomputed_teacher_features
+from .loop.trainers import ContrastiveTrainer, TeacherLearningTrainer
+from .loop.zeroshot_monitor import ZeroShotMonitor, check_zeroshot_arguments
 from .run_plan import PlanCallback, check_shard_plan, reading_mode, sized_shards
-from .saving import save_complete_model
-from .shard_stream import ShardStream
-from .sources import Source, parse_sources, source_weights
-from .tables import built_first, check_columns
-from .teacher import precomputed_teacher_features
-from .text_data import DistillationCollator, ParallelText
-from .trainers import ContrastiveTrainer, TeacherLearningTrainer
-from .zeroshot_monitor import ZeroShotMonitor, check_zeroshot_arguments
 
 logger = logging.getLogger("training")
 

@@ -44,7 +44,7 @@ def infer_stage(argv: Sequence[str]) -> str:
 def table_dataset(stage: str, sources, data_args, stage_args):
     """The run's table dataset (built once into the Arrow cache the run reuses); no image is decoded."""
     if stage == "teacher":
-        from .text_data import ParallelText
+        from .data.text_data import ParallelText
 
         return ParallelText(
             sources,
@@ -53,7 +53,7 @@ def table_dataset(stage: str, sources, data_args, stage_args):
             include_english_pairs=stage_args.include_english_pairs,
             cache_dir=data_args.data_cache_dir,
         )
-    from .image_text_data import ImageTextTable
+    from .data.image_text_data import ImageTextTable
 
     return ImageTextTable(
         sources,
@@ -68,7 +68,7 @@ def plan_main(argv: Sequence[str]) -> None:
     from altclip.common.records import DataFormatError
 
     from .cli import STAGES, check_stage_flags, parse, read_sources
-    from .epoch_plan import GlobalBatchSampler, data_seed, shuffles
+    from .data.epoch_plan import GlobalBatchSampler, data_seed, shuffles
     from .run_plan import format_report, plan_problems, run_report, shard_stream_for_plan
 
     argv = expand_config(list(argv))

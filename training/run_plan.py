@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback
 
-from .epoch_plan import even_split
+from .data.epoch_plan import even_split
 
 logger = logging.getLogger("training.plan")  # under the "training" logger that altclip-train sets to INFO
 
@@ -38,7 +38,7 @@ GIB = 1024**3
 # ----------------------------------------------------------------------------------------------------------- data
 def shard_data_report(stream) -> dict:
     """The epoch plan of a `shard_stream.ShardStream` (its `shard_plan.ShardPlan`), over all readers."""
-    from .shard_plan import RESAMPLED
+    from .data.shard_plan import RESAMPLED
 
     plan = stream.shard_plan
     quotas = plan.quotas()
@@ -87,7 +87,7 @@ def read_through(plan) -> dict:
 
 def table_data_report(sizes: list[int], rows: int, weights, batch_size: int, world_size: int, workers: int) -> dict:
     """The epoch plan of table rows (`epoch_plan.GlobalBatchSampler`): global batches cut into one slice per rank."""
-    from .epoch_plan import drawn_per_source
+    from .data.epoch_plan import drawn_per_source
 
     drawn = (sum(sizes) if weights is None else sum(drawn_per_source(sizes, weights))) + rows - sum(sizes)
     global_batch = batch_size * world_size
@@ -112,8 +112,8 @@ def table_data_report(sizes: list[int], rows: int, weights, batch_size: int, wor
 
 def sources_report(sources, sizes_by_source: list[int], origins: list[str] | None) -> list[dict]:
     """Every source resolved: spec, kind, files/shards, samples, where the sizes came from, weight, epoch share."""
-    from .epoch_plan import drawn_per_source
-    from .sources import source_weights
+    from .data.epoch_plan import drawn_per_source
+    from .data.sources import source_weights
 
     weights = source_weights(sources)
     per_epoch = sizes_by_source if weights is None else drawn_per_source(sizes_by_source, weights)
@@ -451,7 +451,7 @@ def sized_shards(sources, data_args):
     share it); a source without a size is one line."""
     from altclip.common.records import DataFormatError
 
-    from .sizing import resolve_shard_sizes
+    from .data.sizing import resolve_shard_sizes
 
     key = (tuple(sources), tuple(data_args.shard_sizes or ()), tuple(data_args.train_num_samples or ()))
     if key not in _SIZED:
@@ -466,7 +466,7 @@ def sized_shards(sources, data_args):
 
 def reading_mode(data_args) -> dict:
     """`ShardStream` keywords of ``--dataset_resampled`` (with ``--train_num_samples`` as the epoch's samples)."""
-    from .shard_plan import RESAMPLED, SPLIT
+    from .data.shard_plan import RESAMPLED, SPLIT
 
     if not data_args.dataset_resampled:
         return {"mode": SPLIT, "samples_per_epoch": None}
@@ -476,8 +476,8 @@ def reading_mode(data_args) -> dict:
 
 def shard_stream_for_plan(sources, data_args, training_args, world: int):
     """A `ShardStream` of rank 0 that only plans (never iterated): the same plan every rank computes."""
-    from .epoch_plan import data_seed, shuffles
-    from .shard_stream import ShardStream
+    from .data.epoch_plan import data_seed, shuffles
+    from .data.shard_stream import ShardStream
 
     return ShardStream(
         sources,
@@ -535,7 +535,7 @@ class PlanCallback(TrainerCallback):
 
 def run_report(run, stage: str, sources, plan, world: int) -> dict:
     """The full report of a run's data plan object (a `ShardStream` or an `epoch_plan.GlobalBatchSampler`)."""
-    from .shard_stream import ShardStream
+    from .data.shard_stream import ShardStream
 
     if isinstance(plan, ShardStream):
         data = shard_data_report(plan)

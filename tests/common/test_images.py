@@ -9,7 +9,7 @@ from PIL import Image
 from altclip.common.embedding import _PreprocessedImages
 from altclip.common.images import ImageTooLarge, open_rgb_image
 from altclip.demo.engine import as_rgb_image
-from altclip.training.image_text_data import PairDecoder
+from altclip.training.data.image_text_data import PairDecoder
 
 ORIENTATION = 0x0112
 

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from altclip.training.losses import ClipLoss, _gather, rank_share
+from altclip.training.loop.losses import ClipLoss, _gather, rank_share
 
 ROWS, WIDTH = 7, 8
 

@@ -13,9 +13,9 @@ import pytest
 from stage_runs import run_stage, torchrun, toy_teacher_inputs, trained_keys
 
 from altclip.common.records import DataFormatError, Record, Skipped, iter_records
-from altclip.training import tables
-from altclip.training.shard_stream import ShardStream
-from altclip.training.sources import parse_sources
+from altclip.training.data import tables
+from altclip.training.data.shard_stream import ShardStream
+from altclip.training.data.sources import parse_sources
 
 KEYS = ["--record_trained_keys", "true", "--logging_steps", "1"]
 

@@ -18,7 +18,7 @@ from stage_runs import QUIET, run_stage, teacher_flags, torchrun_env
 from transformers import XLMRobertaConfig, XLMRobertaModel, modeling_utils
 
 from altclip.common.cli_errors import CommandLineError
-from altclip.training import output_folder
+from altclip.training.loop import output_folder
 from modeling_altclip import AltCLIPModel
 
 

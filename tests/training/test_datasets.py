@@ -12,10 +12,10 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil
 
 from altclip.common.records import DataFormatError, Skipped
-from altclip.training.image_text_data import ContrastiveCollator, ImageTextTable, PairDecoder, decode_shard_sample
-from altclip.training.shard_stream import ShardStream
-from altclip.training.sources import parse_source, parse_sources
-from altclip.training.text_data import DistillationCollator, ParallelText
+from altclip.training.data.image_text_data import ContrastiveCollator, ImageTextTable, PairDecoder, decode_shard_sample
+from altclip.training.data.shard_stream import ShardStream
+from altclip.training.data.sources import parse_source, parse_sources
+from altclip.training.data.text_data import DistillationCollator, ParallelText
 
 
 def parallel_text(paths, **kwargs):

@@ -196,7 +196,7 @@ def test_image_feature_cache_of_two_processes_is_written_per_rank_and_read_by_bo
 ):
     """Epoch 1: each rank stores the embeddings of the images it trains in its own shards; epoch 2: every image comes
     from the cache, also those the other rank stored (rank 0's tower count stops growing), with 2 DataLoader workers."""
-    from altclip.training.feature_caches import ImageEmbeddingCache
+    from altclip.training.loop.feature_caches import ImageEmbeddingCache
 
     flags = ["--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"])]
     flags += ["--per_device_train_batch_size", "8", "--num_train_epochs", "2", "--logging_steps", "1"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from altclip.training import feature_caches
-from altclip.training.feature_caches import MANIFEST, ImageEmbeddingCache, compute_sharded_features
+from altclip.training.loop import feature_caches
+from altclip.training.loop.feature_caches import MANIFEST, ImageEmbeddingCache, compute_sharded_features
 
 
 def shard_values(start: int, stop: int) -> np.ndarray:

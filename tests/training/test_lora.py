@@ -20,8 +20,8 @@ from tiny_models import tiny_config
 from altclip.common.adapters import is_adapter_folder, load_altclip, processor_source
 from altclip.evaluation.cli import main as eval_main
 from altclip.training.arguments import FineTuningArguments
-from altclip.training.lora import apply_lora, merged_state_dict, target_module_names
-from altclip.training.wise_ft import WeightInterpolation
+from altclip.training.finetune.lora import apply_lora, merged_state_dict, target_module_names
+from altclip.training.finetune.wise_ft import WeightInterpolation
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 LORA = ["--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import CLIPTextModel
 
-from altclip.training.feature_caches import MANIFEST, compute_sharded_features
-from altclip.training.losses import ClipLoss, distillation_loss
-from altclip.training.teacher import FrozenTextTeacher, load_teacher, precomputed_teacher_features
+from altclip.training.loop.feature_caches import MANIFEST, compute_sharded_features
+from altclip.training.loop.losses import ClipLoss, distillation_loss
+from altclip.training.loop.teacher import FrozenTextTeacher, load_teacher, precomputed_teacher_features
 from altclip.training.toy_setup import english_word_tokenizer
 from modeling_altclip import AltCLIPModel
 from modeling_altclip.modeling_altclip import contrastive_loss
@@ -108,7 +108,7 @@ def test_a_killed_precompute_keeps_its_finished_shards(tmp_path):
 def test_weight_decay_spares_biases_norms_embeddings_and_logit_scale(tmp_path, teacher_model_dir):
     from transformers import TrainingArguments
 
-    from altclip.training.trainers import ContrastiveTrainer
+    from altclip.training.loop.trainers import ContrastiveTrainer
 
     model = AltCLIPModel.from_pretrained(teacher_model_dir)
     args = TrainingArguments(output_dir=str(tmp_path), weight_decay=0.1, use_cpu=True, report_to="none")
@@ -138,9 +138,9 @@ def test_the_temperature_has_a_gradient_at_its_bound_and_is_clamped_in_place(tmp
     would cut it off there); the bound is kept by clamping the parameter in place (`clamp_logit_scale_`)."""
     from transformers import TrainingArguments
 
-    from altclip.training.image_text_data import ContrastiveCollator
-    from altclip.training.temperature import clamp_logit_scale_
-    from altclip.training.trainers import ContrastiveTrainer
+    from altclip.training.data.image_text_data import ContrastiveCollator
+    from altclip.training.loop.temperature import clamp_logit_scale_
+    from altclip.training.loop.trainers import ContrastiveTrainer
     from modeling_altclip import AltCLIPProcessor
 
     model = AltCLIPModel.from_pretrained(teacher_model_dir).eval()

@@ -6,7 +6,7 @@ import datasets
 import pytest
 
 from altclip.common.records import DataFormatError, Record, SkipCounter, Skipped, iter_records
-from altclip.training.epoch_plan import GlobalBatchSampler, epoch_rng, weighted_draw
+from altclip.training.data.epoch_plan import GlobalBatchSampler, epoch_rng, weighted_draw
 
 
 def rows_of(path, required=("english", "translation")):
@@ -115,7 +115,7 @@ def test_global_batches_hold_every_row_once_and_every_rank_the_same_steps(rows):
 
 
 def test_explicit_equal_weights_mix_half_and_half_unlike_no_weights(tmp_path):
-    from altclip.training.sources import parse_sources, source_weights
+    from altclip.training.data.sources import parse_sources, source_weights
 
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_text("{}\n")

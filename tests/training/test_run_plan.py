@@ -10,11 +10,11 @@ import pytest
 from accelerate.commands.estimate import estimate_training_usage
 from stage_runs import run_stage, toy_teacher_inputs
 
-from altclip.training import shard_stream
 from altclip.training.cli import main as train_main
+from altclip.training.data import shard_stream
+from altclip.training.data.sizing import inner_url, resolve_shard_sizes
+from altclip.training.data.sources import parse_sources
 from altclip.training.run_plan import count_parameters, memory_report
-from altclip.training.sizing import inner_url, resolve_shard_sizes
-from altclip.training.sources import parse_sources
 from modeling_altclip import AltCLIPConfig
 
 REPO = Path(__file__).resolve().parents[2]

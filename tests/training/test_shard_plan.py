@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from altclip.training.epoch_plan import drawn_per_source
-from altclip.training.shard_plan import RESAMPLED, SPLIT, ShardPlan
+from altclip.training.data.epoch_plan import drawn_per_source
+from altclip.training.data.shard_plan import RESAMPLED, SPLIT, ShardPlan
 
 
 def readers_pieces(plan: ShardPlan, epoch: int) -> list:

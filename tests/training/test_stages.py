@@ -291,7 +291,7 @@ def test_zero_shot_scores_are_logged_during_training(tmp_path, toy, teacher_mode
 
 
 def test_zero_shot_out_of_memory_is_named_and_training_goes_on(tmp_path, toy, teacher_model_dir, monkeypatch, caplog):
-    from altclip.training.zeroshot_monitor import ZeroShotMonitor
+    from altclip.training.loop.zeroshot_monitor import ZeroShotMonitor
 
     def out_of_memory(self, texts):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

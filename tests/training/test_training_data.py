@@ -28,10 +28,10 @@ from stage_runs import (
     trained_steps,
 )
 
-from altclip.training.image_text_data import PairDecoder, decode_shard_sample
-from altclip.training.shard_stream import ShardStream, shard_samples
-from altclip.training.sources import parse_sources
-from altclip.training.text_data import ParallelText
+from altclip.training.data.image_text_data import PairDecoder, decode_shard_sample
+from altclip.training.data.shard_stream import ShardStream, shard_samples
+from altclip.training.data.sources import parse_sources
+from altclip.training.data.text_data import ParallelText
 from modeling_altclip import AltCLIPProcessor
 
 KEYS = ["--record_trained_keys", "true", "--logging_steps", "1"]

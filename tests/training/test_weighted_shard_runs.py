@@ -9,9 +9,9 @@ from pathlib import Path
 
 from stage_runs import torchrun
 
-from altclip.training.shard_plan import ShardPlan
-from altclip.training.shard_stream import shard_samples
-from altclip.training.sources import parse_sources
+from altclip.training.data.shard_plan import ShardPlan
+from altclip.training.data.shard_stream import shard_samples
+from altclip.training.data.sources import parse_sources
 
 
 def write_shards(folder: Path, prefix: str, samples: list[dict], per_shard: int) -> list[int]:

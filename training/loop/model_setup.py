@@ -9,7 +9,7 @@ from transformers import AutoTokenizer, TrainingArguments
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from modeling_altclip.conversion_altclip import build_altclip
 
-from .arguments import ModelArguments
+from ..arguments import ModelArguments
 from .distributed_backends import full_numel, outside_zero3_init
 from .teacher import FrozenTextTeacher, load_teacher
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .lora import has_lora_layers, merged_state_dict
+from ..finetune.lora import has_lora_layers, merged_state_dict
 from .output_folder import move_into
 
 

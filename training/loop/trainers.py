@@ -15,11 +15,11 @@ from transformers import Trainer
 
 from altclip.common.records import SkipCounter
 
+from ..data.epoch_plan import GlobalBatchSampler, data_seed
+from ..data.shard_stream import ShardStream
 from .accumulated_negatives import accumulated_contrastive_step
-from .epoch_plan import GlobalBatchSampler, data_seed
 from .feature_caches import ImageEmbeddingCache
 from .losses import ClipLoss, distillation_loss
-from .shard_stream import ShardStream
 from .teacher import FrozenTextTeacher
 from .temperature import LogitScaleClamp
 

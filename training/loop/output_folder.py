@@ -26,7 +26,7 @@ FINAL_FILES = (
     "processing_altclip.py",
     "training_summary.json",
     "loss_curve.png",
-    "adapter_config.json",  # LoRA runs (training/lora.py)
+    "adapter_config.json",  # LoRA runs (training/finetune/lora.py)
     "adapter_model.safetensors",
     "before_after.png",
 )

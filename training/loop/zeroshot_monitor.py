@@ -31,7 +31,7 @@ from altclip.common.zero_shot_scoring import (
     zero_shot_result,
 )
 
-from .arguments import ZeroShotArguments
+from ..arguments import ZeroShotArguments
 
 logger = logging.getLogger(__name__)
 

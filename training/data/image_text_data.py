@@ -19,7 +19,7 @@ from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.images import open_rgb_image
 from altclip.common.records import Skipped, split_skipped
 
-from .feature_caches import ImageEmbeddingCache
+from ..loop.feature_caches import ImageEmbeddingCache
 from .sources import Source, is_remote, join_url, open_stream
 from .tables import SKIPPED, TableRows, source_folder
 from .text_data import usable_or_placeholder

@@ -16,8 +16,8 @@ from peft.tuners.lora import LoraLayer
 
 from modeling_altclip import AltCLIPModel
 
-from .arguments import FineTuningArguments
-from .output_folder import move_into
+from ..arguments import FineTuningArguments
+from ..loop.output_folder import move_into
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.records import DataFormatError, Skipped, split_skipped
 
+from ..loop.teacher import teacher_max_length
 from .sources import Source
 from .tables import SKIPPED, TableRows
-from .teacher import teacher_max_length
 
 logger = logging.getLogger(__name__)
 

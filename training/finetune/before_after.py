@@ -12,9 +12,9 @@ import torch
 
 from altclip.common.plots import plt
 
-from .arguments import FineTuningArguments, ZeroShotArguments
+from ..arguments import FineTuningArguments, ZeroShotArguments
+from ..loop.zeroshot_monitor import ZeroShotMonitor
 from .wise_ft import ALPHA_DECIMALS, WeightInterpolation, parse_alphas
-from .zeroshot_monitor import ZeroShotMonitor
 
 logger = logging.getLogger(__name__)
 

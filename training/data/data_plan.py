@@ -30,7 +30,7 @@ def data_plan(data_args, training_args, tables: dict | None = None) -> dict:
         "shuffle_buffer": data_args.shuffle_buffer,
         "seed": data_seed(training_args),
     }
-    # Shard sizing and reading mode (training/sizing.py, shard_plan.py): named only when set, so that checkpoints
+    # Shard sizing and reading mode (training/data/sizing.py, shard_plan.py): named only when set, so that checkpoints
     # written before these flags existed compare equal.
     for name in ("shard_sizes", "train_num_samples", "dataset_resampled"):
         if getattr(data_args, name, None):

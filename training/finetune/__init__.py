@@ -1,0 +1,1 @@
+"""Fine-tuning without forgetting: LoRA adapters (peft), WiSE-FT weight interpolation and before/after scores."""
