@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +28,39 @@ logger = logging.getLogger(__name__)
 STORED_DTYPE = np.float16
 MANIFEST = "manifest.json"
 WAIT_LOG_SECONDS = 60.0
+OPEN_MAPS = 128  # memory-mapped shards kept open per process: each holds a file descriptor
+
+
+def is_transient(error: BaseException) -> bool:
+    """An OSError from the system (too many open files, a file renamed away, NFS trouble) says nothing about the
+    file's contents; numpy's own complaints about a garbled file carry no errno."""
+    return isinstance(error, OSError) and error.errno is not None
+
+
+class OpenMaps:
+    """At most `limit` memory-mapped `.npy` files open at once, the least recently used closed first: a process
+    reading thousands of shards never runs out of file descriptors ("Too many open files")."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit = limit or OPEN_MAPS
+        self._maps: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def get(self, path: Path) -> np.ndarray:
+        """The map of `path` (opened now if needed); OSError and numpy's errors pass to the caller."""
+        if path in self._maps:
+            self._maps.move_to_end(path)
+            return self._maps[path]
+        while len(self._maps) >= self.limit:
+            self._maps.popitem(last=False)  # the last reference: numpy's memmap closes its mmap and descriptor
+        array = np.load(path, mmap_mode="r")
+        self._maps[path] = array
+        return array
+
+    def clear(self) -> None:
+        self._maps.clear()
 
 
 def module_digest(module: torch.nn.Module) -> str:
@@ -70,10 +104,13 @@ def first_non_finite_row(array: np.ndarray, chunk_rows: int = 65_536) -> int | N
 
 def shard_problem(path: Path, shape: tuple[int, ...], dtype=STORED_DTYPE, values: bool = True) -> str | None:
     """What makes a stored shard unusable (None: nothing): unreadable or cut short, another shape or dtype, and
-    with `values` a row that is not finite."""
+    with `values` a row that is not finite. An OSError with an errno (too many open files, a file gone) is raised:
+    it says nothing about the contents, and callers must not treat it as damage."""
     try:
         array = np.load(path, mmap_mode="r")
     except Exception as error:  # numpy raises ValueError, EOFError or OSError for a cut or garbled file
+        if is_transient(error):
+            raise
         return f"unreadable or cut short: {error}"
     if array.shape != shape or array.dtype != dtype:
         return f"holds {array.dtype} {array.shape}, not {np.dtype(dtype)} {shape}"
@@ -104,18 +141,16 @@ class ShardedFeatures:
         manifest = json.loads((self.folder / MANIFEST).read_text())
         self.rows, self.width, self.shard_rows = manifest["rows"], manifest["width"], manifest["shard_rows"]
         self.shard_names = manifest["shards"]
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps = OpenMaps()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_maps": {}}  # workers map the files themselves
+        return {**self.__dict__, "_maps": OpenMaps()}  # workers map the files themselves
 
     def __len__(self) -> int:
         return self.rows
 
     def _shard(self, number: int) -> np.ndarray:
-        if number not in self._maps:
-            self._maps[number] = np.load(self.folder / self.shard_names[number], mmap_mode="r")
-        return self._maps[number]
+        return self._maps.get(self.folder / self.shard_names[number])
 
     def __getitem__(self, indices: Sequence[int]) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
@@ -151,7 +186,12 @@ class _ShardWatch:
                 continue
             if self._rejected.get(number) == (stat.st_mtime_ns, stat.st_size):
                 continue
-            if shard_problem(path, self.shapes[number]) is None:
+            try:
+                problem = shard_problem(path, self.shapes[number])
+            except OSError as error:  # transient: looked at again at the next poll, never counted as damage
+                logger.warning("Could not read feature shard %s now (%s); trying again.", path, error)
+                continue
+            if problem is None:
                 self.pending.discard(number)
                 progress = True
             else:
@@ -209,7 +249,11 @@ def compute_sharded_features(
     mine, missing = [number for number in range(len(names)) if number % world_size == rank], []
     for number in mine:
         path = folder / names[number]
-        problem = shard_problem(path, shapes[number]) if path.is_file() else "missing"
+        try:
+            problem = shard_problem(path, shapes[number]) if path.is_file() else "missing"
+        except OSError as error:  # not damage: this rank owns the shard and writes it again, atomically
+            logger.warning("Could not read feature shard %s (%s); computing it again.", path, error)
+            problem = "missing"
         if problem == "missing" or problem is None:
             missing += [number] if problem else []
             continue
@@ -277,7 +321,7 @@ class ImageEmbeddingCache:
     def _reset_index(self) -> None:
         self._location: np.ndarray | None = None  # table row -> shard number << 32 | position, or -1
         self._shards: list[Path] = []
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps = OpenMaps()
         self._warned: set[int] = set()
 
     @classmethod
@@ -304,7 +348,41 @@ class ImageEmbeddingCache:
     def __getstate__(self) -> dict:
         # workers index and map the files themselves; rows not yet written stay with the training process
         state = {**self.__dict__, "_pending_rows": [], "_pending_embeds": []}
-        return {**state, "_location": None, "_shards": [], "_maps": {}, "_warned": set()}
+        return {**state, "_location": None, "_shards": [], "_maps": OpenMaps(), "_warned": set()}
+
+    def _shard_problem(self, rows_file: Path, embeds_file: Path) -> str | None:
+        """What is wrong with a shard's contents (None: nothing); transient OSErrors are raised."""
+        try:
+            rows = np.load(rows_file)
+        except Exception as error:  # numpy raises ValueError, EOFError or OSError for a cut or garbled file
+            if is_transient(error):
+                raise
+            return f"its rows file is unreadable or cut short: {error}"
+        if rows.ndim != 1 or rows.dtype != np.int64 or (len(rows) and not 0 <= rows.min() <= rows.max() < self.rows):
+            return f"its rows file holds {rows.dtype} {rows.shape} outside 0..{self.rows - 1}"
+        return shard_problem(embeds_file, (len(rows), self.width), values=False)
+
+    def _may_quarantine(self, rows_file: Path) -> bool:
+        """Only the training process that wrote a shard, or rank 0's, sets it aside; DataLoader workers and other
+        ranks only skip it (a reader's view may be stale, and a good shard renamed is lost to every rank)."""
+        if torch.utils.data.get_worker_info() is not None:
+            return False
+        return self.rank == 0 or rows_file.name.startswith(f"rank-{self.rank}-")
+
+    def _quarantine(self, rows_file: Path, embeds_file: Path, problem: str) -> None:
+        logger.warning(
+            "Image-feature cache shard %s is damaged (%s); its rows are computed again.", embeds_file, problem
+        )
+        if not self._may_quarantine(rows_file):
+            return
+        try:
+            if self._shard_problem(rows_file, embeds_file) is None:  # re-checked: replaced or read well now
+                return
+        except OSError:
+            return
+        for path in (rows_file, embeds_file):  # renamed, not deleted: another reader may be looking at it
+            with contextlib.suppress(OSError):
+                path.replace(path.with_name(path.name + ".damaged"))
 
     def _index(self) -> np.ndarray:
         """Table row -> where it is stored, from the complete shards present now (damaged ones set aside)."""
@@ -314,24 +392,13 @@ class ImageEmbeddingCache:
         for rows_file in sorted(self.folder.glob("rank-*.rows.npy")):
             embeds_file = rows_file.with_name(rows_file.name.replace(".rows.npy", ".embeds.npy"))
             try:
-                rows = np.load(rows_file)
-                problem = None
-                if (
-                    rows.ndim != 1
-                    or rows.dtype != np.int64
-                    or (len(rows) and not 0 <= rows.min() <= rows.max() < self.rows)
-                ):
-                    problem = f"its rows file holds {rows.dtype} {rows.shape} outside 0..{self.rows - 1}"
-            except Exception as error:  # numpy raises ValueError, EOFError or OSError for a cut or garbled file
-                problem = f"its rows file is unreadable or cut short: {error}"
-            problem = problem or shard_problem(embeds_file, (len(rows), self.width), values=False)
+                problem = self._shard_problem(rows_file, embeds_file)
+                rows = np.load(rows_file) if problem is None else None
+            except OSError as error:  # not damage (too many open files, renamed away): its rows are a miss
+                logger.warning("Image-feature cache shard %s not readable now (%s); skipped.", embeds_file, error)
+                continue
             if problem is not None:
-                logger.warning(
-                    "Image-feature cache shard %s is damaged (%s); its rows are computed again.", embeds_file, problem
-                )
-                for path in (rows_file, embeds_file):  # renamed, not deleted: another reader may be looking at it
-                    with contextlib.suppress(OSError):
-                        path.replace(path.with_name(path.name + ".damaged"))
+                self._quarantine(rows_file, embeds_file, problem)
                 continue
             number = len(self._shards)
             self._shards.append(embeds_file)
@@ -344,17 +411,18 @@ class ImageEmbeddingCache:
         self._reset_index()
 
     def get(self, row: int) -> np.ndarray | None:
-        """The row's embedding, or None when it is not stored (yet) or stored damaged."""
+        """The row's embedding, or None when it is not stored (yet), stored damaged or not readable now."""
         where = int(self._index()[row])
         if where < 0:
             return None
         number, position = where >> 32, where & 0xFFFFFFFF
-        if number not in self._maps:
-            try:
-                self._maps[number] = np.load(self._shards[number], mmap_mode="r")
-            except OSError:  # set aside as damaged by another reader since this one indexed it
-                return None
-        embedding = np.array(self._maps[number][position])
+        try:
+            embedding = np.array(self._maps.get(self._shards[number])[position])
+        except (OSError, ValueError) as error:  # renamed away, too many open files, NFS: a miss, not damage
+            if number not in self._warned:
+                self._warned.add(number)
+                logger.warning("Image-feature cache shard %s not readable now (%s).", self._shards[number], error)
+            return None
         if not np.isfinite(embedding).all():
             if number not in self._warned:
                 self._warned.add(number)

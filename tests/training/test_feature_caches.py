@@ -195,3 +195,60 @@ def test_the_image_cache_key_covers_the_image_root_and_column(tmp_path):
 
     assert folder(None) == folder(None)
     assert len({folder(None), folder(str(tmp_path / "a")), folder(str(tmp_path / "b")), folder(None, "photo")}) == 4
+
+
+FEW_DESCRIPTORS = """
+import os, resource, sys
+from pathlib import Path
+import numpy as np, torch
+from altclip.training import feature_caches
+from altclip.training.feature_caches import ImageEmbeddingCache, ShardedFeatures, compute_sharded_features
+
+folder, shards = Path(sys.argv[1]), 200
+writer = ImageEmbeddingCache.create(folder / "images", shards * 2, 4, {"tower": "x"})
+writer.shard_rows = 2
+for row in range(0, shards * 2, 2):
+    writer.put([row, row + 1], torch.full((2, 4), float(row)))
+values = lambda a, b: np.arange(a, b)[:, None] * np.ones(4)
+compute_sharded_features(folder / "teacher", shards * 2, 4, values, shard_rows=2)
+limit = len(os.listdir("/proc/self/fd")) + 40  # room for 40 more descriptors, far fewer than the 200 shards
+feature_caches.OPEN_MAPS = 16  # the bound scaled down with the limit (128 against the usual 1024)
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+reader = ImageEmbeddingCache(folder / "images", shards * 2, 4, rank=1)
+stored = [reader.get(row) for row in range(shards * 2)]
+assert all(value is not None for value in stored), sum(value is None for value in stored)
+teacher = ShardedFeatures(folder / "teacher")
+assert teacher[list(range(shards * 2))][:, 0].tolist() == list(range(shards * 2))
+assert not list(folder.rglob("*.damaged")), list(folder.rglob("*.damaged"))
+print("all rows read with", limit, "descriptors")
+"""
+
+
+def test_every_stored_row_is_read_with_few_file_descriptors_and_nothing_is_set_aside(tmp_path):
+    """200 shards per cache read by a process allowed 40 more open files (with the maps unbounded, 322 of the 400
+    rows were misses): the maps are bounded (`OpenMaps`)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FEW_DESCRIPTORS, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "all rows read with" in done.stdout
+
+
+def test_a_transient_error_is_never_damage_and_readers_do_not_set_shards_aside(tmp_path, monkeypatch, caplog):
+    stored_cache(tmp_path)
+    real_load = np.load
+
+    def too_many_open_files(path, *args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(np, "load", too_many_open_files)
+    with caplog.at_level(logging.WARNING):
+        assert ImageEmbeddingCache(tmp_path, 10, 4).get(0) is None  # a miss
+    monkeypatch.setattr(np, "load", real_load)
+    assert not list(tmp_path.glob("*.damaged")) and ImageEmbeddingCache(tmp_path, 10, 4).get(0).tolist() == [0.0] * 4
+    cut_in_half(first_shard(tmp_path, "embeds"))  # real damage: rank 1 only skips it, rank 0 sets it aside
+    assert ImageEmbeddingCache(tmp_path, 10, 4, rank=1).get(0) is None and not list(tmp_path.glob("*.damaged"))
+    assert ImageEmbeddingCache(tmp_path, 10, 4, rank=0).get(0) is None and len(list(tmp_path.glob("*.damaged"))) == 2
