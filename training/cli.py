@@ -220,7 +220,8 @@ def image_feature_cache(model, image_processor, dataset, stage_args, data_args, 
         "image_root": str(Path(data_args.image_root).resolve()) if data_args.image_root else None,
     }
     root = Path(stage_args.image_feature_cache_dir or Path(training_args.output_dir) / "image_feature_cache")
-    with training_args.main_process_first(desc="image feature cache"):
+    # local=False: one writer of the manifest for all nodes, which share the cache folder
+    with training_args.main_process_first(local=False, desc="image feature cache"):
         return ImageEmbeddingCache.create(
             root / f"images-{fingerprint(key)}",
             len(dataset),

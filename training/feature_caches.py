@@ -23,11 +23,14 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from altclip.common.files import replace_atomically
+
 logger = logging.getLogger(__name__)
 
 STORED_DTYPE = np.float16
 MANIFEST = "manifest.json"
 WAIT_LOG_SECONDS = 60.0
+MANIFEST_READ_ATTEMPTS = 4
 OPEN_MAPS = 128  # memory-mapped shards kept open per process: each holds a file descriptor
 
 
@@ -79,18 +82,17 @@ def fingerprint(parts: dict) -> str:
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
-        np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    def write(partial: Path) -> None:
+        with open(partial, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    replace_atomically(path, write)
 
 
 def _write_json_atomically(path: Path, payload: dict) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(payload, indent=2))
-    os.replace(partial, path)
+    replace_atomically(path, lambda partial: partial.write_text(json.dumps(payload, indent=2)))
 
 
 def first_non_finite_row(array: np.ndarray, chunk_rows: int = 65_536) -> int | None:
@@ -118,12 +120,28 @@ def shard_problem(path: Path, shape: tuple[int, ...], dtype=STORED_DTYPE, values
     return None if bad is None else f"row {bad} is not finite"
 
 
+def _read_text(path: Path, attempts: int = MANIFEST_READ_ATTEMPTS) -> str | None:
+    """A file's text, None when it is not there; an OSError (NFS trouble, a rename racing the read) is tried again a
+    few times before it is raised."""
+    for attempt in range(attempts):
+        try:
+            return path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return None
+
+
 def read_manifest(path: Path) -> dict | None:
     """A manifest's content, or None (with a warning naming the file) when it is cut short or not JSON."""
-    if not path.is_file():
+    text = _read_text(path)
+    if text is None:
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
         if not isinstance(manifest, dict):
             raise ValueError("not a JSON object")
         return manifest
@@ -293,7 +311,7 @@ def compute_sharded_features(
 
 def read_manifest_quietly(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(_read_text(path) or "null")
     except (OSError, ValueError, UnicodeDecodeError):
         return None
 
@@ -326,15 +344,30 @@ class ImageEmbeddingCache:
 
     @classmethod
     def create(
-        cls, folder: str | os.PathLike, rows: int, width: int, key: dict, rank: int = 0
+        cls,
+        folder: str | os.PathLike,
+        rows: int,
+        width: int,
+        key: dict,
+        rank: int = 0,
+        wait_seconds: float = 600.0,
     ) -> "ImageEmbeddingCache":
-        """The cache in `folder`; writes its manifest unless an intact one is there (call on one process first).
-        Refuses in one line when the disk cannot hold the rows not stored yet."""
+        """The cache in `folder`; global rank 0 writes its manifest unless an intact one is there, the other ranks
+        (of every node: call on global rank 0 first) wait until they read it. Refuses in one line when the disk
+        cannot hold the rows not stored yet."""
         cache = cls(folder, rows, width, rank)
         cache.folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"rows": rows, "width": width, "key": key, "format": "shards"}
-        if read_manifest(cache.folder / MANIFEST) != json.loads(json.dumps(manifest, default=str)):
-            _write_json_atomically(cache.folder / MANIFEST, json.loads(json.dumps(manifest, default=str)))
+        manifest = json.loads(json.dumps({"rows": rows, "width": width, "key": key, "format": "shards"}, default=str))
+        if rank == 0 and read_manifest(cache.folder / MANIFEST) != manifest:
+            _write_json_atomically(cache.folder / MANIFEST, manifest)
+        waited = time.monotonic()
+        while rank != 0 and read_manifest_quietly(cache.folder / MANIFEST) != manifest:
+            if time.monotonic() - waited > wait_seconds:
+                raise SystemExit(
+                    f"altclip-train: rank {rank} waited {wait_seconds:g} s for {cache.folder / MANIFEST}, which "
+                    "global rank 0 writes; check rank 0's log."
+                )
+            time.sleep(1.0)
         needed = (rows - cache.filled_rows()) * (width * np.dtype(STORED_DTYPE).itemsize + 8)
         free = shutil.disk_usage(cache.folder).free
         if needed > free:

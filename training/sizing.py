@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from altclip.common.files import replace_atomically
 from altclip.common.records import DataFormatError
 
 from .sources import SIZES_FILE, Source, is_remote, open_stream, read_sizes_file, sibling_url
@@ -127,9 +128,7 @@ def count_local_shards(paths: Sequence[str], cache_dir: str | None) -> list[int]
             kept[key] = _count_samples(path)
         try:
             store.parent.mkdir(parents=True, exist_ok=True)
-            partial = store.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(json.dumps(kept))
-            partial.replace(store)
+            replace_atomically(store, lambda partial: partial.write_text(json.dumps(kept)))
         except OSError as error:
             logger.warning("Could not keep the shard counts in %s: %s", store, error)
     return [int(kept[key]) for key in keys]

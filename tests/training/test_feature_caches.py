@@ -186,7 +186,9 @@ def test_the_image_cache_key_covers_the_image_root_and_column(tmp_path):
         config=SimpleNamespace(projection_dim=4),
     )
     processor = SimpleNamespace(to_dict=lambda: {"size": 224})
-    training = SimpleNamespace(output_dir=str(tmp_path), process_index=0, main_process_first=lambda desc: nullcontext())
+    training = SimpleNamespace(
+        output_dir=str(tmp_path), process_index=0, main_process_first=lambda desc, local: nullcontext()
+    )
     stage = SimpleNamespace(image_feature_cache_dir=None)
 
     def folder(image_root, image_column="image"):
@@ -252,3 +254,38 @@ def test_a_transient_error_is_never_damage_and_readers_do_not_set_shards_aside(t
     cut_in_half(first_shard(tmp_path, "embeds"))  # real damage: rank 1 only skips it, rank 0 sets it aside
     assert ImageEmbeddingCache(tmp_path, 10, 4, rank=1).get(0) is None and not list(tmp_path.glob("*.damaged"))
     assert ImageEmbeddingCache(tmp_path, 10, 4, rank=0).get(0) is None and len(list(tmp_path.glob("*.damaged"))) == 2
+
+
+def test_only_global_rank_zero_writes_the_image_cache_manifest(tmp_path):
+    with pytest.raises(SystemExit, match=r"rank 3 waited 0.2 s for .*manifest.json, which global rank 0 writes"):
+        ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, rank=3, wait_seconds=0.2)
+    assert not (tmp_path / MANIFEST).exists()
+    ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, rank=0)
+    written = (tmp_path / MANIFEST).stat().st_mtime_ns
+    ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, rank=3, wait_seconds=0.2)  # reads, never writes
+    assert (tmp_path / MANIFEST).stat().st_mtime_ns == written
+
+
+def test_temporary_names_differ_across_hosts_and_processes(tmp_path):
+    import os
+    import socket
+
+    from altclip.common.files import partial_path
+
+    first, second = partial_path(tmp_path / MANIFEST), partial_path(tmp_path / MANIFEST)
+    assert first != second and first.parent == tmp_path
+    assert f".{socket.gethostname()}.{os.getpid()}." in first.name and first.name.endswith(".partial")
+
+
+def test_a_manifest_read_is_tried_again_after_an_os_error(tmp_path, monkeypatch):
+    ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"})
+    real_read, failures = Path.read_text, []
+
+    def flaky(self, *args, **kwargs):
+        if self.name == MANIFEST and len(failures) < 2:
+            failures.append(self)
+            raise OSError(116, "Stale file handle")
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", flaky)
+    assert feature_caches.read_manifest(tmp_path / MANIFEST)["rows"] == 10 and len(failures) == 2
