@@ -228,7 +228,25 @@ def image_feature_cache(model, image_processor, dataset, stage_args, data_args, 
             model.config.projection_dim,
             key,
             training_args.process_index,
+            reserved_bytes=checkpoint_bytes_on_disk_of(root, model, training_args),
         )
+
+
+def checkpoint_bytes_on_disk_of(folder: Path, model, training_args: TrainingArguments) -> int:
+    """Bytes of the checkpoints kept (--save_total_limit, at least one: fp32 weights and Adam's two fp32 states of
+    the trained ones) when they go to the same file system as `folder`, else 0."""
+
+    def device(path: Path) -> int:
+        path = path.resolve()
+        while not path.exists():
+            path = path.parent
+        return path.stat().st_dev
+
+    if device(Path(training_args.output_dir)) != device(folder):
+        return 0
+    total = sum(parameter.numel() for parameter in model.parameters())
+    trained = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    return (4 * total + 8 * trained) * max(training_args.save_total_limit or 1, 1)
 
 
 def setup_logging(training_args: TrainingArguments) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from altclip.common.files import replace_atomically
+from altclip.common.files import PARTIAL_SUFFIX, replace_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -334,6 +334,7 @@ class ImageEmbeddingCache:
         self.rank, self.shard_rows = rank, shard_rows
         self._pending_rows: list[np.ndarray] = []
         self._pending_embeds: list[np.ndarray] = []
+        self.stopped = False  # set when a write failed (disk full): this process caches no more
         self._reset_index()
 
     def _reset_index(self) -> None:
@@ -351,12 +352,17 @@ class ImageEmbeddingCache:
         key: dict,
         rank: int = 0,
         wait_seconds: float = 600.0,
+        reserved_bytes: int = 0,
     ) -> "ImageEmbeddingCache":
         """The cache in `folder`; global rank 0 writes its manifest unless an intact one is there, the other ranks
         (of every node: call on global rank 0 first) wait until they read it. Refuses in one line when the disk
-        cannot hold the rows not stored yet."""
+        cannot hold the rows not stored yet and `reserved_bytes` (checkpoints written to the same disk)."""
         cache = cls(folder, rows, width, rank)
         cache.folder.mkdir(parents=True, exist_ok=True)
+        if rank == 0:  # temporary files of writers killed in an earlier run (no writer runs before this)
+            for stale in cache.folder.glob(f"*{PARTIAL_SUFFIX}"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         manifest = json.loads(json.dumps({"rows": rows, "width": width, "key": key, "format": "shards"}, default=str))
         if rank == 0 and read_manifest(cache.folder / MANIFEST) != manifest:
             _write_json_atomically(cache.folder / MANIFEST, manifest)
@@ -370,10 +376,11 @@ class ImageEmbeddingCache:
             time.sleep(1.0)
         needed = (rows - cache.filled_rows()) * (width * np.dtype(STORED_DTYPE).itemsize + 8)
         free = shutil.disk_usage(cache.folder).free
-        if needed > free:
+        if needed + reserved_bytes > free:
+            checkpoints = f" besides {reserved_bytes / 1e9:.2f} GB of checkpoints" if reserved_bytes else ""
             raise SystemExit(
                 f"altclip-train: --cache_image_features needs {needed / 1e9:.2f} GB in {cache.folder} for {rows} "
-                f"image embeddings, and the disk has {free / 1e9:.2f} GB free; free space, point "
+                f"image embeddings{checkpoints}, and the disk has {free / 1e9:.2f} GB free; free space, point "
                 "--image_feature_cache_dir at a larger disk, or train without --cache_image_features."
             )
         return cache
@@ -468,6 +475,8 @@ class ImageEmbeddingCache:
     def put(self, rows: Sequence[int], embeds: torch.Tensor) -> None:
         """Keeps the finite rows among `embeds` (of table `rows`) for the next shard; non-finite ones are left out
         with a warning (the image is computed again when next seen)."""
+        if self.stopped:
+            return
         rows = np.asarray(rows, dtype=np.int64)
         values = embeds.detach().float().cpu().numpy().astype(STORED_DTYPE)
         finite = np.isfinite(values).all(axis=1)
@@ -479,6 +488,8 @@ class ImageEmbeddingCache:
             )
         self._pending_rows.append(rows[finite])
         self._pending_embeds.append(values[finite])
+        if self.stopped:
+            return
         if sum(len(part) for part in self._pending_rows) >= self.shard_rows:
             self.flush()
 
@@ -489,9 +500,24 @@ class ImageEmbeddingCache:
             return
         embeds = np.concatenate(self._pending_embeds)
         self._pending_rows, self._pending_embeds = [], []
+        if self.stopped:
+            return
         stem = f"rank-{self.rank}-{time.time_ns():020d}-{os.getpid()}"
-        _save_atomically(self.folder / f"{stem}.embeds.npy", embeds)
-        _save_atomically(self.folder / f"{stem}.rows.npy", rows)
+        embeds_file = self.folder / f"{stem}.embeds.npy"
+        try:
+            _save_atomically(embeds_file, embeds)
+            _save_atomically(self.folder / f"{stem}.rows.npy", rows)
+        except OSError as error:  # disk full, I/O error: this rank stops caching, training goes on
+            embeds_file.unlink(missing_ok=True)  # without its rows file no reader uses it; not left taking room
+            self.stopped = True
+            logger.warning(
+                "Image-feature cache: rank %d could not write to %s (%s); it stops caching image embeddings "
+                "(training goes on, its images are computed each time).",
+                self.rank,
+                self.folder,
+                error,
+            )
+            return
         self._reset_index()  # this process reads what it wrote
 
     def filled_rows(self) -> int:

@@ -184,10 +184,14 @@ def test_the_image_cache_key_covers_the_image_root_and_column(tmp_path):
         vision_model=torch.nn.Linear(2, 2),
         visual_projection=torch.nn.Linear(2, 2),
         config=SimpleNamespace(projection_dim=4),
+        parameters=lambda: torch.nn.Linear(2, 2).parameters(),
     )
     processor = SimpleNamespace(to_dict=lambda: {"size": 224})
     training = SimpleNamespace(
-        output_dir=str(tmp_path), process_index=0, main_process_first=lambda desc, local: nullcontext()
+        output_dir=str(tmp_path),
+        process_index=0,
+        save_total_limit=2,
+        main_process_first=lambda desc, local: nullcontext(),
     )
     stage = SimpleNamespace(image_feature_cache_dir=None)
 
@@ -289,3 +293,45 @@ def test_a_manifest_read_is_tried_again_after_an_os_error(tmp_path, monkeypatch)
 
     monkeypatch.setattr(Path, "read_text", flaky)
     assert feature_caches.read_manifest(tmp_path / MANIFEST)["rows"] == 10 and len(failures) == 2
+
+
+def test_a_failed_shard_write_is_one_warning_and_the_rank_stops_caching(tmp_path, monkeypatch, caplog):
+    cache = ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"})
+    cache.shard_rows = 2
+
+    def disk_full(handle, array):
+        handle.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(feature_caches.np, "save", disk_full)
+    with caplog.at_level(logging.WARNING):
+        cache.put([0, 1], embeddings([0, 1]))  # the shard is full: flushed inside compute_loss
+        cache.put([2, 3], embeddings([2, 3]))
+        cache.flush()
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"rank 0 could not write to {tmp_path} ([Errno 28]" in warnings[0]
+    assert cache.stopped and not cache._pending_rows
+    assert sorted(path.name for path in tmp_path.iterdir()) == [MANIFEST]  # no partial, no orphan embeddings
+
+
+def test_rank_zero_removes_stale_temporary_files_at_open(tmp_path):
+    ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"})
+    stale = tmp_path / ".rank-0-1-2.embeds.npy.host.123.abc.partial"
+    stale.write_bytes(b"cut")
+    ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, rank=1)
+    assert stale.exists()  # only rank 0 cleans, before any rank writes
+    ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, rank=0)
+    assert not stale.exists()
+
+
+def test_the_room_check_counts_the_checkpoints_on_the_same_disk(tmp_path):
+    from altclip.training.cli import checkpoint_bytes_on_disk_of
+
+    free = feature_caches.shutil.disk_usage(tmp_path).free
+    with pytest.raises(SystemExit, match=r"for 10 image embeddings besides .* GB of checkpoints, and the disk has"):
+        ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, reserved_bytes=free)
+    model = torch.nn.Linear(10, 10)  # 110 parameters, trained
+    training = SimpleNamespace(output_dir=str(tmp_path / "run" / "not-yet"), save_total_limit=3)
+    assert checkpoint_bytes_on_disk_of(tmp_path / "cache", model, training) == 3 * 110 * 12
+    model.requires_grad_(False)
+    assert checkpoint_bytes_on_disk_of(tmp_path / "cache", model, training) == 3 * 110 * 4
