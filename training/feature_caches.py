@@ -116,6 +116,9 @@ def shard_problem(path: Path, shape: tuple[int, ...], dtype=STORED_DTYPE, values
         return f"unreadable or cut short: {error}"
     if array.shape != shape or array.dtype != dtype:
         return f"holds {array.dtype} {array.shape}, not {np.dtype(dtype)} {shape}"
+    size, expected = path.stat().st_size, array.offset + array.nbytes
+    if size != expected:
+        return f"has {size} bytes, not the {expected} its header names"
     bad = first_non_finite_row(array) if values else None
     return None if bad is None else f"row {bad} is not finite"
 
@@ -185,8 +188,8 @@ def shard_names(rows: int, shard_rows: int) -> list[str]:
 
 
 class _ShardWatch:
-    """The shards of other ranks this rank waits for, each checked whole once it appears (a damaged one left from an
-    earlier run counts as missing until its owner has replaced it)."""
+    """The shards of other ranks this rank waits for, each checked (header, shape, size) once it appears (a damaged
+    one left from an earlier run counts as missing until its owner has replaced it)."""
 
     def __init__(self, folder: Path, names: list[str], numbers: list[int], shapes: dict[int, tuple[int, int]]):
         self.folder, self.names, self.shapes = folder, names, shapes
@@ -204,8 +207,8 @@ class _ShardWatch:
                 continue
             if self._rejected.get(number) == (stat.st_mtime_ns, stat.st_size):
                 continue
-            try:
-                problem = shard_problem(path, self.shapes[number])
+            try:  # header, shape and size: the values were checked by the rank that wrote it
+                problem = shard_problem(path, self.shapes[number], values=False)
             except OSError as error:  # transient: looked at again at the next poll, never counted as damage
                 logger.warning("Could not read feature shard %s now (%s); trying again.", path, error)
                 continue
@@ -258,8 +261,9 @@ def compute_sharded_features(
     """Computes `encode(start, stop)` for every shard not usable on disk, shard j by rank j % world_size, each
     written once (atomically, its rows checked finite); then waits for the other ranks' shards by looking at the
     folder, without a collective that a long precompute could time out. A run killed halfway keeps its finished
-    shards; a damaged shard (cut short, another shape, non-finite) is named in a warning and computed again. Every
-    rank reads each shard once to check it: a sequential read of the cache per start."""
+    shards; a damaged shard (cut short, another shape or size) is named in a warning and computed again. A shard's
+    values are checked (finite) only by the rank that computes it, before writing; at a start each rank reads only
+    the headers and sizes of the stored shards, not the whole cache."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = shard_names(rows, shard_rows)
@@ -267,8 +271,8 @@ def compute_sharded_features(
     mine, missing = [number for number in range(len(names)) if number % world_size == rank], []
     for number in mine:
         path = folder / names[number]
-        try:
-            problem = shard_problem(path, shapes[number]) if path.is_file() else "missing"
+        try:  # header, shape and size: its values were checked finite when written
+            problem = shard_problem(path, shapes[number], values=False) if path.is_file() else "missing"
         except OSError as error:  # not damage: this rank owns the shard and writes it again, atomically
             logger.warning("Could not read feature shard %s (%s); computing it again.", path, error)
             problem = "missing"

@@ -33,7 +33,12 @@ def non_finite(path: Path) -> None:
     np.save(path, array)
 
 
-DAMAGE = {"cut short": cut_in_half, "wrong shape": wrong_shape, "non-finite": non_finite}
+def bytes_appended(path: Path) -> None:
+    with open(path, "ab") as handle:
+        handle.write(b"\0" * 16)
+
+
+DAMAGE = {"cut short": cut_in_half, "wrong shape": wrong_shape, "bytes appended": bytes_appended}
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -335,3 +340,17 @@ def test_the_room_check_counts_the_checkpoints_on_the_same_disk(tmp_path):
     assert checkpoint_bytes_on_disk_of(tmp_path / "cache", model, training) == 3 * 110 * 12
     model.requires_grad_(False)
     assert checkpoint_bytes_on_disk_of(tmp_path / "cache", model, training) == 3 * 110 * 4
+
+
+def test_a_start_reads_no_stored_teacher_values_only_headers_and_sizes(tmp_path, monkeypatch):
+    """Values are checked by the rank that computes a shard, before writing; a start does not read the cache."""
+    checked = []
+    real_check = feature_caches.first_non_finite_row
+    monkeypatch.setattr(
+        feature_caches, "first_non_finite_row", lambda array: checked.append(len(array)) or real_check(array)
+    )
+    compute_sharded_features(tmp_path, 5, 2, shard_values, shard_rows=2)
+    assert checked == [2, 2, 1]  # each shard once, when computed
+    checked.clear()
+    features = compute_sharded_features(tmp_path, 5, 2, lambda a, b: pytest.fail("recomputed"), shard_rows=2)
+    assert checked == [] and features[[4]][0, 0] == 4
