@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 STORED_DTYPE = np.float16
 MANIFEST = "manifest.json"
+INDEX = "index.json"
 WAIT_LOG_SECONDS = 60.0
 MANIFEST_READ_ATTEMPTS = 4
 OPEN_MAPS = 128  # memory-mapped shards kept open per process: each holds a file descriptor
@@ -327,10 +328,13 @@ class ImageEmbeddingCache:
     complete, on a local disk or a shared file system, and no two processes write one file.
 
     Each process buffers the rows it computes while training (`put`, finite rows only) and writes them as a shard
-    every `shard_rows` rows and at each epoch's end (`flush`, see `ImageCacheCallback`). Readers (DataLoader workers
-    included) index the shards present when an epoch starts; a row that is not there yet is computed again. A damaged
-    shard (cut short, another shape, rows out of range) is named in a warning, set aside and its rows recomputed; a
-    non-finite stored row is computed again too. The index holds 8 bytes per table row in each reading process.
+    every `shard_rows` rows and at each epoch's end (`flush`, see `ImageCacheCallback`). After the epoch-end barrier
+    global rank 0 alone scans the shards and writes the row index (`build_index`): ``index-G.npy`` (int64 per table
+    row: shard number << 32 | position, or -1) named with its shard list in ``index.json``. Every reading process
+    (DataLoader workers included) memory-maps that one file read-only, so the 8 bytes per table row live once in the
+    shared page cache, not once per process, and nobody rescans the folder. A row not in the index (written since)
+    is computed again. A damaged shard (cut short, another shape or size, rows out of range) is named in a warning,
+    set aside by rank 0 and its rows recomputed; a non-finite stored row is computed again too.
     """
 
     def __init__(self, folder: str | os.PathLike, rows: int, width: int, rank: int = 0, shard_rows: int = 16_384):
@@ -342,7 +346,9 @@ class ImageEmbeddingCache:
         self._reset_index()
 
     def _reset_index(self) -> None:
-        self._location: np.ndarray | None = None  # table row -> shard number << 32 | position, or -1
+        self._location: np.ndarray | None = None  # table row -> shard number << 32 | position, or -1 (a memmap)
+        self._index_read = False
+        self._filled = 0
         self._shards: list[Path] = []
         self._maps = OpenMaps()
         self._warned: set[int] = set()
@@ -378,6 +384,8 @@ class ImageEmbeddingCache:
                     "global rank 0 writes; check rank 0's log."
                 )
             time.sleep(1.0)
+        if rank == 0:  # the shards of an earlier, interrupted run are found before the first epoch
+            cache.build_index()
         needed = (rows - cache.filled_rows()) * (width * np.dtype(STORED_DTYPE).itemsize + 8)
         free = shutil.disk_usage(cache.folder).free
         if needed + reserved_bytes > free:
@@ -392,7 +400,7 @@ class ImageEmbeddingCache:
     def __getstate__(self) -> dict:
         # workers index and map the files themselves; rows not yet written stay with the training process
         state = {**self.__dict__, "_pending_rows": [], "_pending_embeds": []}
-        return {**state, "_location": None, "_shards": [], "_maps": OpenMaps(), "_warned": set()}
+        return {**state, "_location": None, "_index_read": False, "_shards": [], "_maps": OpenMaps(), "_warned": set()}
 
     def _shard_problem(self, rows_file: Path, embeds_file: Path) -> str | None:
         """What is wrong with a shard's contents (None: nothing); transient OSErrors are raised."""
@@ -428,35 +436,78 @@ class ImageEmbeddingCache:
             with contextlib.suppress(OSError):
                 path.replace(path.with_name(path.name + ".damaged"))
 
-    def _index(self) -> np.ndarray:
-        """Table row -> where it is stored, from the complete shards present now (damaged ones set aside)."""
-        if self._location is not None:
+    def build_index(self) -> None:
+        """Global rank 0, after the epoch-end barrier (and at open): scans the complete shards (damaged ones set
+        aside), writes the row index to ``index-G.npy`` through a memory map (never whole in memory) and names it in
+        ``index.json``; the previous index stays for readers still mapping it, older ones are removed."""
+        previous = read_manifest_quietly(self.folder / INDEX) or {}
+        generation = int(previous.get("generation", -1)) + 1
+        index_file = self.folder / f"index-{generation}.npy"
+        shards: list[str] = []
+
+        def write(partial: Path) -> None:
+            location = np.lib.format.open_memmap(partial, mode="w+", dtype=np.int64, shape=(self.rows,))
+            location[:] = -1
+            for rows_file in sorted(self.folder.glob("rank-*.rows.npy")):
+                embeds_file = rows_file.with_name(rows_file.name.replace(".rows.npy", ".embeds.npy"))
+                try:
+                    problem = self._shard_problem(rows_file, embeds_file)
+                    rows = np.load(rows_file) if problem is None else None
+                except OSError as error:  # not damage (too many open files, renamed away): its rows are a miss
+                    logger.warning("Image-feature cache shard %s not readable now (%s); skipped.", embeds_file, error)
+                    continue
+                if problem is not None:
+                    self._quarantine(rows_file, embeds_file, problem)
+                    continue
+                location[rows] = (len(shards) << 32) | np.arange(len(rows), dtype=np.int64)
+                shards.append(embeds_file.name)
+            location.flush()
+            self._filled = int(np.count_nonzero(location >= 0))
+            del location
+
+        replace_atomically(index_file, write)
+        _write_json_atomically(
+            self.folder / INDEX,
+            {"generation": generation, "index": index_file.name, "shards": shards, "filled": self._filled},
+        )
+        keep = {index_file.name, str(previous.get("index"))}
+        for old in self.folder.glob("index-*.npy"):
+            if old.name not in keep:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+        self._reset_index()
+
+    def _index(self) -> np.ndarray | None:
+        """Table row -> where it is stored, from the index rank 0 wrote last (None: no index yet or unreadable now,
+        every row a miss)."""
+        if self._index_read:
             return self._location
-        location = np.full(self.rows, -1, dtype=np.int64)
-        for rows_file in sorted(self.folder.glob("rank-*.rows.npy")):
-            embeds_file = rows_file.with_name(rows_file.name.replace(".rows.npy", ".embeds.npy"))
-            try:
-                problem = self._shard_problem(rows_file, embeds_file)
-                rows = np.load(rows_file) if problem is None else None
-            except OSError as error:  # not damage (too many open files, renamed away): its rows are a miss
-                logger.warning("Image-feature cache shard %s not readable now (%s); skipped.", embeds_file, error)
-                continue
-            if problem is not None:
-                self._quarantine(rows_file, embeds_file, problem)
-                continue
-            number = len(self._shards)
-            self._shards.append(embeds_file)
-            location[rows] = (number << 32) | np.arange(len(rows), dtype=np.int64)
+        self._index_read = True
+        description = read_manifest_quietly(self.folder / INDEX)
+        if not description:
+            return None
+        try:
+            location = np.load(self.folder / description["index"], mmap_mode="r")
+            if location.shape != (self.rows,) or location.dtype != np.int64:
+                raise ValueError(f"holds {location.dtype} {location.shape}, not int64 ({self.rows},)")
+        except (OSError, ValueError, KeyError, TypeError) as error:  # rank 0 writes it again at the next epoch end
+            logger.warning("Image-feature cache index %s not readable now (%s); rows are computed.", self.folder, error)
+            return None
+        self._shards = [self.folder / name for name in description["shards"]]
+        self._filled = int(description.get("filled", 0))
         self._location = location
         return location
 
     def refresh(self) -> None:
-        """Sees the shards written since the index was built (at each epoch's start)."""
+        """Reads the index rank 0 wrote last (at each epoch's start)."""
         self._reset_index()
 
     def get(self, row: int) -> np.ndarray | None:
         """The row's embedding, or None when it is not stored (yet), stored damaged or not readable now."""
-        where = int(self._index()[row])
+        index = self._index()
+        if index is None:
+            return None
+        where = int(index[row])
         if where < 0:
             return None
         number, position = where >> 32, where & 0xFFFFFFFF
@@ -522,16 +573,18 @@ class ImageEmbeddingCache:
                 error,
             )
             return
-        self._reset_index()  # this process reads what it wrote
+        # no re-index here: the rows written are found from the next epoch, through rank 0's index
 
     def filled_rows(self) -> int:
-        """Table rows stored in the complete shards present now."""
+        """Table rows stored as of the index rank 0 wrote last."""
         self.refresh()
-        return int(np.count_nonzero(self._index() >= 0))
+        self._index()
+        return self._filled
 
 
 class ImageCacheCallback(TrainerCallback):
-    """Writes a process's buffered image embeddings at each epoch's end and re-reads the shards at each start."""
+    """Writes a process's buffered image embeddings at each epoch's end, then rank 0 indexes the shards; every
+    process re-reads the index at each epoch's start."""
 
     def __init__(self, cache: ImageEmbeddingCache):
         self.cache = cache
@@ -541,8 +594,16 @@ class ImageCacheCallback(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.cache.flush()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()  # every rank's shard in place before any rank indexes the next epoch's
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            torch.distributed.barrier()  # every rank's shard in place before rank 0 indexes them
+        if self.cache.rank == 0:
+            try:
+                self.cache.build_index()
+            except OSError as error:  # the ranks keep the last index; training goes on
+                logger.warning("Image-feature cache index not written in %s (%s).", self.cache.folder, error)
+        if distributed:
+            torch.distributed.barrier()  # the new index in place before any rank reads it
 
     def on_train_end(self, args, state, control, **kwargs):
         self.cache.flush()

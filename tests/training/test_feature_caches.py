@@ -106,6 +106,7 @@ def stored_cache(folder: Path) -> ImageEmbeddingCache:
     cache.flush()
     cache.put([5, 6], embeddings([5, 6]))
     cache.flush()
+    cache.build_index()  # as rank 0 does after each epoch's end
     return cache
 
 
@@ -134,6 +135,7 @@ def test_a_damaged_image_shard_is_named_and_its_rows_computed_again(tmp_path, ca
     {"cut short": cut_in_half, "wrong shape": wrong_shape, "non-finite": non_finite}[what](path)
     reader = ImageEmbeddingCache(tmp_path, 10, 4)
     with caplog.at_level(logging.WARNING):
+        reader.build_index()  # rank 0 at the next epoch's end
         assert [reader.get(row) is None for row in (0, 1, 2)] == (
             [False, False, True] if what == "non-finite" else [True, True, True]
         )
@@ -150,6 +152,7 @@ def test_non_finite_image_embeddings_are_not_stored(tmp_path, caplog):
         cache.put([3, 4], values)
         cache.flush()
     assert "(table rows [4]); not cached" in caplog.text
+    cache.build_index()
     assert cache.get(3).tolist() == [3.0] * 4 and cache.get(4) is None
 
 
@@ -220,6 +223,7 @@ writer = ImageEmbeddingCache.create(folder / "images", shards * 2, 4, {"tower": 
 writer.shard_rows = 2
 for row in range(0, shards * 2, 2):
     writer.put([row, row + 1], torch.full((2, 4), float(row)))
+writer.build_index()
 values = lambda a, b: np.arange(a, b)[:, None] * np.ones(4)
 compute_sharded_features(folder / "teacher", shards * 2, 4, values, shard_rows=2)
 limit = len(os.listdir("/proc/self/fd")) + 40  # room for 40 more descriptors, far fewer than the 200 shards
@@ -258,11 +262,15 @@ def test_a_transient_error_is_never_damage_and_readers_do_not_set_shards_aside(t
     monkeypatch.setattr(np, "load", too_many_open_files)
     with caplog.at_level(logging.WARNING):
         assert ImageEmbeddingCache(tmp_path, 10, 4).get(0) is None  # a miss
+        ImageEmbeddingCache(tmp_path, 10, 4).build_index()  # rank 0 skips what it cannot read now
     monkeypatch.setattr(np, "load", real_load)
-    assert not list(tmp_path.glob("*.damaged")) and ImageEmbeddingCache(tmp_path, 10, 4).get(0).tolist() == [0.0] * 4
-    cut_in_half(first_shard(tmp_path, "embeds"))  # real damage: rank 1 only skips it, rank 0 sets it aside
+    assert not list(tmp_path.glob("*.damaged"))
+    ImageEmbeddingCache(tmp_path, 10, 4).build_index()
+    assert ImageEmbeddingCache(tmp_path, 10, 4).get(0).tolist() == [0.0] * 4
+    cut_in_half(first_shard(tmp_path, "embeds"))  # real damage: a reader only skips it, rank 0 sets it aside
     assert ImageEmbeddingCache(tmp_path, 10, 4, rank=1).get(0) is None and not list(tmp_path.glob("*.damaged"))
-    assert ImageEmbeddingCache(tmp_path, 10, 4, rank=0).get(0) is None and len(list(tmp_path.glob("*.damaged"))) == 2
+    ImageEmbeddingCache(tmp_path, 10, 4, rank=0).build_index()
+    assert ImageEmbeddingCache(tmp_path, 10, 4, rank=1).get(0) is None and len(list(tmp_path.glob("*.damaged"))) == 2
 
 
 def test_only_global_rank_zero_writes_the_image_cache_manifest(tmp_path):
@@ -316,7 +324,7 @@ def test_a_failed_shard_write_is_one_warning_and_the_rank_stops_caching(tmp_path
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and f"rank 0 could not write to {tmp_path} ([Errno 28]" in warnings[0]
     assert cache.stopped and not cache._pending_rows
-    assert sorted(path.name for path in tmp_path.iterdir()) == [MANIFEST]  # no partial, no orphan embeddings
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(("rank-", "."))]  # no partial, no orphan
 
 
 def test_rank_zero_removes_stale_temporary_files_at_open(tmp_path):
@@ -354,3 +362,26 @@ def test_a_start_reads_no_stored_teacher_values_only_headers_and_sizes(tmp_path,
     checked.clear()
     features = compute_sharded_features(tmp_path, 5, 2, lambda a, b: pytest.fail("recomputed"), shard_rows=2)
     assert checked == [] and features[[4]][0, 0] == 4
+
+
+def test_readers_map_rank_zeros_index_and_a_flush_does_not_rescan(tmp_path, monkeypatch):
+    import pickle
+
+    cache = stored_cache(tmp_path)
+    monkeypatch.setattr(feature_caches.np, "full", lambda *args, **kwargs: pytest.fail("a per-process index"))
+    reader = pickle.loads(pickle.dumps(cache))  # a DataLoader worker
+    assert reader.get(5).tolist() == [5.0] * 4
+    index = reader._index()
+    assert isinstance(index, np.memmap) and index.mode == "r"
+    assert Path(index.filename) == tmp_path / json.loads((tmp_path / "index.json").read_text())["index"]
+    monkeypatch.setattr(
+        ImageEmbeddingCache, "_shard_problem", lambda *args: pytest.fail("shards scanned outside build_index")
+    )
+    reader.put([8], embeddings([8]))
+    reader.flush()  # with num_workers=0 the training process reads too: its index is kept, nothing rescanned
+    assert reader._index() is index and reader.get(8) is None and reader.get(6).tolist() == [6.0] * 4
+    monkeypatch.undo()
+    cache.build_index()  # rank 0, after the epoch-end barrier
+    reader.refresh()  # every process, at the next epoch's start
+    assert reader.get(8).tolist() == [8.0] * 4 and reader.filled_rows() == 6
+    assert len(list(tmp_path.glob("index-*.npy"))) == 2  # the new index and the one readers may still map
