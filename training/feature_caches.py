@@ -3,9 +3,11 @@ all ranks in parallel) and the stage-2 image embeddings of a frozen image tower 
 
 Both are half-precision `.npy` shards, each written once by one process and put in place with an atomic rename,
 in a folder whose name is a fingerprint of everything that determines them (weights, tokenizer or image processor,
-dtype, length, corpus), with a ``manifest.json``; nothing stale is reused. A shard or manifest found damaged (cut
-short, another shape, non-finite values) is named in one warning and computed again. `numpy` memmaps rather than a
-`datasets` table: rows are read by row number by many processes without loading whole shards.
+dtype, length, corpus), with a ``manifest.json`` that only global rank 0 writes; nothing stale is reused. A shard
+or manifest found damaged (cut short, another shape or size, non-finite values) is named in one warning and computed
+again; an OSError with an errno (too many open files, NFS trouble) is never taken for damage. `numpy` memmaps rather
+than a `datasets` table: rows are read by row number by many processes without loading whole shards; each process
+keeps at most `OPEN_MAPS` of them open.
 """
 
 import contextlib
