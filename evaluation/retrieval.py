@@ -78,18 +78,32 @@ def process_state(device: str = "auto") -> PartialState | None:
     return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
+def _any_process_failed(failed: bool) -> bool:
+    """Whether any process failed, agreed on by all of them (a one-number all-reduce)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return failed
+    flag = torch.tensor([float(failed)], device=PartialState().device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def _gathered(work: Callable[[], Any]) -> list[Any]:
-    """Runs `work` in every process and gathers the results in rank order; an error in any process is raised in
-    all of them, instead of leaving the others waiting at the gather."""
+    """Runs `work` in every process and gathers the results in rank order. Any error in any process (not only bad
+    data: out of memory, a bug) is first agreed on with an all-reduce of a failure flag, so no process is left
+    waiting at the gather; then every process raises the same one-line error naming the first process that failed
+    (ValueError for bad data or files, so the command ends in one line; RuntimeError for anything else)."""
     try:
-        part, error = work(), None
-    except (OSError, ValueError) as caught:
-        part, error = None, caught
-    parts = gather_object([(part, error)])
-    for _, error in parts:
-        if error is not None:
-            raise error
-    return [part for part, _ in parts]
+        part, problem = work(), None
+    except Exception as caught:  # every kind: a process that raises alone leaves the others in the gather
+        first_line = str(caught).splitlines()[0] if str(caught) else ""
+        data_error = isinstance(caught, (OSError, KeyError, ValueError))
+        part, problem = None, (type(caught).__name__, first_line, data_error)
+    if not _any_process_failed(problem is not None):
+        return gather_object([part])
+    problems = gather_object([problem])  # small: every process's (type, message) or None, in rank order
+    rank, (name, message, data_error) = next((r, p) for r, p in enumerate(problems) if p is not None)
+    error_type = ValueError if data_error else RuntimeError
+    raise error_type(f"process {rank} of {len(problems)} failed: {name}: {message}")
 
 
 def _embed_images_sharded(embedder: Embedder, sources: list, description: str, state: PartialState | None):

@@ -2,13 +2,13 @@
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from altclip.common.embedding import Embedder
+from altclip.common.files import replace_atomically
 
 from .loaders import ClassificationSet
 from .metrics import load_metric
@@ -37,9 +37,9 @@ class ClassEmbeddingCache:
             embeddings = class_embeddings(embedder, prompts)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-                save_file({"class_embeddings": embeddings.contiguous()}, partial)
-                partial.replace(path)
+                replace_atomically(
+                    path, lambda partial: save_file({"class_embeddings": embeddings.contiguous()}, partial)
+                )
         self.memory[key] = embeddings
         return embeddings
 

@@ -226,14 +226,33 @@ def image_feature_cache(model, image_processor, dataset, stage_args, data_args, 
         "image_root": str(Path(data_args.image_root).resolve()) if data_args.image_root else None,
     }
     root = Path(stage_args.image_feature_cache_dir or Path(training_args.output_dir) / "image_feature_cache")
-    with training_args.main_process_first(desc="image feature cache"):
+    # local=False: one writer of the manifest for all nodes, which share the cache folder
+    with training_args.main_process_first(local=False, desc="image feature cache"):
         return ImageEmbeddingCache.create(
             root / f"images-{fingerprint(key)}",
             len(dataset),
             model.config.projection_dim,
             key,
             training_args.process_index,
+            reserved_bytes=checkpoint_bytes_on_disk_of(root, model, training_args),
         )
+
+
+def checkpoint_bytes_on_disk_of(folder: Path, model, training_args: TrainingArguments) -> int:
+    """Bytes of the checkpoints kept (--save_total_limit, at least one: fp32 weights and Adam's two fp32 states of
+    the trained ones) when they go to the same file system as `folder`, else 0."""
+
+    def device(path: Path) -> int:
+        path = path.resolve()
+        while not path.exists():
+            path = path.parent
+        return path.stat().st_dev
+
+    if device(Path(training_args.output_dir)) != device(folder):
+        return 0
+    total = sum(parameter.numel() for parameter in model.parameters())
+    trained = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    return (4 * total + 8 * trained) * max(training_args.save_total_limit or 1, 1)
 
 
 def setup_logging(training_args: TrainingArguments) -> None:

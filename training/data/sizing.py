@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from altclip.common.files import replace_atomically
 from altclip.common.records import DataFormatError
 
 from .shard_checks import ShardCount, planned_sizes
@@ -130,9 +131,7 @@ def count_local_shards(paths: Sequence[str], cache_dir: str | None) -> list[Shar
             kept[key] = [count.found, None if count.error is None else f"{type(count.error).__name__}: {count.error}"]
         try:
             store.parent.mkdir(parents=True, exist_ok=True)
-            partial = store.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(json.dumps(kept))
-            partial.replace(store)
+            replace_atomically(store, lambda partial: partial.write_text(json.dumps(kept)))
         except OSError as error:
             logger.warning("Could not keep the shard counts in %s: %s", store, error)
     return [

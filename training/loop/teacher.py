@@ -111,7 +111,9 @@ def precomputed_teacher_features(
     }
     folder = Path(cache_root) / f"teacher-{fingerprint(key)}"
     if (folder / MANIFEST).is_file():
-        logger.info("Reusing teacher features from %s (each shard checked; a damaged one is computed again)", folder)
+        logger.info(
+            "Reusing teacher features from %s (shard headers and sizes checked; a damaged one is recomputed)", folder
+        )
     teacher = teacher.to(device)
     progress = tqdm(desc="Teacher features", unit="text", disable=rank != 0)
 

@@ -206,7 +206,28 @@ class ZeroShotMonitor(TrainerCallback):
         if world_size > 1:
             shares = [None] * world_size
             dist.all_gather_object(shares, share)
-        results = self._results(shares, all_texts)
+        # Past the gather every rank holds the same shares and decides alike; nothing below may raise, or one rank
+        # would leave the others waiting in the next collective.
+        try:
+            if not any(part["kept"] for part in shares):
+                unreadable = sum(len(part["unreadable"]) for part in shares)
+                logger.warning(
+                    "Zero-shot scoring at step %d skipped (training goes on): none of the %d images in %s could be "
+                    "read.",
+                    step,
+                    unreadable,
+                    self.folder.root,
+                )
+                return None
+            results = self._results(shares, all_texts)
+        except Exception as error:  # a scoring must not end the run: reported in one line
+            logger.warning(
+                "Zero-shot scoring at step %d failed (training goes on): %s: %s",
+                step,
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+            )
+            return None
         seconds = time.monotonic() - started
         scores = {
             f"zeroshot/{entry['dataset']}/{entry['language']}/{metric}": value
@@ -215,11 +236,24 @@ class ZeroShotMonitor(TrainerCallback):
         }
         scores["zeroshot/seconds"] = round(seconds, 3)
         if self.trainer.is_world_process_zero():
-            folder = Path(self.trainer.args.output_dir) / ZEROSHOT_FOLDER / (name or f"step-{step}")
-            write_results(results, folder, f"{self.trainer.args.output_dir} (step {step})")
+            self._write(results, step, name)
             logger.info("Zero-shot at step %d (%.2f s): %s", step, seconds, scores)
         self.trainer.log(dict(scores))  # a copy: the Trainer adds its own fields to what it logs
         return scores
+
+    def _write(self, results: list[dict], step: int, name: str | None) -> None:
+        """Rank 0 keeps the scoring in the results format; a full or failing disk is one warning, never an error."""
+        folder = Path(self.trainer.args.output_dir) / ZEROSHOT_FOLDER / (name or f"step-{step}")
+        try:
+            write_results(results, folder, f"{self.trainer.args.output_dir} (step {step})")
+        except Exception as error:  # the scores are still logged; only the files are missing
+            logger.warning(
+                "Zero-shot results at step %d not written to %s (training goes on): %s: %s",
+                step,
+                folder,
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+            )
 
     def _any_rank_failed(self, failed: bool) -> bool:
         _, world_size = _world()
