@@ -18,6 +18,7 @@ from altclip.hub.cli import main as push_main
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 ADAPTER_FILES = {
+    "configuration_altclip.py",  # processing_altclip.py imports it (remote code)
     "README.md",
     "adapter_config.json",
     "adapter_model.safetensors",
