@@ -15,20 +15,17 @@ Each run's plan (``altclip-train plan --world_size 2`` on the same config, and t
 checked against what it did: its steps, and no forward larger than the planned maximum batch.
 """
 
-import http.server
 import json
 import shutil
 import subprocess
 import sys
-import threading
 from collections import Counter
-from functools import partial
 from pathlib import Path
 
 import datasets
 import pytest
 import yaml
-from ports import free_port
+from ports import free_port, serving
 from stage_runs import REPO, torchrun_env
 
 from altclip.common.config_files import beside_config
@@ -40,21 +37,13 @@ NOT_ON_CPU = ("fsdp", "fsdp_config")
 TOY_STEPS = 6
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def served(tmp_path):
     """An HTTP server on 127.0.0.1 for the Hub/https/s3-style sources: (folder, base URL)."""
     folder = tmp_path / "served"
     folder.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(folder) as base:
+        yield folder, base
 
 
 def copy_shards(toy, folder: Path, count: int) -> None:

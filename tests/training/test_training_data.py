@@ -5,19 +5,18 @@ Every caption/sentence has a unique location key (``file:line`` or ``shard-url:k
 writes the keys that reach the model's forward, per rank and step.
 """
 
-import http.server
 import io
 import json
 import os
 import shutil
 import tarfile
-import threading
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import datasets
 import pytest
+from ports import serving
 from stage_runs import (
     kill_after_checkpoint,
     run_stage,
@@ -83,22 +82,13 @@ def test_teacher_two_processes_two_workers_train_every_sentence_once(tmp_path, t
     assert trained_keys(tmp_path) == expected
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def http_root(tmp_path):
     """A local HTTP server on 127.0.0.1 serving a folder: (folder, base URL)."""
     folder = tmp_path / "served"
     folder.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(folder) as base:
+        yield folder, base
 
 
 def stream(spec: str, processor, **kwargs) -> ShardStream:
