@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, BaseModelO
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import can_return_tuple
 
-from .configuration_altclip import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig
+from .configuration_altclip import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, check_local_path
 
 # Checkpoints name encoder blocks `encoder.layer.N` (BAAI on the Hub, transformers 5 when it saves AltCLIP) or
 # `encoder.layers.N` (transformers 5 module names, original CLIP). The text tower's XLM-R uses `layer`, the
@@ -176,6 +176,9 @@ class StrictReleasedLoadingMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
         """Load like `PreTrainedModel.from_pretrained`; raises `CheckpointMismatchError` on any weight mismatch."""
+        # before transformers looks for a peft adapter config (when peft is installed), which reports a missing
+        # local folder as an invalid Hub id
+        check_local_path(pretrained_model_name_or_path)
         key_mapping = {**cls.checkpoint_key_renaming, **(kwargs.pop("key_mapping", None) or {})}
         return_info = kwargs.pop("output_loading_info", False)
         allow_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
