@@ -28,6 +28,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from .data.epoch_plan import even_split
+from .loop.distributed_backends import outside_zero3_init
 
 logger = logging.getLogger("training.plan")  # under the "training" logger that altclip-train sets to INFO
 
@@ -528,7 +529,10 @@ class PlanCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if not state.is_world_process_zero or train_dataloader is None:
             return
-        report = run_report(self.run, self.stage, self.sources, train_dataloader.plan, args.world_size)
+        # the meta-device model that counts parameters must not be built under ZeRO-3's zero.Init: that
+        # broadcasts each parameter, and the other ranks are not in this callback (a hang, found under ZeRO-3)
+        with outside_zero3_init(args):
+            report = run_report(self.run, self.stage, self.sources, train_dataloader.plan, args.world_size)
         logger.info("%s", format_report(report))
         write_plan(report, args.output_dir)
 
