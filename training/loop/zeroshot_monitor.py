@@ -234,11 +234,12 @@ class ZeroShotMonitor(TrainerCallback):
             for entry in results
             for metric, value in entry["metrics"].items()
         }
-        scores["zeroshot/seconds"] = round(seconds, 3)
         if self.trainer.is_world_process_zero():
             self._write(results, step, name)
             logger.info("Zero-shot at step %d (%.2f s): %s", step, seconds, scores)
-        self.trainer.log(dict(scores))  # a copy: the Trainer adds its own fields to what it logs
+        # logged with the pause (a new dict: the Trainer adds its own fields to what it logs); returned without it,
+        # so that scores of the same model compare equal (before/after, the WiSE-FT sweep)
+        self.trainer.log({**scores, "zeroshot/seconds": round(seconds, 3)})
         return scores
 
     def _write(self, results: list[dict], step: int, name: str | None) -> None:
