@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[2e-4, 1e-3, 5e-5])
     parser.add_argument("--eval_every", type=int, default=100)
     parser.add_argument("--validation_fraction", type=float, default=0.15)
+    parser.add_argument("--validation_seed", type=int, default=1, help="which training emoji become validation")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared CPU)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -129,9 +130,9 @@ def main() -> None:
     preset, out = PRESETS[args.preset], Path(args.output_dir)
     data_dir = out / "data"
     data = write_emoji_dataset(data_dir, image_size=preset.teacher.image_size, limit=preset.emoji_limit)
-    split = carve_validation(data_dir, args.validation_fraction, seed=1)
+    split = carve_validation(data_dir, args.validation_fraction, seed=args.validation_seed)
     folders = {"validation": split["validation"], "train_probe": split["train_probe"]}
-    report = {"preset": args.preset, "counts": split["counts"], "runs": {}}
+    report = {"preset": args.preset, "validation_seed": args.validation_seed, "counts": split["counts"], "runs": {}}
     teacher_dir = train_teacher_clip(data_dir, out / "teacher_clip", preset.teacher)
     teacher_scores = {name: top1(teacher_embedder(teacher_dir), folder) for name, folder in folders.items()}
     report["teacher_en_top1"] = {name: scores["en"] for name, scores in teacher_scores.items()}
