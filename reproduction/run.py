@@ -78,6 +78,9 @@ class Preset:
 
 PRESETS = {
     "full": Preset(),
+    # every emoji and the full model sizes, with shorter teacher and stage-1 training (stage 2 as in "full"): for
+    # iterating on stage 2 (`stage2_validation`) in a few minutes
+    "small": Preset(teacher=TeacherSize(steps=500), stage1_steps=1000),
     # the reduced size of the end-to-end test: every step runs, on 80 emoji, in about a minute
     "tiny": Preset(
         emoji_limit=80,
