@@ -25,7 +25,7 @@ from .field_sets import FIELD_LOADERS, MULTI30K_LANGUAGES, XM3600_LANGUAGES, tra
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, XTD_LANGUAGES, ClassificationSet
 from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir
 from .references import DEFAULT_PROTOCOL, write_comparison
-from .retrieval import PROTOCOLS, evaluate_retrieval, language_average, process_state
+from .retrieval import PROTOCOLS, evaluate_retrieval, language_average, process_state, release_processes
 from .zeroshot import ClassEmbeddingCache, evaluate_zero_shot
 
 logger = logging.getLogger("evaluation")
@@ -241,9 +241,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             return f"altclip-eval {task}: {str(error.args[0] if error.args else error).splitlines()[0]}"
         return None
 
-    run_with_one_line_errors(
-        f"altclip-eval {task}", lambda: evaluate(task, argv[1:]), wants_traceback(argv), user_error
-    )
+    try:
+        run_with_one_line_errors(
+            f"altclip-eval {task}", lambda: evaluate(task, argv[1:]), wants_traceback(argv), user_error
+        )
+    finally:
+        release_processes()
 
 
 def evaluate(task: str, argv: list[str]) -> None:

@@ -10,7 +10,7 @@ from stage_runs import REPO, torchrun_env
 SCRIPT = """
 import json, os, sys
 import torch
-from altclip.evaluation.retrieval import _gathered, process_state
+from altclip.evaluation.retrieval import _gathered, process_state, release_processes
 
 state = process_state("cpu")
 rank = state.process_index
@@ -28,6 +28,7 @@ except Exception as error:
     outcome["error"] = [type(error).__name__, str(error)]
 with open(os.path.join(sys.argv[1], f"rank-{rank}.json"), "w") as handle:
     json.dump(outcome, handle)
+release_processes()  # as altclip-eval does at its end
 """
 
 
