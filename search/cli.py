@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from altclip.common.cli_errors import fail, one_line_parser_errors, run_with_one_line_errors
 from altclip.common.collection_index import (
     MANIFEST,
@@ -206,7 +208,11 @@ def index_main(argv: Sequence[str] | None = None) -> None:
     args = index_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = build_command if args.command == "build" else remove_command
-    run_with_one_line_errors(INDEX_PROGRAM, lambda: command(args), translate=_translator(INDEX_PROGRAM))
+    try:
+        run_with_one_line_errors(INDEX_PROGRAM, lambda: command(args), translate=_translator(INDEX_PROGRAM))
+    finally:  # a torchrun build: gloo's threads, left to interpreter exit, can abort a finished process (SIGABRT)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def search_parser() -> argparse.ArgumentParser:
