@@ -129,6 +129,29 @@ def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, learnin
     return output_dir
 
 
+def teacher_learning(preset: Preset, teacher_dir: Path, init_dir: Path, output_dir: Path, *train_files: Path) -> Path:
+    """Stage 1 of the recipe: a fresh tiny XLM-R (written to `init_dir`) learns the teacher's text features from
+    `train_files` (English pairs included, teacher features precomputed); returns the stage-1 model folder."""
+    xlmr_dir = write_tiny_xlmr(init_dir, seed=1, width=preset.student_width, layers=preset.student_layers)
+    return run_stage(
+        "teacher",
+        output_dir,
+        preset.stage1_steps,
+        preset.stage1_batch_size,
+        preset.stage1_learning_rate,
+        "--clip_model_name_or_path",
+        str(teacher_dir),
+        "--text_encoder_name_or_path",
+        str(xlmr_dir),
+        "--train_files",
+        *map(str, train_files),
+        "--precompute_teacher_features",
+        "true",
+        "--include_english_pairs",
+        "true",
+    )
+
+
 def teacher_embedder(folder: Path) -> Embedder:
     """The teacher CLIP behind the same embedding interface as an AltCLIP model."""
     processor = CLIPProcessor(
@@ -241,26 +264,13 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
     clock = timed("data", clock)
     teacher_dir = train_teacher_clip(data_dir, output_dir / "teacher_clip", preset.teacher)
     clock = timed("teacher CLIP", clock)
-    xlmr_dir = write_tiny_xlmr(
-        output_dir / "xlmr_init", seed=1, width=preset.student_width, layers=preset.student_layers
-    )
-    stage1 = run_stage(
-        "teacher",
+    stage1 = teacher_learning(
+        preset,
+        teacher_dir,
+        output_dir / "xlmr_init",
         output_dir / "stage1_teacher_learning",
-        preset.stage1_steps,
-        preset.stage1_batch_size,
-        preset.stage1_learning_rate,
-        "--clip_model_name_or_path",
-        str(teacher_dir),
-        "--text_encoder_name_or_path",
-        str(xlmr_dir),
-        "--train_files",
-        str(data["parallel_emoji"]),
-        str(parallel),
-        "--precompute_teacher_features",
-        "true",
-        "--include_english_pairs",
-        "true",
+        data["parallel_emoji"],
+        parallel,
     )
     clock = timed("stage 1 (teacher learning)", clock)
     stage2 = run_stage(

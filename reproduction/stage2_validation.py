@@ -26,12 +26,11 @@ from altclip.common.records import write_jsonl
 from altclip.evaluation.loaders import load_image_folder
 from altclip.evaluation.prompts import custom_prompts
 from altclip.evaluation.zeroshot import evaluate_zero_shot
-from altclip.training.toy_setup import write_tiny_xlmr
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 from .emoji_data import LANGUAGES, normalised, write_emoji_dataset
 from .parallel_text import write_imagenet_parallel
-from .run import PRESETS, run_stage, teacher_embedder
+from .run import PRESETS, run_stage, teacher_embedder, teacher_learning
 from .teacher_clip import train_teacher_clip
 
 logger = logging.getLogger("reproduction")
@@ -136,24 +135,8 @@ def main() -> None:
     teacher_dir = train_teacher_clip(data_dir, out / "teacher_clip", preset.teacher)
     teacher_scores = {name: top1(teacher_embedder(teacher_dir), folder) for name, folder in folders.items()}
     report["teacher_en_top1"] = {name: scores["en"] for name, scores in teacher_scores.items()}
-    xlmr = write_tiny_xlmr(out / "xlmr_init", seed=1, width=preset.student_width, layers=preset.student_layers)
-    stage1 = run_stage(
-        "teacher",
-        out / "stage1",
-        preset.stage1_steps,
-        preset.stage1_batch_size,
-        preset.stage1_learning_rate,
-        "--clip_model_name_or_path",
-        str(teacher_dir),
-        "--text_encoder_name_or_path",
-        str(xlmr),
-        "--train_files",
-        str(data["parallel_emoji"]),
-        str(split["imagenet"]),
-        "--precompute_teacher_features",
-        "true",
-        "--include_english_pairs",
-        "true",
+    stage1 = teacher_learning(
+        preset, teacher_dir, out / "xlmr_init", out / "stage1", data["parallel_emoji"], split["imagenet"]
     )
     report["stage1"] = score_model(stage1, stage1, folders)
     path = out / "stage2_validation.json"
