@@ -171,7 +171,7 @@ def test_a_full_disk_during_the_final_save_is_named_and_leaves_no_half_model(cap
     assert message.startswith(f"altclip-train: the disk of {tmp_path / 'out'} is full")
     assert "--resume_from_checkpoint true" in message
     assert not (tmp_path / "out" / "model.safetensors").exists()  # the half file went with the staging folder
-    assert not list((tmp_path / "out").glob(".saving-*"))
+    assert not list((tmp_path / "out").glob(".saving.*"))
 
 
 def test_a_tokenizer_larger_than_the_text_vocabulary_is_one_line_before_the_first_step(capsys, tmp_path, toy):

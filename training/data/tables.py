@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow.parquet
 import torch
 
+from altclip.common.files import partial_path
 from altclip.common.records import NOT_UTF8, QUOTED_SPAN_LINES, DataFormatError, Line, delimited_records, text_lines
 
 from .sources import Source, folder_of, is_remote, open_stream
@@ -156,7 +157,7 @@ def table_chunks(url: str, kind: str, cache_dir: str | None = None) -> list[tupl
         starts, numbers = _find_chunks(url, kind)
         try:
             kept.parent.mkdir(parents=True, exist_ok=True)
-            partial = kept.with_suffix(f".{os.getpid()}.partial")
+            partial = partial_path(kept)  # nodes sharing the cache: pids repeat across hosts
             partial.write_text(json.dumps([starts, numbers]))
             os.replace(partial, kept)
         except OSError as error:  # a read-only cache: found again next time

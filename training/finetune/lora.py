@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from altclip.common.files import partial_path
 from modeling_altclip import AltCLIPModel
 
 from ..arguments import FineTuningArguments
@@ -157,7 +158,7 @@ def save_adapter(trainer, peft_model: PeftModel, processor, folder: str | os.Pat
     if not trainer.is_world_process_zero():
         return False
     folder = Path(folder)
-    staging = folder / f".saving-{os.getpid()}"
+    staging = partial_path(folder / "saving")  # unique across hosts sharing the folder
     try:
         peft_model.save_pretrained(staging, save_embedding_layers=False)
         processor.save_pretrained(staging)

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from altclip.common.files import partial_path
+
 # What the final save writes at the top of the output folder (beside the Trainer's checkpoint-N folders).
 FINAL_FILES = (
     "config.json",
@@ -58,7 +60,7 @@ def check_output_folder(output_dir: str, inputs: list[str | None], overwrite: bo
         )
     try:
         output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".write-test-{os.getpid()}"
+        probe = partial_path(output / "write-test")
         probe.write_bytes(b"0")
         probe.unlink()
     except OSError as error:
