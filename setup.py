@@ -66,6 +66,7 @@ setup(
     package_data={
         "altclip.training": ["configs/*.yaml", "configs/*.json"],
         "altclip.evaluation": ["metrics/*/*.py", "metrics/*/*.md", "references.json"],
+        "altclip.reproduction": ["stage2_selection.json"],
         "altclip.hub": ["*.md"],
     },
     entry_points={

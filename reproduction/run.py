@@ -26,11 +26,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 import altclip.training.cli
 from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors
 from altclip.common.embedding import Embedder
+from altclip.common.files import partial_path
 from altclip.common.results_format import write_results
 from altclip.demo.examples import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
 from altclip.evaluation.loaders import load_caption_table, load_image_folder
@@ -44,6 +46,7 @@ from modeling_altclip.assets import default_model_dir
 from .emoji_data import LANGUAGES, normalised, write_emoji_dataset
 from .parallel_text import write_imagenet_parallel
 from .report import write_report
+from .stage2_selection import load_selection
 from .teacher_clip import TeacherSize, train_teacher_clip
 
 logger = logging.getLogger("reproduction")
@@ -73,7 +76,9 @@ class Preset:
     stage1_learning_rate: float = 1e-3
     stage2_steps: int = 600
     stage2_batch_size: int = 128
-    stage2_learning_rate: float = 2e-4
+    # chosen on validation splits carved from the training emoji (stage2_selection.json, written by
+    # `stage2_selection` from `stage2_validation` reports; a test keeps the two equal)
+    stage2_learning_rate: float = 1e-3
 
 
 PRESETS = {
@@ -96,8 +101,11 @@ PRESETS = {
 }
 
 
-def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, learning_rate: float, *flags: str) -> Path:
-    """One `altclip-train` stage, in this process, without intermediate checkpoints."""
+def run_stage(
+    stage: str, output_dir: Path, steps: int, batch_size: int, learning_rate: float, *flags: str, seed: int = 0
+) -> Path:
+    """One `altclip-train` stage, in this process, without intermediate checkpoints; `seed` sets the weights'
+    initialisation where the stage creates any and the data order."""
     altclip.training.cli.main(
         [
             stage,
@@ -120,7 +128,7 @@ def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, learnin
             "--report_to",
             "none",
             "--seed",
-            "0",
+            str(seed),
             "--disable_tqdm",
             "false",
             *flags,
@@ -129,10 +137,12 @@ def run_stage(stage: str, output_dir: Path, steps: int, batch_size: int, learnin
     return output_dir
 
 
-def teacher_learning(preset: Preset, teacher_dir: Path, init_dir: Path, output_dir: Path, *train_files: Path) -> Path:
+def teacher_learning(
+    preset: Preset, teacher_dir: Path, init_dir: Path, output_dir: Path, *train_files: Path, seed: int = 0
+) -> Path:
     """Stage 1 of the recipe: a fresh tiny XLM-R (written to `init_dir`) learns the teacher's text features from
     `train_files` (English pairs included, teacher features precomputed); returns the stage-1 model folder."""
-    xlmr_dir = write_tiny_xlmr(init_dir, seed=1, width=preset.student_width, layers=preset.student_layers)
+    xlmr_dir = write_tiny_xlmr(init_dir, seed=seed + 1, width=preset.student_width, layers=preset.student_layers)
     return run_stage(
         "teacher",
         output_dir,
@@ -149,6 +159,7 @@ def teacher_learning(preset: Preset, teacher_dir: Path, init_dir: Path, output_d
         "true",
         "--include_english_pairs",
         "true",
+        seed=seed,
     )
 
 
@@ -246,8 +257,10 @@ def write_training_data(data_dir: Path, preset: Preset) -> tuple[dict[str, Path]
     return data, parallel
 
 
-def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True) -> dict:
-    """Runs every step into `output_dir` (which must be new or empty) and returns the report."""
+def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True, seed: int = 0) -> dict:
+    """Runs every step into `output_dir` (which must be new or empty) and returns the report. `seed` sets every
+    random choice of the training (the teacher's and the student's initialisation, augmentation, data order); the
+    held-out emoji are the same whatever it is."""
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise SystemExit(f"altclip-reproduce: {output_dir} is not empty; choose a new --output_dir or remove it.")
@@ -262,7 +275,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
     data_dir = output_dir / "data"
     data, parallel = write_training_data(data_dir, preset)
     clock = timed("data", clock)
-    teacher_dir = train_teacher_clip(data_dir, output_dir / "teacher_clip", preset.teacher)
+    teacher_dir = train_teacher_clip(data_dir, output_dir / "teacher_clip", preset.teacher, seed=seed)
     clock = timed("teacher CLIP", clock)
     stage1 = teacher_learning(
         preset,
@@ -271,6 +284,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
         output_dir / "stage1_teacher_learning",
         data["parallel_emoji"],
         parallel,
+        seed=seed,
     )
     clock = timed("stage 1 (teacher learning)", clock)
     stage2 = run_stage(
@@ -283,6 +297,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
         str(stage1),
         "--train_files",
         str(data["train_captions"]),
+        seed=seed,
     )
     clock = timed("stage 2 (contrastive)", clock)
     evaluations = {
@@ -299,7 +314,14 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
     clock = timed("evaluation", clock)
     counts = json.loads(data["counts"].read_text(encoding="utf-8"))
     timings["total"] = round(time.time() - started, 1)
-    report = write_report(evaluations, output_dir, {"preset": asdict(preset), "timings_s": timings, **counts})
+    settings = {
+        "preset": asdict(preset),
+        "seed": seed,
+        "torch_threads": torch.get_num_threads(),
+        "stage2_selection": load_selection(),
+        "timings_s": timings,
+    }
+    report = write_report(evaluations, output_dir, {**settings, **counts})
     if cache_default:
         report["default_model"] = str(cache_default_model(stage2, test_folder=data["test_folder"]))
         logger.info("Cached the student as the default model in %s", report["default_model"])
@@ -310,7 +332,7 @@ def check_writable(output_dir: str) -> None:
     """The output folder is created and written once before any work, so that a wrong path fails in one line."""
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        probe = Path(output_dir) / f".write-test-{os.getpid()}"
+        probe = partial_path(Path(output_dir) / "write-test")
         probe.write_bytes(b"0")
         probe.unlink()
     except OSError as error:
@@ -334,6 +356,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output_dir", "--output-dir", default="outputs/reproduction")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument(
+        "--seed", type=int, default=0, help="the training's seed (the held-out emoji do not depend on it)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads: fixed so that a run's floating-point sums are the same on every machine with as "
+        "many cores or more (1 was also ~12x faster than 2 on a busy 2-core machine)",
+    )
+    parser.add_argument(
         "--no_cache_default",
         "--no-cache-default",
         action="store_true",
@@ -349,9 +381,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("reproduction").setLevel(logging.INFO)
     outcome = {}
 
+    if args.threads < 1:
+        parser.error(f"--threads must be 1 or more, not {args.threads}")
+    torch.set_num_threads(args.threads)
+
     def run() -> None:
         check_writable(args.output_dir)
-        outcome["report"] = reproduce(args.output_dir, PRESETS[args.preset], cache_default=not args.no_cache_default)
+        outcome["report"] = reproduce(
+            args.output_dir, PRESETS[args.preset], cache_default=not args.no_cache_default, seed=args.seed
+        )
 
     run_with_one_line_errors(
         "altclip-reproduce", run, translate=lambda error: environment_problem(error, args.output_dir)

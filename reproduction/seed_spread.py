@@ -1,0 +1,202 @@
+"""The reproduction over several training seeds: each column of the table as mean and range, not one run's digits.
+
+    python -m altclip.reproduction.seed_spread --seeds 0 1 2 3 --parallel 2 --output_dir outputs/seed_spread
+
+runs `altclip-reproduce --seed S --threads 1` once per seed (as separate processes, `--parallel` at a time; the
+held-out emoji are the same in every run, only the training's random choices change), then writes
+`spread.json`, `spread.md` and `spread.png` beside the runs. The seed-0 run is the README's first command's run and
+is cached as the default model unless `--no_cache_default`.
+"""
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from altclip.common.files import replace_atomically
+from altclip.common.plots import plt
+
+logger = logging.getLogger("reproduction.seed_spread")
+COLUMNS = (
+    ("teacher", "top1"),
+    ("stage1", "top1"),
+    ("student", "top1"),
+    ("stage1", "R@5"),
+    ("student", "R@5"),
+)
+NAMES = {"teacher": "teacher", "stage1": "stage 1", "student": "stage 1+2"}
+
+
+def run_seeds(seeds: list[int], output_dir: Path, preset: str, parallel: int, cache_default: bool) -> list[Path]:
+    """One `altclip-reproduce` process per seed, at most `parallel` at once; returns the run folders in seed order."""
+    pending, running, folders = list(seeds), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            seed = pending.pop(0)
+            folder = output_dir / f"seed-{seed}"
+            command = [
+                sys.executable,
+                "-m",
+                "altclip.reproduction.run",
+                "--preset",
+                preset,
+                "--seed",
+                str(seed),
+                "--threads",
+                "1",
+                "--output_dir",
+                str(folder),
+            ]
+            if not (cache_default and seed == seeds[0]):
+                command.append("--no_cache_default")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            log = open(output_dir / f"seed-{seed}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+            running[seed] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, time.time())
+            folders[seed] = folder
+            logger.info("seed %d started (%s)", seed, folder)
+        time.sleep(2)
+        for seed, (process, log, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[seed]
+            if process.returncode != 0:
+                raise SystemExit(
+                    f"seed_spread: the run of seed {seed} failed (exit {process.returncode}); its output is in "
+                    f"{output_dir / f'seed-{seed}.log'}."
+                )
+            logger.info("seed %d done in %.0f s", seed, time.time() - started)
+    return [folders[seed] for seed in seeds]
+
+
+def mean_non_english(rows: dict[str, dict[str, float]], metric: str) -> float:
+    values = [row[metric] for language, row in rows.items() if language != "en"]
+    return sum(values) / len(values)
+
+
+def spread(reports: list[dict]) -> dict:
+    """Per language and column (plus the non-English mean and stage 2's paired gain): mean, min, max over runs."""
+    if not reports:
+        raise ValueError("no run to summarise")
+    languages = list(reports[0]["summary"]["student"])
+    table: dict[str, dict[str, dict[str, float]]] = {}
+
+    def add(row: str, column: str, values: list[float]) -> None:
+        table.setdefault(row, {})[column] = {
+            "mean": round(sum(values) / len(values), 2),
+            "min": round(min(values), 2),
+            "max": round(max(values), 2),
+            "runs": [round(value, 2) for value in values],
+        }
+
+    for model, metric in COLUMNS:
+        column = f"{model} {metric}"
+        for language in languages:
+            add(language, column, [report["summary"][model][language][metric] for report in reports])
+        add("mean non-en", column, [mean_non_english(report["summary"][model], metric) for report in reports])
+    for metric in ("top1", "R@5"):
+        gains = [
+            mean_non_english(report["summary"]["student"], metric)
+            - mean_non_english(report["summary"]["stage1"], metric)
+            for report in reports
+        ]
+        add("mean non-en", f"stage 2 gain {metric}", gains)
+        add(
+            "en",
+            f"stage 2 gain {metric}",
+            [r["summary"]["student"]["en"][metric] - r["summary"]["stage1"]["en"][metric] for r in reports],
+        )
+    return {"seeds": [report["seed"] for report in reports], "languages": languages, "table": table}
+
+
+def markdown(result: dict) -> str:
+    columns = [f"{model} {metric}" for model, metric in COLUMNS]
+    header = [f"{NAMES[column.split()[0]]} {column.split()[1]}" for column in columns]
+    lines = ["| language | " + " | ".join(header) + " |", "|---|" + "---:|" * len(columns)]
+    for row in [*result["languages"], "mean non-en"]:
+        cells = [
+            f"{cell['mean']:.1f} ({cell['min']:.1f}–{cell['max']:.1f})"
+            for cell in (result["table"][row][column] for column in columns)
+        ]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    seeds = ", ".join(map(str, result["seeds"]))
+    lines.append(f"\nMean (min–max) over {len(result['seeds'])} training seeds ({seeds}), in %.")
+    for row in ("mean non-en", "en"):
+        for metric in ("top1", "R@5"):
+            gain = result["table"][row][f"stage 2 gain {metric}"]
+            runs = ", ".join(f"{value:+.1f}" for value in gain["runs"])
+            lines.append(f"Stage 2's gain in {metric}, {row}, per seed: {runs} (mean {gain['mean']:+.2f}).")
+    return "\n".join(lines) + "\n"
+
+
+def draw(result: dict, path: Path) -> None:
+    """Per language: stage 1 and stage 1+2 top-1, the bar at the mean and a line over the seeds' range."""
+    languages = result["languages"]
+    figure, axis = plt.subplots(figsize=(12, 4), dpi=120)
+    for offset, model in enumerate(("teacher", "stage1", "student")):
+        cells = [result["table"][language][f"{model} top1"] for language in languages]
+        xs = [i + (offset - 1) * 0.27 for i in range(len(languages))]
+        means = [cell["mean"] for cell in cells]
+        errors = [[m - c["min"] for m, c in zip(means, cells)], [c["max"] - m for m, c in zip(means, cells)]]
+        axis.bar(xs, means, 0.27, yerr=errors, capsize=2, label=NAMES[model])
+    axis.set_xticks(range(len(languages)), languages)
+    axis.set_title(f"zero-shot top-1 on the held-out emoji (%), mean and range over seeds {result['seeds']}")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
+    plt.close(figure)
+
+
+def write_spread(folders: list[Path], output_dir: Path) -> dict:
+    """Reads each run's results.json and writes spread.json, spread.md and spread.png into `output_dir`."""
+    reports = []
+    for folder in folders:
+        path = folder / "results.json"
+        if not path.is_file():
+            raise SystemExit(f"seed_spread: {path} is missing; that run did not finish. Run it again.")
+        reports.append(json.loads(path.read_text(encoding="utf-8")))
+    result = spread(reports)
+    result["timings_s"] = {str(report["seed"]): report["timings_s"] for report in reports}
+    result["markdown"] = markdown(result)
+    replace_atomically(
+        output_dir / "spread.json",
+        lambda partial: partial.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8"),
+    )
+    replace_atomically(
+        output_dir / "spread.md", lambda partial: partial.write_text(result["markdown"], encoding="utf-8")
+    )
+    draw(result, output_dir / "spread.png")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--preset", default="full")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at once (each uses one thread)")
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/seed_spread"))
+    parser.add_argument("--no_cache_default", action="store_true")
+    parser.add_argument("--summarise_only", action="store_true", help="only read finished runs' results.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"seed_spread: --seeds has repeats ({args.seeds}); give each seed once.")
+    if args.summarise_only:
+        folders = [args.output_dir / f"seed-{seed}" for seed in args.seeds]
+    else:
+        taken = [seed for seed in args.seeds if (args.output_dir / f"seed-{seed}").exists()]
+        if taken:
+            raise SystemExit(
+                f"seed_spread: {args.output_dir} already holds runs of seeds {taken}; choose a new --output_dir "
+                "or add --summarise_only to summarise them."
+            )
+        folders = run_seeds(args.seeds, args.output_dir, args.preset, max(1, args.parallel), not args.no_cache_default)
+    print(write_spread(folders, args.output_dir)["markdown"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Issue 27: the reproduction is seeded and deterministic at a fixed thread count, its stage-2 learning rate is the
+one the validation sweep chose, and the seed spread's table is the mean and range of the runs it reads."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from altclip.reproduction.run import PRESETS, reproduce
+from altclip.reproduction.seed_spread import markdown, spread, write_spread
+from altclip.reproduction.stage2_selection import load_selection, select_learning_rate
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+def validation_report(preset: str, scores: dict[str, float], seed: int = 1) -> dict:
+    """A stage2_validation report whose runs end at step 600 with the given validation non-English means."""
+    row = lambda value: {"validation": {"mean_non_english": value}}  # noqa: E731
+    return {
+        "preset": preset,
+        "validation_seed": seed,
+        "stage1": row(5.0),
+        "runs": {rate: {"0": row(5.0), "300": row(99.0), "600": row(value)} for rate, value in scores.items()},
+    }
+
+
+def test_the_rate_with_the_best_mean_over_splits_at_the_last_step_is_chosen():
+    reports = {
+        "a": validation_report("small", {"0.0002": 7.0, "0.001": 8.0, "5e-05": 6.0}),
+        "b": validation_report("small", {"0.0002": 7.5, "0.001": 6.0}, seed=2),
+    }
+    selection = select_learning_rate(reports)
+    # 2e-4: (7.0 + 7.5) / 2 = 7.25 beats 1e-3: (8.0 + 6.0) / 2 = 7.0; step 300's 99.0 is not the last step
+    assert selection["chosen"] == {"stage2_learning_rate": 2e-4}
+    assert selection["sweep"]["0.001"] == {"per_split": {"a": 8.0, "b": 6.0}, "mean": 7.0}
+    assert selection["splits"] == {"a": 1, "b": 2}
+    tie = {"a": validation_report("small", {"0.001": 7.0, "0.0002": 7.0})}
+    assert select_learning_rate(tie)["chosen"] == {"stage2_learning_rate": 2e-4}  # a tie goes to the smaller rate
+
+
+def test_the_packaged_choice_is_the_shipped_sweep_s_and_the_full_preset_uses_it():
+    reports = {
+        path.name: json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(DOCS.glob("stage2_validation_small*.json"))
+    }
+    assert len(reports) == 2
+    packaged = load_selection()
+    assert packaged == select_learning_rate(reports)
+    assert PRESETS["full"].stage2_learning_rate == packaged["chosen"]["stage2_learning_rate"]
+
+
+def run_report(seed: int, student_top1: float, stage1_top1: float) -> dict:
+    languages = ("en", "de", "zh")
+    row = lambda top1: {"top1": top1, "R@1": top1 / 2, "R@5": top1 * 2}  # noqa: E731
+    return {
+        "seed": seed,
+        "timings_s": {"total": 1.0},
+        "summary": {
+            "teacher": {x: row(10.0 if x == "en" else 1.0) for x in languages},
+            "stage1": {x: row(stage1_top1 + i) for i, x in enumerate(languages)},
+            "student": {x: row(student_top1 + i) for i, x in enumerate(languages)},
+        },
+    }
+
+
+def test_the_spread_is_each_column_s_mean_and_range_and_stage_2_s_gain_is_paired_by_seed(tmp_path):
+    reports = [run_report(0, 9.0, 8.0), run_report(1, 5.0, 6.0), run_report(2, 7.0, 7.0)]
+    result = spread(reports)
+    assert result["seeds"] == [0, 1, 2]
+    assert result["table"]["de"]["student top1"] == {"mean": 8.0, "min": 6.0, "max": 10.0, "runs": [10.0, 6.0, 8.0]}
+    # non-English mean of seed 0's student: (de 10 + zh 11) / 2 = 10.5
+    assert result["table"]["mean non-en"]["student top1"]["runs"] == [10.5, 6.5, 8.5]
+    assert result["table"]["mean non-en"]["stage 2 gain top1"]["runs"] == [1.0, -1.0, 0.0]
+    assert result["table"]["en"]["stage 2 gain R@5"]["runs"] == [2.0, -2.0, 0.0]
+    text = markdown(result)
+    assert "| de | 1.0 (1.0–1.0) | 8.0 (7.0–9.0) | 8.0 (6.0–10.0) |" in text
+    assert "per seed: +1.0, -1.0, +0.0" in text
+    for seed, report in zip((0, 1, 2), reports):
+        (tmp_path / f"seed-{seed}").mkdir()
+        (tmp_path / f"seed-{seed}" / "results.json").write_text(json.dumps(report))
+    write_spread([tmp_path / f"seed-{seed}" for seed in (0, 1, 2)], tmp_path)
+    assert json.loads((tmp_path / "spread.json").read_text())["table"] == result["table"]
+    assert (tmp_path / "spread.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match=r"seed-7/results\.json is missing; that run did not finish"):
+        write_spread([tmp_path / "seed-7"], tmp_path)
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_weights_and_scores_and_another_seed_does_not(tmp_path):
+    """At one thread, two runs of the same seed are bit-identical (the table holds on a machine of this kind); the
+    seed reaches every stage (another seed changes the teacher, stage 1 and stage 2 weights)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {
+            name: reproduce(tmp_path / name, PRESETS["tiny"], cache_default=False, seed=seed)
+            for name, seed in (("a", 0), ("b", 0), ("c", 1))
+        }
+    finally:
+        torch.set_num_threads(threads)
+    assert runs["a"]["summary"] == runs["b"]["summary"] and runs["a"]["seed"] == 0 and runs["c"]["seed"] == 1
+    assert runs["a"]["torch_threads"] == 1 and runs["a"]["stage2_selection"] == load_selection()
+    for stage in ("teacher_clip", "stage1_teacher_learning", "stage2_contrastive"):
+        weights = {name: (tmp_path / name / stage / "model.safetensors").read_bytes() for name in runs}
+        assert weights["a"] == weights["b"], stage
+        assert weights["a"] != weights["c"], stage
