@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/finetune_demonstration"))
     parser.add_argument("--languages", default="en,de,es,zh,ja", help="comma-separated: fine-tuning and scoring")
     parser.add_argument("--seed", type=int, default=0, help="which held-out emoji form the fine-tuning half")
-    parser.add_argument("--steps", type=int, default=150, help="training steps of every run")
+    parser.add_argument("--steps", type=int, default=200, help="training steps of every run")
     parser.add_argument("--batch_size", type=int, default=64, help="training batch of every run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared CPU)")
     args = parser.parse_args(argv)
