@@ -4,9 +4,9 @@ The held-out emoji of a finished ``altclip-reproduce`` run are split once, by ``
 a test half (no test-half name, in any language, is in the fine-tuning captions). The student model is fine-tuned on
 the fine-tuning half, named in ``--languages``, three ways through ``altclip-train contrastive`` (same steps, batch and
 seed; learning rates fixed here, not tuned on the test half): full fine-tuning of the text tower, LoRA r=16 on the text
-tower, and the same LoRA run saved at WiSE-FT alpha 0.5 (fixed, not chosen on the test half). The start model and
-each result are scored by zero-shot top-1 per language on the test half (the domain gain) and on as many emoji the
-model was trained on (what it forgot). Writes results.json, results.md and results.png.
+tower, and the same LoRA run again (same seed) saved at WiSE-FT alpha 0.5 (fixed, not chosen on the test half). The
+start model and each result are scored by zero-shot top-1 per language on the test half (the domain gain) and on as
+many emoji the model was trained on (what it forgot). Writes results.json, results.md and results.png.
 
     python -m altclip.reproduction.finetune_demonstration --reproduction_dir outputs/reproduction \\
         --output_dir outputs/finetune_demonstration
