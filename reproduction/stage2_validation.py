@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -86,9 +87,10 @@ def carve_validation(data_dir: Path, fraction: float, seed: int) -> dict[str, Pa
     }
 
 
-def top1(embedder: Embedder, folder: Path) -> dict[str, float]:
+def top1(embedder: Embedder, folder: Path, languages: Sequence[str] = LANGUAGES) -> dict[str, float]:
+    """Zero-shot top-1 (%) among the image folder's class names (bare, no template), per language."""
     data = load_image_folder(folder)
-    prompts = {x: custom_prompts(x, data.classnames_by_language[x], None) for x in LANGUAGES}
+    prompts = {x: custom_prompts(x, data.classnames_by_language[x], None) for x in languages}
     results = evaluate_zero_shot(embedder, data, prompts)
     return {row["language"]: round(row["metrics"]["top1"], 1) for row in results}
 

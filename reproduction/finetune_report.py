@@ -1,0 +1,79 @@
+"""The fine-tuning demonstration's table and chart: each method's cost and its top-1 before and after, on the new
+domain's test half and on the emoji the model was trained on."""
+
+import json
+from pathlib import Path
+
+from altclip.common.files import replace_atomically
+from altclip.common.plots import plt
+
+SETS = {"test_half": "test half (new domain)", "original_emoji": "original emoji (forgetting)"}
+
+
+def markdown(report: dict) -> str:
+    """method | trainable params | wall s | test-half top-1 before -> after | original-emoji top-1 before -> after."""
+    before, counts, settings = report["before"], report["counts"], report["settings"]
+    lines = [
+        "| method | trainable params | wall s | test-half top-1 (mean) before → after "
+        "| original-emoji top-1 (mean) before → after |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for run in report["runs"].values():
+        cells = [f"{before[name]['mean']:.1f} → {run['after'][name]['mean']:.1f}" for name in SETS]
+        lines.append(
+            f"| {run['label']} | {run['trainable_parameters']:,} | {run['wall_s']:.0f} | {' | '.join(cells)} |"
+        )
+    lines.append(
+        f"\nTop-1 in %, mean over {', '.join(settings['languages'])}; {counts['test_half_emoji']} test-half emoji "
+        f"(chance {100 / counts['test_half_emoji']:.1f}%), {counts['original_emoji_sample']} original emoji; "
+        f"fine-tuned on {counts['finetune_emoji']} emoji ({counts['finetune_emoji_dropped_for_shared_names']} dropped "
+        f"for sharing a test-half name), {settings['steps']} steps of {settings['batch_size']}, split seed "
+        f"{settings['seed']}."
+    )
+    lines += ["", "Per language, after (before: the start model):", ""]
+    languages = settings["languages"]
+    lines += [
+        "| method | set | " + " | ".join(languages) + " |",
+        "|---|---|" + "---:|" * len(languages),
+    ]
+    rows = {"start model": before, **{run["label"]: run["after"] for run in report["runs"].values()}}
+    for label, scores in rows.items():
+        for name in SETS:
+            values = " | ".join(f"{scores[name]['per_language'][language]:.1f}" for language in languages)
+            lines.append(f"| {label} | {name} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw(report: dict, path: Path) -> None:
+    """Before and after bars (mean top-1 over the languages) per method, one panel per scored set."""
+    runs = list(report["runs"].values())
+    figure, axes = plt.subplots(1, len(SETS), figsize=(12, 4.2), dpi=120)
+    width = 0.38
+    for axis, (name, title) in zip(axes, SETS.items()):
+        xs = range(len(runs))
+        axis.bar([x - width / 2 for x in xs], [report["before"][name]["mean"]] * len(runs), width, label="before")
+        axis.bar([x + width / 2 for x in xs], [run["after"][name]["mean"] for run in runs], width, label="after")
+        chance = 100 / len(report["split"]["test_half"] if name == "test_half" else report["original_emoji"])
+        axis.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+        axis.set_xticks(list(xs), [run["label"].replace(" (", "\n(").replace(" + ", "\n+ ") for run in runs])
+        axis.tick_params(axis="x", labelsize=8)
+        axis.set_title(f"{title}: zero-shot top-1 (%)")
+        axis.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize=8, frameon=False)
+    figure.suptitle(f"Fine-tuning on half of the held-out emoji ({', '.join(report['settings']['languages'])})")
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
+    plt.close(figure)
+
+
+def write_report(report: dict, output_dir: Path) -> dict:
+    """results.json (everything), results.md (the table) and results.png (the chart) in `output_dir`."""
+    report = {**report, "table": markdown(report)}
+    replace_atomically(
+        output_dir / "results.json",
+        lambda p: p.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8"),
+    )
+    replace_atomically(output_dir / "results.md", lambda p: p.write_text(report["table"], encoding="utf-8"))
+    draw(report, output_dir / "results.png")
+    return report

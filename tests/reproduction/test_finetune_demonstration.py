@@ -1,0 +1,140 @@
+"""The fine-tuning demonstration on a tiny reproduction: the held-out emoji split once into a fine-tuning half and a
+test half with no test-half name in the fine-tuning captions, three runs (full, LoRA, LoRA + WiSE-FT) each scored
+before and after on both sets in every language, and a folder that is not a reproduction refused in one line."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from altclip.common.adapters import is_adapter_folder
+from altclip.common.records import write_jsonl
+from altclip.reproduction.domain_split import split_domain
+from altclip.reproduction.emoji_data import LANGUAGES as ALL_LANGUAGES
+from altclip.reproduction.emoji_data import normalised
+from altclip.reproduction.finetune_demonstration import METHODS, main
+from altclip.reproduction.run import PRESETS, reproduce
+
+LANGUAGES = ["en", "de", "zh"]
+
+
+@pytest.fixture(scope="module")
+def demonstration(tmp_path_factory):
+    """A tiny reproduction (about a minute) and the demonstration run on it with a few steps."""
+    root = tmp_path_factory.mktemp("finetune_demonstration")
+    threads = torch.get_num_threads()
+    try:
+        reproduce(root / "reproduction", PRESETS["tiny"], cache_default=False)
+        arguments = ["--reproduction_dir", str(root / "reproduction"), "--output_dir", str(root / "demo")]
+        main([*arguments, "--languages", ",".join(LANGUAGES), "--steps", "4", "--batch_size", "8", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((root / "demo" / "results.json").read_text(encoding="utf-8"))
+    return root / "reproduction", root / "demo", results
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.slow
+def test_held_out_emoji_are_split_once_into_disjoint_halves(demonstration):
+    reproduction, demo, results = demonstration
+    held_out = {path.name for path in (reproduction / "data" / "test").iterdir() if path.is_dir()}
+    finetune, test, dropped = (set(results["split"][part]) for part in ("finetune", "test_half", "finetune_dropped"))
+    assert finetune and test
+    assert not finetune & test and not dropped & test and not dropped & finetune
+    assert finetune | dropped | test == held_out
+    assert len(test) == len(held_out) // 2
+    assert {path.name for path in (demo / "data" / "test_half").iterdir() if path.is_dir()} == test
+    original = {path.name for path in (demo / "data" / "original_emoji").iterdir() if path.is_dir()}
+    assert len(original) == len(test) and not original & held_out
+    trained = {Path(row["image"]).stem for row in read_jsonl(reproduction / "data" / "train_captions.jsonl")}
+    assert original <= trained
+
+
+@pytest.mark.slow
+def test_no_test_half_name_is_in_the_fine_tuning_captions(demonstration):
+    reproduction, demo, results = demonstration
+    rows = read_jsonl(demo / "data" / "finetune_captions.jsonl")
+    assert {Path(row["image"]).stem for row in rows} == set(results["split"]["finetune"])
+    assert {row["language"] for row in rows} == set(LANGUAGES)
+    assert all((demo / "data" / row["image"]).is_file() for row in rows)
+    names = json.loads((reproduction / "data" / "test" / "classnames.json").read_text(encoding="utf-8"))
+    slugs = sorted(path.name for path in (reproduction / "data" / "test").iterdir() if path.is_dir())
+    positions = [slugs.index(slug) for slug in results["split"]["test_half"]]
+    test_names = {normalised(values[i]) for values in names.values() for i in positions}
+    assert test_names and not {normalised(row["caption"]) for row in rows} & test_names
+
+
+@pytest.mark.slow
+def test_every_method_is_scored_before_and_after_on_both_sets_in_every_language(demonstration):
+    _, demo, results = demonstration
+    assert list(results["runs"]) == [method.name for method in METHODS]
+    for scores in [results["before"], *(run["after"] for run in results["runs"].values())]:
+        assert set(scores) == {"test_half", "original_emoji"}
+        for scored in scores.values():
+            assert list(scored["per_language"]) == LANGUAGES
+            assert all(0 <= value <= 100 for value in scored["per_language"].values())
+    for name, run in results["runs"].items():
+        summary = json.loads((Path(run["output"]) / "training_summary.json").read_text(encoding="utf-8"))
+        assert summary["global_step"] == 4 and run["wall_s"] > 0, name
+    full, lora, wise = (results["runs"][name] for name in ("full", "lora", "lora_wise_ft"))
+    assert not is_adapter_folder(full["output"]) and is_adapter_folder(lora["output"])
+    assert is_adapter_folder(wise["output"])
+    assert json.loads((Path(wise["output"]) / "training_summary.json").read_text())["wise_ft"] == {"alpha": 0.5}
+    for adapted in (lora, wise):
+        assert 0 < adapted["trainable_parameters"] < 0.01 * full["trainable_parameters"]
+
+    table = (demo / "results.md").read_text(encoding="utf-8")
+    assert all(run["label"] in table for run in results["runs"].values())
+    assert (demo / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fine_tuning_emoji_sharing_a_test_half_name_in_any_language_are_dropped(tmp_path):
+    """Held-out emoji in pairs that share a name in one language (written differently: case, spaces): a pair split
+    across the halves must lose its fine-tuning member."""
+    data = tmp_path / "run" / "data"
+    (data / "images").mkdir(parents=True)
+    held_out = {f"u{i:x}": {x: f"{x} name {i}" for x in ALL_LANGUAGES} for i in range(0x100, 0x10C)}
+    for i, slug in enumerate(sorted(held_out)):
+        held_out[slug]["ja"] = f"Shared  Name {i // 2}" if i % 2 else f"shared name {i // 2}"
+    trained = {f"u{i:x}": {x: f"{x} trained {i}" for x in ALL_LANGUAGES} for i in range(0x200, 0x210)}
+    for slug in [*held_out, *trained]:
+        Image.new("RGB", (8, 8), "white").save(data / "images" / f"{slug}.png")
+    for slug in held_out:
+        (data / "test" / slug).mkdir(parents=True)
+    classnames = {x: [held_out[slug][x] for slug in sorted(held_out)] for x in ALL_LANGUAGES}
+    (data / "test" / "classnames.json").write_text(json.dumps(classnames, ensure_ascii=False), encoding="utf-8")
+    rows = [
+        {"image": f"images/{s}.png", "caption": names[x], "language": x} for s, names in trained.items() for x in names
+    ]
+    write_jsonl(data / "train_captions.jsonl", rows)
+
+    split = split_domain(tmp_path / "run", tmp_path / "demo", ["en", "de"], seed=0)
+    assert (
+        split.dropped
+        and len(split.test) == 6
+        and set(split.finetune) | set(split.dropped) | set(split.test) == set(held_out)
+    )
+    test_names = {normalised(name) for slug in split.test for name in held_out[slug].values()}
+    for slug in split.dropped:
+        assert normalised(held_out[slug]["ja"]) in test_names
+    for slug in split.finetune:
+        assert not {normalised(name) for name in held_out[slug].values()} & test_names
+    captions = read_jsonl(split.finetune_captions)
+    assert [row["language"] for row in captions] == ["en", "de"] * len(split.finetune)
+    assert len(split.original) == 6 and set(split.original) <= set(trained)
+
+
+def test_a_folder_that_is_not_a_finished_reproduction_is_refused_in_one_line(tmp_path):
+    (tmp_path / "run" / "data" / "images").mkdir(parents=True)
+    with pytest.raises(SystemExit) as refusal:
+        main(["--reproduction_dir", str(tmp_path / "run"), "--output_dir", str(tmp_path / "demo")])
+    message = str(refusal.value.code)
+    assert "\n" not in message and str(tmp_path / "run") in message
+    assert "is not a finished altclip-reproduce output" in message and "stage2_contrastive/model.safetensors" in message
+    assert "altclip-reproduce --output_dir" in message
+    assert not (tmp_path / "demo").exists()
