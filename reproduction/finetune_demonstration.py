@@ -45,7 +45,8 @@ class Method:
     flags: tuple[str, ...] = ()
 
 
-# Full fine-tuning at stage 2's own rate; LoRA at 10x (its low-rank update starts at zero and is scaled by alpha/r).
+# Full fine-tuning at a fifth of stage 2's rate (1e-3: a fine-tune starts from a trained model); LoRA at 10x
+# that (its low-rank update starts at zero and is scaled by alpha/r).
 METHODS = (
     Method("full", "full fine-tuning (text tower)", 2e-4),
     Method("lora", "LoRA r=16 (text tower)", 2e-3, LORA_FLAGS),
