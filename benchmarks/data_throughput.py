@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transformers import CLIPImageProcessorPil  # noqa: E402
 
 from altclip.common.files import replace_atomically  # noqa: E402
-from altclip.common.plots import plt  # noqa: E402
+from altclip.common.plots import plt, save_png  # noqa: E402
 from altclip.training.data.image_text_data import ContrastiveCollator, PairDecoder, decode_shard_sample  # noqa: E402
 from altclip.training.data.shard_stream import ShardStream  # noqa: E402
 from altclip.training.data.sources import parse_sources  # noqa: E402
@@ -242,7 +242,7 @@ def main() -> None:
     axis.set_title("Stage-2 input pipeline, 40 JPEG shards")
     axis.legend()
     figure.tight_layout()
-    replace_atomically(path.with_suffix(".png"), lambda partial: figure.savefig(partial, format="png"))
+    save_png(figure, path.with_suffix(".png"))
     print(f"wrote {path} and {path.with_suffix('.png')}")
 
 

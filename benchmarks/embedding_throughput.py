@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from altclip.common.embedding import Embedder  # noqa: E402
 from altclip.common.files import replace_atomically  # noqa: E402
-from altclip.common.plots import plt  # noqa: E402
+from altclip.common.plots import plt, save_png  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     SHAPES,
     median_seconds,
@@ -232,8 +232,7 @@ def draw(result: dict, path: Path) -> None:
     axis.set_xlabel("throughput, ours / transformers' AltCLIPModel")
     axis.set_title(f"{result['shape']}, CPU, {result['threads']} threads")
     figure.tight_layout()
-    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel  # noqa: E
 
 from altclip.common.constants import CLIP_CONTEXT_LENGTH  # noqa: E402
 from altclip.common.files import replace_atomically  # noqa: E402
-from altclip.common.plots import plt  # noqa: E402
+from altclip.common.plots import plt, save_png  # noqa: E402
 from altclip.training.loop.losses import ClipLoss, distillation_loss  # noqa: E402
 from altclip.training.loop.teacher import load_teacher  # noqa: E402
 from altclip.training.toy_setup import english_word_tokenizer, write_shapes_dataset, write_tiny_xlmr  # noqa: E402
@@ -575,8 +575,7 @@ def draw(result: dict, path: Path) -> None:
     axes[1].set_title("Inference speedup (images/s, texts/s)")
     axes[1].legend(fontsize=7)
     figure.tight_layout()
-    replace_atomically(path, lambda p: figure.savefig(p, format="png"))
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def main() -> None:

@@ -272,7 +272,7 @@ def report_scale(args) -> None:
 
 
 def draw_scale(epoch2: dict, rows: dict, path: Path) -> None:
-    from altclip.common.plots import plt
+    from altclip.common.plots import plt, save_png
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
     left.bar(["image tower run", "cached image features"], [epoch2["run"], epoch2["cached"]], color=["#999", "#2a7"])
@@ -283,8 +283,7 @@ def draw_scale(epoch2: dict, rows: dict, path: Path) -> None:
     right.set_ylabel("seconds per optimizer step")
     right.set_title("4 micro-batches of 16")
     figure.tight_layout()
-    replace_atomically(path, lambda p: figure.savefig(p, format="png"))
-    plt.close(figure)
+    save_png(figure, path)
 
 
 if __name__ == "__main__":

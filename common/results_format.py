@@ -26,7 +26,10 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def draw_chart(results: list[dict], path: Path, title: str) -> None:
-    from altclip.common.plots import plt  # matplotlib only where a chart is drawn: the Hub job reads results without it
+    from altclip.common.plots import (  # matplotlib only where a chart is drawn: the Hub job reads results without it
+        plt,
+        save_png,
+    )
 
     metric_names = list(dict.fromkeys(name for result in results for name in result["metrics"]))
     labels = [
@@ -45,8 +48,7 @@ def draw_chart(results: list[dict], path: Path, title: str) -> None:
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=7, ncols=min(4, len(metric_names)))
     figure.tight_layout()
-    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def model_index(results: list[dict]) -> list[dict]:

@@ -94,7 +94,7 @@ def protocol_notes(rows: list[dict]) -> list[str]:
 
 def draw_comparison(rows: list[dict], path: Path) -> None:
     """One panel per dataset: a group of bars per recall, one bar per model."""
-    from altclip.common.plots import plt
+    from altclip.common.plots import plt, save_png
 
     datasets = list(dict.fromkeys(row["dataset"] for row in rows)) or ["(none)"]
     figure, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.8 * len(datasets)), dpi=110, squeeze=False)
@@ -112,8 +112,7 @@ def draw_comparison(rows: list[dict], path: Path) -> None:
         axis.grid(axis="y", alpha=0.3)
         axis.legend(fontsize=6, loc="lower right")
     figure.tight_layout()
-    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def write_comparison(results: list[dict], model: str, table_path: Path, table: str) -> tuple[str, Path]:

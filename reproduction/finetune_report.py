@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from altclip.common.files import replace_atomically
-from altclip.common.plots import plt
+from altclip.common.plots import plt, save_png
 
 SETS = {"test_half": "test half (new domain)", "original_emoji": "original emoji (forgetting)"}
 
@@ -63,8 +63,7 @@ def draw(report: dict, path: Path) -> None:
     figure.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize=8, frameon=False)
     figure.suptitle(f"Fine-tuning on half of the held-out emoji ({', '.join(report['settings']['languages'])})")
     figure.tight_layout(rect=(0, 0.05, 1, 1))
-    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def write_report(report: dict, output_dir: Path) -> dict:

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from altclip.common.files import replace_atomically
-from altclip.common.plots import plt
+from altclip.common.plots import plt, save_png
 
 MODELS = {"teacher": "teacher (English CLIP)", "stage1": "stage 1 only", "student": "AltCLIP student"}
 
@@ -68,8 +68,7 @@ def draw(summary: dict, languages: list[str], path: Path, test_emoji: int) -> No
     figure.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize=8, frameon=False)
     figure.suptitle(f"AltCLIP on {test_emoji} held-out emoji, per language")
     figure.tight_layout(rect=(0, 0.06, 1, 1))
-    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def write_report(evaluations: dict[str, list[dict]], output_dir: Path, extra: dict) -> dict:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from altclip.common.files import replace_atomically
-from altclip.common.plots import plt
+from altclip.common.plots import plt, save_png
 
 logger = logging.getLogger("reproduction.seed_spread")
 COLUMNS = (
@@ -147,8 +147,7 @@ def draw(result: dict, path: Path) -> None:
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def write_spread(folders: list[Path], output_dir: Path) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from altclip.common.plots import plt
+from altclip.common.plots import plt, save_png
 
 from ..arguments import FineTuningArguments, ZeroShotArguments
 from ..loop.zeroshot_monitor import ZeroShotMonitor
@@ -147,6 +147,5 @@ def save_before_after_chart(before: dict[str, float], after: dict[str, float], p
         axis.grid(axis="y", alpha=0.3)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
+    save_png(figure, path)
     return path

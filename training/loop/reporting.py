@@ -8,7 +8,7 @@ from typing import Any
 from altclip.common.constants import LOSS_CURVE_FILE
 from altclip.common.constants import TRAINING_SUMMARY_FILE as SUMMARY_FILE
 from altclip.common.files import replace_atomically
-from altclip.common.plots import plt
+from altclip.common.plots import plt, save_png
 
 __all__ = ["LOSS_CURVE_FILE", "SUMMARY_FILE", "save_loss_curve", "save_summary"]
 
@@ -29,8 +29,7 @@ def save_loss_curve(log_history: list[dict[str, Any]], path: str | os.PathLike, 
     if axis.get_legend_handles_labels()[0]:
         axis.legend()
     figure.tight_layout()
-    replace_atomically(path, lambda partial: figure.savefig(partial, format="png"))
-    plt.close(figure)
+    save_png(figure, path)
     return path
 
 
