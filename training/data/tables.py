@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.parquet
 import torch
 
-from altclip.common.files import partial_path
+from altclip.common.files import replace_atomically
 from altclip.common.records import NOT_UTF8, QUOTED_SPAN_LINES, DataFormatError, Line, delimited_records, text_lines
 
 from .sources import Source, folder_of, is_remote, open_stream
@@ -157,9 +157,8 @@ def table_chunks(url: str, kind: str, cache_dir: str | None = None) -> list[tupl
         starts, numbers = _find_chunks(url, kind)
         try:
             kept.parent.mkdir(parents=True, exist_ok=True)
-            partial = partial_path(kept)  # nodes sharing the cache: pids repeat across hosts
-            partial.write_text(json.dumps([starts, numbers]))
-            os.replace(partial, kept)
+            # a temporary name unique across the nodes sharing the cache, removed when the write fails
+            replace_atomically(kept, lambda partial: partial.write_text(json.dumps([starts, numbers])))
         except OSError as error:  # a read-only cache: found again next time
             logger.debug("Could not keep the chunks of %s in %s: %s", url, kept, error)
     ends = [*starts[1:], None]

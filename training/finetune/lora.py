@@ -14,11 +14,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from altclip.common.files import partial_path
 from modeling_altclip import AltCLIPModel
 
 from ..arguments import FineTuningArguments
-from ..loop.output_folder import move_into
+from ..loop.output_folder import move_into, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +157,7 @@ def save_adapter(trainer, peft_model: PeftModel, processor, folder: str | os.Pat
     if not trainer.is_world_process_zero():
         return False
     folder = Path(folder)
-    staging = partial_path(folder / "saving")  # unique across hosts sharing the folder
+    staging = staging_folder(folder)
     try:
         peft_model.save_pretrained(staging, save_embedding_layers=False)
         processor.save_pretrained(staging)

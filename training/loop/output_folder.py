@@ -2,6 +2,7 @@
 finished model in it, writable) and before the first step (room for a checkpoint); a full disk is named."""
 
 import errno
+import logging
 import math
 import os
 import shutil
@@ -10,7 +11,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from altclip.common.files import partial_path
+from altclip.common.files import PARTIAL_SUFFIX, partial_path
+
+logger = logging.getLogger(__name__)
 
 # What the final save writes at the top of the output folder (beside the Trainer's checkpoint-N folders).
 FINAL_FILES = (
@@ -32,6 +35,29 @@ FINAL_FILES = (
     "adapter_model.safetensors",
     "before_after.png",
 )
+
+
+STAGING_NAME = "saving"  # the final save's staging folder: partial_path(OUTPUT_DIR / STAGING_NAME)
+
+
+def staging_folder(folder: Path) -> Path:
+    """Where a final save is written before its files are renamed into `folder` (unique across hosts)."""
+    return partial_path(folder / STAGING_NAME)
+
+
+def remove_abandoned_saves(output: Path) -> None:
+    """Removes staging folders of final saves that were killed (SIGTERM at a time limit, SIGKILL, a lost node):
+    each holds a whole model that nothing else would ever delete. Called before any writer of this run starts, by
+    the global rank 0 only (the other ranks may still be probing the folder)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for abandoned in output.glob(f".{STAGING_NAME}.*{PARTIAL_SUFFIX}"):
+        if abandoned.is_dir():
+            size = sum(path.stat().st_size for path in abandoned.rglob("*") if path.is_file())
+            shutil.rmtree(abandoned, ignore_errors=True)
+            logger.warning(
+                "Removed %s (%.1f MiB), the staging folder of an earlier save that was killed", abandoned, size / 2**20
+            )
 
 
 def local_folder(name: str | None) -> Path | None:
@@ -65,6 +91,7 @@ def check_output_folder(output_dir: str, inputs: list[str | None], overwrite: bo
         probe.unlink()
     except OSError as error:
         raise SystemExit(f"altclip-train: cannot write to --output_dir {output_dir}: {error.strerror or error}.")
+    remove_abandoned_saves(output)
 
 
 def _whole_numel(parameter: torch.Tensor) -> int:
@@ -155,8 +182,18 @@ def disk_full_message(output_dir: str) -> str:
 
 
 def move_into(staging: Path, folder: Path) -> None:
-    """Moves every file of `staging` into `folder` by renames (each one atomic), then removes `staging`: a model is
-    never left half-written under its final name."""
-    for path in sorted(staging.iterdir()):
-        os.replace(path, folder / path.name)
+    """Moves every entry of `staging` into `folder` by renames (each one atomic), then removes `staging`: a model is
+    never left half-written under its final name. Weights and sub-folders go first and `config.json` last, so that
+    a kill in between leaves the new weights beside the old config, never a config announcing weights not there; a
+    sub-folder already in `folder` (an earlier run's `merged/`, under --overwrite_output_dir) is replaced whole."""
+    last = {"config.json": 2, "adapter_config.json": 1}
+    for path in sorted(staging.iterdir(), key=lambda entry: (last.get(entry.name, 0), entry.name)):
+        target = folder / path.name
+        if path.is_dir() and target.is_dir():
+            old = partial_path(target)
+            os.replace(target, old)
+            os.replace(path, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(path, target)
     shutil.rmtree(staging, ignore_errors=True)

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import torch
 
-from altclip.common.files import partial_path
-
 from ..finetune.lora import has_lora_layers, merged_state_dict
-from .output_folder import move_into
+from .output_folder import move_into, staging_folder
 
 
 def full_state_dict(trainer, model) -> dict[str, torch.Tensor]:
@@ -40,7 +38,7 @@ def save_complete_model(trainer, model, processor, folder: str | os.PathLike) ->
     if not trainer.is_world_process_zero():
         return False
     folder = Path(folder)
-    staging = partial_path(folder / "saving")  # written in full first, then renamed into place
+    staging = staging_folder(folder)  # written in full first, then renamed into place
     try:
         model.save_pretrained(staging, state_dict=state)
         processor.save_pretrained(staging)
