@@ -24,6 +24,7 @@ COLUMNS = (
     ("teacher", "top1"),
     ("stage1", "top1"),
     ("student", "top1"),
+    ("teacher", "R@5"),
     ("stage1", "R@5"),
     ("student", "R@5"),
 )
