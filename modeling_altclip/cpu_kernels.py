@@ -38,6 +38,7 @@ class OneDNNLinear(nn.Linear):
         nn.Module.__init__(module)
         module.in_features, module.out_features = linear.in_features, linear.out_features
         module.weight, module.bias = linear.weight, linear.bias  # the same Parameter objects: no copy
+        module.train(linear.training)  # an eval-mode model stays in eval mode throughout
         return module
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from altclip.common.records import write_jsonl
 
-from .emoji_data import normalised
+from .emoji_data import augmented, normalised
 from .stage2_validation import image_folder, read_jsonl
 
 # What a finished `altclip-reproduce` output folder holds that the demonstration reads.
@@ -76,7 +78,8 @@ def normalised_names(names: Names, slugs: list[str]) -> set[str]:
 def split_domain(reproduction_dir: Path, data_dir: Path, languages: list[str], seed: int) -> DomainSplit:
     """Splits the held-out emoji by `seed` (the test half: half of them, rounded down), drops fine-tuning emoji
     sharing a name (any language) with a test-half emoji, samples as many training emoji as the test half, and
-    writes the image folders (``test_half``, ``original_emoji``) and ``finetune_captions.jsonl`` (one row per kept
+    writes the image folders (``finetune_new_views``, ``test_half``, ``original_emoji``) and
+    ``finetune_captions.jsonl`` (one row per kept
     fine-tuning emoji and language, the table ``altclip-train contrastive --train_files`` reads) into `data_dir`,
     replacing it (a folder left by another seed would keep stale classes)."""
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -103,7 +106,24 @@ def split_domain(reproduction_dir: Path, data_dir: Path, languages: list[str], s
         ],
     )
     folders = {
+        "finetune_new_views": new_views(
+            data_dir, "finetune_new_views", {slug: held_out[slug] for slug in finetune}, seed
+        ),
         "test_half": image_folder(data_dir, "test_half", {slug: held_out[slug] for slug in test}),
         "original_emoji": image_folder(data_dir, "original_emoji", {slug: trained[slug] for slug in original}),
     }
     return DomainSplit(finetune, test, dropped, original, folders, captions)
+
+
+def new_views(data_dir: Path, name: str, rows_by_slug: Names, seed: int) -> Path:
+    """An image folder of `rows_by_slug` where each emoji is a fresh random view (scaled 55-100%, moved) of the image
+    it was fine-tuned on: the fine-tuned classes in images the training did not see, as a user's own domain is
+    scored (same labels, new photos)."""
+    root = image_folder(data_dir, name, rows_by_slug)
+    rng = random.Random(seed)
+    for slug in sorted(rows_by_slug):
+        path = root / slug / f"{slug}.png"
+        with Image.open(path) as image:
+            view = augmented(image.convert("RGBA"), image.width, rng)
+        view.save(path)
+    return root

@@ -7,16 +7,20 @@ from pathlib import Path
 from altclip.common.files import replace_atomically
 from altclip.common.plots import plt, save_png
 
-SETS = {"test_half": "test half (new domain)", "original_emoji": "original emoji (forgetting)"}
+SETS = {
+    "finetune_new_views": "fine-tuned emoji, new views (domain)",
+    "test_half": "test half (unseen emoji of the domain)",
+    "original_emoji": "original emoji (forgetting)",
+}
 
 
 def markdown(report: dict) -> str:
-    """method | trainable params | wall s | test-half top-1 before -> after | original-emoji top-1 before -> after."""
+    """method | trainable params | wall s | top-1 before -> after on each scored set."""
     before, counts, settings = report["before"], report["counts"], report["settings"]
     lines = [
-        "| method | trainable params | wall s | test-half top-1 (mean) before → after "
-        "| original-emoji top-1 (mean) before → after |",
-        "|---|---:|---:|---:|---:|",
+        "| method | trainable params | wall s | fine-tuned emoji, new views: top-1 before → after "
+        "| test-half (unseen) top-1 before → after | original-emoji top-1 before → after |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for run in report["runs"].values():
         cells = [f"{before[name]['mean']:.1f} → {run['after'][name]['mean']:.1f}" for name in SETS]
@@ -24,7 +28,8 @@ def markdown(report: dict) -> str:
             f"| {run['label']} | {run['trainable_parameters']:,} | {run['wall_s']:.0f} | {' | '.join(cells)} |"
         )
     lines.append(
-        f"\nTop-1 in %, mean over {', '.join(settings['languages'])}; {counts['test_half_emoji']} test-half emoji "
+        f"\nTop-1 in %, mean over {', '.join(settings['languages'])}; the fine-tuned emoji in a fresh random view "
+        f"(scaled, moved), among their {counts['finetune_emoji']} names; {counts['test_half_emoji']} test-half emoji "
         f"(chance {100 / counts['test_half_emoji']:.1f}%), {counts['original_emoji_sample']} original emoji; "
         f"fine-tuned on {counts['finetune_emoji']} emoji ({counts['finetune_emoji_dropped_for_shared_names']} dropped "
         f"for sharing a test-half name), {settings['steps']} steps of {settings['batch_size']}, split seed "
@@ -47,17 +52,18 @@ def markdown(report: dict) -> str:
 def draw(report: dict, path: Path) -> None:
     """Before and after bars (mean top-1 over the languages) per method, one panel per scored set."""
     runs = list(report["runs"].values())
-    figure, axes = plt.subplots(1, len(SETS), figsize=(12, 4.2), dpi=120)
+    figure, axes = plt.subplots(1, len(SETS), figsize=(16, 4.4), dpi=120)
+    classes = {"finetune_new_views": "finetune", "test_half": "test_half"}
     width = 0.38
     for axis, (name, title) in zip(axes, SETS.items()):
         xs = range(len(runs))
         axis.bar([x - width / 2 for x in xs], [report["before"][name]["mean"]] * len(runs), width, label="before")
         axis.bar([x + width / 2 for x in xs], [run["after"][name]["mean"] for run in runs], width, label="after")
-        chance = 100 / len(report["split"]["test_half"] if name == "test_half" else report["original_emoji"])
+        chance = 100 / len(report["split"][classes[name]] if name in classes else report["original_emoji"])
         axis.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
         axis.set_xticks(list(xs), [run["label"].replace(" (", "\n(").replace(" + ", "\n+ ") for run in runs])
         axis.tick_params(axis="x", labelsize=8)
-        axis.set_title(f"{title}: zero-shot top-1 (%)")
+        axis.set_title(f"{title}\nzero-shot top-1 (%)", fontsize=9)
         axis.grid(axis="y", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize=8, frameon=False)

@@ -75,6 +75,7 @@ def test_cpu_fp32_embedder_runs_onednn_linear_unless_told_not_to(tiny_model, pro
     plain = Embedder(tiny_model, processor, device="cpu", batch_size=4, onednn_linear=False)
     assert any(isinstance(module, OneDNNLinear) for module in fast.model.modules())
     assert not any(isinstance(module, OneDNNLinear) for module in plain.model.modules())
+    assert not any(module.training for module in fast.model.modules())  # the swapped layers keep eval mode
     texts = ["a cat", "ein Hund, der über eine Wiese rennt", "猫"]
     torch.testing.assert_close(fast.texts(texts), plain.texts(texts), atol=1e-5, rtol=1e-4)
     assert fast.fingerprint() == plain.fingerprint()

@@ -53,6 +53,10 @@ def test_held_out_emoji_are_split_once_into_disjoint_halves(demonstration):
     assert len(original) == len(test) and not original & held_out
     trained = {Path(row["image"]).stem for row in read_jsonl(reproduction / "data" / "train_captions.jsonl")}
     assert original <= trained
+    views = demo / "data" / "finetune_new_views"
+    assert {path.name for path in views.iterdir() if path.is_dir()} == finetune
+    for slug in finetune:  # a new view of each fine-tuned emoji, not the image it was trained on
+        assert (views / slug / f"{slug}.png").read_bytes() != (demo / "data" / "images" / f"{slug}.png").read_bytes()
 
 
 @pytest.mark.slow
@@ -74,7 +78,7 @@ def test_every_method_is_scored_before_and_after_on_both_sets_in_every_language(
     _, demo, results = demonstration
     assert list(results["runs"]) == [method.name for method in METHODS]
     for scores in [results["before"], *(run["after"] for run in results["runs"].values())]:
-        assert set(scores) == {"test_half", "original_emoji"}
+        assert set(scores) == {"finetune_new_views", "test_half", "original_emoji"}
         for scored in scores.values():
             assert list(scored["per_language"]) == LANGUAGES
             assert all(0 <= value <= 100 for value in scored["per_language"].values())
