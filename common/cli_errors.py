@@ -39,6 +39,26 @@ def wants_traceback(argv: list[str]) -> bool:
     return on
 
 
+def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse `type` for a whole number in [low, high] (no upper bound without `high`), so that a bad value is
+    argparse's one-line error, not a traceback from deep in the run (a negative seed reaches numpy's seeding)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"{low}..{high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({bounds})")
+        return value
+
+    return parse
+
+
+SEED = int_in_range(0, 2**32 - 2)  # numpy takes 0..2**32-1; the reproduction also seeds with seed + 1
+
+
 def one_line_parser_errors(parser: argparse.ArgumentParser, program: str) -> None:
     """argparse's own errors (an unknown value, a bad number) as one line instead of the whole usage."""
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors
 from altclip.common.embedding import Embedder
 
 from .domain_split import DomainSplit, missing_reproduction_files, split_domain
@@ -142,10 +143,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reproduction_dir", type=Path, default=Path("outputs/reproduction"))
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/finetune_demonstration"))
     parser.add_argument("--languages", default="en,de,es,zh,ja", help="comma-separated: fine-tuning and scoring")
-    parser.add_argument("--seed", type=int, default=0, help="which held-out emoji form the fine-tuning half")
-    parser.add_argument("--steps", type=int, default=200, help="training steps of every run")
-    parser.add_argument("--batch_size", type=int, default=64, help="training batch of every run")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared CPU)")
+    parser.add_argument("--seed", type=SEED, default=0, help="which held-out emoji form the fine-tuning half")
+    parser.add_argument("--steps", type=int_in_range(1), default=200, help="training steps of every run")
+    parser.add_argument("--batch_size", type=int_in_range(1), default=64, help="training batch of every run")
+    parser.add_argument("--threads", type=int_in_range(1), default=1, help="torch threads (1: steady on a shared CPU)")
+    one_line_parser_errors(parser, PROGRAM)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     check_reproduction(args.reproduction_dir)

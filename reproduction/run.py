@@ -30,7 +30,7 @@ import torch
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 import altclip.training.cli
-from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors
+from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors, run_with_one_line_errors
 from altclip.common.embedding import Embedder
 from altclip.common.files import partial_path
 from altclip.common.results_format import write_results
@@ -356,11 +356,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output_dir", "--output-dir", default="outputs/reproduction")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument(
-        "--seed", type=int, default=0, help="the training's seed (the held-out emoji do not depend on it)"
+        "--seed", type=SEED, default=0, help="the training's seed (the held-out emoji do not depend on it)"
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_in_range(1),
         default=1,
         help="torch threads: fixed so that a run's floating-point sums are the same on every machine with as "
         "many cores or more (1 was also ~12x faster than 2 on a busy 2-core machine)",
@@ -381,8 +381,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("reproduction").setLevel(logging.INFO)
     outcome = {}
 
-    if args.threads < 1:
-        parser.error(f"--threads must be 1 or more, not {args.threads}")
     torch.set_num_threads(args.threads)
 
     def run() -> None:

@@ -16,8 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors
 from altclip.common.files import replace_atomically
 from altclip.common.plots import plt, save_png
+
+from .run import PRESETS
 
 logger = logging.getLogger("reproduction.seed_spread")
 COLUMNS = (
@@ -175,12 +178,13 @@ def write_spread(folders: list[Path], output_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    parser.add_argument("--preset", default="full")
-    parser.add_argument("--parallel", type=int, default=2, help="runs at once (each uses one thread)")
+    parser.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--parallel", type=int_in_range(1), default=2, help="runs at once (each uses one thread)")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/seed_spread"))
     parser.add_argument("--no_cache_default", action="store_true")
     parser.add_argument("--summarise_only", action="store_true", help="only read finished runs' results.json")
+    one_line_parser_errors(parser, "seed_spread")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if len(set(args.seeds)) != len(args.seeds):
@@ -194,7 +198,7 @@ def main() -> None:
                 f"seed_spread: {args.output_dir} already holds runs of seeds {taken}; choose a new --output_dir "
                 "or add --summarise_only to summarise them."
             )
-        folders = run_seeds(args.seeds, args.output_dir, args.preset, max(1, args.parallel), not args.no_cache_default)
+        folders = run_seeds(args.seeds, args.output_dir, args.preset, args.parallel, not args.no_cache_default)
     print(write_spread(folders, args.output_dir)["markdown"])
 
 

@@ -68,8 +68,17 @@ def main() -> None:
     for path in args.reports:
         if not path.is_file():
             raise SystemExit(f"stage2_selection: {path} does not exist; give stage2_validation.json reports.")
-        reports[path.name] = json.loads(path.read_text(encoding="utf-8"))
-    selection = select_learning_rate(reports)
+        try:
+            reports[path.name] = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise SystemExit(f"stage2_selection: {path} is not JSON ({error}); give stage2_validation.json reports.")
+    try:
+        selection = select_learning_rate(reports)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise SystemExit(
+            f"stage2_selection: the reports lack what stage2_validation writes ({type(error).__name__}: {error}); "
+            "give stage2_validation.json reports."
+        ) from None
     args.output.write_text(json.dumps(selection, indent=1) + "\n", encoding="utf-8")
     for rate, row in selection["sweep"].items():
         print(f"lr {rate}: {row['per_split']} mean {row['mean']}")

@@ -105,3 +105,41 @@ def test_the_same_seed_gives_the_same_weights_and_scores_and_another_seed_does_n
         weights = {name: (tmp_path / name / stage / "model.safetensors").read_bytes() for name in runs}
         assert weights["a"] == weights["b"], stage
         assert weights["a"] != weights["c"], stage
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("run", ["--seed", "-1"], "altclip-reproduce: argument --seed: -1 is out of range (0..4294967294)."),
+        ("run", ["--threads", "0"], "altclip-reproduce: argument --threads: 0 is out of range (1 or more)."),
+        ("seed_spread", ["--seeds", "0", "x"], "seed_spread: argument --seeds: 'x' is not a whole number."),
+        ("seed_spread", ["--parallel", "0"], "seed_spread: argument --parallel: 0 is out of range (1 or more)."),
+        ("finetune_demonstration", ["--steps", "0"], "finetune_demonstration: argument --steps: 0 is out of range"),
+        ("stage2_validation", ["--validation_fraction", "2"], "stage2_validation: --validation_fraction 2.0 must be"),
+    ],
+)
+def test_bad_numbers_are_one_line_before_anything_runs(module, argv, message, monkeypatch, capsys, tmp_path):
+    import importlib
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    main = importlib.import_module(f"altclip.reproduction.{module}").main
+    with pytest.raises(SystemExit):
+        main(argv) if module in ("run", "finetune_demonstration") else main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_reports_that_are_not_stage2_validation_s_are_one_line(tmp_path, monkeypatch, capsys):
+    from altclip.reproduction import stage2_selection
+
+    (tmp_path / "bad.json").write_text("{bad")
+    (tmp_path / "other.json").write_text('{"runs": 3}')
+    for name, expected in (("bad.json", "is not JSON"), ("other.json", "lack what stage2_validation writes")):
+        argv = ["stage2_selection", str(tmp_path / name), "--output", str(tmp_path / "out.json")]
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit, match=expected):
+            stage2_selection.main()
+    assert not (tmp_path / "out.json").exists()
