@@ -24,3 +24,12 @@ def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def probe_writable(folder: Path) -> None:
+    """Creates `folder` and writes and removes one small file in it, raising the OSError that a later write would
+    meet (a wrong path, a read-only mount, no permission), so that it can be named before any work starts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = partial_path(folder / "write-test")
+    probe.write_bytes(b"0")
+    probe.unlink()

@@ -1,11 +1,11 @@
 """The fine-tuning demonstration's table and chart: each method's cost and its top-1 before and after, on the new
 domain's test half and on the emoji the model was trained on."""
 
-import json
 from pathlib import Path
 
-from altclip.common.files import replace_atomically
-from altclip.common.plots import plt, save_png
+from altclip.common.plots import plt
+
+from .report import finish_with_legend_below, write_json_and_markdown
 
 SETS = {
     "finetune_new_views": "fine-tuned emoji, new views (domain)",
@@ -65,20 +65,13 @@ def draw(report: dict, path: Path) -> None:
         axis.tick_params(axis="x", labelsize=8)
         axis.set_title(f"{title}\nzero-shot top-1 (%)", fontsize=9)
         axis.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize=8, frameon=False)
-    figure.suptitle(f"Fine-tuning on half of the held-out emoji ({', '.join(report['settings']['languages'])})")
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
-    save_png(figure, path)
+    title = f"Fine-tuning on half of the held-out emoji ({', '.join(report['settings']['languages'])})"
+    finish_with_legend_below(figure, axes[0], title, path, 0.05)
 
 
 def write_report(report: dict, output_dir: Path) -> dict:
     """results.json (everything), results.md (the table) and results.png (the chart) in `output_dir`."""
     report = {**report, "table": markdown(report)}
-    replace_atomically(
-        output_dir / "results.json",
-        lambda p: p.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8"),
-    )
-    replace_atomically(output_dir / "results.md", lambda p: p.write_text(report["table"], encoding="utf-8"))
+    write_json_and_markdown(output_dir, "results", report, report["table"])
     draw(report, output_dir / "results.png")
     return report

@@ -64,11 +64,25 @@ def draw(summary: dict, languages: list[str], path: Path, test_emoji: int) -> No
         axis.set_xticks(range(len(languages)), languages)
         axis.set_title({"top1": "zero-shot top-1 (%)", "R@5": "retrieval R@5, mean of both directions (%)"}[metric])
         axis.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
+    finish_with_legend_below(figure, axes[0], f"AltCLIP on {test_emoji} held-out emoji, per language", path, 0.06)
+
+
+def finish_with_legend_below(figure, axis, title: str, path: Path, bottom: float) -> None:
+    """The reproduction charts' ending: `axis`'s legend in one row under the panels, the title, the PNG."""
+    handles, labels = axis.get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize=8, frameon=False)
-    figure.suptitle(f"AltCLIP on {test_emoji} held-out emoji, per language")
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.suptitle(title)
+    figure.tight_layout(rect=(0, bottom, 1, 1))
     save_png(figure, path)
+
+
+def write_json_and_markdown(output_dir: Path, stem: str, report: dict, table: str) -> None:
+    """`stem`.json (the whole report) and `stem`.md (its table) in `output_dir`, each written whole."""
+    replace_atomically(
+        output_dir / f"{stem}.json",
+        lambda p: p.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8"),
+    )
+    replace_atomically(output_dir / f"{stem}.md", lambda p: p.write_text(table, encoding="utf-8"))
 
 
 def write_report(evaluations: dict[str, list[dict]], output_dir: Path, extra: dict) -> dict:
@@ -77,10 +91,6 @@ def write_report(evaluations: dict[str, list[dict]], output_dir: Path, extra: di
     languages = list(summary["student"])
     table = markdown(summary, languages, extra["test_emoji"])
     report = {"summary": summary, "table": table, **extra, "results": evaluations}
-    replace_atomically(
-        output_dir / "results.json",
-        lambda p: p.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8"),
-    )
-    replace_atomically(output_dir / "results.md", lambda p: p.write_text(table, encoding="utf-8"))
+    write_json_and_markdown(output_dir, "results", report, table)
     draw(summary, languages, output_dir / "results.png", extra["test_emoji"])
     return report

@@ -32,7 +32,7 @@ from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTra
 import altclip.training.cli
 from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors, run_with_one_line_errors
 from altclip.common.embedding import Embedder
-from altclip.common.files import partial_path
+from altclip.common.files import probe_writable
 from altclip.common.results_format import write_results
 from altclip.demo.examples import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
 from altclip.evaluation.loaders import load_caption_table, load_image_folder
@@ -331,10 +331,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
 def check_writable(output_dir: str) -> None:
     """The output folder is created and written once before any work, so that a wrong path fails in one line."""
     try:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        probe = partial_path(Path(output_dir) / "write-test")
-        probe.write_bytes(b"0")
-        probe.unlink()
+        probe_writable(Path(output_dir))
     except OSError as error:
         raise SystemExit(f"cannot write to --output_dir {output_dir}: {error.strerror or error}.") from None
 

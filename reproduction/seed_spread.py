@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors
-from altclip.common.files import replace_atomically
 from altclip.common.plots import plt, save_png
 
+from .report import write_json_and_markdown
 from .run import PRESETS
 
 logger = logging.getLogger("reproduction.seed_spread")
@@ -165,13 +165,7 @@ def write_spread(folders: list[Path], output_dir: Path) -> dict:
     result = spread(reports)
     result["timings_s"] = {str(report["seed"]): report["timings_s"] for report in reports}
     result["markdown"] = markdown(result)
-    replace_atomically(
-        output_dir / "spread.json",
-        lambda partial: partial.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8"),
-    )
-    replace_atomically(
-        output_dir / "spread.md", lambda partial: partial.write_text(result["markdown"], encoding="utf-8")
-    )
+    write_json_and_markdown(output_dir, "spread", result, result["markdown"])
     draw(result, output_dir / "spread.png")
     return result
 

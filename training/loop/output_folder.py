@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from altclip.common.files import PARTIAL_SUFFIX, partial_path
+from altclip.common.files import PARTIAL_SUFFIX, partial_path, probe_writable
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,7 @@ def check_output_folder(output_dir: str, inputs: list[str | None], overwrite: bo
             "replace it. Choose another --output_dir, or pass --overwrite_output_dir true."
         )
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = partial_path(output / "write-test")
-        probe.write_bytes(b"0")
-        probe.unlink()
+        probe_writable(output)
     except OSError as error:
         raise SystemExit(f"altclip-train: cannot write to --output_dir {output_dir}: {error.strerror or error}.")
     remove_abandoned_saves(output)
