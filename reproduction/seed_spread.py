@@ -14,6 +14,7 @@ import logging
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors
@@ -36,44 +37,29 @@ NAMES = {"teacher": "teacher", "stage1": "stage 1", "student": "stage 1+2"}
 
 def run_seeds(seeds: list[int], output_dir: Path, preset: str, parallel: int, cache_default: bool) -> list[Path]:
     """One `altclip-reproduce` process per seed, at most `parallel` at once; returns the run folders in seed order."""
-    pending, running, folders = list(seeds), {}, {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            seed = pending.pop(0)
-            folder = output_dir / f"seed-{seed}"
-            command = [
-                sys.executable,
-                "-m",
-                "altclip.reproduction.run",
-                "--preset",
-                preset,
-                "--seed",
-                str(seed),
-                "--threads",
-                "1",
-                "--output_dir",
-                str(folder),
-            ]
-            if not (cache_default and seed == seeds[0]):
-                command.append("--no_cache_default")
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            log = open(output_dir / f"seed-{seed}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-            running[seed] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, time.time())
-            folders[seed] = folder
-            logger.info("seed %d started (%s)", seed, folder)
-        time.sleep(2)
-        for seed, (process, log, started) in list(running.items()):
-            if process.poll() is None:
-                continue
-            log.close()
-            del running[seed]
-            if process.returncode != 0:
-                raise SystemExit(
-                    f"seed_spread: the run of seed {seed} failed (exit {process.returncode}); its output is in "
-                    f"{output_dir / f'seed-{seed}.log'}."
-                )
-            logger.info("seed %d done in %.0f s", seed, time.time() - started)
-    return [folders[seed] for seed in seeds]
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    def run(seed: int) -> int:
+        command = [sys.executable, "-m", "altclip.reproduction.run", "--preset", preset, "--seed", str(seed)]
+        command += ["--threads", "1", "--output_dir", str(output_dir / f"seed-{seed}")]
+        if not (cache_default and seed == seeds[0]):
+            command.append("--no_cache_default")
+        logger.info("seed %d started (%s)", seed, output_dir / f"seed-{seed}")
+        started = time.time()
+        with open(output_dir / f"seed-{seed}.log", "w", encoding="utf-8") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        logger.info("seed %d ended (exit %d) in %.0f s", seed, code, time.time() - started)
+        return code
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:  # threads only wait on their process
+        codes = list(pool.map(run, seeds))
+    for seed, code in zip(seeds, codes):
+        if code != 0:
+            raise SystemExit(
+                f"seed_spread: the run of seed {seed} failed (exit {code}); its output is in "
+                f"{output_dir / f'seed-{seed}.log'}."
+            )
+    return [output_dir / f"seed-{seed}" for seed in seeds]
 
 
 def mean_non_english(rows: dict[str, dict[str, float]], metric: str) -> float:

@@ -143,3 +143,15 @@ def test_reports_that_are_not_stage2_validation_s_are_one_line(tmp_path, monkeyp
         with pytest.raises(SystemExit, match=expected):
             stage2_selection.main()
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.slow
+def test_run_seeds_runs_one_reproduction_per_seed_side_by_side_and_names_a_failed_one(tmp_path):
+    from altclip.reproduction.seed_spread import run_seeds
+
+    folders = run_seeds([3, 5], tmp_path / "ok", "tiny", parallel=2, cache_default=False)
+    assert folders == [tmp_path / "ok" / "seed-3", tmp_path / "ok" / "seed-5"]
+    seeds = [json.loads((folder / "results.json").read_text())["seed"] for folder in folders]
+    assert seeds == [3, 5] and all((tmp_path / "ok" / f"seed-{s}.log").stat().st_size > 0 for s in seeds)
+    with pytest.raises(SystemExit, match=r"the run of seed 0 failed \(exit 2\); its output is in .*seed-0\.log"):
+        run_seeds([0], tmp_path / "bad", "no-such-preset", parallel=1, cache_default=False)
