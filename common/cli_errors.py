@@ -5,6 +5,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from altclip.common.errors import AltCLIPError
+
 
 class CommandLineError(SystemExit):
     """Exit status 2 carrying its one-line message (already printed to stderr)."""
@@ -74,12 +76,18 @@ def run_with_one_line_errors(
     show_traceback: bool = False,
     translate: Callable[[BaseException], str | None] | None = None,
 ) -> None:
-    """Runs `run`; a ``SystemExit("message")`` and any exception `translate` turns into a message end the program in
-    one line with status 2. Anything else keeps its traceback: it is a bug, not a user error."""
+    """Runs `run`; an ``AltCLIPError`` (the package's user errors), a ``SystemExit("message")`` and any exception
+    `translate` turns into a message end the program in one line with status 2. Anything else keeps its traceback: it
+    is a bug, not a user error."""
     try:
         run()
     except CommandLineError:
         raise
+    except AltCLIPError as error:
+        if show_traceback:
+            raise
+        message = str(error)
+        raise fail(message if message.startswith(program) else f"{program}: {message}") from None
     except SystemExit as error:
         if not isinstance(error.code, str):
             raise
