@@ -3,13 +3,17 @@
 from a folder that is not the repository.
 
 Offline and without build isolation: the wheel is built by the setuptools of the interpreter running the tests
-(>= 70.1, which builds wheels itself), and installed with ``--no-deps`` into a venv that sees this machine's
-torch/transformers through ``--system-site-packages``; every import is then checked to come from the venv's own
-site-packages, so a copy elsewhere on the machine (an editable install of the repository) cannot pass for it.
+(>= 70.1, which builds wheels itself), and installed with ``--no-deps`` into a fresh venv. That venv sees the
+dependencies (torch, transformers, ...) of the interpreter running the tests — the system Python, a virtual
+environment or conda alike — through a ``.pth`` file listing that interpreter's site-packages folders after its own.
+A folder named in a ``.pth`` file is only appended to ``sys.path``; the ``.pth`` files inside it (an editable install's
+import hook) are not run, so every import is checked to come from the venv's own site-packages, and a copy of the
+repository elsewhere on the machine cannot pass for the wheel.
 """
 
 import configparser
 import os
+import site
 import shutil
 import subprocess
 import sys
@@ -68,12 +72,23 @@ def wheels(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def running_site_packages() -> list[str]:
+    """The site-packages folders the interpreter running the tests imports from (a venv's, the base interpreter's
+    where the venv sees them, the user's, conda's): where this run's torch and transformers are."""
+    folders = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    folders += [entry for entry in sys.path if Path(entry).name in ("site-packages", "dist-packages")]
+    return [folder for folder in dict.fromkeys(folders) if Path(folder).is_dir()]
+
+
 @pytest.fixture(scope="module")
 def installed(wheels, tmp_path_factory) -> Path:
-    """A fresh venv with both wheels installed (dependencies from the system site-packages, nothing downloaded)."""
+    """A fresh venv with both wheels installed, seeing the running interpreter's dependencies after its own
+    site-packages (nothing downloaded)."""
     environment = tmp_path_factory.mktemp("venv") / "env"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(environment)
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(environment)
     python = environment / "bin" / "python"
+    own_site_packages = next((environment / "lib").glob("python3*/site-packages"))
+    (own_site_packages / "running_interpreter_packages.pth").write_text("\n".join(running_site_packages()) + "\n")
     run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index"]
         + [str(wheel) for wheel in wheels.values()],
