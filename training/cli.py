@@ -19,8 +19,8 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors, wants_traceback
 from altclip.common.config_files import expand_config
+from altclip.common.errors import PathError, UsageError
 from altclip.common.model_paths import unavailable_model
-from altclip.common.records import DataFormatError
 from modeling_altclip.assets import XLMR_MAX_LENGTH
 
 from .arguments import (
@@ -118,10 +118,10 @@ def parse(stage: str, argv: Sequence[str]) -> RunArguments:
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as error:  # TrainingArguments' own checks of flag combinations
-        raise SystemExit(f"{program}: {error}") from None
+        raise UsageError(f"{program}: {error}") from None
     *dataclasses, remaining = parsed
     if remaining:
-        raise SystemExit(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
+        raise UsageError(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
     run = RunArguments(*dataclasses)
     run.training.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
     run.training.dataloader_pin_memory = run.training.dataloader_pin_memory and torch.cuda.is_available()
@@ -134,10 +134,10 @@ def check_numbers(run: RunArguments) -> None:
     training = run.training
     for flag in ("per_device_train_batch_size", "gradient_accumulation_steps"):
         if getattr(training, flag) < 1:
-            raise SystemExit(f"altclip-train: --{flag} must be at least 1, not {getattr(training, flag)}.")
+            raise UsageError(f"altclip-train: --{flag} must be at least 1, not {getattr(training, flag)}.")
     limit = text_position_limit(run.model)
     if not 1 <= run.data.max_text_length <= limit:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: --max_text_length {run.data.max_text_length} is outside 1..{limit}, the text tower's "
             "positions; choose a length within it."
         )
@@ -164,26 +164,23 @@ def read_sources(data_args, stage: str) -> tuple[list[Source], list[Source] | No
         if stage == "teacher"
         else (data_args.image_column, data_args.caption_column)
     )
-    try:
-        train = parse_sources(data_args.train_files, data_args.train_file_weights)
-        validation = parse_sources(data_args.validation_files) if data_args.validation_files else None
-        for source in train + (validation or []):
-            if not source.is_shards:
-                check_columns(source, columns)
-    except DataFormatError as error:
-        raise SystemExit(f"altclip-train: {error}") from None
+    train = parse_sources(data_args.train_files, data_args.train_file_weights)
+    validation = parse_sources(data_args.validation_files) if data_args.validation_files else None
+    for source in train + (validation or []):
+        if not source.is_shards:
+            check_columns(source, columns)
     if stage == "teacher" and any(source.is_shards for source in train + (validation or [])):
-        raise SystemExit(
+        raise UsageError(
             "altclip-train teacher: parallel text comes as tables (JSONL/CSV/TSV/Parquet/datasets "
             "folders), not webdataset shards."
         )
     if validation and any(source.is_shards for source in validation):
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: --validation_files must be tables (JSONL/CSV/TSV/Parquet/datasets folders); held-out "
             "webdataset shards are not supported for eval_loss yet."
         )
     if data_args.shuffle_buffer < 1:
-        raise SystemExit(f"altclip-train: --shuffle_buffer must be at least 1, not {data_args.shuffle_buffer}.")
+        raise UsageError(f"altclip-train: --shuffle_buffer must be at least 1, not {data_args.shuffle_buffer}.")
     return train, validation
 
 
@@ -192,18 +189,18 @@ def check_stage_flags(stage: str, stage_args, training_args: TrainingArguments, 
     if stage != "contrastive":
         return
     if stage_args.cache_image_features and stage_args.unfreeze_vision:
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: --cache_image_features needs a frozen image tower (its embeddings change every step "
             "under --unfreeze_vision); drop one of the two."
         )
     if stage_args.cache_image_features and any(source.is_shards for source in train_sources):
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: --cache_image_features works on table data (JSONL/CSV/TSV/Parquet/datasets folders), "
             "whose rows have a fixed index; webdataset shards stream and are not cached."
         )
     sharded = "DeepSpeed" if training_args.deepspeed else "FSDP" if training_args.fsdp else None
     if sharded and stage_args.full_batch_negatives and training_args.gradient_accumulation_steps > 1:
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: --full_batch_negatives with --gradient_accumulation_steps above 1 (GradCache: several "
             f"backward passes per optimizer step, the temperature read outside the forward) is not supported under "
             f"{sharded}; use DDP, or pass --full_batch_negatives false for plain accumulation."
@@ -298,7 +295,7 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
     started = checkpoints(output_dir)
     if requested in (None, "", "false", "False"):
         if started:
-            raise SystemExit(
+            raise PathError(
                 f"altclip-train: {output_dir} already holds {started[-1].name}. Pass --resume_from_checkpoint true to "
                 "continue that run, or choose another --output_dir."
             )
@@ -306,7 +303,7 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
     if requested in ("true", "True"):
         complete = complete_checkpoints(output_dir)
         if not complete:
-            raise SystemExit(
+            raise PathError(
                 f"altclip-train: --resume_from_checkpoint true, but {output_dir} holds no complete checkpoint."
             )
         newer = [path.name for path in started if checkpoint_step(path) > checkpoint_step(complete[-1])]
@@ -318,7 +315,7 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
             )
         return str(complete[-1])
     if not (Path(requested) / "trainer_state.json").is_file():
-        raise SystemExit(
+        raise PathError(
             f"altclip-train: checkpoint {requested} does not exist or is incomplete (no trainer_state.json)."
         )
     return requested
@@ -403,7 +400,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
     features = None
     if stage_args.precompute_teacher_features:
         if eval_dataset is not None:
-            raise SystemExit(
+            raise UsageError(
                 "altclip-train: --precompute_teacher_features covers the training data only; drop --validation_files."
             )
         features = precomputed_teacher_features(
@@ -585,10 +582,8 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     init_deepspeed_communication(run.training)
     transformers.set_seed(run.training.seed)  # the fresh `transformation` layer is drawn before the Trainer exists
     runner = run_teacher_learning if stage == "teacher" else run_contrastive
-    try:
-        runner(run, train_sources, validation_sources)
-    except DataFormatError as error:  # found only once the data is built (e.g. a table without one usable pair)
-        raise SystemExit(f"altclip-train: {error}") from None
+    # a DataFormatError found only once the data is built (a table without one usable pair) is one line as well
+    runner(run, train_sources, validation_sources)
 
 
 def check_model_paths(model_args: ModelArguments) -> None:
@@ -603,7 +598,7 @@ def check_model_paths(model_args: ModelArguments) -> None:
     ):
         problem = unavailable_model(getattr(model_args, flag))
         if problem:
-            raise SystemExit(f"altclip-train: --{flag} {problem}")
+            raise PathError(f"altclip-train: --{flag} {problem}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 
 from altclip.common.config_files import expand_config
+from altclip.common.errors import UsageError
 
 TEACHER_ONLY = (
     "--clip_model_name_or_path",
@@ -27,7 +28,7 @@ def take_flag(argv: list[str], flag: str) -> str | None:
         return None
     index = argv.index(flag)
     if index + 1 >= len(argv):
-        raise SystemExit(f"altclip-train plan: {flag} needs a value.")
+        raise UsageError(f"altclip-train plan: {flag} needs a value.")
     value = argv[index + 1]
     del argv[index : index + 2]
     return value
@@ -65,8 +66,6 @@ def table_dataset(stage: str, sources, data_args, stage_args):
 
 
 def plan_main(argv: Sequence[str]) -> None:
-    from altclip.common.records import DataFormatError
-
     from .cli import STAGES, check_stage_flags, parse, read_sources
     from .data.epoch_plan import GlobalBatchSampler, data_seed, shuffles
     from .run_plan import format_report, plan_problems, run_report, shard_stream_for_plan
@@ -74,7 +73,7 @@ def plan_main(argv: Sequence[str]) -> None:
     argv = expand_config(list(argv))
     stage = take_flag(argv, "--stage") or infer_stage(argv)
     if stage not in STAGES:
-        raise SystemExit(f"altclip-train plan: --stage {stage}: choose teacher or contrastive.")
+        raise UsageError(f"altclip-train plan: --stage {stage}: choose teacher or contrastive.")
     world = take_flag(argv, "--world_size")
     as_json = take_flag(argv, "--format") == "json"
     deepspeed = take_flag(argv, "--deepspeed")  # read here, not by TrainingArguments (which needs the package)
@@ -82,16 +81,13 @@ def plan_main(argv: Sequence[str]) -> None:
     run.training.deepspeed = deepspeed
     world = int(world) if world else run.training.world_size
     if world < 1:
-        raise SystemExit(f"altclip-train plan: --world_size must be at least 1, not {world}.")
+        raise UsageError(f"altclip-train plan: --world_size must be at least 1, not {world}.")
     train_sources, _ = read_sources(run.data, stage)
     check_stage_flags(stage, run.stage, run.training, train_sources)
     if train_sources[0].is_shards:
         plan = shard_stream_for_plan(train_sources, run.data, run.training, world)
     else:
-        try:
-            dataset = table_dataset(stage, train_sources, run.data, run.stage)
-        except DataFormatError as error:
-            raise SystemExit(f"altclip-train: {error}") from None
+        dataset = table_dataset(stage, train_sources, run.data, run.stage)
         plan = GlobalBatchSampler(
             dataset.sizes,
             run.training.per_device_train_batch_size,
@@ -105,4 +101,4 @@ def plan_main(argv: Sequence[str]) -> None:
     print(json.dumps(report, indent=2) if as_json else format_report(report))
     problems = plan_problems(report["data"], run.training)
     if problems:
-        raise SystemExit(f"altclip-train plan: {problems[0]}")
+        raise UsageError(f"altclip-train plan: {problems[0]}")

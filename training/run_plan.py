@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback
 
+from altclip.common.errors import InputDataError, UsageError
+
 from .data.epoch_plan import even_split
 from .loop.distributed_backends import outside_zero3_init
 
@@ -181,7 +183,9 @@ def backend_of(training_args) -> str:
             try:
                 config = json.loads(Path(config).read_text())
             except (OSError, ValueError) as error:
-                raise SystemExit(f"altclip-train: --deepspeed {config}: not a readable JSON file ({error}).") from None
+                raise InputDataError(
+                    f"altclip-train: --deepspeed {config}: not a readable JSON file ({error})."
+                ) from None
         stage = int((config or {}).get("zero_optimization", {}).get("stage", 0))
         return {2: "zero2", 3: "zero3"}.get(stage, f"zero{stage}")
     if training_args.fsdp:
@@ -450,18 +454,13 @@ _SIZED: dict = {}
 def sized_shards(sources, data_args):
     """`sizing.resolve_shard_sizes` of the run's shard sources, once per process (the plan check and the stream
     share it); a source without a size is one line."""
-    from altclip.common.records import DataFormatError
-
     from .data.sizing import resolve_shard_sizes
 
     key = (tuple(sources), tuple(data_args.shard_sizes or ()), tuple(data_args.train_num_samples or ()))
     if key not in _SIZED:
-        try:
-            _SIZED[key] = resolve_shard_sizes(
-                sources, data_args.shard_sizes, data_args.train_num_samples, data_args.data_cache_dir
-            )
-        except DataFormatError as error:
-            raise SystemExit(f"altclip-train: {error}") from None
+        _SIZED[key] = resolve_shard_sizes(  # a DataFormatError names the unsized source in one line
+            sources, data_args.shard_sizes, data_args.train_num_samples, data_args.data_cache_dir
+        )
     return _SIZED[key]
 
 
@@ -507,7 +506,7 @@ def check_shard_plan(run, train_sources) -> None:
     if not train_sources[0].is_shards:
         given = [flag for flag in ("shard_sizes", "train_num_samples", "dataset_resampled") if getattr(run.data, flag)]
         if given:
-            raise SystemExit(
+            raise UsageError(
                 f"altclip-train: --{given[0]} applies to webdataset shards; tables are sized by their rows: drop it."
             )
         return
@@ -516,7 +515,7 @@ def check_shard_plan(run, train_sources) -> None:
     stream = shard_stream_for_plan(train_sources, run.data, run.training, run.training.world_size)
     problems = plan_problems(shard_data_report(stream), run.training)
     if problems:
-        raise SystemExit(f"altclip-train: {problems[0]}")
+        raise UsageError(f"altclip-train: {problems[0]}")
 
 
 class PlanCallback(TrainerCallback):
