@@ -187,7 +187,7 @@ class FakeDataset:
 
 def test_the_image_cache_key_covers_the_image_root_and_column(tmp_path):
     """The same table read with another --image_root (or image column) names other images: another cache."""
-    from altclip.training.cli import image_feature_cache
+    from altclip.training.stages import image_feature_cache
 
     model = SimpleNamespace(
         vision_model=torch.nn.Linear(2, 2),
@@ -339,7 +339,7 @@ def test_rank_zero_removes_stale_temporary_files_at_open(tmp_path):
 
 
 def test_the_room_check_counts_the_checkpoints_on_the_same_disk(tmp_path):
-    from altclip.training.cli import checkpoint_bytes_on_disk_of
+    from altclip.training.stages import checkpoint_bytes_on_disk_of
 
     free = feature_caches.shutil.disk_usage(tmp_path).free
     with pytest.raises(PathError, match=r"for 10 image embeddings besides .* GB of checkpoints, and the disk has"):

@@ -13,7 +13,7 @@ from transformers import AutoModel, CLIPModel
 
 from altclip.common.config_files import config_file_to_flags, expand_config
 from altclip.common.errors import InputDataError
-from altclip.training.cli import parse
+from altclip.training.arguments import parse
 from altclip.training.toy_setup import write_tiny_clip
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
