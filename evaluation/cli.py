@@ -17,9 +17,10 @@ from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_
 from altclip.common.config_files import expand_config
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.embedding import Embedder
-from altclip.common.errors import InputDataError, PathError, UsageError
+from altclip.common.errors import PathError, UsageError
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 from altclip.common.results_format import markdown_table, write_results
+from altclip.common.zero_shot_scoring import names_in_language
 from modeling_altclip.assets import cache_dir
 
 from .field_sets import FIELD_LOADERS, MULTI30K_LANGUAGES, XM3600_LANGUAGES, translated_languages
@@ -173,14 +174,9 @@ def classification_prompts(args: EvalArguments, dataset: ClassificationSet) -> d
     if args.dataset == "image_folder":
         prompts = {}
         for language in languages:
-            names = dataset.classnames_by_language.get(language)
-            if names is None and not dataset.classnames_by_language and len(languages) == 1:
-                names = dataset.classnames  # no classnames.json: the folder names are the class names
-            if names is None:
-                known = ", ".join(dataset.classnames_by_language) or "none (no classnames.json)"
-                raise InputDataError(
-                    f"altclip-eval: {args.data_dir}/classnames.json has no {language!r} names; it has {known}."
-                )
+            names = names_in_language(
+                args.data_dir, dataset.classnames_by_language, dataset.classnames, language, len(languages) > 1
+            )
             prompts[language] = custom_prompts(language, names, args.templates)
         return prompts
     folder = prompts_dir(args.prompts_dir)
