@@ -8,12 +8,14 @@ An adapter folder holds ``adapter_config.json`` + ``adapter_model.safetensors`` 
 import json
 from pathlib import Path
 
+from altclip.common.errors import InputDataError
+
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 PROCESSOR_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer_config.json")
 
 
-class AdapterError(ValueError):
+class AdapterError(InputDataError):
     """An adapter folder that cannot be used; the message names the folder and what to do."""
 
 

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from altclip.common.errors import InputDataError
+
 logger = logging.getLogger(__name__)
 
 TEXT_TABLE_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputDataError):
     """Input data that cannot be used at all: unreadable file, missing column, unknown format."""
 
 

@@ -17,8 +17,10 @@ from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_
 from altclip.common.config_files import expand_config
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.embedding import Embedder
+from altclip.common.errors import PathError, UsageError
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 from altclip.common.results_format import markdown_table, write_results
+from altclip.common.zero_shot_scoring import names_in_language
 from modeling_altclip.assets import cache_dir
 
 from .field_sets import FIELD_LOADERS, MULTI30K_LANGUAGES, XM3600_LANGUAGES, translated_languages
@@ -158,9 +160,9 @@ def parse(task: str, argv: Sequence[str]) -> EvalArguments:
     one_line_parser_errors(parser, program)
     args, remaining = parser.parse_args_into_dataclasses(args=expand_config(argv), return_remaining_strings=True)
     if remaining:
-        raise SystemExit(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
+        raise UsageError(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
     if args.dataset not in TASKS[task]:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-eval {task}: unknown --dataset {args.dataset!r}; choose from {', '.join(TASKS[task])}."
         )
     return args
@@ -172,14 +174,9 @@ def classification_prompts(args: EvalArguments, dataset: ClassificationSet) -> d
     if args.dataset == "image_folder":
         prompts = {}
         for language in languages:
-            names = dataset.classnames_by_language.get(language)
-            if names is None and not dataset.classnames_by_language and len(languages) == 1:
-                names = dataset.classnames  # no classnames.json: the folder names are the class names
-            if names is None:
-                known = ", ".join(dataset.classnames_by_language) or "none (no classnames.json)"
-                raise SystemExit(
-                    f"altclip-eval: {args.data_dir}/classnames.json has no {language!r} names; it has {known}."
-                )
+            names = names_in_language(
+                args.data_dir, dataset.classnames_by_language, dataset.classnames, language, len(languages) > 1
+            )
             prompts[language] = custom_prompts(language, names, args.templates)
         return prompts
     folder = prompts_dir(args.prompts_dir)
@@ -214,7 +211,7 @@ def run_retrieval(
     if args.dataset == "xtd10":
         unknown = sorted(set(languages) - set(XTD_LANGUAGES))
         if unknown:
-            raise SystemExit(f"altclip-eval: XTD10 has no {', '.join(unknown)}; it has {', '.join(XTD_LANGUAGES)}.")
+            raise UsageError(f"altclip-eval: XTD10 has no {', '.join(unknown)}; it has {', '.join(XTD_LANGUAGES)}.")
     datasets = {language: loader(args.data_dir, language, split=args.split) for language in languages}
     if not languages:  # a caption table without --languages: all of its rows together
         datasets = {"all": loader(args.data_dir, None, split=args.split)}
@@ -263,7 +260,7 @@ def evaluate(task: str, argv: list[str]) -> None:
     def make_embedder() -> Embedder:  # called once the data and class lists have been checked
         problem = unavailable_model(args.model) or incomplete_model_folder(args.model)
         if problem:
-            raise SystemExit(f"--model {problem}")
+            raise PathError(f"--model {problem}")
         return Embedder.from_pretrained(
             args.model,
             device=str(state.device) if state is not None and args.device == "auto" else args.device,

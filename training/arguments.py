@@ -1,8 +1,18 @@
 """Command-line arguments of ``altclip-train``, parsed with `HfArgumentParser` beside `TrainingArguments`."""
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+
+from altclip.common.cli_errors import one_line_parser_errors
+from altclip.common.config_files import expand_config
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.errors import UsageError
+from modeling_altclip.assets import XLMR_MAX_LENGTH
 
 from .loop.losses import DISTILLATION_LOSSES
 
@@ -247,3 +257,83 @@ class FineTuningArguments:
             "training_summary.json and before_after.png (the forgetting view)."
         },
     )
+
+
+STAGES = {"teacher": TeacherLearningArguments, "contrastive": ContrastiveArguments}
+
+
+STAGE_OF = {arguments: stage for stage, arguments in STAGES.items()}
+
+
+@dataclass
+class RunArguments:
+    """Everything a run was given, parsed and checked."""
+
+    model: ModelArguments
+    data: DataArguments
+    stage: TeacherLearningArguments | ContrastiveArguments
+    zeroshot: ZeroShotArguments
+    output: OutputArguments
+    training: TrainingArguments
+    tuning: FineTuningArguments
+
+
+def parse(stage: str, argv: Sequence[str]) -> RunArguments:
+    """The flags (and ``--config`` files) of `stage`; unknown or malformed flags end in one line."""
+    program = f"altclip-train {stage}"
+    parser = HfArgumentParser(
+        (
+            ModelArguments,
+            DataArguments,
+            STAGES[stage],
+            ZeroShotArguments,
+            OutputArguments,
+            TrainingArguments,
+            FineTuningArguments,
+        )
+    )
+    parser.prog = program
+    one_line_parser_errors(parser, program)
+    argv = expand_config(argv)
+    if not torch.cuda.is_available() and not any(flag.startswith("--use_cpu") for flag in argv):
+        # Without it, accelerate sees no device to distribute over and torchrun's processes each train alone.
+        argv += ["--use_cpu", "true"]
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:  # TrainingArguments' own checks of flag combinations
+        raise UsageError(f"{program}: {error}") from None
+    *dataclasses, remaining = parsed
+    if remaining:
+        raise UsageError(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
+    run = RunArguments(*dataclasses)
+    run.training.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
+    run.training.dataloader_pin_memory = run.training.dataloader_pin_memory and torch.cuda.is_available()
+    check_numbers(run)
+    return run
+
+
+def check_numbers(run: RunArguments) -> None:
+    """Values no run can use, refused before anything loads."""
+    training = run.training
+    for flag in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(training, flag) < 1:
+            raise UsageError(f"altclip-train: --{flag} must be at least 1, not {getattr(training, flag)}.")
+    limit = text_position_limit(run.model)
+    if not 1 <= run.data.max_text_length <= limit:
+        raise UsageError(
+            f"altclip-train: --max_text_length {run.data.max_text_length} is outside 1..{limit}, the text tower's "
+            "positions; choose a length within it."
+        )
+
+
+def text_position_limit(model_args: ModelArguments) -> int:
+    """Tokens the student's text tower can take: its positions less RoBERTa's offset of 2 (XLM-R: 512), read from
+    the local config; 512 when the model is a Hub id not read here."""
+    for name, nested in ((model_args.model_name_or_path, True), (model_args.text_encoder_name_or_path, False)):
+        config = Path(name) / "config.json" if name else None
+        if config is not None and config.is_file():
+            values = json.loads(config.read_text())
+            values = values.get("text_config", values) if nested else values
+            if "max_position_embeddings" in values:
+                return int(values["max_position_embeddings"]) - 2
+    return XLMR_MAX_LENGTH

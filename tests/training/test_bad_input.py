@@ -53,7 +53,7 @@ def test_flag_errors_are_one_line_before_models_load(capsys, tmp_path, toy, monk
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the flags were checked")
 
-    monkeypatch.setattr("altclip.training.cli.load_or_build_model", no_model)
+    monkeypatch.setattr("altclip.training.stages.load_or_build_model", no_model)
     assert message in refused(capsys, tmp_path, "teacher", *teacher_flags(toy, *flags))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from altclip.common.errors import InputDataError, PathError
 from altclip.training.loop import feature_caches
 from altclip.training.loop.feature_caches import MANIFEST, ImageEmbeddingCache, compute_sharded_features
 
@@ -69,7 +70,7 @@ def test_a_cut_teacher_manifest_is_named_and_written_again(tmp_path, caplog):
 
 def test_the_teacher_cache_wait_ends_naming_the_missing_shards_and_their_rank(tmp_path):
     """Rank 0 of 2 writes shards 0 and 2; rank 1 (owner of shard 1) never does."""
-    with pytest.raises(SystemExit, match=r"rank 0 waited 0.5 s .*features-00001\.npy \(rank 1\); check those ranks"):
+    with pytest.raises(PathError, match=r"rank 0 waited 0.5 s .*features-00001\.npy \(rank 1\); check those ranks"):
         compute_sharded_features(
             tmp_path, 5, 2, shard_values, rank=0, world_size=2, shard_rows=2, poll_seconds=0.05, wait_seconds=0.5
         )
@@ -79,7 +80,7 @@ def test_the_teacher_cache_wait_ends_naming_the_missing_shards_and_their_rank(tm
 def test_the_teacher_cache_wait_skips_a_damaged_shard_of_another_rank_until_it_is_replaced(tmp_path):
     compute_sharded_features(tmp_path, 5, 2, shard_values, shard_rows=2)
     cut_in_half(tmp_path / "features-00001.npy")  # rank 1's, left damaged by an earlier run
-    with pytest.raises(SystemExit, match=r"features-00001\.npy \(rank 1\)"):
+    with pytest.raises(PathError, match=r"features-00001\.npy \(rank 1\)"):
         compute_sharded_features(
             tmp_path, 5, 2, shard_values, rank=0, world_size=2, shard_rows=2, poll_seconds=0.05, wait_seconds=0.5
         )
@@ -91,7 +92,7 @@ def test_non_finite_teacher_features_are_refused_before_writing(tmp_path):
         values[-1] = np.inf
         return values
 
-    with pytest.raises(SystemExit, match=r"non-finite features for row 1 "):
+    with pytest.raises(InputDataError, match=r"non-finite features for row 1 "):
         compute_sharded_features(tmp_path, 5, 2, encode, shard_rows=2)
     assert not list(tmp_path.glob("features-*"))
 
@@ -171,7 +172,7 @@ def test_the_image_cache_refuses_to_start_without_room(tmp_path, monkeypatch):
     usage = feature_caches.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(feature_caches.shutil, "disk_usage", lambda path: usage._replace(free=10))
     # 5 rows are stored; the 5 others need 5 x (4 x 2 + 8) bytes
-    with pytest.raises(SystemExit, match=r"needs 0\.00 GB in .* for 10 image embeddings, and the disk has 0\.00 GB"):
+    with pytest.raises(PathError, match=r"needs 0\.00 GB in .* for 10 image embeddings, and the disk has 0\.00 GB"):
         ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"})
 
 
@@ -186,7 +187,7 @@ class FakeDataset:
 
 def test_the_image_cache_key_covers_the_image_root_and_column(tmp_path):
     """The same table read with another --image_root (or image column) names other images: another cache."""
-    from altclip.training.cli import image_feature_cache
+    from altclip.training.stages import image_feature_cache
 
     model = SimpleNamespace(
         vision_model=torch.nn.Linear(2, 2),
@@ -274,7 +275,7 @@ def test_a_transient_error_is_never_damage_and_readers_do_not_set_shards_aside(t
 
 
 def test_only_global_rank_zero_writes_the_image_cache_manifest(tmp_path):
-    with pytest.raises(SystemExit, match=r"rank 3 waited 0.2 s for .*manifest.json, which global rank 0 writes"):
+    with pytest.raises(PathError, match=r"rank 3 waited 0.2 s for .*manifest.json, which global rank 0 writes"):
         ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, rank=3, wait_seconds=0.2)
     assert not (tmp_path / MANIFEST).exists()
     ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, rank=0)
@@ -338,10 +339,10 @@ def test_rank_zero_removes_stale_temporary_files_at_open(tmp_path):
 
 
 def test_the_room_check_counts_the_checkpoints_on_the_same_disk(tmp_path):
-    from altclip.training.cli import checkpoint_bytes_on_disk_of
+    from altclip.training.stages import checkpoint_bytes_on_disk_of
 
     free = feature_caches.shutil.disk_usage(tmp_path).free
-    with pytest.raises(SystemExit, match=r"for 10 image embeddings besides .* GB of checkpoints, and the disk has"):
+    with pytest.raises(PathError, match=r"for 10 image embeddings besides .* GB of checkpoints, and the disk has"):
         ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, reserved_bytes=free)
     model = torch.nn.Linear(10, 10)  # 110 parameters, trained
     training = SimpleNamespace(output_dir=str(tmp_path / "run" / "not-yet"), save_total_limit=3)

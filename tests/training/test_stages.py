@@ -12,7 +12,8 @@ from stage_runs import logged_losses, run_stage, shapes_image_folder, teacher_fl
 from transformers import AutoModel, CLIPModel
 
 from altclip.common.config_files import config_file_to_flags, expand_config
-from altclip.training.cli import parse
+from altclip.common.errors import InputDataError
+from altclip.training.arguments import parse
 from altclip.training.toy_setup import write_tiny_clip
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
@@ -218,7 +219,7 @@ def test_config_file_supplies_flags_and_later_flags_win(tmp_path):
     ]
     assert expand_config(["--config", str(config), "--learning_rate", "0.5"])[-2:] == ["--learning_rate", "0.5"]
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
-    with pytest.raises(SystemExit, match="must map flag names to values"):
+    with pytest.raises(InputDataError, match="must map flag names to values"):
         config_file_to_flags(str(tmp_path / "list.yaml"))
     (tmp_path / "bom.json").write_bytes(b'\xef\xbb\xbf{"seed": 3}')  # a byte-order mark (Windows editors)
     assert config_file_to_flags(str(tmp_path / "bom.json")) == ["--seed", "3"]

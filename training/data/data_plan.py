@@ -11,6 +11,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from altclip.common.errors import UsageError
+
 from .epoch_plan import data_seed
 
 DATA_PLAN_FILE = "data_plan.json"
@@ -95,7 +97,7 @@ def check_resumed_tables(checkpoint: str, tables: dict | None) -> None:
             f"{spec}: {then['rows']} rows then, {now['rows']} now" + (f" ({'; '.join(files)})" if files else "")
         )
     if changed:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: {checkpoint} was trained on tables of another size ({'; '.join(changed)}); resume on "
             "the tables as they were, or start a new --output_dir to train on the changed ones."
         )
@@ -112,7 +114,7 @@ def check_resumed_plan(checkpoint: str, data_args, training_args) -> None:
         f"{name} {saved[name]!r} -> {value!r}" for name, value in current.items() if saved.get(name, value) != value
     ]
     if changed:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: {checkpoint} was trained with another data plan ({'; '.join(changed)}); resume with the "
             "same data, processes, workers, batch size, gradient accumulation, shuffle buffer and seed, or start a new "
             "--output_dir."

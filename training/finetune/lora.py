@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from altclip.common.errors import UsageError
 from modeling_altclip import AltCLIPModel
 
 from ..arguments import FineTuningArguments
@@ -49,40 +50,40 @@ def layer_kinds(args: FineTuningArguments) -> list[str]:
 def check_lora_arguments(args: FineTuningArguments, stage: str, stage_args, training_args, model_args) -> None:
     """One-line refusals before any model loads."""
     if args.lora_r < 0:
-        raise SystemExit(f"altclip-train: --lora_r must be 0 (no adapter) or positive, not {args.lora_r}.")
+        raise UsageError(f"altclip-train: --lora_r must be 0 (no adapter) or positive, not {args.lora_r}.")
     if not lora_enabled(args):
         if args.merge_adapter:
-            raise SystemExit("altclip-train: --merge_adapter true needs an adapter: pass --lora_r (e.g. 16).")
+            raise UsageError("altclip-train: --merge_adapter true needs an adapter: pass --lora_r (e.g. 16).")
         return
     unknown = [kind for kind in layer_kinds(args) if kind not in LAYER_KINDS]
     if unknown or not layer_kinds(args):
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: --lora_layers {args.lora_layers!r}: choose a comma-separated list of "
             f"{', '.join(LAYER_KINDS)}."
         )
     if not 0 <= args.lora_dropout < 1:
-        raise SystemExit(f"altclip-train: --lora_dropout must be in [0, 1), not {args.lora_dropout}.")
+        raise UsageError(f"altclip-train: --lora_dropout must be in [0, 1), not {args.lora_dropout}.")
     if training_args.deepspeed or training_args.fsdp:
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: LoRA trains with DDP (its adapters are small; optimizer state is not worth sharding); "
             "drop --deepspeed / --fsdp or --lora_r."
         )
     if stage == "teacher":
         if args.lora_targets != "text":
-            raise SystemExit("altclip-train teacher: stage 1 trains the text tower only; use --lora_targets text.")
+            raise UsageError("altclip-train teacher: stage 1 trains the text tower only; use --lora_targets text.")
         if not model_args.model_name_or_path:
-            raise SystemExit(
+            raise UsageError(
                 "altclip-train teacher: LoRA adapts an existing AltCLIP (--model_name_or_path); a new one's "
                 "transformation layer starts random and must be trained in full."
             )
         return
     if stage_args.unfreeze_vision:
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: with LoRA the towers stay frozen and only adapters train; drop --unfreeze_vision and use "
             "--lora_targets both (or vision) to adapt the image tower."
         )
     if stage_args.cache_image_features and args.lora_targets != "text":
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: --cache_image_features needs a frozen image tower; use --lora_targets text or drop it."
         )
 
@@ -100,7 +101,7 @@ def apply_lora(model: AltCLIPModel, args: FineTuningArguments, base_model_name_o
     """Wraps `model` (in place) with LoRA adapters; every other parameter is frozen."""
     targets = target_module_names(model, args)
     if not targets:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: no {args.lora_layers} linear layers found in the {args.lora_targets} tower(s)."
         )
     if base_model_name_or_path and Path(base_model_name_or_path).is_dir():
