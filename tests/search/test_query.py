@@ -46,7 +46,7 @@ def test_search_command_prints_and_writes_json(fresh_index, tiny_model_dir, caps
     search_main([str(fresh_index), "ein Hund", "--k", "3", "--json", "--model", str(tiny_model_dir)])
     found = json.loads(capsys.readouterr().out)
     assert len(found["ids"]) == 3 and sorted(found["scores"], reverse=True) == found["scores"]
-    assert set(found["metadata"][0]) == {"id", "location", "caption", "key", "part", "row"}
+    assert set(found["metadata"][0]) == {"id", "location", "caption", "key", "part", "row", "sha256"}
     search_main([str(fresh_index), "猫", "--k", "2", "--model", str(tiny_model_dir)])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and float(lines[0].split()[0]) >= float(lines[1].split()[0])
