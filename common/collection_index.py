@@ -320,10 +320,10 @@ class Index:
                     query_notes.append(f"{len(found) - len(kept)} near-duplicates (cosine ≥ {threshold}) left out.")
                 found = kept
             page = found[offset:wanted].tolist()
-            if len(page) < k:
+            if len(page) < min(k, len(self) - offset):  # a smaller index simply gives all it holds
                 query_notes.append(
-                    f"{len(page)} results, fewer than the {k} asked (from {offset}): the index holds {len(self)} "
-                    f"images{' after near-duplicates were left out' if threshold else ''}."
+                    f"{len(page)} results, fewer than the {k} asked (from {offset}): "
+                    + ("near-duplicates were left out." if threshold else "the index found no more.")
                 )
             metadata = self.metadata.take(page).to_pylist() if page else []
             answers.append(

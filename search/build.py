@@ -355,6 +355,7 @@ def finalize(
     embed_texts: Callable[[list[str]], np.ndarray] | None = None,
     tune_queries: Sequence[str] | None = None,
     repeated: int = 0,
+    text_query_vectors: np.ndarray | None = None,
 ) -> dict:
     """Gathers the finished parts (after those of an existing index) into metadata, vector index and manifest, and
     publishes them as a new version. Images whose bytes are indexed already are left out and counted; the index is
@@ -406,7 +407,9 @@ def finalize(
             example = f"{first[0]['location']}: {first[0]['reason']}" if first else "none"
             raise CollectionIndexError(f"none of the {skipped_table.num_rows} images could be read (first: {example}).")
         texts, origin = tuning_texts(metadata, tune_queries)
-        if texts and embed_texts is not None:
+        if text_query_vectors is not None:  # embedded elsewhere (`index_from_vectors`)
+            text_queries, origin = np.asarray(text_query_vectors, np.float32), "given vectors"
+        elif texts and embed_texts is not None:
             text_queries = np.asarray(embed_texts(texts), np.float32)
         else:
             text_queries, origin = previous_text_queries(folder, previous), "earlier version"
@@ -498,3 +501,30 @@ def process_group() -> tuple[int, int]:
 def wait_for_everyone(world_size: int) -> None:
     if world_size > 1:
         torch.distributed.barrier()
+
+
+def index_from_vectors(
+    folder: Path,
+    vectors: np.ndarray,
+    locations: Sequence[str],
+    captions: Sequence[str | None] | None = None,
+    settings: IndexSettings | None = None,
+    model: str = "none",
+    fingerprint: str = "none",
+    part_size: int = 100_000,
+    text_query_vectors: np.ndarray | None = None,
+) -> dict:
+    """An index folder over embeddings computed elsewhere (unit float vectors, one per location), as ``altclip-index
+    build`` would write it: for benchmarks and tests at sizes no CPU embeds, and for collections embedded by another
+    program. Its manifest names `model`; searching it by text needs that model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = list(captions) if captions is not None else [None] * len(locations)
+    parts = []
+    for number, start in enumerate(range(0, len(vectors), part_size)):
+        stop = min(start + part_size, len(vectors))
+        part = Part(f"part-{number:05d}", "files", items=list(zip(locations[start:stop], captions[start:stop])))
+        records = [(loc, cap, None, None, None) for loc, cap in part.items]
+        write_part(folder, part, records, np.asarray(vectors[start:stop], np.float16))
+        parts.append(part)
+    settings, dim = settings or IndexSettings(), vectors.shape[1]
+    return finalize(folder, parts, model, fingerprint, dim, settings, [], "", text_query_vectors=text_query_vectors)
