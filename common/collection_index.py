@@ -117,6 +117,7 @@ class Index:
             self._flat = faiss.rev_swig_ptr(faiss_index.get_xb(), faiss_index.ntotal * faiss_index.d).reshape(
                 faiss_index.ntotal, faiss_index.d
             )
+            self._flat.flags.writeable = False  # FAISS's memory (a read-only file mapping)
 
     @classmethod
     def load(
@@ -221,7 +222,8 @@ class Index:
         if images:
             embeddings, _, failures = self.embedder.images(images, "query images")
             if failures:
-                raise CollectionIndexError(f"query image {failures[0].where}: cannot be read ({failures[0].reason}).")
+                where = failures[0].where if len(failures[0].where) < 200 else "(image bytes)"
+                raise CollectionIndexError(f"query image {where}: cannot be read ({failures[0].reason}).")
             parts.append(embeddings)
         vector = F.normalize(torch.cat(parts).sum(dim=0, keepdim=True), dim=-1)
         return vector.numpy().astype("float32"), notes
@@ -308,17 +310,22 @@ class Index:
         vectors = self.prepare(vectors)
         wanted = offset + k
         fetch = min(len(self), wanted * 4 + 16 if threshold else wanted)
-        scores, rows, search_notes = self.search_rows(vectors, fetch)
+        while True:  # with deduplication: more candidates until each query has a full page (or a limit is met)
+            scores, rows, search_notes = self.search_rows(vectors, fetch)
+            candidates = [rows[number][rows[number] >= 0] for number in range(len(vectors))]
+            kept = [self.deduplicated(found, threshold) if threshold else found for found in candidates]
+            limit = min(len(self), max(64 * wanted, 1024))
+            if not threshold or fetch >= limit or all(len(rows_kept) >= wanted for rows_kept in kept):
+                break
+            fetch = min(limit, fetch * 4)
         answers = []
         for number in range(len(vectors)):
             query_notes = [*(notes[number] if notes else ()), *search_notes[number]]
-            found = rows[number][rows[number] >= 0]
+            found = candidates[number]
             by_row = dict(zip(found.tolist(), scores[number][: len(found)].tolist()))
-            if threshold:
-                kept = self.deduplicated(found, threshold)
-                if len(kept) < len(found):
-                    query_notes.append(f"{len(found) - len(kept)} near-duplicates (cosine ≥ {threshold}) left out.")
-                found = kept
+            if threshold and len(kept[number]) < len(found):
+                query_notes.append(f"{len(found) - len(kept[number])} near-duplicates (cosine ≥ {threshold}) left out.")
+            found = kept[number]
             page = found[offset:wanted].tolist()
             if len(page) < min(k, len(self) - offset):  # a smaller index simply gives all it holds
                 query_notes.append(

@@ -280,8 +280,11 @@ def build_vector_index(
         raise CollectionIndexError(f"{folder}: no image left to index.")
     started = time.perf_counter()
     index_dim = settings.dims or dim
-    vectors = unit_prefix(gather_embeddings(folder, metadata, dim), index_dim)
-    queries = unit_prefix(text_queries, index_dim) if text_queries is not None and len(text_queries) else None
+    vectors = gather_embeddings(folder, metadata, dim)
+    queries = text_queries if text_queries is not None and len(text_queries) else None
+    if index_dim < dim:  # all dimensions: the stored vectors as they are (normalised when embedded)
+        vectors = unit_prefix(vectors, index_dim)
+        queries = unit_prefix(queries, index_dim) if queries is not None else None
     index, description = build_faiss_index(
         vectors, settings.memory_budget, settings.exact_limit, settings.recall_target, text_queries=queries
     )

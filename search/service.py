@@ -172,7 +172,7 @@ class SearchService:
                 if number in sums and len(queries[number].images) == sum(owners[p] == number for p in kept):
                     vectors[number] = sums[number]
                 else:
-                    reason = failures[0].reason if failures else "unreadable"
+                    reason = failures[0].reason if len(failures) == 1 else "not a readable image file"
                     answers[number] = CollectionIndexError(f"image: cannot be read as an image ({reason}).")
 
     def close(self) -> None:
