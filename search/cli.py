@@ -107,6 +107,17 @@ def resolve_model(name: str | None, program: str) -> str:
     return name
 
 
+def indexed_locations(output: Path, manifest: dict) -> set[str]:
+    """The locations an index already holds or found unreadable: ``--add`` does not read them again."""
+    import pyarrow.parquet
+
+    files = files_folder(output, manifest)
+    locations = set(read_metadata(files).column("location").to_pylist())
+    if (files / "skipped.parquet").is_file():
+        locations |= set(pyarrow.parquet.read_table(files / "skipped.parquet").column("location").to_pylist())
+    return locations
+
+
 def read_tune_queries(path: str | None) -> list[str] | None:
     """The example queries in `path` (one a line), checked before any model loads."""
     if path is None:
@@ -169,7 +180,7 @@ def build_command(args) -> None:
     settings.dims = args.dims if args.dims is not None else settings.dims
     tune_queries = read_tune_queries(args.tune_queries)
     first_part = len(previous["parts"]) if previous else 0
-    indexed = set(read_metadata(files_folder(output, previous)).column("location").to_pylist()) if previous else set()
+    indexed = indexed_locations(output, previous) if previous else set()
     plan = plan_collection(
         args.images, args.part_size, args.image_column, args.caption_column, first_part, indexed_locations=indexed
     )

@@ -129,3 +129,21 @@ def test_query_vectors_are_normalised_sums(index):
     texts = index.embedder.texts(["ein Hund", "a dog"])
     vector, _ = index.query_vector(["ein Hund", "a dog"])
     assert np.allclose(vector[0], F.normalize(texts.sum(0), dim=0).numpy(), atol=1e-6)
+
+
+def test_dims_indexes_a_prefix_and_tune_queries_are_used(tmp_path, tiny_model_dir, collection):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("ein Hund am Strand\n\n一只猫\na rocket\n", encoding="utf-8")
+    output = tmp_path / "index"
+    index_main([*build_flags(tiny_model_dir, output, collection["folder"]), "--dims", "8", "--tune_queries", str(queries)])
+    index = Index.load(output, model=str(tiny_model_dir))
+    assert index.manifest["index_dim"] == 8 == index.faiss_index.d and index.manifest["dim"] == 16
+    assert index.manifest["index"]["text_queries_from"] == "given"
+    stored = gather_embeddings(output, index.metadata, 16)[:, :8]
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    vector, _ = index.query_vector(["一只猫"])  # full length; the index cuts it to its prefix
+    prefix = vector[0, :8] / np.linalg.norm(vector[0, :8])
+    expected = np.argsort(-(stored @ prefix), kind="stable")[:4]
+    result = index.search("一只猫", k=4)
+    assert result.ids == index.metadata.column("id").to_numpy()[expected].tolist()
+    assert np.allclose(result.scores, (stored @ prefix)[expected], atol=1e-5)
