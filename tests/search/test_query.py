@@ -135,7 +135,8 @@ def test_dims_indexes_a_prefix_and_tune_queries_are_used(tmp_path, tiny_model_di
     queries = tmp_path / "queries.txt"
     queries.write_text("ein Hund am Strand\n\n一只猫\na rocket\n", encoding="utf-8")
     output = tmp_path / "index"
-    index_main([*build_flags(tiny_model_dir, output, collection["folder"]), "--dims", "8", "--tune_queries", str(queries)])
+    flags = ["--dims", "8", "--tune_queries", str(queries)]
+    index_main([*build_flags(tiny_model_dir, output, collection["folder"]), *flags])
     index = Index.load(output, model=str(tiny_model_dir))
     assert index.manifest["index_dim"] == 8 == index.faiss_index.d and index.manifest["dim"] == 16
     assert index.manifest["index"]["text_queries_from"] == "given"
