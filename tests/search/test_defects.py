@@ -205,18 +205,3 @@ def test_a_table_is_read_once_not_once_per_part(tmp_path, tiny_model_dir, monkey
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert manifest["counts"]["parts"] == 4 and manifest["counts"]["images"] == 8
     assert len(whole_reads) == 1  # the plan; each part reads its own row group
-
-
-def test_the_exact_index_equals_faiss_flat_search(tmp_path):
-    vectors, _ = clustered(3000, 24, 10, 0.4, seed=3)
-    vectors[7] = vectors[3]  # a tie: the lower row first, as FAISS orders it
-    flat = faiss.IndexFlatIP(24)
-    flat.add(vectors)
-    metadata = pyarrow.table({"id": list(range(3000)), "location": ["x"] * 3000, "caption": [None] * 3000,
-                              "key": [None] * 3000, "part": ["p"] * 3000, "row": list(range(3000))})  # fmt: skip
-    index = Index(tmp_path, {"dim": 24, "index": {"factory": "Flat", "exact": True}}, metadata, flat)
-    queries = np.concatenate([vectors[[3]], unit(np.random.default_rng(1).normal(size=(40, 24)))])
-    scores, rows = index.search_vectors(queries, k=25)
-    expected_scores, expected_rows = flat.search(queries, 25)
-    assert np.array_equal(rows, expected_rows) and np.allclose(scores, expected_scores, atol=1e-5)
-    assert list(rows[0][:2]) == [3, 7]
