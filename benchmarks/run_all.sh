@@ -9,3 +9,4 @@ python benchmarks/training_throughput.py --scale
 python benchmarks/training_throughput.py --lora --steps 4 --batch_size 32
 python benchmarks/data_throughput.py
 python benchmarks/search.py
+python benchmarks/search_service.py
