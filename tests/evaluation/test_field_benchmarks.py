@@ -53,7 +53,7 @@ def run_eval(*args, **kwargs) -> list[dict]:
         (write_xm3600, "xm3600", "de", False, 6),  # images 0..3 carry 1, 2, 1, 2 captions
         (write_xm3600, "xm3600", "zh", True, 6),  # CLIP_benchmark's ROOT/xm3600/
         (write_xtd200, "xtd200", "deu_Latn", False, 4),
-        (write_xtd200, "xtd200", "zho_Hans", True, 4),  # CLIP_benchmark's ROOT/xtd200/
+        (write_xtd200, "xtd200", "zho_Hans", True, 4),  # NLLB-CLIP's files in a ROOT/xtd200/ sub-folder
         (write_flickr30k_200, "flickr30k_200", "eng_Latn", None, 4),
         (write_multi30k, "multi30k", "cs", None, 4),  # gzip-compressed raw captions
     ],
