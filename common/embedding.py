@@ -21,10 +21,15 @@ from altclip.common.devices import default_device, default_half_dtype
 from altclip.common.images import open_rgb_image
 from altclip.common.records import Skipped
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
-from modeling_altclip.cpu_kernels import use_onednn_linear
 
 from .batching import length_sorted_batches
-from .fast_paths import projected_image_features, supports_cls_only
+from .fast_paths import (
+    KernelChoice,
+    apply_linear_kernel,
+    choose_linear_kernel,
+    projected_image_features,
+    supports_cls_only,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +99,11 @@ def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
 class Embedder:
     """Embeds images and texts with one AltCLIP model; ``fingerprint`` identifies its text side for caching.
 
-    On the CPU in fp32 the Linear layers run oneDNN's kernel (`onednn_linear`; a module copy that shares the
-    model's parameters, fp32 results within ~1e-6, about twice as fast where MKL is slow: see
-    `modeling_altclip.cpu_kernels`)."""
+    On the CPU in fp32 the Linear layers run the kernel `linear_kernel` names: "auto" (default) measures once per
+    machine whether oneDNN's kernel beats PyTorch's default and keeps the faster (the default on a tie: it is what a
+    plain transformers model runs), "onednn" or "default" force one (`common.fast_paths.choose_linear_kernel`;
+    oneDNN runs on a module copy that shares the model's parameters, fp32 results within ~1e-6). The older
+    `onednn_linear=True/False` still forces "onednn"/"default"."""
 
     def __init__(
         self,
@@ -109,7 +116,8 @@ class Embedder:
         max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
         quantization: str | None = None,
         reduced_decoding: bool = False,
-        onednn_linear: bool = True,
+        onednn_linear: bool | None = None,
+        linear_kernel: str = "auto",
     ):
         self.device, self.dtype = resolve_device_and_dtype(device, dtype)
         self.model = model.to(self.device, self.dtype).eval()
@@ -125,8 +133,12 @@ class Embedder:
             self.model = quantize_int8(self.model, self.device)
         elif quantization is not None:
             raise ValueError(f"Unknown quantization {quantization!r}; the CPU offers 'int8'.")
-        elif onednn_linear and self.device.type == "cpu" and self.dtype == torch.float32:
-            self.model = use_onednn_linear(self.model)
+        self.linear_kernel: KernelChoice | None = None  # set where it applies: the CPU in fp32, not quantised
+        if quantization is None and self.device.type == "cpu" and self.dtype == torch.float32:
+            if onednn_linear is not None:
+                linear_kernel = "onednn" if onednn_linear else "default"
+            self.linear_kernel = choose_linear_kernel(self.model, linear_kernel)
+            self.model = apply_linear_kernel(self.model, self.linear_kernel.kernel)
         self.cls_only = supports_cls_only(self.model)
 
     @classmethod

@@ -134,12 +134,19 @@ class EvalArguments:
             "help": "int8: dynamic int8 quantisation of the Linear layers (CPU only; faster, slightly different)."
         },
     )
-    onednn_linear: bool = field(
-        default=True,
+    cpu_linear_kernel: str = field(
+        default="auto",
         metadata={
-            "help": "On the CPU in fp32, run Linear layers with oneDNN's kernel (about 2x faster than PyTorch's "
-            "default MKL path on AMD CPUs; same fp32 results within ~1e-6); false keeps nn.Linear."
+            "help": "On the CPU in fp32, the Linear layers' kernel: auto (measured once on this machine: oneDNN's "
+            "where it is clearly faster than PyTorch's default, e.g. about 2x on AMD EPYC, else the default), "
+            "onednn, or default (nn.Linear as transformers runs it). $ALTCLIP_CPU_LINEAR_KERNEL sets it for every "
+            "tool. Same fp32 results within ~1e-6.",
+            "choices": ["auto", "onednn", "default"],
         },
+    )
+    onednn_linear: bool | None = field(
+        default=None,
+        metadata={"help": "Older spelling: true is --cpu_linear_kernel onednn, false is --cpu_linear_kernel default."},
     )
     show_traceback: bool = field(
         default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
@@ -271,6 +278,7 @@ def evaluate(task: str, argv: list[str]) -> None:
             quantization=args.quantization,
             reduced_decoding=args.reduced_decoding,
             onednn_linear=args.onednn_linear,
+            linear_kernel=args.cpu_linear_kernel,
         )
 
     results = (run_zero_shot if task == "zeroshot" else run_retrieval)(args, make_embedder, state)

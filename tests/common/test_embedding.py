@@ -70,9 +70,10 @@ def test_texts_are_batched_longest_first_and_every_index_once():
     assert batches == [[4, 2], [3, 0], [1]]
 
 
-def test_cpu_fp32_embedder_runs_onednn_linear_unless_told_not_to(tiny_model, processor):
-    fast = Embedder(tiny_model, processor, device="cpu", batch_size=4)
-    plain = Embedder(tiny_model, processor, device="cpu", batch_size=4, onednn_linear=False)
+def test_cpu_fp32_embedder_runs_the_linear_kernel_it_is_told_to(tiny_model, processor):
+    fast = Embedder(tiny_model, processor, device="cpu", batch_size=4, linear_kernel="onednn")
+    plain = Embedder(tiny_model, processor, device="cpu", batch_size=4, onednn_linear=False)  # the older spelling
+    assert (fast.linear_kernel.kernel, plain.linear_kernel.kernel) == ("onednn", "default")
     assert any(isinstance(module, OneDNNLinear) for module in fast.model.modules())
     assert not any(isinstance(module, OneDNNLinear) for module in plain.model.modules())
     assert not any(module.training for module in fast.model.modules())  # the swapped layers keep eval mode
