@@ -46,7 +46,10 @@ class Client:
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def _request(self, method: str, path: str, **options) -> Any:
-        response = self._http.request(method, path, **options)
+        try:
+            response = self._http.request(method, path, **options)
+        except httpx.RemoteProtocolError:  # a kept-alive connection the server closed as the query left: once more
+            response = self._http.request(method, path, **options)
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]

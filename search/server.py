@@ -31,6 +31,7 @@ MAX_K = 10_000
 MAX_OFFSET = 100_000
 MAX_IMAGE_BYTES = 20 * 2**20
 URL_TIMEOUT_S = 20
+KEEP_ALIVE_S = 75
 CONFIG_VARIABLE = "ALTCLIP_SERVE_CONFIG"  # how `--workers N` hands the indices to each worker process
 
 logger = logging.getLogger(__name__)
@@ -246,6 +247,12 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def server_options(args) -> dict:
+    """uvicorn's settings; idle connections kept 75 s (uvicorn's 5 s closes a client's kept-alive connection while
+    the client sends its next query on it: "Server disconnected without sending a response")."""
+    return {"host": args.host, "port": args.port, "log_level": "warning", "timeout_keep_alive": KEEP_ALIVE_S}
+
+
 def serve(args) -> None:
     import uvicorn
 
@@ -260,19 +267,13 @@ def serve(args) -> None:
             f"{name}: {len(index)} images (version {index.version})" for name, index in service.indices.items()
         )
         print(f"{PROGRAM}: serving {counts} on http://{args.host}:{args.port}", flush=True)
-        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(create_app(service), **server_options(args))
         return
     SearchService(folders, model=args.model, load_model=False)  # every folder readable, before workers start
     os.environ[CONFIG_VARIABLE] = json.dumps({"folders": folders, "model": args.model, "device": args.device})
     print(f"{PROGRAM}: serving {', '.join(folders)} on http://{args.host}:{args.port} ({args.workers} workers)")
-    uvicorn.run(
-        "altclip.search.server:app_from_environment",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="warning",
-    )
+    factory = "altclip.search.server:app_from_environment"
+    uvicorn.run(factory, factory=True, workers=args.workers, **server_options(args))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

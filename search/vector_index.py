@@ -9,7 +9,7 @@ for), and it tunes nprobe on stored vectors only, which is what overstated recal
 nprobe is tuned on text queries where there are some (captions, file names, or the user's sample, embedded by the
 text tower; ``altclip-index build --tune_queries``) as well as on stored image vectors, and the manifest records the
 recall of each: text queries sit far from the images (CLIP's modality gap) and need more lists. When the tuned nprobe
-searches more than half of the lists, the IVF index cannot beat exact search, so the exact one is built instead.
+searches half of the lists or more, the IVF index cannot beat exact search, so the exact one is built instead.
 
 IVF rather than HNSW beyond the exact size
 because FAISS memory-maps IVF lists (IO_FLAG_MMAP) while an HNSW graph must be read into memory.
@@ -96,7 +96,7 @@ def build_faiss_index(
     """(index, description for the manifest): the index over unit `vectors` (float32 [n, dim]). An approximate
     one's nprobe is the smallest reaching `recall_target` (recall@10 against exact search) for both the unit
     `text_queries` (when given) and sampled stored vectors; both recalls are recorded. Exact when IVF would have to
-    search more than half its lists."""
+    search half its lists or more."""
     import faiss
 
     count, dim = vectors.shape
@@ -135,7 +135,7 @@ def build_faiss_index(
         "recall_queries": {"text": 0 if text_queries is None else len(text_queries), "image": len(chosen)},
     }
     logger.info("%s: nprobe %d gives recall@10 %s against exact search", factory, nprobe, recalls)
-    if 2 * nprobe > ivf.nlist and count * dim * 4 <= memory_budget:
+    if 2 * nprobe >= ivf.nlist and count * dim * 4 <= memory_budget:
         note = (
             f"{factory} needs nprobe {nprobe} of {ivf.nlist} lists to reach recall@10 {recall_target} "
             f"({'text and image' if has_text else 'image'} queries): no faster than exact "

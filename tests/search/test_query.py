@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from index_builds import build_flags
-from tiny_models import tiny_config
+from tiny_models import random_images, tiny_config
 
 from altclip.common.collection_index import Index
 from altclip.search.build import gather_embeddings
@@ -106,8 +106,10 @@ def test_bad_input_is_one_line(tmp_path, fresh_index, tiny_model_dir, other_mode
     # an index built by another model: both named
     fails_with(search_main, [str(fresh_index), "x", "--model", str(other_model_dir)], capsys,
                f"built by {tiny_model_dir}", f"not by {other_model_dir}")  # fmt: skip
-    # a dimension mismatch on --add
-    fails_with(index_main, [*build_flags(other_model_dir, fresh_index, collection["table"]), "--add"], capsys,
+    # a dimension mismatch on --add (of an image the index does not hold yet)
+    (tmp_path / "new").mkdir()
+    random_images(1, seed=8)[0].save(tmp_path / "new" / "new.png")
+    fails_with(index_main, [*build_flags(other_model_dir, fresh_index, tmp_path / "new"), "--add"], capsys,
                "embeds in 8 dimensions", "holds 16")  # fmt: skip
     # an empty collection
     (tmp_path / "empty").mkdir()
@@ -153,7 +155,7 @@ def test_dims_indexes_a_prefix_and_tune_queries_are_used(tmp_path, tiny_model_di
 
 
 def test_the_exact_index_equals_faiss_flat_search(tmp_path):
-    vectors, _ = clustered_unit_vectors(3000, 24, seed=3)
+    vectors = clustered_unit_vectors(3000, 24, seed=3)
     vectors[7] = vectors[3]  # a tie: the lower row first (FAISS's heap gives either)
     flat = faiss.IndexFlatIP(24)
     flat.add(vectors)
