@@ -47,6 +47,7 @@ from .data.tables import built_first, check_columns
 from .data.text_data import DistillationCollator, ParallelText
 from .finetune.before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
 from .finetune.lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
+from .flag_ranges import check_flag_ranges
 from .loop.distributed_backends import gathered, init_deepspeed_communication, outside_zero3_init
 from .loop.feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
 from .loop.model_setup import (
@@ -125,6 +126,7 @@ def parse(stage: str, argv: Sequence[str]) -> RunArguments:
     run = RunArguments(*dataclasses)
     run.training.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
     run.training.dataloader_pin_memory = run.training.dataloader_pin_memory and torch.cuda.is_available()
+    check_flag_ranges(dataclasses)  # every numeric flag in its range, NaN and infinity refused
     check_numbers(run)
     return run
 
@@ -533,10 +535,9 @@ def fine_tuning_summary(args: FineTuningArguments, trained: torch.nn.Module, sco
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "toy-setup":
-        from .toy_setup import write_toy_setup
+        from .toy_setup import toy_setup_main
 
-        for name, path in write_toy_setup(argv[1] if len(argv) > 1 else "outputs/toy").items():
-            print(f"{name}: {path}")
+        run_with_one_line_errors("altclip-train", lambda: toy_setup_main(argv[1:]), wants_traceback(argv))
         return
     if argv and argv[0] == "plan":
         from .plan_command import plan_main
