@@ -40,7 +40,9 @@ def count_of_processes(text: str) -> int:
     try:
         world = int(text)
     except ValueError:
-        raise UsageError(f"altclip-train plan: --world_size {text!r} is not a whole number; give the processes, e.g. 8.") from None
+        raise UsageError(
+            f"altclip-train plan: --world_size {text!r} is not a whole number; give the processes, e.g. 8."
+        ) from None
     check_number("altclip-train plan: --world_size", world, COUNT)
     return world
 
