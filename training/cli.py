@@ -48,7 +48,7 @@ from .data.text_data import DistillationCollator, ParallelText
 from .finetune.before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
 from .finetune.lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
 from .flag_ranges import check_flag_ranges
-from .loop.distributed_backends import gathered, init_deepspeed_communication, outside_zero3_init
+from .loop.distributed_backends import check_fsdp_applies, gathered, init_deepspeed_communication, outside_zero3_init
 from .loop.feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
 from .loop.model_setup import (
     check_model_arguments,
@@ -575,6 +575,7 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     check_zeroshot_arguments(run.zeroshot)
     check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model)
     check_fine_tuning_arguments(run.tuning, run.zeroshot, validation_sources is not None, run.training)
+    check_fsdp_applies(run.training)  # never a silent fallback to DDP
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
         check_resumed_plan(checkpoint, run.data, run.training)
