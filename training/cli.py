@@ -116,6 +116,9 @@ def parse(stage: str, argv: Sequence[str]) -> RunArguments:
     if not torch.cuda.is_available() and not any(flag.startswith("--use_cpu") for flag in argv):
         # Without it, accelerate sees no device to distribute over and torchrun's processes each train alone.
         argv += ["--use_cpu", "true"]
+    # every numeric flag in its range (NaN and infinity refused) before TrainingArguments' own checks, which name no
+    # flag for some values (an infinite --logging_steps is an OverflowError there)
+    check_flag_ranges([parser.parse_known_args(args=argv)[0]])
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as error:  # TrainingArguments' own checks of flag combinations
@@ -126,7 +129,6 @@ def parse(stage: str, argv: Sequence[str]) -> RunArguments:
     run = RunArguments(*dataclasses)
     run.training.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
     run.training.dataloader_pin_memory = run.training.dataloader_pin_memory and torch.cuda.is_available()
-    check_flag_ranges(dataclasses)  # every numeric flag in its range, NaN and infinity refused
     check_numbers(run)
     return run
 
