@@ -20,7 +20,7 @@ from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.devices import default_device, default_half_dtype
 from altclip.common.images import open_rgb_image
 from altclip.common.records import Skipped
-from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_input, check_finite_weights
 
 from .batching import length_sorted_batches
 from .fast_paths import (
@@ -179,7 +179,9 @@ class Embedder:
         return require_finite(torch.cat(embeddings), description), kept, failures
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image features; the last layer runs for [CLS] only where the tower has CLIP's layout."""
+        """Projected image features; the last layer runs for [CLS] only where the tower has CLIP's layout. NaN or
+        infinite `pixel_values` are a `NonFiniteInputError` (the fast path skips the model's own check)."""
+        check_finite_input("pixel_values", pixel_values)
         if self.cls_only:
             return projected_image_features(self.model, pixel_values)
         return self.model.get_image_features(pixel_values=pixel_values).pooler_output

@@ -19,6 +19,7 @@ from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.embedding import Embedder
 from altclip.common.errors import PathError, UsageError
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
+from altclip.common.number_checks import COUNT, WHOLE_NON_NEGATIVE, check_fields
 from altclip.common.results_format import markdown_table, write_results
 from altclip.common.zero_shot_scoring import names_in_language
 from modeling_altclip.assets import cache_dir
@@ -48,6 +49,9 @@ USAGE = """usage: altclip-eval {zeroshot,retrieval} --model PATH_OR_ID --dataset
              flickr30k_200, multi30k, captions
 
 'altclip-eval TASK --help' lists every flag."""
+
+
+NUMBER_RANGES = {"batch_size": COUNT, "num_workers": WHOLE_NON_NEGATIVE, "max_text_length": COUNT}
 
 
 def default_cache_dir() -> str:
@@ -168,6 +172,7 @@ def parse(task: str, argv: Sequence[str]) -> EvalArguments:
     args, remaining = parser.parse_args_into_dataclasses(args=expand_config(argv), return_remaining_strings=True)
     if remaining:
         raise UsageError(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
+    check_fields([args], NUMBER_RANGES)
     if args.dataset not in TASKS[task]:
         raise UsageError(
             f"altclip-eval {task}: unknown --dataset {args.dataset!r}; choose from {', '.join(TASKS[task])}."

@@ -64,6 +64,11 @@ def load_xm3600(root: str | Path, language: str) -> RetrievalSet:
                 caption_image.append(len(images) - 1)
     if not images:
         raise ValueError(f"{table} holds no row.")
+    if not captions:
+        raise InputDataError(
+            f"{table}: none of its {len(images)} rows has a {language!r} caption; drop {language} from --languages "
+            "(or use a captions.jsonl that has them)."
+        )
     return RetrievalSet(f"xm3600_{language}", images, captions, caption_image)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from altclip.common.errors import InputDataError
 from altclip.common.records import Skipped, iter_records
 from altclip.common.zero_shot_scoring import (  # noqa: F401 (read_classnames and the layout: evaluation's names)
     IMAGE_FOLDER_LAYOUT,
@@ -51,6 +52,14 @@ class RetrievalSet:
     captions: list[str]
     caption_image: list[int]
     skipped_rows: int = 0  # table rows left out as unusable (counted in the results)
+
+    def __post_init__(self) -> None:
+        """A set with no caption or no image scores nothing (and ended in torch.cat's "expected a non-empty list")."""
+        if not self.captions or not self.images:
+            raise InputDataError(
+                f"{self.name}: the set holds {len(self.images)} images and {len(self.captions)} captions; nothing to "
+                "retrieve. Check --data_dir and --languages."
+            )
 
 
 def _require(path: Path, layout: str) -> Path:

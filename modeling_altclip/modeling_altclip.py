@@ -118,6 +118,27 @@ def _check_input_ids(input_ids: torch.Tensor | None, attention_mask: torch.Tenso
         )
 
 
+class NonFiniteInputError(ValueError):
+    """A float input (``pixel_values``, ``image_embeds``, ``inputs_embeds``) holds NaN or infinite values, which
+    would silently give NaN embeddings and logits."""
+
+
+def check_finite_input(name: str, values: torch.Tensor | None) -> None:
+    """Raises `NonFiniteInputError` naming the input and its bad rows when `values` hold NaN or infinity (one
+    reduction over the input, skipped while tracing for export)."""
+    if values is None or not values.is_floating_point() or _tracing():
+        return
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    bad_rows = (~finite).reshape(len(values), -1).any(dim=1).nonzero().flatten().tolist()
+    shown = ", ".join(str(row) for row in bad_rows[:5]) + (", ..." if len(bad_rows) > 5 else "")
+    raise NonFiniteInputError(
+        f"{name} hold NaN or infinite values in {len(bad_rows)} of {len(values)} rows (row {shown}); the inputs were "
+        "not decoded or normalised properly (the model's processor gives finite values)."
+    )
+
+
 def _check_pixel_values(pixel_values: torch.Tensor | None, config: AltCLIPVisionConfig, interpolate: bool) -> None:
     if pixel_values is None:
         raise ValueError("pixel_values are required by the vision tower.")
@@ -125,6 +146,7 @@ def _check_pixel_values(pixel_values: torch.Tensor | None, config: AltCLIPVision
         raise ValueError(
             f"pixel_values must have shape (batch, channels, height, width); got shape {tuple(pixel_values.shape)}."
         )
+    check_finite_input("pixel_values", pixel_values)
     channels, height, width = pixel_values.shape[1:]
     if channels != config.num_channels:
         raise ValueError(
@@ -291,6 +313,7 @@ class AltCLIPTextModel(AltCLIPPreTrainedModel):
     ) -> BaseModelOutputWithPoolingAndProjection:
         """``last_hidden_state``: every position projected to ``project_dim``; ``pooler_output``: its [CLS] row."""
         _check_input_ids(input_ids, attention_mask, self.config.vocab_size)
+        check_finite_input("inputs_embeds", inputs_embeds)
         outputs = self.roberta(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -439,6 +462,7 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
                 f"return_loss=True pairs text i with image i, but got {input_ids.shape[0]} texts and {images} images."
             )
         vision_outputs = None
+        check_finite_input("image_embeds", image_embeds)
         if image_embeds is None:
             vision_outputs = self.vision_model(
                 pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
@@ -477,7 +501,9 @@ __all__ = [
     "AltCLIPTextModel",
     "AltCLIPVisionModel",
     "CheckpointMismatchError",
+    "NonFiniteInputError",
     "NonFiniteWeightsError",
+    "check_finite_input",
     "check_finite_weights",
     "contrastive_loss",
 ]

@@ -30,6 +30,7 @@ from altclip.common.collection_index import (
 from altclip.common.errors import UsageError
 from altclip.common.index_folder import files_folder, index_model, portable_model_name
 from altclip.common.model_paths import missing_local_model
+from altclip.common.number_checks import COUNT, WHOLE_NON_NEGATIVE, NumberRange, number_type
 from altclip.common.records import DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ def _translator(program: str):
     return translate
 
 
+RECALL = NumberRange(low=0, high=1, low_open=True)  # recall@10 to reach: above 0, at most 1
+
+
 def index_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=INDEX_PROGRAM, description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -65,8 +69,10 @@ def index_parser() -> argparse.ArgumentParser:
     build.add_argument("--add", action="store_true", help="append the images to the index in --output")
     build.add_argument("--image_column", default="image", help="tables: the image path, URL or bytes column")
     build.add_argument("--caption_column", default="caption", help="tables: the caption column (optional)")
-    build.add_argument("--batch_size", type=int, default=64)
-    build.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
+    build.add_argument("--batch_size", type=number_type(COUNT), default=64)
+    build.add_argument(
+        "--num_workers", type=number_type(WHOLE_NON_NEGATIVE), default=2, help="DataLoader workers decoding images"
+    )
     build.add_argument("--device", default="auto", help="auto: this process's GPU if any, else the CPU")
     build.add_argument(
         "--dtype", default="auto", help="auto: bf16 on a GPU, fp32 on the CPU; or float32/float16/bfloat16"
@@ -75,21 +81,29 @@ def index_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--reduced_decoding", action="store_true", help="decode JPEGs at the smallest scale covering the input"
     )
-    build.add_argument("--part_size", type=int, default=4096, help="images per part (the unit of work and of resuming)")
+    build.add_argument(
+        "--part_size", type=number_type(COUNT), default=4096, help="images per part (the unit of work and of resuming)"
+    )
     build.add_argument("--memory_budget", help="the vector index's memory budget, e.g. 16G (default; chooses its kind)")
-    build.add_argument("--exact_limit", type=int, default=None, help="exact search up to this many images")
-    build.add_argument("--recall_target", type=float, default=None, help="approximate index: recall@10 to reach")
+    build.add_argument(
+        "--exact_limit", type=number_type(WHOLE_NON_NEGATIVE), default=None, help="exact search up to this many images"
+    )
+    build.add_argument(
+        "--recall_target", type=number_type(RECALL), default=None, help="approximate index: recall@10 to reach"
+    )
     build.add_argument(
         "--tune_queries",
         help="a text file of example queries, one a line, to tune the index for (default: the collection's captions "
         "or file names)",
     )
     build.add_argument(
-        "--dims", type=int, help="index the first N values of each embedding (Matryoshka-trained models; default: all)"
+        "--dims",
+        type=number_type(COUNT),
+        help="index the first N values of each embedding (Matryoshka-trained models; default: all)",
     )
     remove = commands.add_parser("remove", help="drop images from an index by id")
     remove.add_argument("index", help="the index folder")
-    remove.add_argument("--ids", type=int, nargs="+", required=True)
+    remove.add_argument("--ids", type=number_type(WHOLE_NON_NEGATIVE), nargs="+", required=True)
     for sub in (build, remove):
         one_line_parser_errors(sub, INDEX_PROGRAM)
     one_line_parser_errors(parser, INDEX_PROGRAM)
@@ -295,7 +309,7 @@ def search_parser() -> argparse.ArgumentParser:
     parser.add_argument("index", help="the index folder (altclip-index build)")
     parser.add_argument("query", nargs="?", default="", help="what to look for, in any language the model knows")
     parser.add_argument("--image", action="append", default=[], help="an image to search by (with the text: both)")
-    parser.add_argument("--k", type=int, default=20, help="how many results")
+    parser.add_argument("--k", type=number_type(COUNT), default=20, help="how many results")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--model", help="the model answering queries (default: the index's; must be the same)")
     one_line_parser_errors(parser, SEARCH_PROGRAM)

@@ -13,8 +13,8 @@ repository elsewhere on the machine cannot pass for the wheel.
 
 import configparser
 import os
-import site
 import shutil
+import site
 import subprocess
 import sys
 import venv

@@ -14,6 +14,7 @@ from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.errors import UsageError
 from modeling_altclip.assets import XLMR_MAX_LENGTH
 
+from .flag_ranges import check_flag_ranges
 from .loop.losses import DISTILLATION_LOSSES
 
 
@@ -298,6 +299,9 @@ def parse(stage: str, argv: Sequence[str]) -> RunArguments:
     if not torch.cuda.is_available() and not any(flag.startswith("--use_cpu") for flag in argv):
         # Without it, accelerate sees no device to distribute over and torchrun's processes each train alone.
         argv += ["--use_cpu", "true"]
+    # every numeric flag in its range (NaN and infinity refused) before TrainingArguments' own checks, which name no
+    # flag for some values (an infinite --logging_steps is an OverflowError there)
+    check_flag_ranges([parser.parse_known_args(args=argv)[0]])
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as error:  # TrainingArguments' own checks of flag combinations

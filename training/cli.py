@@ -35,10 +35,9 @@ USAGE = """usage: altclip-train {teacher,contrastive} [--config FILE] [--FLAG VA
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "toy-setup":
-        from .toy_setup import write_toy_setup
+        from .toy_setup import toy_setup_main
 
-        for name, path in write_toy_setup(argv[1] if len(argv) > 1 else "outputs/toy").items():
-            print(f"{name}: {path}")
+        run_with_one_line_errors("altclip-train", lambda: toy_setup_main(argv[1:]), wants_traceback(argv))
         return
     if argv and argv[0] == "plan":
         from .plan_command import plan_main

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from altclip.common.config_files import expand_config
 from altclip.common.errors import UsageError
+from altclip.common.number_checks import COUNT, check_number
 
 TEACHER_ONLY = (
     "--clip_model_name_or_path",
@@ -32,6 +33,18 @@ def take_flag(argv: list[str], flag: str) -> str | None:
     value = argv[index + 1]
     del argv[index : index + 2]
     return value
+
+
+def count_of_processes(text: str) -> int:
+    """``--world_size``: a whole number of processes, at least 1 (`UsageError` naming the flag otherwise)."""
+    try:
+        world = int(text)
+    except ValueError:
+        raise UsageError(
+            f"altclip-train plan: --world_size {text!r} is not a whole number; give the processes, e.g. 8."
+        ) from None
+    check_number("altclip-train plan: --world_size", world, COUNT)
+    return world
 
 
 def infer_stage(argv: Sequence[str]) -> str:
@@ -57,9 +70,7 @@ def plan_main(argv: Sequence[str]) -> None:
     deepspeed = take_flag(argv, "--deepspeed")  # read here, not by TrainingArguments (which needs the package)
     run = parse(stage, argv)
     run.training.deepspeed = deepspeed
-    world = int(world) if world else run.training.world_size
-    if world < 1:
-        raise UsageError(f"altclip-train plan: --world_size must be at least 1, not {world}.")
+    world = count_of_processes(world) if world else run.training.world_size
     data = get_data(run, stage)  # the same sources, checks and shard sizes as the run's
     if data.is_shards:
         plan = shard_stream(data, run, world_size=world)

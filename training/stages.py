@@ -20,7 +20,7 @@ from .data.sources import source_weights
 from .data.text_data import DistillationCollator
 from .finetune.before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
 from .finetune.lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
-from .loop.distributed_backends import gathered, init_deepspeed_communication, outside_zero3_init
+from .loop.distributed_backends import check_fsdp_applies, gathered, init_deepspeed_communication, outside_zero3_init
 from .loop.feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
 from .loop.model_setup import (
     check_model_arguments,
@@ -49,6 +49,7 @@ def run_stage(run: RunArguments, stage: str) -> None:
     check_zeroshot_arguments(run.zeroshot)
     check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model)
     check_fine_tuning_arguments(run.tuning, run.zeroshot, data.validation_sources is not None, run.training)
+    check_fsdp_applies(run.training)  # never a silent fallback to DDP
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
         check_resumed_plan(checkpoint, run.data, run.training)

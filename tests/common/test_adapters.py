@@ -107,3 +107,21 @@ def test_push_publishes_the_adapter_with_a_card_naming_its_base_model(tmp_path, 
     assert card.data.base_model == "someone/tiny-altclip" and card.data.library_name == "peft"
     assert 'PeftModel.from_pretrained(base, "someone/tiny-lora")' in card.text
     assert "rank 4" in card.text and "text and vision towers" in card.text
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.01])  # cut inside the tensors, and inside the header
+def test_a_cut_adapter_weights_file_is_named_in_one_line_by_every_job(tmp_path, adapter_dir, capsys, keep):
+    cut = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, cut)
+    weights = cut / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(AdapterError, match=rf"{weights} is unreadable \(cut short or damaged: .*download the adapter"):
+        load_altclip(cut)
+    with pytest.raises(AdapterError, match="is unreadable"):
+        Embedder.from_pretrained(cut, device="cpu")
+    with pytest.raises(SystemExit) as refusal:
+        push_main([str(cut), "me/cut-adapter", "--dry-run", str(tmp_path / "upload"), "--base-model", "org/base"])
+    assert refusal.value.code == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) == 1 and f"{weights} is unreadable" in printed[0] and "Traceback" not in printed[0]

@@ -8,6 +8,7 @@ from tiny_models import TINY_VISION_CONFIG, random_images
 from altclip.common.batching import length_sorted_batches
 from altclip.common.embedding import Embedder
 from altclip.common.images import open_rgb_image
+from modeling_altclip import NonFiniteInputError
 from modeling_altclip.cpu_kernels import OneDNNLinear
 
 
@@ -80,3 +81,13 @@ def test_cpu_fp32_embedder_runs_the_linear_kernel_it_is_told_to(tiny_model, proc
     texts = ["a cat", "ein Hund, der über eine Wiese rennt", "猫"]
     torch.testing.assert_close(fast.texts(texts), plain.texts(texts), atol=1e-5, rtol=1e-4)
     assert fast.fingerprint() == plain.fingerprint()
+
+
+def test_the_embedder_refuses_non_finite_pixel_values_on_its_fast_path(tiny_model, processor):
+    embedder = Embedder(tiny_model, processor, device="cpu")
+    assert embedder.cls_only  # the path that does not go through the model's forward
+    pixels = torch.randn(2, 3, 30, 30)
+    assert torch.isfinite(embedder.image_features(pixels)).all()
+    pixels[0, 1, 2, 3] = float("nan")
+    with pytest.raises(NonFiniteInputError, match=r"pixel_values hold NaN or infinite values in 1 of 2 rows"):
+        embedder.image_features(pixels)

@@ -271,3 +271,22 @@ def test_altclip_eval_scores_a_clip_benchmark_root(tmp_path, monkeypatch, tiny_m
     results = run_eval(tiny_model_dir, "xtd200", tmp_path / "cb", tmp_path / "out")
     assert [r["language"] for r in results] == ["deu_Latn", "eng_Latn", "avg"]
     assert all(r["num_images"] == 4 and r["skipped_images"] == 0 for r in results[:2])
+
+
+def test_an_xm3600_language_without_captions_is_named_in_one_line_before_the_model_loads(tmp_path, capsys):
+    data = write_xm3600(tmp_path / "data")
+    table = data / "captions.jsonl"
+    rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        row["de"] = {"caption": [], "caption/tokenized": []}
+    table.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(eval_flags(tmp_path / "no-model", "xm3600", data, tmp_path / "out", "--languages", "en,de"))
+    assert exit_info.value.code == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) == 1 and f"{table}: none of its 4 rows has a 'de' caption" in printed[0], printed
+
+
+def test_a_retrieval_set_without_captions_or_images_is_refused():
+    with pytest.raises(ValueError, match=r"xtd200_deu_Latn: the set holds 2 images and 0 captions"):
+        RetrievalSet("xtd200_deu_Latn", ["a.jpg", "b.jpg"], [], [])

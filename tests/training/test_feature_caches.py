@@ -386,3 +386,35 @@ def test_readers_map_rank_zeros_index_and_a_flush_does_not_rescan(tmp_path, monk
     reader.refresh()  # every process, at the next epoch's start
     assert reader.get(8).tolist() == [8.0] * 4 and reader.filled_rows() == 6
     assert len(list(tmp_path.glob("index-*.npy"))) == 2  # the new index and the one readers may still map
+
+
+@pytest.mark.slow
+def test_a_run_names_a_damaged_per_process_shard_of_its_image_cache_and_computes_its_rows_again(
+    tmp_path, toy, start_without_dropout, caplog
+):
+    """End to end through ``altclip-train``: a run's per-process shard (``rank-0-*.embeds.npy``) is cut; the next run
+    on the same cache folder names it at the start, sets it aside (``.damaged``), runs the image tower on exactly its
+    rows again and leaves the cache whole."""
+    from stage_runs import run_stage
+
+    cache_root = tmp_path / "shared-cache"
+    flags = ["--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"])]
+    flags += ["--per_device_train_batch_size", "24", "--num_train_epochs", "1", "--logging_steps", "1"]
+    flags += ["--save_strategy", "epoch", "--cache_image_features", "true"]
+    flags += ["--image_feature_cache_dir", str(cache_root)]
+    run_stage("contrastive", tmp_path / "first", *flags)
+    (cache,) = cache_root.glob("images-*")
+    (damaged,) = cache.glob("rank-0-*.embeds.npy")
+    stored_rows = len(np.load(damaged.with_name(damaged.name.replace(".embeds.", ".rows."))))
+    cut_in_half(damaged)
+    with caplog.at_level(logging.WARNING):
+        run_stage("contrastive", tmp_path / "second", *flags)
+    warnings = [record.getMessage() for record in caplog.records if "is damaged" in record.getMessage()]
+    assert len(warnings) == 1 and str(damaged) in warnings[0] and "computed again" in warnings[0], warnings
+    assert damaged.with_name(damaged.name + ".damaged").is_file() and not damaged.exists()
+    (checkpoint,) = (tmp_path / "second").glob("checkpoint-*")
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    tower_rows = [entry["image_tower_rows"] for entry in history if "image_tower_rows" in entry]
+    assert tower_rows[-1] == stored_rows == 180  # every row of the damaged shard ran through the tower again
+    width = json.loads((cache / MANIFEST).read_text())["width"]
+    assert ImageEmbeddingCache(cache, 180, width).filled_rows() == 180

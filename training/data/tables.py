@@ -31,7 +31,15 @@ import pyarrow.parquet
 import torch
 
 from altclip.common.files import replace_atomically
-from altclip.common.records import NOT_UTF8, QUOTED_SPAN_LINES, DataFormatError, Line, delimited_records, text_lines
+from altclip.common.records import (
+    NOT_UTF8,
+    QUOTED_SPAN_LINES,
+    DataFormatError,
+    Line,
+    check_utf8,
+    delimited_records,
+    text_lines,
+)
 
 from .sources import Source, folder_of, is_remote, open_stream
 
@@ -41,6 +49,7 @@ WHERE, SKIPPED = "_where", "_skipped"
 READER_VERSION = 2  # part of the cache key: raise it when the rows a file gives change (2: bounded quotes)
 CHUNK_BYTES = 4 << 20  # a file is built in pieces of about this size, several at a time (`num_proc`)
 BUILD_BYTES_PER_SECOND = 200_000  # about half the slowest one-process build measured (420 kB/s, a loaded node)
+REMOTE_ENCODING_SCAN_BYTES = 1 << 20  # a remote table's encoding is judged on its first MiB (not downloaded twice)
 CHUNK_SEARCH_BYTES = 1 << 20  # how far past a piece's nominal end its true start (a record start) is looked for
 
 
@@ -195,7 +204,10 @@ def _blocks(handle, length: int, block: int = 1 << 24) -> Iterator[bytes]:
 
 
 def _check_header(url: str, kind: str, columns: Sequence[str]) -> None:
-    """Refuses a file whose header (CSV/TSV) or first JSON object lacks a column: the input is wrong as a whole."""
+    """Refuses a file whose header (CSV/TSV) or first JSON object lacks a column, or that is in another encoding
+    than UTF-8 (`check_utf8`): the input is wrong as a whole."""
+    with open_stream(url) as raw:
+        check_utf8(raw, url, **({"limit": REMOTE_ENCODING_SCAN_BYTES} if is_remote(url) else {}))
     with open_stream(url) as raw:
         if kind == "jsonl":
             for line_number, line in enumerate(raw, start=1):
