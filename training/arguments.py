@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 
 from .loop.losses import DISTILLATION_LOSSES
+from .loop.preemption import DEFAULT_PREEMPTION_SIGNALS
 
 
 @dataclass
@@ -182,7 +183,7 @@ class ZeroShotArguments:
 
 @dataclass
 class OutputArguments:
-    """What may be replaced, and how errors are shown."""
+    """What may be replaced, how errors are shown, and which signals stop a run with a checkpoint."""
 
     overwrite_output_dir: bool = field(
         default=False,
@@ -192,6 +193,13 @@ class OutputArguments:
     )
     show_traceback: bool = field(
         default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
+    )
+    preemption_signals: str = field(
+        default=DEFAULT_PREEMPTION_SIGNALS,
+        metadata={
+            "help": "Signals (comma-separated, as SLURM's --signal sends them; none for none) on which every rank "
+            "finishes its step, the run saves a checkpoint and exits with status 75 for the job script to requeue."
+        },
     )
 
 

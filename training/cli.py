@@ -58,6 +58,13 @@ from .loop.model_setup import (
     load_teacher_for,
 )
 from .loop.output_folder import check_output_folder, check_room, disk_full_message, is_disk_full
+from .loop.preemption import (
+    PREEMPTED_EXIT_STATUS,
+    PreemptionCallback,
+    PreemptionSignals,
+    TrainingPreempted,
+    parse_signals,
+)
 from .loop.reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from .loop.saving import save_complete_model
 from .loop.teacher import precomputed_teacher_features
@@ -93,6 +100,7 @@ class RunArguments:
     output: OutputArguments
     training: TrainingArguments
     tuning: FineTuningArguments
+    preemption: PreemptionSignals | None = None  # installed by `train` before any model loads
 
 
 def parse(stage: str, argv: Sequence[str]) -> RunArguments:
@@ -303,8 +311,14 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
                 "continue that run, or choose another --output_dir."
             )
         return None
-    if requested in ("true", "True"):
+    if requested in ("true", "True", "auto"):
         complete = complete_checkpoints(output_dir)
+        if not complete and requested == "auto":  # a first start, or a restart before the first checkpoint
+            if started:
+                logger.warning(
+                    "No complete checkpoint in %s (%s interrupted): starting from step 0", output_dir, started[-1].name
+                )
+            return None
         if not complete:
             raise SystemExit(
                 f"altclip-train: --resume_from_checkpoint true, but {output_dir} holds no complete checkpoint."
@@ -431,7 +445,7 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_dataset)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, student, model, processor)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_until_done_or_preempted(trainer, run)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
     extra = {"distillation_loss": stage_args.distillation_loss, "teacher": model_args.clip_model_name_or_path}
     extra.update(fine_tuning_summary(run.tuning, student, scoring.finish()))
@@ -508,11 +522,23 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_dataset)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_until_done_or_preempted(trainer, run)
     extra = {"image_tower_frozen": not stage_args.unfreeze_vision}
     extra.update(fine_tuning_summary(run.tuning, trained, scoring.finish()))
     saved = model if adapter is not None else trainer.accelerator.unwrap_model(trainer.model)
     finish(trainer, saved, processor, training_args, "contrastive", extra, adapter, run.tuning.merge_adapter)
+
+
+def train_until_done_or_preempted(trainer, run: RunArguments) -> None:
+    """``trainer.train()``; a preemption signal stops it after a step with that step's checkpoint written, and
+    raises `TrainingPreempted` instead of saving the final model."""
+    preemption = PreemptionCallback(run.preemption) if run.preemption is not None else None
+    if preemption is not None:
+        trainer.add_callback(preemption)
+    trainer.train(resume_from_checkpoint=run.training.resume_from_checkpoint)
+    if preemption is not None and preemption.stopped_by is not None:
+        checkpoint = Path(run.training.output_dir) / f"checkpoint-{preemption.step}"
+        raise TrainingPreempted(preemption.stopped_by.name, preemption.step, str(checkpoint))
 
 
 def fine_tuning_summary(args: FineTuningArguments, trained: torch.nn.Module, scores: dict) -> dict:
@@ -556,9 +582,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             return f"altclip-train: {str(error).strip().splitlines()[0]}"
         return None
 
-    run_with_one_line_errors(
-        "altclip-train", lambda: train(argv[0], argv[1:], parsed), wants_traceback(argv), environment_error
-    )
+    try:
+        run_with_one_line_errors(
+            "altclip-train", lambda: train(argv[0], argv[1:], parsed), wants_traceback(argv), environment_error
+        )
+    except TrainingPreempted as stopped:  # not a failure: the job script requeues on this status
+        print(f"altclip-train: {stopped}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT_STATUS) from None
 
 
 def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
@@ -568,6 +598,7 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     if parsed is not None:
         parsed["run"] = run
     setup_logging(run.training)
+    run.preemption = PreemptionSignals(parse_signals(run.output.preemption_signals))
     train_sources, validation_sources = read_sources(run.data, stage)
     check_stage_flags(stage, run.stage, run.training, train_sources)
     check_shard_plan(run, train_sources)  # shard sizes resolved and the reading plan checked before models load
