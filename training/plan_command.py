@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 
 from altclip.common.config_files import expand_config
+from altclip.common.errors import UsageError
 
 TEACHER_ONLY = (
     "--clip_model_name_or_path",
@@ -31,6 +32,30 @@ def take_flag(argv: list[str], flag: str) -> str | None:
     value = argv[index + 1]
     del argv[index : index + 2]
     return value
+
+
+def whole_number(flag: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UsageError(f"altclip-train plan: {flag} must be a whole number of at least 1, not {value}.")
+    return number
+
+
+def world_of(world_size: str | None, nnodes: str | None, nproc_per_node: str | None) -> tuple[int, int] | None:
+    """(processes, nodes) of the planned world: --nnodes N --nproc_per_node M (torchrun's names) or --world_size;
+    None where neither is given (the launcher's own world is planned)."""
+    if nnodes is None and nproc_per_node is None:
+        return (whole_number("--world_size", world_size), 1) if world_size is not None else None
+    nodes, per_node = whole_number("--nnodes", nnodes or "1"), whole_number("--nproc_per_node", nproc_per_node or "1")
+    if world_size is not None and whole_number("--world_size", world_size) != nodes * per_node:
+        raise UsageError(
+            f"altclip-train plan: --world_size {world_size} is not --nnodes {nodes} x --nproc_per_node {per_node}; "
+            "give one or the other."
+        )
+    return nodes * per_node, nodes
 
 
 def infer_stage(argv: Sequence[str]) -> str:
@@ -75,14 +100,13 @@ def plan_main(argv: Sequence[str]) -> None:
     stage = take_flag(argv, "--stage") or infer_stage(argv)
     if stage not in STAGES:
         raise SystemExit(f"altclip-train plan: --stage {stage}: choose teacher or contrastive.")
-    world = take_flag(argv, "--world_size")
+    world = world_of(take_flag(argv, "--world_size"), take_flag(argv, "--nnodes"), take_flag(argv, "--nproc_per_node"))
     as_json = take_flag(argv, "--format") == "json"
     deepspeed = take_flag(argv, "--deepspeed")  # read here, not by TrainingArguments (which needs the package)
     run = parse(stage, argv)
     run.training.deepspeed = deepspeed
-    world = int(world) if world else run.training.world_size
-    if world < 1:
-        raise SystemExit(f"altclip-train plan: --world_size must be at least 1, not {world}.")
+    nodes = world[1] if world else 1
+    world = world[0] if world else run.training.world_size
     train_sources, _ = read_sources(run.data, stage)
     check_stage_flags(stage, run.stage, run.training, train_sources)
     if train_sources[0].is_shards:
@@ -102,6 +126,7 @@ def plan_main(argv: Sequence[str]) -> None:
             world_size=world,
         )
     report = run_report(run, stage, train_sources, plan, world)
+    report["nodes"] = nodes
     print(json.dumps(report, indent=2) if as_json else format_report(report))
     problems = plan_problems(report["data"], run.training)
     if problems:
