@@ -78,7 +78,8 @@ STAGES = {"teacher": TeacherLearningArguments, "contrastive": ContrastiveArgumen
 STAGE_OF = {arguments: stage for stage, arguments in STAGES.items()}
 USAGE = """usage: altclip-train {teacher,contrastive} [--config FILE] [--FLAG VALUE ...]
        altclip-train toy-setup [FOLDER]
-       altclip-train plan [--stage STAGE] --config FILE [--FLAG VALUE ...] [--world_size N]
+       altclip-train plan [--stage STAGE] --config FILE [--FLAG VALUE ...]
+                          [--world_size N | --nnodes N --nproc_per_node M]
 
   teacher      stage 1: the XLM-R text tower learns CLIP's text features from parallel text
   contrastive  stage 2: image-caption pairs, symmetric InfoNCE, image tower frozen by default
@@ -599,6 +600,14 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
         parsed["run"] = run
     setup_logging(run.training)
     run.preemption = PreemptionSignals(parse_signals(run.output.preemption_signals))
+    try:
+        check_and_run(stage, run)
+    finally:
+        run.preemption.restore()
+
+
+def check_and_run(stage: str, run: RunArguments) -> None:
+    """Everything checked before any model loads, then the stage's run."""
     train_sources, validation_sources = read_sources(run.data, stage)
     check_stage_flags(stage, run.stage, run.training, train_sources)
     check_shard_plan(run, train_sources)  # shard sizes resolved and the reading plan checked before models load

@@ -4,9 +4,12 @@ preempted by ``scancel --signal=USR1 --batch`` and requeued. Each run ends with 
 one uninterrupted run of the same stage-2 job (2 processes, the same global batch)."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,10 +19,10 @@ import torch
 from ports import free_port
 from safetensors.torch import load_file
 from slurm_cluster import job_field, slurm_cluster, why_no_cluster
-from stage_runs import QUIET, REPO, torchrun, torchrun_env, trained_steps
+from stage_runs import QUIET, REPO, run_stage, teacher_flags, torchrun, torchrun_env, trained_steps
 
 from altclip.common.errors import UsageError
-from altclip.training.loop.preemption import parse_signals
+from altclip.training.loop.preemption import PREEMPTED_EXIT_STATUS, parse_signals
 
 STEPS, SAVE_EVERY = 12, 4
 
@@ -97,7 +100,8 @@ def test_a_sigkilled_worker_is_restarted_by_torchrun_and_the_run_equals_the_unin
     flags = [*stage2_flags(toy, start_without_dropout), "--resume_from_checkpoint", "auto"]
     command = elastic_command(output_dir, f"127.0.0.1:{free_port()}", *launcher, flags=flags)
     log = open(tmp_path / "torchrun.log", "w+")
-    agent = subprocess.Popen(command, cwd=tmp_path, env=torchrun_env(), stdout=log, stderr=subprocess.STDOUT)
+    env = {**torchrun_env(), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # as the recipes set it (see slurm.sbatch)
+    agent = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not (output_dir / f"checkpoint-{SAVE_EVERY}" / "trainer_state.json").is_file():
         assert agent.poll() is None and time.monotonic() < deadline, (tmp_path / "torchrun.log").read_text()[-3000:]
@@ -160,6 +164,34 @@ def test_slurm_job_preempted_by_usr1_saves_requeues_and_ends_like_the_uninterrup
     assert "got SIGUSR1" in text and f"requeueing job {job}" in text and "restart 1)" in text
     assert f"Resuming from checkpoint-{step}" in text  # the requeued job found the preemption's checkpoint
     assert_same_run(output_dir, uninterrupted)
+
+
+def test_sigusr1_in_process_stops_after_a_step_with_a_checkpoint_exit_75_and_auto_resumes_to_the_same_model(
+    tmp_path, toy
+):
+    """One process, stage 1: SIGUSR1 (sent from a thread once checkpoint-2 exists) stops the run after the step in
+    flight with that step's checkpoint and no final model, exit status 75; --resume_from_checkpoint auto ends with
+    the weights of a run never stopped. The handlers the run installed are gone afterwards."""
+    flags = ["--max_steps", "30", "--save_steps", "2", "--resume_from_checkpoint", "auto"]
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    before = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
+
+    def signal_after_first_checkpoint():
+        while not (stopped / "checkpoint-2" / "trainer_state.json").is_file():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=signal_after_first_checkpoint, daemon=True).start()
+    with pytest.raises(SystemExit) as ended:
+        run_stage("teacher", stopped, *teacher_flags(toy, *flags))
+    assert ended.value.code == PREEMPTED_EXIT_STATUS
+    assert (signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)) == before
+    step = max(int(path.name.split("-")[1]) for path in stopped.glob("checkpoint-*"))
+    assert 2 <= step < 30 and not (stopped / "model.safetensors").exists()
+    run_stage("teacher", stopped, *teacher_flags(toy, *flags))
+    run_stage("teacher", whole, *teacher_flags(toy, *flags))
+    weights, expected = load_file(stopped / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert all(torch.equal(weights[name], expected[name]) for name in expected)
 
 
 @pytest.mark.parametrize(

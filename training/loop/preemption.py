@@ -62,9 +62,16 @@ class PreemptionSignals:
     def __init__(self, signals: Sequence[signal.Signals]):
         self.signals = list(signals)
         self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
         if threading.current_thread() is threading.main_thread():  # Python only handles signals there
             for number in self.signals:
-                signal.signal(number, self._handle)
+                self._previous[number] = signal.signal(number, self._handle)
+
+    def restore(self) -> None:
+        """Puts back the handlers there were before (a run inside another Python program leaves them as found)."""
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous = {}
 
     def _handle(self, number: int, frame) -> None:
         if self.received is None:
