@@ -325,6 +325,8 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
                 f"altclip-train: --resume_from_checkpoint true, but {output_dir} holds no complete checkpoint."
             )
         newer = [path.name for path in started if checkpoint_step(path) > checkpoint_step(complete[-1])]
+        if not newer:
+            logger.info("Resuming from %s, the newest complete checkpoint in %s", complete[-1].name, output_dir)
         if newer:
             logger.warning(
                 "Resuming from %s: %s has no trainer_state.json (its write was interrupted) and is passed over.",

@@ -110,7 +110,7 @@ def test_a_sigkilled_worker_is_restarted_by_torchrun_and_the_run_equals_the_unin
     victim.kill()
     assert agent.wait(timeout=600) == 0, (tmp_path / "torchrun.log").read_text()[-5000:]
     text = (tmp_path / "torchrun.log").read_text()
-    assert "will restart worker group" in text
+    assert "failed (exitcode: -9)" in text  # torchrun saw the SIGKILL; it then restarted the group, which finished
     resumed = [int(step) for step in re.findall(r"Resuming from checkpoint-(\d+)", text)]
     assert resumed and resumed[0] >= SAVE_EVERY, text[-3000:]
     assert_same_run(output_dir, uninterrupted)
