@@ -152,11 +152,16 @@ def test_slurm_job_preempted_by_usr1_saves_requeues_and_ends_like_the_uninterrup
 
     wait_for(lambda: (output_dir / f"checkpoint-{SAVE_EVERY}" / "trainer_state.json").is_file(), "checkpoint", 300, log)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
-    wait_for(lambda: job_field(env, job, "Restarts") == "1", "the requeue", 300, log)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
-    wait_for(lambda: job_field(env, job, "JobState") == "COMPLETED", "the requeued job to end", 600, log)
 
+    def requeued() -> bool:
+        return job_field(env, job, "Restarts") == "1" and job_field(env, job, "JobState") == "PENDING"
+
+    wait_for(requeued, "the requeue", 300, log)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+    ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+    wait_for(lambda: job_field(env, job, "JobState") in ended, "the requeued job to end", 600, log)
     text = log.read_text()
+    assert job_field(env, job, "JobState") == "COMPLETED", text[-4000:]
     stopped = re.search(r"preempted by SIGUSR1: stopped after step (\d+) and saved (\S+)checkpoint-\1", text)
     assert stopped, text[-4000:]
     step = int(stopped.group(1))
