@@ -63,6 +63,7 @@ from .loop.preemption import (
     PreemptionCallback,
     PreemptionSignals,
     TrainingPreempted,
+    check_no_second_handler,
     parse_signals,
 )
 from .loop.reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
@@ -601,7 +602,9 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     if parsed is not None:
         parsed["run"] = run
     setup_logging(run.training)
-    run.preemption = PreemptionSignals(parse_signals(run.output.preemption_signals))
+    signals = parse_signals(run.output.preemption_signals)
+    check_no_second_handler(signals, run.training)
+    run.preemption = PreemptionSignals(signals)
     try:
         check_and_run(stage, run)
     finally:

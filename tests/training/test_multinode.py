@@ -171,13 +171,14 @@ def test_slurm_job_preempted_by_usr1_saves_requeues_and_ends_like_the_uninterrup
     assert_same_run(output_dir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigusr1_in_process_stops_after_a_step_with_a_checkpoint_exit_75_and_auto_resumes_to_the_same_model(
     tmp_path, toy
 ):
     """One process, stage 1: SIGUSR1 (sent from a thread once checkpoint-2 exists) stops the run after the step in
     flight with that step's checkpoint and no final model, exit status 75; --resume_from_checkpoint auto ends with
     the weights of a run never stopped. The handlers the run installed are gone afterwards."""
-    flags = ["--max_steps", "30", "--save_steps", "2", "--resume_from_checkpoint", "auto"]
+    flags = ["--max_steps", "12", "--save_steps", "2", "--resume_from_checkpoint", "auto"]
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
     before = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
 
@@ -192,7 +193,7 @@ def test_sigusr1_in_process_stops_after_a_step_with_a_checkpoint_exit_75_and_aut
     assert ended.value.code == PREEMPTED_EXIT_STATUS
     assert (signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)) == before
     step = max(int(path.name.split("-")[1]) for path in stopped.glob("checkpoint-*"))
-    assert 2 <= step < 30 and not (stopped / "model.safetensors").exists()
+    assert 2 <= step < 12 and not (stopped / "model.safetensors").exists()
     run_stage("teacher", stopped, *teacher_flags(toy, *flags))
     run_stage("teacher", whole, *teacher_flags(toy, *flags))
     weights, expected = load_file(stopped / "model.safetensors"), load_file(whole / "model.safetensors")
@@ -206,6 +207,14 @@ def test_sigusr1_in_process_stops_after_a_step_with_a_checkpoint_exit_75_and_aut
 def test_preemption_signals_that_cannot_be_caught_are_refused_in_one_line(text, message):
     with pytest.raises(UsageError, match=message):
         parse_signals(text)
+
+
+def test_transformers_jit_checkpoint_beside_the_preemption_signals_is_refused_in_one_line(tmp_path, toy, capsys):
+    with pytest.raises(SystemExit) as refused:
+        run_stage("teacher", tmp_path, *teacher_flags(toy, "--enable_jit_checkpoint", "true"))
+    assert refused.value.code == 2
+    assert "--enable_jit_checkpoint (transformers' SIGTERM checkpoint) would replace" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_preemption_signals_are_read_by_name_with_or_without_sig():

@@ -55,6 +55,16 @@ def parse_signals(text: str) -> list[signal.Signals]:
     return signals
 
 
+def check_no_second_handler(signals: Sequence[signal.Signals], training_args) -> None:
+    """transformers' ``--enable_jit_checkpoint`` takes SIGTERM over with a handler of its own, which saves on each
+    rank without agreeing on the step and then lets the run end as finished; refused beside ours."""
+    if getattr(training_args, "enable_jit_checkpoint", False) and signals:
+        raise UsageError(
+            "--enable_jit_checkpoint (transformers' SIGTERM checkpoint) would replace --preemption_signals; drop it: "
+            "the run already saves a checkpoint on SIGTERM and SIGUSR1, at the same step on every rank."
+        )
+
+
 class PreemptionSignals:
     """Records the first configured signal received. Installed before the model loads, so that a signal that comes
     early is not the default action (SIGUSR1's: end the process at once) but a stop at the first step."""
