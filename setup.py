@@ -66,7 +66,7 @@ setup(
     packages=["altclip", *find_packages(include=["modeling_altclip*"]), *JOB_PACKAGES],
     package_dir={"altclip": "altclip", **{f"altclip.{job}": job for job in JOBS}},
     package_data={
-        "altclip.training": ["configs/*.yaml", "configs/*.json"],
+        "altclip.training": ["configs/*.yaml", "configs/*.json", "launch/*.sbatch"],
         "altclip.evaluation": ["metrics/*/*.py", "metrics/*/*.md", "references.json"],
         "altclip.reproduction": ["stage2_selection.json"],
         "altclip.hub": ["*.md"],

@@ -16,6 +16,7 @@ from modeling_altclip.assets import XLMR_MAX_LENGTH
 
 from .flag_ranges import check_flag_ranges
 from .loop.losses import DISTILLATION_LOSSES
+from .loop.preemption import DEFAULT_PREEMPTION_SIGNALS, PreemptionSignals
 
 
 @dataclass
@@ -193,7 +194,7 @@ class ZeroShotArguments:
 
 @dataclass
 class OutputArguments:
-    """What may be replaced, and how errors are shown."""
+    """What may be replaced, how errors are shown, and which signals stop a run with a checkpoint."""
 
     overwrite_output_dir: bool = field(
         default=False,
@@ -203,6 +204,13 @@ class OutputArguments:
     )
     show_traceback: bool = field(
         default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
+    )
+    preemption_signals: str = field(
+        default=DEFAULT_PREEMPTION_SIGNALS,
+        metadata={
+            "help": "Signals (comma-separated, as SLURM's --signal sends them; none for none) on which every rank "
+            "finishes its step, the run saves a checkpoint and exits with status 75 for the job script to requeue."
+        },
     )
 
 
@@ -277,6 +285,7 @@ class RunArguments:
     output: OutputArguments
     training: TrainingArguments
     tuning: FineTuningArguments
+    preemption: PreemptionSignals | None = None  # installed by altclip-train before any model loads
 
 
 def parse(stage: str, argv: Sequence[str]) -> RunArguments:

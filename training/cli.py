@@ -17,11 +17,19 @@ from altclip.common.cli_errors import run_with_one_line_errors, wants_traceback
 
 from .arguments import STAGES, RunArguments, parse
 from .loop.output_folder import disk_full_message, is_disk_full
+from .loop.preemption import (
+    PREEMPTED_EXIT_STATUS,
+    PreemptionSignals,
+    TrainingPreempted,
+    check_no_second_handler,
+    parse_signals,
+)
 from .stages import run_stage
 
 USAGE = """usage: altclip-train {teacher,contrastive} [--config FILE] [--FLAG VALUE ...]
        altclip-train toy-setup [FOLDER]
-       altclip-train plan [--stage STAGE] --config FILE [--FLAG VALUE ...] [--world_size N]
+       altclip-train plan [--stage STAGE] --config FILE [--FLAG VALUE ...]
+                          [--world_size N | --nnodes N --nproc_per_node M]
 
   teacher      stage 1: the XLM-R text tower learns CLIP's text features from parallel text
   contrastive  stage 2: image-caption pairs, symmetric InfoNCE, image tower frozen by default
@@ -57,9 +65,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             return f"altclip-train: {str(error).strip().splitlines()[0]}"
         return None
 
-    run_with_one_line_errors(
-        "altclip-train", lambda: train(argv[0], argv[1:], parsed), wants_traceback(argv), environment_error
-    )
+    try:
+        run_with_one_line_errors(
+            "altclip-train", lambda: train(argv[0], argv[1:], parsed), wants_traceback(argv), environment_error
+        )
+    except TrainingPreempted as stopped:  # not a failure: the job script requeues on this status
+        print(f"altclip-train: {stopped}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT_STATUS) from None
 
 
 def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
@@ -69,7 +81,13 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     if parsed is not None:
         parsed["run"] = run
     setup_logging(run.training)
-    run_stage(run, stage)
+    signals = parse_signals(run.output.preemption_signals)
+    check_no_second_handler(signals, run.training)
+    run.preemption = PreemptionSignals(signals)
+    try:
+        run_stage(run, stage)
+    finally:
+        run.preemption.restore()
 
 
 def setup_logging(training_args: TrainingArguments) -> None:

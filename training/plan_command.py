@@ -35,16 +35,30 @@ def take_flag(argv: list[str], flag: str) -> str | None:
     return value
 
 
-def count_of_processes(text: str) -> int:
-    """``--world_size``: a whole number of processes, at least 1 (`UsageError` naming the flag otherwise)."""
+def whole_number(flag: str, value: str) -> int:
+    """A count of nodes or processes: a whole number, at least 1 (`UsageError` naming the flag otherwise)."""
     try:
-        world = int(text)
+        number = int(value)
     except ValueError:
         raise UsageError(
-            f"altclip-train plan: --world_size {text!r} is not a whole number; give the processes, e.g. 8."
+            f"altclip-train plan: {flag} {value!r} is not a whole number; give the count of processes or nodes, e.g. 8."
         ) from None
-    check_number("altclip-train plan: --world_size", world, COUNT)
-    return world
+    check_number(f"altclip-train plan: {flag}", number, COUNT)
+    return number
+
+
+def world_of(world_size: str | None, nnodes: str | None, nproc_per_node: str | None) -> tuple[int, int] | None:
+    """(processes, nodes) of the planned world: --nnodes N --nproc_per_node M (torchrun's names) or --world_size;
+    None where neither is given (the launcher's own world is planned)."""
+    if nnodes is None and nproc_per_node is None:
+        return (whole_number("--world_size", world_size), 1) if world_size is not None else None
+    nodes, per_node = whole_number("--nnodes", nnodes or "1"), whole_number("--nproc_per_node", nproc_per_node or "1")
+    if world_size is not None and whole_number("--world_size", world_size) != nodes * per_node:
+        raise UsageError(
+            f"altclip-train plan: --world_size {world_size} is not --nnodes {nodes} x --nproc_per_node {per_node}; "
+            "give one or the other."
+        )
+    return nodes * per_node, nodes
 
 
 def infer_stage(argv: Sequence[str]) -> str:
@@ -65,12 +79,13 @@ def plan_main(argv: Sequence[str]) -> None:
     stage = take_flag(argv, "--stage") or infer_stage(argv)
     if stage not in STAGES:
         raise UsageError(f"altclip-train plan: --stage {stage}: choose teacher or contrastive.")
-    world = take_flag(argv, "--world_size")
+    world = world_of(take_flag(argv, "--world_size"), take_flag(argv, "--nnodes"), take_flag(argv, "--nproc_per_node"))
     as_json = take_flag(argv, "--format") == "json"
     deepspeed = take_flag(argv, "--deepspeed")  # read here, not by TrainingArguments (which needs the package)
     run = parse(stage, argv)
     run.training.deepspeed = deepspeed
-    world = count_of_processes(world) if world else run.training.world_size
+    nodes = world[1] if world else 1
+    world = world[0] if world else run.training.world_size
     data = get_data(run, stage)  # the same sources, checks and shard sizes as the run's
     if data.is_shards:
         plan = shard_stream(data, run, world_size=world)
@@ -88,6 +103,7 @@ def plan_main(argv: Sequence[str]) -> None:
             world_size=world,
         )
     report = run_report(run, data, plan, world)
+    report["nodes"] = nodes
     print(json.dumps(report, indent=2) if as_json else format_report(report))
     problems = plan_problems(report["data"], run.training)
     if problems:

@@ -347,7 +347,9 @@ def gib(value) -> str:
 def format_report(report: dict) -> str:
     """The plan as the lines a person reads."""
     data, lines = report["data"], []
-    lines.append(f"Plan of altclip-train {report['stage']} on {report['world_size']} processes")
+    nodes = report.get("nodes", 1)
+    per_node = f" ({nodes} nodes x {report['world_size'] // nodes})" if nodes > 1 else ""
+    lines.append(f"Plan of altclip-train {report['stage']} on {report['world_size']} processes{per_node}")
     for source in report["sources"]:
         weight = "" if source["weight"] is None else f", weight {source['weight']}"
         lines.append(

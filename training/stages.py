@@ -31,6 +31,7 @@ from .loop.model_setup import (
     load_teacher_for,
 )
 from .loop.output_folder import check_output_folder, check_room
+from .loop.preemption import PreemptionCallback, TrainingPreempted
 from .loop.reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from .loop.saving import save_complete_model
 from .loop.teacher import precomputed_teacher_features
@@ -108,7 +109,7 @@ def run_teacher_learning(run: RunArguments, data: RunData) -> None:
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_data)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, student, model, processor)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_until_done_or_preempted(trainer, run)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
     extra = {"distillation_loss": stage_args.distillation_loss, "teacher": model_args.clip_model_name_or_path}
     extra.update(fine_tuning_summary(run.tuning, student, scoring.finish()))
@@ -150,11 +151,23 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_data)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_until_done_or_preempted(trainer, run)
     extra = {"image_tower_frozen": not stage_args.unfreeze_vision}
     extra.update(fine_tuning_summary(run.tuning, trained, scoring.finish()))
     saved = model if adapter is not None else trainer.accelerator.unwrap_model(trainer.model)
     finish(trainer, saved, processor, training_args, "contrastive", extra, adapter, run.tuning.merge_adapter)
+
+
+def train_until_done_or_preempted(trainer, run: RunArguments) -> None:
+    """``trainer.train()``; a preemption signal stops it after a step with that step's checkpoint written, and
+    raises `TrainingPreempted` instead of saving the final model."""
+    preemption = PreemptionCallback(run.preemption) if run.preemption is not None else None
+    if preemption is not None:
+        trainer.add_callback(preemption)
+    trainer.train(resume_from_checkpoint=run.training.resume_from_checkpoint)
+    if preemption is not None and preemption.stopped_by is not None:
+        checkpoint = Path(run.training.output_dir) / f"checkpoint-{preemption.step}"
+        raise TrainingPreempted(preemption.stopped_by.name, preemption.step, str(checkpoint))
 
 
 def trainer_data_options(run: RunArguments, data: RunData, train_dataset) -> dict:
@@ -271,13 +284,21 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
                 "continue that run, or choose another --output_dir."
             )
         return None
-    if requested in ("true", "True"):
+    if requested in ("true", "True", "auto"):
         complete = complete_checkpoints(output_dir)
+        if not complete and requested == "auto":  # a first start, or a restart before the first checkpoint
+            if started:
+                logger.warning(
+                    "No complete checkpoint in %s (%s interrupted): starting from step 0", output_dir, started[-1].name
+                )
+            return None
         if not complete:
             raise PathError(
                 f"altclip-train: --resume_from_checkpoint true, but {output_dir} holds no complete checkpoint."
             )
         newer = [path.name for path in started if checkpoint_step(path) > checkpoint_step(complete[-1])]
+        if not newer:
+            logger.info("Resuming from %s, the newest complete checkpoint in %s", complete[-1].name, output_dir)
         if newer:
             logger.warning(
                 "Resuming from %s: %s has no trainer_state.json (its write was interrupted) and is passed over.",

@@ -31,6 +31,17 @@ def decays(name: str, parameter: torch.Tensor) -> bool:
     return parameter.ndim >= 2 and "embedding" not in name
 
 
+def forget_steps_after(path: Path, step: int) -> None:
+    """Drops the records of steps after `step` from a trained-keys file: a run resumed from checkpoint-`step`
+    (after a kill or a restart) trains those steps again, and the file then holds what the final model saw."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if int(line.split("\t", 1)[0]) <= step]
+    if len(kept) < len(lines):
+        path.write_text("".join(kept), encoding="utf-8")
+
+
 class PlannedDataLoader(DataLoader):
     """A DataLoader whose epoch reaches its plan (the batch sampler, or the shard stream)."""
 
@@ -59,6 +70,7 @@ class AltCLIPTrainer(Trainer):
         self.record_trained_keys = record_trained_keys
         self.train_weights, self.shuffle_train = train_weights, shuffle_train
         self._plan = None
+        self._keys_trimmed = False
 
     def _loader_options(self) -> dict:
         workers = self.args.dataloader_num_workers
@@ -106,8 +118,12 @@ class AltCLIPTrainer(Trainer):
         if self.record_trained_keys and keys and self.model.training:
             folder = Path(self.args.output_dir) / TRAINED_KEYS_FOLDER
             folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"rank-{self.args.process_index}.tsv"
+            if not self._keys_trimmed:
+                forget_steps_after(path, self.state.global_step)
+                self._keys_trimmed = True
             step = self.state.global_step + 1
-            with open(folder / f"rank-{self.args.process_index}.tsv", "a", encoding="utf-8") as handle:
+            with open(path, "a", encoding="utf-8") as handle:
                 handle.write("".join(f"{step}\t{key}\n" for key in keys))
         return inputs.pop("usable_rows", None)
 
