@@ -134,7 +134,8 @@ def language_plan(
         languages = _languages(source, language_column, rows.sizes[source_index], cache_dir)
         names, inverse = np.unique(languages, return_inverse=True)
         members = [np.flatnonzero(inverse == k) + rows.offsets[source_index] for k in range(len(names))]
-        counts = shares(per_source[source_index], [len(m) for m in members], alpha)
+        # without alpha a source's samples (its rows, or its --train_file_weights share) follow its languages' rows
+        counts = shares(per_source[source_index], [len(m) for m in members], 1.0 if alpha is None else alpha)
         groups += [
             LanguageGroup(source_index, str(name), indices.astype(np.int64), count)
             for name, indices, count in zip(names, members, counts)
