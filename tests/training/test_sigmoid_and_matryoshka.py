@@ -10,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ports import free_port
-from stage_runs import torchrun_env
+from stage_runs import run_stage, torchrun_env
 
+from altclip.common.cli_errors import CommandLineError
 from altclip.common.errors import UsageError
 from altclip.training.loop.contrastive_objective import (
+    add_logit_bias,
     contrastive_objective,
     matryoshka_weights,
     matryoshka_widths,
@@ -97,3 +99,51 @@ def test_sigmoid_loss_two_processes_equal_one_process(tmp_path):
         assert report[name]["gradient_scale"] > 1e-3, report[name]
         assert report[name]["max_abs_difference"] < 1e-12, report[name]
     assert report["local_only"]["max_abs_difference"] > 1e-3, report["local_only"]
+
+
+def test_logit_bias_is_added_once_recorded_and_saved(tmp_path, tiny_model):
+    """`add_logit_bias`: -10 and log 10 (the paper's init), the bias in the config; a second call keeps the
+    trained values; the saved model loads it back, and a model without one has none."""
+    import copy
+
+    from modeling_altclip import AltCLIPModel
+
+    model = copy.deepcopy(tiny_model)
+    assert model.logit_bias is None
+    assert add_logit_bias(model)
+    assert model.logit_bias.item() == -10.0 and model.logit_scale.item() == pytest.approx(math.log(10.0))
+    assert model.config.logit_bias_init_value == -10.0
+    with torch.no_grad():
+        model.logit_bias.fill_(-3.0)
+    assert not add_logit_bias(model) and model.logit_bias.item() == -3.0
+    model.save_pretrained(tmp_path / "siglip")
+    assert AltCLIPModel.from_pretrained(tmp_path / "siglip").logit_bias.item() == -3.0
+    tiny_model.save_pretrained(tmp_path / "plain")
+    assert AltCLIPModel.from_pretrained(tmp_path / "plain").logit_bias is None
+
+
+def refused(capsys, tmp_path, *flags: str) -> str:
+    with pytest.raises(CommandLineError) as refusal:
+        run_stage("contrastive", tmp_path / "out", *flags)
+    assert refusal.value.code == 2 and "Traceback" not in capsys.readouterr().err
+    return str(refusal.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--loss", "softmax"), "invalid choice: 'softmax'"),
+        (("--loss", "siglip", "--gather_with_grad", "false"), "--gather_with_grad false applies to --loss infonce"),
+        (("--matryoshka_dims", "64,x"), "--matryoshka_dims '64,x': give comma-separated whole numbers"),
+        (("--matryoshka_weights", "1,1"), "--matryoshka_weights needs --matryoshka_dims"),
+        (("--language_sampling_alpha", "2"), "--language_sampling_alpha 2.0: give a value in 0..1"),
+    ],
+)
+def test_objective_and_balancing_flags_are_one_line_before_loading(capsys, tmp_path, toy, monkeypatch, flags, message):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the flags were checked")
+
+    monkeypatch.setattr("altclip.training.cli.load_or_build_model", no_model)
+    models = ("--clip_model_name_or_path", str(toy["clip"]), "--text_encoder_name_or_path", str(toy["xlmr"]))
+    flags = (*models, "--train_files", str(toy["captions"]), *flags)
+    assert message in refused(capsys, tmp_path, *flags)
