@@ -155,6 +155,13 @@ class EvalArguments:
     show_traceback: bool = field(
         default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
     )
+    dims: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score with the first N embedding dimensions, re-normalised (any model; one trained with "
+            "altclip-train --matryoshka_dims keeps most of its quality there). Default: all of them."
+        },
+    )
     cache_dir: str = field(
         default_factory=default_cache_dir,
         metadata={"help": "Class embeddings are kept here per model and class list; '' keeps them in memory only."},
@@ -173,6 +180,8 @@ def parse(task: str, argv: Sequence[str]) -> EvalArguments:
     if remaining:
         raise UsageError(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
     check_fields([args], NUMBER_RANGES)
+    if args.dims is not None and args.dims < 1:
+        raise UsageError(f"{program}: --dims {args.dims} must be a positive number of embedding dimensions.")
     if args.dataset not in TASKS[task]:
         raise UsageError(
             f"altclip-eval {task}: unknown --dataset {args.dataset!r}; choose from {', '.join(TASKS[task])}."
@@ -284,9 +293,12 @@ def evaluate(task: str, argv: list[str]) -> None:
             reduced_decoding=args.reduced_decoding,
             onednn_linear=args.onednn_linear,
             linear_kernel=args.cpu_linear_kernel,
+            dims=args.dims,
         )
 
     results = (run_zero_shot if task == "zeroshot" else run_retrieval)(args, make_embedder, state)
+    for result in results if args.dims else ():
+        result["dims"] = args.dims  # the embedding width scored, kept in results.json
     if state is not None and not state.is_main_process:
         return  # every process holds the gathered results; the first one writes them
     paths = write_results(results, args.output_dir, args.model)

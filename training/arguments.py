@@ -15,6 +15,7 @@ from altclip.common.errors import UsageError
 from modeling_altclip.assets import XLMR_MAX_LENGTH
 
 from .flag_ranges import check_flag_ranges
+from .loop.contrastive_objective import CONTRASTIVE_LOSSES
 from .loop.losses import DISTILLATION_LOSSES
 from .loop.preemption import DEFAULT_PREEMPTION_SIGNALS, PreemptionSignals
 
@@ -105,6 +106,21 @@ class DataArguments:
             "source), spread evenly over them; with --dataset_resampled, the samples of an epoch."
         },
     )
+    # Language balancing (training/data/language_balance.py; docs/training.md, "Language balancing").
+    language_sampling_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weigh each --train_files source by its samples n^alpha (XLM-R/mT5 sampling; 0.3 there), and "
+            "with --language_column each language within a table alike. Default: no weighting, every row once."
+        },
+    )
+    language_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tables: the column naming each row's language; the plan prints samples per language per "
+            "epoch, and with --language_sampling_alpha the languages within a source are sampled by n^alpha."
+        },
+    )
     dataset_resampled: bool = field(
         default=False,
         metadata={
@@ -174,6 +190,27 @@ class ContrastiveArguments:
     image_feature_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Where --cache_image_features keeps them (default: OUTPUT_DIR/image_feature_cache)."},
+    )
+    # The objective (training/loop/contrastive_objective.py; docs/training.md, "Loss and Matryoshka embeddings").
+    loss: str = field(
+        default="infonce",
+        metadata={
+            "help": "infonce (CLIP's softmax loss) or siglip (SigLIP's sigmoid loss, arXiv 2303.15343: a learnable "
+            "bias, -10, is added to the model and its temperature starts at 10).",
+            "choices": list(CONTRASTIVE_LOSSES),
+        },
+    )
+    matryoshka_dims: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated embedding widths, e.g. 64,128,256: the loss is also trained on each prefix of "
+            "the embeddings, re-normalised (Matryoshka, arXiv 2205.13147); the full width is always included and "
+            "the saved config records them."
+        },
+    )
+    matryoshka_weights: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated weights, one per Matryoshka width with the full width last (default: 1s)."},
     )
 
 

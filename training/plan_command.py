@@ -72,6 +72,7 @@ def infer_stage(argv: Sequence[str]) -> str:
 def plan_main(argv: Sequence[str]) -> None:
     from .arguments import STAGES, parse
     from .data.epoch_plan import GlobalBatchSampler, data_seed, shuffles
+    from .data.language_balance import balance_tables
     from .run_data import get_data, shard_stream, table_dataset
     from .run_plan import format_report, plan_problems, run_report
 
@@ -91,9 +92,11 @@ def plan_main(argv: Sequence[str]) -> None:
         plan = shard_stream(data, run, world_size=world)
     else:
         dataset = table_dataset(data, run, data.train_sources)  # built once into the Arrow cache the run reuses
+        data.train_sources, languages = balance_tables(data.train_sources, dataset, run.data)
         plan = GlobalBatchSampler(
             dataset.sizes,
             run.training.per_device_train_batch_size,
+            language_plan=languages,
             weights=[source.weight for source in data.train_sources]
             if data.train_sources[0].weight is not None
             else None,

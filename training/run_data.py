@@ -13,12 +13,14 @@ from altclip.common.errors import UsageError
 from .arguments import RunArguments
 from .data.epoch_plan import data_seed, shuffles
 from .data.image_text_data import ImageTextTable, PairDecoder, decode_shard_sample
+from .data.language_balance import balance_shards, check_balancing_flags
 from .data.shard_plan import RESAMPLED, SPLIT
 from .data.shard_stream import ShardStream
 from .data.sizing import SizedShards, resolve_shard_sizes
 from .data.sources import Source, parse_sources
 from .data.tables import built_first, check_columns
 from .data.text_data import ParallelText
+from .loop.contrastive_objective import check_objective_flags
 from .run_plan import plan_problems, shard_data_report
 
 
@@ -41,6 +43,7 @@ def get_data(run: RunArguments, stage: str) -> RunData:
     node's first process counts local shards; the others read its counts)."""
     train_sources, validation_sources = read_sources(run.data, stage)
     check_stage_flags(stage, run.stage, run.training, train_sources)
+    check_balancing_flags(run.data, train_sources)
     data = RunData(stage, train_sources, validation_sources)
     if not data.is_shards:
         given = [flag for flag in ("shard_sizes", "train_num_samples", "dataset_resampled") if getattr(run.data, flag)]
@@ -53,6 +56,8 @@ def get_data(run: RunArguments, stage: str) -> RunData:
         data.sized = resolve_shard_sizes(  # a DataFormatError names an unsized source in one line
             train_sources, run.data.shard_sizes, run.data.train_num_samples, run.data.data_cache_dir
         )
+    if run.data.language_sampling_alpha is not None:  # sources weighted n^alpha by their samples
+        data.train_sources = balance_shards(train_sources, data.sized.sizes, run.data.language_sampling_alpha)
     return data
 
 
@@ -97,6 +102,7 @@ def check_stage_flags(stage: str, stage_args, training_args: TrainingArguments, 
     """Flag combinations that cannot work, refused in one line before any model loads."""
     if stage != "contrastive":
         return
+    check_objective_flags(stage_args)
     if stage_args.cache_image_features and stage_args.unfreeze_vision:
         raise UsageError(
             "altclip-train: --cache_image_features needs a frozen image tower (its embeddings change every step "

@@ -16,10 +16,12 @@ from .arguments import FineTuningArguments, ModelArguments, RunArguments
 from .data.data_plan import check_resumed_plan, check_resumed_tables, data_plan_callback, table_sizes
 from .data.epoch_plan import shuffles
 from .data.image_text_data import ContrastiveCollator, image_shape_of
+from .data.language_balance import balance_tables
 from .data.sources import source_weights
 from .data.text_data import DistillationCollator
 from .finetune.before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
 from .finetune.lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
+from .loop.contrastive_objective import objective_for
 from .loop.distributed_backends import check_fsdp_applies, gathered, init_deepspeed_communication, outside_zero3_init
 from .loop.feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
 from .loop.model_setup import (
@@ -123,6 +125,7 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     check_tokenizer_fits(model, processor, model_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
+    objective = objective_for(stage_args, model, lora=lora_enabled(run.tuning))  # SigLIP's bias joins the model
     adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
     trained = adapter if adapter is not None else model
     image_processor = processor.image_processor
@@ -144,6 +147,7 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
         gather_with_grad=stage_args.gather_with_grad,
         full_batch_negatives=stage_args.full_batch_negatives,
         image_cache=image_cache,
+        objective=objective,
         **trainer_data_options(run, data, train_data),
     )
     if image_cache is not None:
@@ -152,7 +156,8 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     check_room(training_args.output_dir, trainer.model, model, training_args, train_data)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)
     train_until_done_or_preempted(trainer, run)
-    extra = {"image_tower_frozen": not stage_args.unfreeze_vision}
+    extra = {"image_tower_frozen": not stage_args.unfreeze_vision, "loss": stage_args.loss}
+    extra["matryoshka_dims"] = model.config.matryoshka_dims
     extra.update(fine_tuning_summary(run.tuning, trained, scoring.finish()))
     saved = model if adapter is not None else trainer.accelerator.unwrap_model(trainer.model)
     finish(trainer, saved, processor, training_args, "contrastive", extra, adapter, run.tuning.merge_adapter)
@@ -173,6 +178,9 @@ def train_until_done_or_preempted(trainer, run: RunArguments) -> None:
 def trainer_data_options(run: RunArguments, data: RunData, train_dataset) -> dict:
     """The Trainer keywords of the run's data: source weights, shuffling, the data-plan and run-plan callbacks."""
     training_args = run.training
+    language = None
+    if not data.is_shards:  # --language_sampling_alpha, --language_column: weights from the rows, languages in them
+        data.train_sources, language = balance_tables(data.train_sources, train_dataset, run.data)
     tables = table_sizes(data.train_sources, train_dataset)
     if training_args.resume_from_checkpoint:
         check_resumed_tables(training_args.resume_from_checkpoint, tables)
@@ -183,6 +191,7 @@ def trainer_data_options(run: RunArguments, data: RunData, train_dataset) -> dic
     return {
         "record_trained_keys": run.data.record_trained_keys,
         "train_weights": source_weights(data.train_sources),
+        "language_plan": language,
         "shuffle_train": shuffles(training_args),
         "callbacks": callbacks,
     }

@@ -37,6 +37,10 @@ def data_plan(data_args, training_args, tables: dict | None = None) -> dict:
     for name in ("shard_sizes", "train_num_samples", "dataset_resampled"):
         if getattr(data_args, name, None):
             plan[name] = getattr(data_args, name)
+    # Language balancing (language_balance.py) changes what each epoch draws; alpha 0 is a value, not "unset".
+    for name in ("language_sampling_alpha", "language_column"):
+        if getattr(data_args, name, None) is not None:
+            plan[name] = getattr(data_args, name)
     return plan
 
 
