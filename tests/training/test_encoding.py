@@ -35,7 +35,7 @@ def test_a_table_in_another_encoding_is_refused_before_models_load(capsys, tmp_p
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the table's encoding was checked")
 
-    monkeypatch.setattr("altclip.training.cli.load_or_build_model", no_model)
+    monkeypatch.setattr("altclip.training.stages.load_or_build_model", no_model)
     table = tmp_path / "parallel.csv"
     table.write_bytes(csv_bytes(encoding))
     flags = [*toy_teacher_inputs(toy)[:4], "--train_files", str(table), "--max_steps", "1"]

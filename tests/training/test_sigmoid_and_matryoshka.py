@@ -143,7 +143,7 @@ def test_objective_and_balancing_flags_are_one_line_before_loading(capsys, tmp_p
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the flags were checked")
 
-    monkeypatch.setattr("altclip.training.cli.load_or_build_model", no_model)
+    monkeypatch.setattr("altclip.training.stages.load_or_build_model", no_model)
     models = ("--clip_model_name_or_path", str(toy["clip"]), "--text_encoder_name_or_path", str(toy["xlmr"]))
     flags = (*models, "--train_files", str(toy["captions"]), *flags)
     assert message in refused(capsys, tmp_path, *flags)
