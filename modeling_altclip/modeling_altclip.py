@@ -7,6 +7,7 @@ Weight names match the released BAAI checkpoints, so those load directly (see `f
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,23 @@ def _logit_scale_as_vector_on_load(module, state_dict, prefix, *args) -> None:
     key = prefix + LOGIT_SCALE_KEY
     if key in state_dict and state_dict[key].dim() == 0:
         state_dict[key] = state_dict[key].reshape(1)
+
+
+# Saved checkpoints spell the text tower's blocks as transformers' own AltCLIPModel names them
+# (`text_model.roberta.encoder.layers.N`), so that `transformers.AltCLIPModel.from_pretrained` on a folder this
+# package wrote loads every weight without this package (its renaming of `layer.N` applies to model_type
+# "altclip" only, and a folder of ours is "altclip_xlmr": it would otherwise start those blocks at random).
+SAVED_TEXT_LAYER = re.compile(r"^(text_model\.roberta\.encoder\.)layer\.(?=\d)")
+LOADED_TEXT_LAYER = re.compile(r"^(text_model\.roberta\.encoder\.)layers\.(?=\d)")
+
+
+def _text_layers_on_load(module, state_dict, prefix, *args) -> None:
+    """`load_state_dict` pre-hook (a Trainer resuming a checkpoint it saved): saved ``layers.N`` text blocks fit the
+    XLM-R tower's ``layer.N``."""
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        renamed = prefix + LOADED_TEXT_LAYER.sub(r"\1layer.", key[len(prefix) :])
+        if renamed != key:
+            state_dict[renamed] = state_dict.pop(key)
 
 
 class CheckpointMismatchError(ValueError):
@@ -253,7 +271,8 @@ class StrictReleasedLoadingMixin:
         # code only when registered at import of the remote module, and it reverses the renaming on save, so a
         # model would be written in the spelling of whatever checkpoint it came from (`layer.N` or `layers.N`).
         # `key_mapping`, the public from_pretrained argument, does the renaming; clearing the recorded conversions
-        # keeps every checkpoint this package (and the Trainer) writes in one spelling, this module's own.
+        # keeps every checkpoint this package (and the Trainer) writes in one spelling: transformers' AltCLIPModel
+        # module names (`layers.N` in both towers; see SAVED_TEXT_LAYER).
         model._weight_conversions = None
         return (model, info) if return_info else model
 
@@ -373,6 +392,7 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         bias = config.logit_bias_init_value
         self.logit_bias = nn.Parameter(torch.tensor([float(bias)])) if bias is not None else None
         self.register_load_state_dict_pre_hook(_logit_scale_as_vector_on_load)
+        self.register_load_state_dict_pre_hook(_text_layers_on_load)
         self.post_init()
 
     @staticmethod
@@ -397,6 +417,7 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         state_dict = dict(self.state_dict() if state_dict is None else state_dict)
         if LOGIT_SCALE_KEY in state_dict and state_dict[LOGIT_SCALE_KEY].numel() == 1:
             state_dict[LOGIT_SCALE_KEY] = state_dict[LOGIT_SCALE_KEY].detach().reshape(()).clone()
+        state_dict = {SAVED_TEXT_LAYER.sub(r"\1layers.", key): value for key, value in state_dict.items()}
         super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
