@@ -65,6 +65,7 @@ from .loop.teacher import precomputed_teacher_features
 from .loop.trainers import ContrastiveTrainer, TeacherLearningTrainer
 from .loop.zeroshot_monitor import ZeroShotMonitor, check_zeroshot_arguments
 from .run_plan import PlanCallback, check_shard_plan, reading_mode, sized_shards
+from .startup_checks import check_evaluation_data
 
 logger = logging.getLogger("training")
 
@@ -578,6 +579,7 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model)
     check_fine_tuning_arguments(run.tuning, run.zeroshot, validation_sources is not None, run.training)
     check_fsdp_applies(run.training)  # never a silent fallback to DDP
+    check_evaluation_data(run.training, validation_sources is not None)
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
         check_resumed_plan(checkpoint, run.data, run.training)
