@@ -166,7 +166,7 @@ def text_lines(handle, start_number: int = 1, start_offset: int = 0) -> Iterator
         number, offset = number + 1, offset + len(raw)
 
 
-ENCODING_SCAN_BYTES = 64 << 20  # how much of a table the encoding check reads (a few hundred ms at most)
+ENCODING_SCAN_BYTES = 1 << 20  # how much of each table the encoding check reads (a source may hold thousands)
 ENCODING_MIN_BAD_LINES = 3  # fewer non-UTF-8 lines than this are bad records (skipped and counted), not an encoding
 
 

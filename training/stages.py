@@ -41,6 +41,7 @@ from .loop.trainers import ContrastiveTrainer, TeacherLearningTrainer
 from .loop.zeroshot_monitor import ZeroShotMonitor, check_zeroshot_arguments
 from .run_data import RunData, check_shard_plan, get_data, train_dataset, validation_dataset
 from .run_plan import PlanCallback
+from .startup_checks import check_evaluation_data
 
 logger = logging.getLogger("training")
 
@@ -53,6 +54,7 @@ def run_stage(run: RunArguments, stage: str) -> None:
     check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model)
     check_fine_tuning_arguments(run.tuning, run.zeroshot, data.validation_sources is not None, run.training)
     check_fsdp_applies(run.training)  # never a silent fallback to DDP
+    check_evaluation_data(run.training, data.validation_sources is not None)
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
         check_resumed_plan(checkpoint, run.data, run.training)

@@ -49,7 +49,6 @@ WHERE, SKIPPED = "_where", "_skipped"
 READER_VERSION = 2  # part of the cache key: raise it when the rows a file gives change (2: bounded quotes)
 CHUNK_BYTES = 4 << 20  # a file is built in pieces of about this size, several at a time (`num_proc`)
 BUILD_BYTES_PER_SECOND = 200_000  # about half the slowest one-process build measured (420 kB/s, a loaded node)
-REMOTE_ENCODING_SCAN_BYTES = 1 << 20  # a remote table's encoding is judged on its first MiB (not downloaded twice)
 CHUNK_SEARCH_BYTES = 1 << 20  # how far past a piece's nominal end its true start (a record start) is looked for
 
 
@@ -207,7 +206,7 @@ def _check_header(url: str, kind: str, columns: Sequence[str]) -> None:
     """Refuses a file whose header (CSV/TSV) or first JSON object lacks a column, or that is in another encoding
     than UTF-8 (`check_utf8`): the input is wrong as a whole."""
     with open_stream(url) as raw:
-        check_utf8(raw, url, **({"limit": REMOTE_ENCODING_SCAN_BYTES} if is_remote(url) else {}))
+        check_utf8(raw, url)
     with open_stream(url) as raw:
         if kind == "jsonl":
             for line_number, line in enumerate(raw, start=1):
