@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -22,6 +23,7 @@ from slurm_cluster import job_field, slurm_cluster, why_no_cluster
 from stage_runs import QUIET, REPO, run_stage, teacher_flags, torchrun, torchrun_env, trained_steps
 
 from altclip.common.errors import UsageError
+from altclip.training.cli import resume_checkpoint
 from altclip.training.loop.preemption import PREEMPTED_EXIT_STATUS, parse_signals
 
 STEPS, SAVE_EVERY = 12, 4
@@ -215,6 +217,18 @@ def test_transformers_jit_checkpoint_beside_the_preemption_signals_is_refused_in
     assert refused.value.code == 2
     assert "--enable_jit_checkpoint (transformers' SIGTERM checkpoint) would replace" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_resume_auto_takes_the_newest_complete_checkpoint_or_starts_fresh(tmp_path):
+    """What a requeued job or a restarted worker runs: no checkpoint (or only an interrupted one) starts at step 0,
+    where --resume_from_checkpoint true would refuse; otherwise the newest one with its trainer_state.json."""
+    args = SimpleNamespace(resume_from_checkpoint="auto", output_dir=str(tmp_path))
+    assert resume_checkpoint(args) is None
+    (tmp_path / "checkpoint-4").mkdir()
+    assert resume_checkpoint(args) is None
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-8").mkdir()  # killed while it was written
+    assert resume_checkpoint(args) == str(tmp_path / "checkpoint-4")
 
 
 def test_preemption_signals_are_read_by_name_with_or_without_sig():
