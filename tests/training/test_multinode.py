@@ -82,7 +82,7 @@ def test_two_torchrun_agents_as_two_nodes_train_like_one_node(tmp_path, toy, sta
     outputs = [agent.communicate(timeout=600)[0] for agent in agents]
     assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert plan["world_size"] == 2  # one world of two processes, not two runs of one
+    assert plan["world_size"] == 2 and plan["nodes"] == 2  # one world of two processes on two agents, not two runs
     assert sorted(path.name for path in (tmp_path / "trained_keys").iterdir()) == ["rank-0.tsv", "rank-1.tsv"]
     assert_same_run(tmp_path, uninterrupted)
 
