@@ -22,6 +22,7 @@ using Adam" and knows no frozen towers, sharding backends or activations; those 
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -481,6 +482,7 @@ class PlanCallback(TrainerCallback):
         # broadcasts each parameter, and the other ranks are not in this callback (a hang, found under ZeRO-3)
         with outside_zero3_init(args):
             report = run_report(self.run, self.data, train_dataloader.plan, args.world_size)
+        report["nodes"] = int(os.environ.get("GROUP_WORLD_SIZE", 1))  # torchrun's agents (one per node)
         logger.info("%s", format_report(report))
         write_plan(report, args.output_dir)
 

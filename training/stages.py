@@ -310,7 +310,7 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
         newer = [path.name for path in started if checkpoint_step(path) > checkpoint_step(complete[-1])]
         if not newer:
             logger.info("Resuming from %s, the newest complete checkpoint in %s", complete[-1].name, output_dir)
-        if newer:
+        else:
             logger.warning(
                 "Resuming from %s: %s has no trainer_state.json (its write was interrupted) and is passed over.",
                 complete[-1].name,

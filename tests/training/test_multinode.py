@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -22,6 +23,7 @@ from slurm_cluster import job_field, slurm_cluster, why_no_cluster
 from stage_runs import QUIET, REPO, run_stage, teacher_flags, torchrun, torchrun_env, trained_steps
 
 from altclip.common.errors import UsageError
+from altclip.training.cli import resume_checkpoint
 from altclip.training.loop.preemption import PREEMPTED_EXIT_STATUS, parse_signals
 
 STEPS, SAVE_EVERY = 12, 4
@@ -80,7 +82,7 @@ def test_two_torchrun_agents_as_two_nodes_train_like_one_node(tmp_path, toy, sta
     outputs = [agent.communicate(timeout=600)[0] for agent in agents]
     assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert plan["world_size"] == 2  # one world of two processes, not two runs of one
+    assert plan["world_size"] == 2 and plan["nodes"] == 2  # one world of two processes on two agents, not two runs
     assert sorted(path.name for path in (tmp_path / "trained_keys").iterdir()) == ["rank-0.tsv", "rank-1.tsv"]
     assert_same_run(tmp_path, uninterrupted)
 
@@ -215,6 +217,18 @@ def test_transformers_jit_checkpoint_beside_the_preemption_signals_is_refused_in
     assert refused.value.code == 2
     assert "--enable_jit_checkpoint (transformers' SIGTERM checkpoint) would replace" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_resume_auto_takes_the_newest_complete_checkpoint_or_starts_fresh(tmp_path):
+    """What a requeued job or a restarted worker runs: no checkpoint (or only an interrupted one) starts at step 0,
+    where --resume_from_checkpoint true would refuse; otherwise the newest one with its trainer_state.json."""
+    args = SimpleNamespace(resume_from_checkpoint="auto", output_dir=str(tmp_path))
+    assert resume_checkpoint(args) is None
+    (tmp_path / "checkpoint-4").mkdir()
+    assert resume_checkpoint(args) is None
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-8").mkdir()  # killed while it was written
+    assert resume_checkpoint(args) == str(tmp_path / "checkpoint-4")
 
 
 def test_preemption_signals_are_read_by_name_with_or_without_sig():
