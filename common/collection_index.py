@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .index_folder import (  # noqa: F401  (re-exported: the names readers and writers use)
+    EXACT_VECTORS,
     FORMAT_VERSION,
     INDEX_FILE,
     MANIFEST,
@@ -103,21 +104,32 @@ class Index:
     ``Index.load(folder).search(texts=["ein Hund am Strand"], k=20)``; texts and images given together form one
     query (the normalised sum of their embeddings). ``index.reload()`` is the newer version once one is published."""
 
-    def __init__(self, folder: Path, manifest: dict, metadata, faiss_index, embedder=None, model: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        manifest: dict,
+        metadata,
+        faiss_index,
+        embedder=None,
+        model: str | None = None,
+        flat_vectors: np.ndarray | None = None,
+    ):
         self.folder, self.manifest, self.metadata, self.faiss_index = folder, manifest, metadata, faiss_index
         self._embedder, self._model, self._embedder_options = embedder, model, {}
         self.stamp: tuple[int, int] | None = None
         self.dim = int(manifest["dim"])
         self.index_dim = int(manifest.get("index_dim", self.dim))  # Matryoshka: a prefix of each embedding
         self._parts: dict[str, np.ndarray] = {}
-        self._flat = None
-        if manifest["index"].get("exact") and faiss_index.ntotal:  # the flat codes, as a (memory-mapped) matrix
+        self._flat = flat_vectors
+        if self._flat is None and manifest["index"].get("exact") and faiss_index.ntotal:  # FAISS's flat codes
             import faiss
 
-            self._flat = faiss.rev_swig_ptr(faiss_index.get_xb(), faiss_index.ntotal * faiss_index.d).reshape(
-                faiss_index.ntotal, faiss_index.d
-            )
-            self._flat.flags.writeable = False  # FAISS's memory (a read-only file mapping)
+            codes = faiss.rev_swig_ptr(faiss_index.get_xb(), faiss_index.ntotal * faiss_index.d)
+            codes = codes.reshape(faiss_index.ntotal, faiss_index.d)
+            # a memory-mapped index.faiss puts the codes at an unaligned offset, which NumPy does not hand to BLAS
+            # (15x slower): a copy then, unless `load` finds the version's aligned vectors.npy to map instead
+            self._flat = codes if codes.flags.aligned else np.array(codes)
+            self._flat.flags.writeable = False
 
     @classmethod
     def load(
@@ -148,7 +160,13 @@ class Index:
                 "rebuild the index."
             )
         set_search_parameters(faiss_index, manifest["index"].get("parameters", {}))
-        index = cls(folder, manifest, metadata, faiss_index, embedder, model)
+        vectors = files / EXACT_VECTORS
+        flat = None
+        if manifest["index"].get("exact") and vectors.is_file():  # aligned: BLAS reads the mapped file directly
+            flat = np.load(vectors, mmap_mode="r")
+            if flat.shape != (faiss_index.ntotal, faiss_index.d):
+                raise CollectionIndexError(f"{vectors}: {flat.shape}, not the index's; rebuild the index.")
+        index = cls(folder, manifest, metadata, faiss_index, embedder, model, flat_vectors=flat)
         index._embedder_options, index.stamp = embedder_options, stamp
         return index
 

@@ -6,7 +6,8 @@ An index folder holds:
   FAISS index's kind and its measured recall), and ``files``, the folder of that version. Writers replace it with one
   rename, after the version's folder is complete: a reader that reads it once sees one whole version, never a mix.
 - ``versions/NNNNN/``: ``metadata.parquet`` (one row per searchable image, in index order), ``index.faiss`` (the vector
-  index over those rows, memory-mapped when loaded), ``skipped.parquet`` and a copy of that version's manifest. A
+  index over those rows, memory-mapped when loaded; an exact index's vectors also as ``vectors.npy``, aligned for
+  BLAS), ``skipped.parquet`` and a copy of that version's manifest. A
   published version folder is never written again; the oldest ones are deleted after `KEEP_VERSIONS` newer ones.
 - ``parts/part-NNNNN.npy`` (float16 embeddings, one row per readable image) and ``parts/part-NNNNN.parquet``,
   append-only, shared by every version.
@@ -24,6 +25,7 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 MANIFEST, METADATA, INDEX_FILE, SKIPPED = "manifest.json", "metadata.parquet", "index.faiss", "skipped.parquet"
 PARTS, VERSIONS = "parts", "versions"
+EXACT_VECTORS = "vectors.npy"  # an exact index's vectors again, 64-byte aligned for BLAS (FAISS's file is not)
 METADATA_COLUMNS = ("id", "location", "caption", "key", "part", "row")
 KEEP_VERSIONS = 3  # a server that loaded one of the last three versions can still open it
 

@@ -34,6 +34,7 @@ from altclip.common.errors import PathError
 from altclip.common.files import partial_path, probe_writable, replace_atomically
 from altclip.common.images import open_rgb_image
 from altclip.common.index_folder import (
+    EXACT_VECTORS,
     FORMAT_VERSION,
     INDEX_FILE,
     KEEP_VERSIONS,
@@ -325,6 +326,9 @@ def publish_version(folder: Path, manifest: dict, metadata, skipped, index, text
         pyarrow.parquet.write_table(metadata, staging / METADATA)
         pyarrow.parquet.write_table(skipped, staging / SKIPPED)
         faiss.write_index(index, str(staging / INDEX_FILE))
+        if manifest["index"].get("exact"):  # np.save aligns the data to 64 bytes; FAISS's file leaves it unaligned
+            codes = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+            np.save(staging / EXACT_VECTORS, codes)
         if text_queries is not None:
             np.save(staging / TUNING_QUERIES, np.asarray(text_queries, np.float16))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
