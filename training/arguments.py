@@ -213,6 +213,13 @@ class FineTuningArguments:
             "key, value, output), mlp (both feed-forward layers), projection (the towers' output projections)."
         },
     )
+    lora_trainable_tokens: str = field(
+        default="auto",
+        metadata={
+            "help": "LoRA on the text tower: also train these token embeddings (saved in the adapter): auto (the "
+            "tokens of the training texts, table data), none, or comma-separated token ids."
+        },
+    )
     merge_adapter: bool = field(
         default=False,
         metadata={

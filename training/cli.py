@@ -46,7 +46,15 @@ from .data.sources import Source, parse_sources, source_weights
 from .data.tables import built_first, check_columns
 from .data.text_data import DistillationCollator, ParallelText
 from .finetune.before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
-from .finetune.lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
+from .finetune.lora import (
+    apply_lora_for_data,
+    check_lora_arguments,
+    count_parameters,
+    flags_given,
+    lora_enabled,
+    save_adapter,
+    trained_token_count,
+)
 from .loop.distributed_backends import gathered, init_deepspeed_communication, outside_zero3_init
 from .loop.feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
 from .loop.model_setup import (
@@ -385,10 +393,6 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
         model, processor = load_or_build_model(model_args)
         check_tokenizer_fits(model, processor, model_args)
         teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
-    adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
-    student = model.text_model  # with LoRA, its linear layers now carry the adapters (the rest frozen)
-    if not stage_args.student_dropout:
-        disable_dropout(student)
     columns = dict(
         english_column=data_args.english_column,
         translation_column=data_args.translation_column,
@@ -400,6 +404,15 @@ def run_teacher_learning(run: RunArguments, train_sources, validation_sources) -
     with built_first(training_args, tables, data_args.table_build_processes, "parallel text tables"):
         train_dataset = ParallelText(train_sources, **columns)
         eval_dataset = ParallelText(validation_sources, **columns) if validation_sources else None
+    adapter = None
+    if lora_enabled(run.tuning):  # the student reads the translations and (English pairs) the English sentences
+        texts = (data_args.translation_column, data_args.english_column)[: 2 if stage_args.include_english_pairs else 1]
+        adapter = apply_lora_for_data(
+            model, run.tuning, model_args.model_name_or_path, train_dataset, texts, processor.tokenizer
+        )
+    student = model.text_model  # with LoRA, its linear layers now carry the adapters (the rest frozen)
+    if not stage_args.student_dropout:
+        disable_dropout(student)
     features = None
     if stage_args.precompute_teacher_features:
         if eval_dataset is not None:
@@ -476,10 +489,15 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
     check_tokenizer_fits(model, processor, model_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
-    adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
-    trained = adapter if adapter is not None else model
     image_processor = processor.image_processor
     train_dataset = image_text_data(train_sources, image_processor, data_args, training_args)
+    adapter = None
+    if lora_enabled(run.tuning):
+        adapter = apply_lora_for_data(
+            model, run.tuning, model_args.model_name_or_path, train_dataset, (data_args.caption_column,),
+            processor.tokenizer,
+        )  # fmt: skip
+    trained = adapter if adapter is not None else model
     image_cache = None
     if stage_args.cache_image_features:
         image_cache = image_feature_cache(model, image_processor, train_dataset, stage_args, data_args, training_args)
@@ -526,6 +544,7 @@ def fine_tuning_summary(args: FineTuningArguments, trained: torch.nn.Module, sco
             "dropout": args.lora_dropout,
             "targets": args.lora_targets,
             "layers": args.lora_layers,
+            "trainable_tokens": trained_token_count(trained) if hasattr(trained, "peft_config") else 0,
         }
     return {**summary, **scores}
 
@@ -572,7 +591,7 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     check_stage_flags(stage, run.stage, run.training, train_sources)
     check_shard_plan(run, train_sources)  # shard sizes resolved and the reading plan checked before models load
     check_zeroshot_arguments(run.zeroshot)
-    check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model)
+    check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model, flags_given(expand_config(argv)))
     check_fine_tuning_arguments(run.tuning, run.zeroshot, validation_sources is not None, run.training)
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
