@@ -1,6 +1,7 @@
 """The fine-tuning demonstration on a tiny reproduction: the held-out emoji split once into a fine-tuning half and a
 test half with no test-half name in the fine-tuning captions, three methods (full, LoRA, LoRA + token embeddings)
-each at the learning rate its validation split chose and at WiSE-FT 0.5, scored before and after in every language, and a folder that is not a reproduction refused in one line."""
+each at the learning rate its validation split chose and at WiSE-FT 0.5, scored before and after in every language,
+and a folder that is not a reproduction refused in one line."""
 
 import json
 from pathlib import Path
