@@ -269,6 +269,13 @@ class FineTuningArguments:
             "key, value, output), mlp (both feed-forward layers), projection (the towers' output projections)."
         },
     )
+    lora_trainable_tokens: str = field(
+        default="auto",
+        metadata={
+            "help": "LoRA on the text tower: also train these token embeddings (saved in the adapter): auto (the "
+            "tokens of the training texts, table data), none, or comma-separated token ids."
+        },
+    )
     merge_adapter: bool = field(
         default=False,
         metadata={
@@ -322,6 +329,7 @@ class RunArguments:
     output: OutputArguments
     training: TrainingArguments
     tuning: FineTuningArguments
+    flags_given: frozenset[str] = frozenset()  # the --flag names the user wrote (flags and --config files)
     preemption: PreemptionSignals | None = None  # installed by altclip-train before any model loads
 
 
@@ -356,6 +364,7 @@ def parse(stage: str, argv: Sequence[str]) -> RunArguments:
     if remaining:
         raise UsageError(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
     run = RunArguments(*dataclasses)
+    run.flags_given = frozenset(item.split("=", 1)[0] for item in argv if item.startswith("--"))
     run.training.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
     run.training.dataloader_pin_memory = run.training.dataloader_pin_memory and torch.cuda.is_available()
     check_numbers(run)

@@ -30,10 +30,14 @@ USAGE = """usage: altclip-train {teacher,contrastive} [--config FILE] [--FLAG VA
        altclip-train toy-setup [FOLDER]
        altclip-train plan [--stage STAGE] --config FILE [--FLAG VALUE ...]
                           [--world_size N | --nnodes N --nproc_per_node M]
+       altclip-train add-language --model_name_or_path M --language CODE --known_languages en,de,...
+                                  --zeroshot_data_dir FOLDER [--max_drop POINTS] [teacher flags ...]
 
   teacher      stage 1: the XLM-R text tower learns CLIP's text features from parallel text
   contrastive  stage 2: image-caption pairs, symmetric InfoNCE, image tower frozen by default
   plan         the run's plan without training: sources, samples, steps, batch sizes, memory, disk
+  add-language stage 1 with LoRA + new token embeddings from parallel text, every known language scored
+               before and after and guarded (docs/finetuning.md)
   toy-setup    write tiny random CLIP and XLM-R checkpoints and a multilingual shapes dataset
                (default folder outputs/toy) for a CPU run that needs no download
 
@@ -51,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from .plan_command import plan_main
 
         run_with_one_line_errors("altclip-train", lambda: plan_main(argv[1:]), wants_traceback(argv))
+        return
+    if argv and argv[0] == "add-language":
+        from .add_language import PROGRAM, add_language
+
+        run_with_one_line_errors(PROGRAM, lambda: add_language(argv[1:]), wants_traceback(argv))
         return
     if not argv or argv[0] not in STAGES:
         print(USAGE, file=sys.stderr)

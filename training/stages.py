@@ -20,7 +20,14 @@ from .data.language_balance import balance_tables
 from .data.sources import source_weights
 from .data.text_data import DistillationCollator
 from .finetune.before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
-from .finetune.lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
+from .finetune.lora import (
+    apply_lora_for_data,
+    check_lora_arguments,
+    count_parameters,
+    lora_enabled,
+    save_adapter,
+    trained_token_count,
+)
 from .loop.contrastive_objective import objective_for
 from .loop.distributed_backends import check_fsdp_applies, gathered, init_deepspeed_communication, outside_zero3_init
 from .loop.feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
@@ -51,7 +58,7 @@ def run_stage(run: RunArguments, stage: str) -> None:
     data = get_data(run, stage)
     check_shard_plan(data, run)  # the reading plan of this world size checked before models load
     check_zeroshot_arguments(run.zeroshot)
-    check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model)
+    check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model, run.flags_given)
     check_fine_tuning_arguments(run.tuning, run.zeroshot, data.validation_sources is not None, run.training)
     check_fsdp_applies(run.training)  # never a silent fallback to DDP
     check_evaluation_data(run.training, data.validation_sources is not None)
@@ -76,12 +83,17 @@ def run_teacher_learning(run: RunArguments, data: RunData) -> None:
         model, processor = load_or_build_model(model_args)
         check_tokenizer_fits(model, processor, model_args)
         teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
-    adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
+    train_data = train_dataset(data, run)
+    eval_dataset = validation_dataset(data, run)
+    adapter = None
+    if lora_enabled(run.tuning):  # the student reads the translations and (English pairs) the English sentences
+        texts = (data_args.translation_column, data_args.english_column)[: 2 if stage_args.include_english_pairs else 1]
+        adapter = apply_lora_for_data(
+            model, run.tuning, model_args.model_name_or_path, train_data, texts, processor.tokenizer
+        )
     student = model.text_model  # with LoRA, its linear layers now carry the adapters (the rest frozen)
     if not stage_args.student_dropout:
         disable_dropout(student)
-    train_data = train_dataset(data, run)
-    eval_dataset = validation_dataset(data, run)
     features = None
     if stage_args.precompute_teacher_features:
         if eval_dataset is not None:
@@ -128,10 +140,15 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
     objective = objective_for(stage_args, model, lora=lora_enabled(run.tuning))  # SigLIP's bias joins the model
-    adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
-    trained = adapter if adapter is not None else model
     image_processor = processor.image_processor
     train_data = train_dataset(data, run, image_processor)
+    adapter = None
+    if lora_enabled(run.tuning):
+        adapter = apply_lora_for_data(
+            model, run.tuning, model_args.model_name_or_path, train_data, (data_args.caption_column,),
+            processor.tokenizer,
+        )  # fmt: skip
+    trained = adapter if adapter is not None else model
     image_cache = None
     if stage_args.cache_image_features:
         image_cache = image_feature_cache(model, image_processor, train_data, stage_args, data_args, training_args)
@@ -210,6 +227,7 @@ def fine_tuning_summary(args: FineTuningArguments, trained: torch.nn.Module, sco
             "dropout": args.lora_dropout,
             "targets": args.lora_targets,
             "layers": args.lora_layers,
+            "trainable_tokens": trained_token_count(trained) if hasattr(trained, "peft_config") else 0,
         }
     return {**summary, **scores}
 

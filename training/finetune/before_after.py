@@ -14,7 +14,7 @@ from altclip.common.errors import PathError, UsageError
 from altclip.common.plots import plt, save_png
 
 from ..arguments import FineTuningArguments, ZeroShotArguments
-from ..loop.zeroshot_monitor import ZeroShotMonitor
+from ..loop.zeroshot_monitor import ZeroShotMonitor, languages
 from .wise_ft import ALPHA_DECIMALS, WeightInterpolation, parse_alphas
 
 logger = logging.getLogger(__name__)
@@ -48,10 +48,27 @@ def check_fine_tuning_arguments(
                 f"altclip-train: --wise_ft_metric {args.wise_ft_metric!r}: choose eval_loss or a zero-shot score "
                 f"zeroshot/{zeroshot.zeroshot_dataset}/LANGUAGE/top1 (with --zeroshot_data_dir)."
             )
+        if args.wise_ft_metric != "eval_loss":
+            check_zeroshot_metric(args.wise_ft_metric, zeroshot)
     if (alphas or args.wise_ft_alpha is not None) and (training_args.deepspeed or training_args.fsdp):
         raise UsageError(
             "altclip-train: --wise_ft_alpha/--wise_ft_sweep keep the start weights beside the trained ones; they run "
             "with DDP, not --deepspeed/--fsdp."
+        )
+
+
+def check_zeroshot_metric(metric: str, zeroshot: ZeroShotArguments) -> None:
+    """A zero-shot --wise_ft_metric must name the scored dataset and one of --zeroshot_languages, or the sweep would
+    score every alpha and find nothing to choose by."""
+    parts = metric.split("/")
+    scored = languages(zeroshot)
+    example = f"zeroshot/{zeroshot.zeroshot_dataset}/{scored[0] if scored else 'en'}/top1"
+    if len(parts) != 4 or parts[1] != zeroshot.zeroshot_dataset or not parts[3]:
+        raise UsageError(f"altclip-train: --wise_ft_metric {metric!r}: a zero-shot score reads like {example}.")
+    if parts[2] not in scored:
+        raise UsageError(
+            f"altclip-train: --wise_ft_metric {metric!r} names language {parts[2]!r}, which is not scored "
+            f"(--zeroshot_languages {zeroshot.zeroshot_languages}); add it there or choose one of {', '.join(scored)}."
         )
 
 
