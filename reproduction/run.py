@@ -87,6 +87,15 @@ PRESETS = {
     # every emoji and the full model sizes, with shorter teacher and stage-1 training (stage 2 as in "full"): for
     # iterating on stage 2 (`stage2_validation`) in a few minutes
     "small": Preset(teacher=TeacherSize(steps=500), stage1_steps=1000),
+    # every emoji at a quarter of the full preset's compute per stage (half-width towers, fewer steps): the size the
+    # four-seed spread and the ablation were run at on a 2-core machine shared by eight jobs (README, Reproduction)
+    "mini": Preset(
+        teacher=TeacherSize(width=64, layers=2, image_size=32, projection_dim=64, steps=300),
+        student_width=64,
+        student_layers=2,
+        stage1_steps=400,
+        stage2_steps=300,
+    ),
     # the reduced size of the end-to-end test: every step runs, on 80 emoji, in about a minute
     "tiny": Preset(
         emoji_limit=80,
