@@ -85,9 +85,11 @@ class CheckpointMismatchError(ValueError):
 @dataclass
 class AltCLIPOutput(CLIPOutput):
     """Output of `AltCLIPModel.forward`: CLIP's fields (`logits_per_image`, `text_embeds`, ...), and
-    ``logit_scale_exp`` (shape (1,)) when the forward is asked for it."""
+    ``logit_scale_exp`` (shape (1,)) and ``logit_bias`` (SigLIP's, None in a model without one) when the forward
+    is asked for them."""
 
     logit_scale_exp: torch.FloatTensor | None = None
+    logit_bias: torch.FloatTensor | None = None
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -253,6 +255,8 @@ class AltCLIPPreTrainedModel(StrictReleasedLoadingMixin, PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, AltCLIPModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
             factor = self.config.initializer_factor
             init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5 * factor)
             init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
@@ -342,6 +346,9 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         # A (1,) vector, not a 0-dim tensor, so that FSDP2 and DeepSpeed can shard and broadcast it (see
         # LOGIT_SCALE_KEY); checkpoints store it as the released 0-dim tensor.
         self.logit_scale = nn.Parameter(torch.tensor([config.logit_scale_init_value]))
+        # SigLIP's learnable bias, present only in models trained with the sigmoid loss (see `add_logit_bias`).
+        bias = config.logit_bias_init_value
+        self.logit_bias = nn.Parameter(torch.tensor([float(bias)])) if bias is not None else None
         self.register_load_state_dict_pre_hook(_logit_scale_as_vector_on_load)
         self.post_init()
 
@@ -456,6 +463,9 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         scale = self.logit_scale.exp().to(text_embeds.device)
         logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device)
         logits_per_text = logits_per_text * scale
+        bias = self.logit_bias.to(text_embeds.device) if self.logit_bias is not None else None
+        if bias is not None:  # SigLIP's logits; a softmax over them (zero-shot) is unchanged by it
+            logits_per_text = logits_per_text + bias
         logits_per_image = logits_per_text.t()
 
         return AltCLIPOutput(
@@ -467,6 +477,7 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
             logit_scale_exp=scale if return_logit_scale else None,
+            logit_bias=bias if return_logit_scale else None,
         )
 
 

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 
+from .loop.contrastive_objective import CONTRASTIVE_LOSSES
 from .loop.losses import DISTILLATION_LOSSES
 
 
@@ -162,6 +163,27 @@ class ContrastiveArguments:
     image_feature_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Where --cache_image_features keeps them (default: OUTPUT_DIR/image_feature_cache)."},
+    )
+    # The objective (training/loop/contrastive_objective.py; docs/training.md, "Loss and Matryoshka embeddings").
+    loss: str = field(
+        default="infonce",
+        metadata={
+            "help": "infonce (CLIP's softmax loss) or siglip (SigLIP's sigmoid loss, arXiv 2303.15343: a learnable "
+            "bias, -10, is added to the model and its temperature starts at 10).",
+            "choices": list(CONTRASTIVE_LOSSES),
+        },
+    )
+    matryoshka_dims: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated embedding widths, e.g. 64,128,256: the loss is also trained on each prefix of "
+            "the embeddings, re-normalised (Matryoshka, arXiv 2205.13147); the full width is always included and "
+            "the saved config records them."
+        },
+    )
+    matryoshka_weights: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated weights, one per Matryoshka width with the full width last (default: 1s)."},
     )
 
 

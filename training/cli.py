@@ -47,6 +47,7 @@ from .data.tables import built_first, check_columns
 from .data.text_data import DistillationCollator, ParallelText
 from .finetune.before_after import BEFORE_AFTER_CHART, BeforeAfter, check_fine_tuning_arguments, save_before_after_chart
 from .finetune.lora import apply_lora, check_lora_arguments, count_parameters, lora_enabled, save_adapter
+from .loop.contrastive_objective import check_objective_flags, objective_for
 from .loop.distributed_backends import gathered, init_deepspeed_communication, outside_zero3_init
 from .loop.feature_caches import ImageCacheCallback, ImageEmbeddingCache, fingerprint, module_digest
 from .loop.model_setup import (
@@ -191,6 +192,7 @@ def check_stage_flags(stage: str, stage_args, training_args: TrainingArguments, 
     """Flag combinations that cannot work, refused in one line before any model loads."""
     if stage != "contrastive":
         return
+    check_objective_flags(stage_args)
     if stage_args.cache_image_features and stage_args.unfreeze_vision:
         raise SystemExit(
             "altclip-train: --cache_image_features needs a frozen image tower (its embeddings change every step "
@@ -476,6 +478,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
     check_tokenizer_fits(model, processor, model_args)
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
+    objective = objective_for(stage_args, model, lora=lora_enabled(run.tuning))  # SigLIP's bias joins the model
     adapter = apply_lora(model, run.tuning, model_args.model_name_or_path) if lora_enabled(run.tuning) else None
     trained = adapter if adapter is not None else model
     image_processor = processor.image_processor
@@ -501,6 +504,7 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
         gather_with_grad=stage_args.gather_with_grad,
         full_batch_negatives=stage_args.full_batch_negatives,
         image_cache=image_cache,
+        objective=objective,
         **trainer_data_options(data_args, train_sources, training_args, run, STAGE_OF[type(stage_args)], train_dataset),
     )
     if image_cache is not None:
@@ -509,7 +513,8 @@ def run_contrastive(run: RunArguments, train_sources, validation_sources) -> Non
     check_room(training_args.output_dir, trainer.model, model, training_args, train_dataset)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    extra = {"image_tower_frozen": not stage_args.unfreeze_vision}
+    extra = {"image_tower_frozen": not stage_args.unfreeze_vision, "loss": stage_args.loss}
+    extra["matryoshka_dims"] = model.config.matryoshka_dims
     extra.update(fine_tuning_summary(run.tuning, trained, scoring.finish()))
     saved = model if adapter is not None else trainer.accelerator.unwrap_model(trainer.model)
     finish(trainer, saved, processor, training_args, "contrastive", extra, adapter, run.tuning.merge_adapter)
