@@ -91,6 +91,15 @@ def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+def check_dims(dims: int | None, projection_dim: int) -> int | None:
+    """`dims` as the prefix width to embed with (None or the full width: all), or a ValueError naming the range."""
+    if dims is None or dims == projection_dim:
+        return None
+    if not 1 <= dims <= projection_dim:
+        raise ValueError(f"--dims {dims} is outside 1..{projection_dim}, the model's embedding width (projection_dim).")
+    return int(dims)
+
+
 class Embedder:
     """Embeds images and texts with one AltCLIP model; ``fingerprint`` identifies its text side for caching.
 
@@ -110,7 +119,11 @@ class Embedder:
         quantization: str | None = None,
         reduced_decoding: bool = False,
         onednn_linear: bool = True,
+        dims: int | None = None,
     ):
+        """`dims`: embed with the first `dims` dimensions of the projections only, re-normalised (any model; one
+        trained with ``--matryoshka_dims`` keeps most of its quality there); None: all of them."""
+        self.dims = check_dims(dims, model.config.projection_dim)
         self.device, self.dtype = resolve_device_and_dtype(device, dtype)
         self.model = model.to(self.device, self.dtype).eval()
         self.processor = processor
@@ -155,12 +168,12 @@ class Embedder:
             if pixels is None:
                 continue
             features = self.image_features(pixels.to(self.device, self.dtype))
-            embeddings.append(F.normalize(features.float(), dim=-1).cpu())
+            embeddings.append(F.normalize(features[:, : self.embedding_dim].float(), dim=-1).cpu())
             kept += indices
         for skipped in failures[:5]:
             logger.warning("Leaving out unreadable image %s (%s)", skipped.where, skipped.reason)
         if not embeddings and allow_none:
-            return torch.empty(0, self.model.config.projection_dim), [], failures
+            return torch.empty(0, self.embedding_dim), [], failures
         if not embeddings:
             example = f"{failures[0].where}: {failures[0].reason}" if failures else "none"
             raise ValueError(f"None of the {len(sources)} {description} could be read, e.g. {example}.")
@@ -175,7 +188,7 @@ class Embedder:
     @torch.no_grad()
     def texts(self, texts: Sequence[str], description: str = "texts") -> torch.Tensor:
         """Normalised embeddings of `texts`, in their order."""
-        embeddings = torch.empty(len(texts), self.model.config.projection_dim)
+        embeddings = torch.empty(len(texts), self.embedding_dim)
         tokenizer = self.processor.tokenizer
         for batch in tqdm(length_sorted_batches(texts, self.batch_size), desc=f"Embedding {description}", unit="batch"):
             tokens = tokenizer(
@@ -186,8 +199,13 @@ class Embedder:
                 return_tensors="pt",
             ).to(self.device)
             features = self.model.get_text_features(**tokens).pooler_output
-            embeddings[batch] = F.normalize(features.float(), dim=-1).cpu()
+            embeddings[batch] = F.normalize(features[:, : self.embedding_dim].float(), dim=-1).cpu()
         return require_finite(embeddings, description)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the embeddings this Embedder returns (``dims``, else the model's ``projection_dim``)."""
+        return self.dims or self.model.config.projection_dim
 
     def fingerprint(self) -> str:
         """A checksum of the text side's weights, tokenizer, precision and quantisation: equal fingerprints, equal
@@ -205,4 +223,6 @@ class Embedder:
             digest.update(f"{name}{tuple(parameter.shape)}{total:.10e}".encode())
             digest.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
         digest.update(f"{len(self.processor.tokenizer)}{self.max_text_length}{self.dtype}{self.quantization}".encode())
+        if self.dims:  # a prefix is another embedding: cached class embeddings must not be shared with the full one
+            digest.update(f"dims{self.dims}".encode())
         return digest.hexdigest()[:20]

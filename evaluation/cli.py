@@ -17,6 +17,7 @@ from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_
 from altclip.common.config_files import expand_config
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.embedding import Embedder
+from altclip.common.errors import UsageError
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 from altclip.common.results_format import markdown_table, write_results
 from modeling_altclip.assets import cache_dir
@@ -142,6 +143,13 @@ class EvalArguments:
     show_traceback: bool = field(
         default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
     )
+    dims: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score with the first N embedding dimensions, re-normalised (any model; one trained with "
+            "altclip-train --matryoshka_dims keeps most of its quality there). Default: all of them."
+        },
+    )
     cache_dir: str = field(
         default_factory=default_cache_dir,
         metadata={"help": "Class embeddings are kept here per model and class list; '' keeps them in memory only."},
@@ -159,6 +167,8 @@ def parse(task: str, argv: Sequence[str]) -> EvalArguments:
     args, remaining = parser.parse_args_into_dataclasses(args=expand_config(argv), return_remaining_strings=True)
     if remaining:
         raise SystemExit(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
+    if args.dims is not None and args.dims < 1:
+        raise UsageError(f"{program}: --dims {args.dims} must be a positive number of embedding dimensions.")
     if args.dataset not in TASKS[task]:
         raise SystemExit(
             f"altclip-eval {task}: unknown --dataset {args.dataset!r}; choose from {', '.join(TASKS[task])}."
@@ -274,9 +284,12 @@ def evaluate(task: str, argv: list[str]) -> None:
             quantization=args.quantization,
             reduced_decoding=args.reduced_decoding,
             onednn_linear=args.onednn_linear,
+            dims=args.dims,
         )
 
     results = (run_zero_shot if task == "zeroshot" else run_retrieval)(args, make_embedder, state)
+    for result in results if args.dims else ():
+        result["dims"] = args.dims  # the embedding width scored, kept in results.json
     if state is not None and not state.is_main_process:
         return  # every process holds the gathered results; the first one writes them
     paths = write_results(results, args.output_dir, args.model)
