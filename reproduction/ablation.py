@@ -82,12 +82,28 @@ def write_skewed_captions(train_captions: Path, target: Path, english_copies: in
     return write_jsonl(target, [row for row in rows for _ in range(english_copies if row["language"] == "en" else 1)])
 
 
+RECORD = "ablation_run.json"  # written into a model folder once its job is done: --resume keeps it
+
+
+def finished(folder: Path) -> dict | None:
+    """The record of a finished job in `folder` (its model, wall time, scores), or None."""
+    path = folder / RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def record(folder: Path, result: dict) -> dict:
+    (folder / RECORD).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
 def prepare_seed(preset: Preset, data_dir: Path, imagenet: Path, seed_dir: Path, seed: int) -> dict:
     """The teacher CLIP and stage 1 of one seed (shared by every variant of that seed)."""
+    if done := finished(seed_dir / "stage1"):
+        return done
     started = time.time()
     teacher = train_teacher_clip(data_dir, seed_dir / "teacher_clip", preset.teacher, seed=seed)
     stage1 = teacher_learning(preset, teacher, seed_dir / "xlmr_init", seed_dir / "stage1", imagenet, seed=seed)
-    return {"model": str(stage1), "wall_s": round(time.time() - started, 1)}
+    return record(stage1, {"model": str(stage1), "wall_s": round(time.time() - started, 1)})
 
 
 def flags_for(variant: Variant, projection_dim: int) -> list[str]:
@@ -98,6 +114,8 @@ def flags_for(variant: Variant, projection_dim: int) -> list[str]:
 
 def train_variant(preset: Preset, variant: Variant, stage1: Path, captions: Path, output_dir: Path, seed: int) -> dict:
     """Stage 2 of one variant and seed: the recipe's `altclip-train contrastive` run plus the variant's flags."""
+    if done := finished(output_dir):
+        return done
     started = time.time()
     run_stage(
         "contrastive",
@@ -112,7 +130,18 @@ def train_variant(preset: Preset, variant: Variant, stage1: Path, captions: Path
         *flags_for(variant, preset.teacher.projection_dim),
         seed=seed,
     )
-    return {"model": str(output_dir), "wall_s": round(time.time() - started, 1)}
+    return record(output_dir, {"model": str(output_dir), "wall_s": round(time.time() - started, 1)})
+
+
+def score_once(model_dir: Path, validation: Path, dims: Sequence[int]) -> dict:
+    """`score`, kept in the model folder's record (a resumed ablation does not score a model twice)."""
+    done = finished(model_dir) or {}
+    wanted = [str(size) for size in dims]
+    if all(size in done.get("scores", {}) for size in wanted):
+        return {size: done["scores"][size] for size in wanted}
+    done["scores"] = score(model_dir, validation, dims)
+    record(model_dir, done)
+    return done["scores"]
 
 
 def score(model_dir: Path, validation: Path, dims: Sequence[int]) -> dict[str, dict[str, dict[str, float]]]:
@@ -258,20 +287,52 @@ def run_ablation(
     dims: Sequence[int] | None = None,
     validation_fraction: float = 0.15,
     validation_seed: int = 1,
+    resume: bool = False,
 ) -> dict:
-    """Every step into `output_dir` (new or empty); returns the report written as ablation.json."""
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise UsageError(f"ablation: {output_dir} is not empty; choose a new --output_dir or remove it.")
+    """Every step into `output_dir` (new or empty; with `resume`, an earlier ablation of the same preset and
+    validation split, whose finished seeds, variants and scores are kept); returns the report (ablation.json)."""
     dims = sorted(set(dims or [preset.teacher.projection_dim // 4, preset.teacher.projection_dim]))
     if dims[-1] > preset.teacher.projection_dim or dims[0] < 1:
         raise UsageError(f"ablation: --dims must lie in 1..{preset.teacher.projection_dim}, got {dims}.")
+    settings = {
+        "preset": asdict(preset),
+        "validation_fraction": validation_fraction,
+        "validation_seed": validation_seed,
+    }
+    settings_file = output_dir / "ablation_settings.json"
+    if resume and settings_file.is_file():
+        earlier = json.loads(settings_file.read_text(encoding="utf-8"))
+        if earlier != json.loads(json.dumps(settings)):
+            raise UsageError(
+                f"ablation: {output_dir} holds an ablation of other settings ({settings_file}); resume it with the "
+                "same preset, step counts and validation split, or choose a new --output_dir."
+            )
+    elif output_dir.exists() and any(output_dir.iterdir()):
+        raise UsageError(
+            f"ablation: {output_dir} is not empty; choose a new --output_dir, remove it, or add --resume to add "
+            "seeds or variants to the ablation it holds."
+        )
     started = time.time()
     data_dir = output_dir / "data"
-    data = write_emoji_dataset(data_dir, image_size=preset.teacher.image_size, limit=preset.emoji_limit)
-    split = carve_validation(data_dir, validation_fraction, seed=validation_seed)
+    if settings_file.is_file():  # resumed: the same data and validation split as before
+        data = {"train_captions": data_dir / "train_captions.jsonl"}
+        split = {
+            "validation": data_dir / "validation",
+            "imagenet": data_dir / "parallel_imagenet.jsonl",
+            "counts": json.loads((data_dir / "split_counts.json").read_text(encoding="utf-8")),
+        }
+    else:
+        data = write_emoji_dataset(data_dir, image_size=preset.teacher.image_size, limit=preset.emoji_limit)
+        split = carve_validation(data_dir, validation_fraction, seed=validation_seed)
+        (data_dir / "split_counts.json").write_text(json.dumps(split["counts"]), encoding="utf-8")
+        settings_file.write_text(json.dumps(settings, indent=1), encoding="utf-8")
     captions = {"natural": data["train_captions"]}
-    if any(v.captions == "skewed" for v in variants.values()):
-        captions["skewed"] = write_skewed_captions(data["train_captions"], data_dir / "train_captions_skewed.jsonl")
+    if (
+        any(v.captions == "skewed" for v in variants.values())
+        and not (data_dir / "train_captions_skewed.jsonl").exists()
+    ):
+        write_skewed_captions(data["train_captions"], data_dir / "train_captions_skewed.jsonl")
+    captions["skewed"] = data_dir / "train_captions_skewed.jsonl"
     runs: dict[str, dict[int, dict]] = {name: {} for name in variants}
     # `parallel` processes, each started once (an import of torch and transformers is slow on a busy machine) and
     # given one job after another, as `altclip-reproduce` runs both stages in one process
@@ -305,7 +366,7 @@ def run_ablation(
                 runs[name] = dict(zip(seeds, prepared))
         scoring = [(name, seed) for name in runs for seed in seeds]
         scored = parallel_map(
-            pool, score, [(Path(runs[name][seed]["model"]), split["validation"], dims) for name, seed in scoring]
+            pool, score_once, [(Path(runs[name][seed]["model"]), split["validation"], dims) for name, seed in scoring]
         )
     for (name, seed), scores in zip(scoring, scored):
         runs[name][seed]["scores"] = scores
@@ -341,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stage2_steps", type=int_in_range(1), help="override the preset's stage-2 steps")
     parser.add_argument("--validation_fraction", type=float, default=0.15)
     parser.add_argument("--validation_seed", type=SEED, default=1, help="which training emoji become validation")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the finished seeds, variants and scores in --output_dir"
+    )
     one_line_parser_errors(parser, parser.prog)
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
@@ -366,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.dims,
             args.validation_fraction,
             args.validation_seed,
+            args.resume,
         )
 
     run_with_one_line_errors("ablation", run)
