@@ -94,6 +94,21 @@ class DataArguments:
             "source), spread evenly over them; with --dataset_resampled, the samples of an epoch."
         },
     )
+    # Language balancing (training/data/language_balance.py; docs/training.md, "Language balancing").
+    language_sampling_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weigh each --train_files source by its samples n^alpha (XLM-R/mT5 sampling; 0.3 there), and "
+            "with --language_column each language within a table alike. Default: no weighting, every row once."
+        },
+    )
+    language_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tables: the column naming each row's language; the plan prints samples per language per "
+            "epoch, and with --language_sampling_alpha the languages within a source are sampled by n^alpha."
+        },
+    )
     dataset_resampled: bool = field(
         default=False,
         metadata={

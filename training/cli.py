@@ -41,6 +41,7 @@ from .data.image_text_data import (
     decode_shard_sample,
     image_shape_of,
 )
+from .data.language_balance import balance_shards, balance_tables, check_balancing_flags
 from .data.shard_stream import ShardStream
 from .data.sources import Source, parse_sources, source_weights
 from .data.tables import built_first, check_columns
@@ -367,6 +368,9 @@ def trainer_data_options(
     stage: str | None = None,
     train_dataset=None,
 ) -> dict:
+    language = None
+    if train_dataset is not None and not train_sources[0].is_shards:  # --language_sampling_alpha, --language_column
+        train_sources, language = balance_tables(train_sources, train_dataset, data_args)
     tables = table_sizes(train_sources, train_dataset) if train_dataset is not None else None
     if training_args.resume_from_checkpoint:
         check_resumed_tables(training_args.resume_from_checkpoint, tables)
@@ -376,6 +380,7 @@ def trainer_data_options(
     return {
         "record_trained_keys": data_args.record_trained_keys,
         "train_weights": source_weights(train_sources),
+        "language_plan": language,
         "shuffle_train": shuffles(training_args),
         "callbacks": callbacks,
     }
@@ -575,7 +580,11 @@ def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
     setup_logging(run.training)
     train_sources, validation_sources = read_sources(run.data, stage)
     check_stage_flags(stage, run.stage, run.training, train_sources)
+    check_balancing_flags(run.data, train_sources)
     check_shard_plan(run, train_sources)  # shard sizes resolved and the reading plan checked before models load
+    if train_sources[0].is_shards and run.data.language_sampling_alpha is not None:
+        sizes = sized_shards(train_sources, run.data).sizes
+        train_sources = balance_shards(train_sources, sizes, run.data.language_sampling_alpha)
     check_zeroshot_arguments(run.zeroshot)
     check_lora_arguments(run.tuning, stage, run.stage, run.training, run.model)
     check_fine_tuning_arguments(run.tuning, run.zeroshot, validation_sources is not None, run.training)

@@ -69,7 +69,8 @@ def plan_main(argv: Sequence[str]) -> None:
 
     from .cli import STAGES, check_stage_flags, parse, read_sources
     from .data.epoch_plan import GlobalBatchSampler, data_seed, shuffles
-    from .run_plan import format_report, plan_problems, run_report, shard_stream_for_plan
+    from .data.language_balance import balance_shards, balance_tables, check_balancing_flags
+    from .run_plan import format_report, plan_problems, run_report, shard_stream_for_plan, sized_shards
 
     argv = expand_config(list(argv))
     stage = take_flag(argv, "--stage") or infer_stage(argv)
@@ -85,16 +86,22 @@ def plan_main(argv: Sequence[str]) -> None:
         raise SystemExit(f"altclip-train plan: --world_size must be at least 1, not {world}.")
     train_sources, _ = read_sources(run.data, stage)
     check_stage_flags(stage, run.stage, run.training, train_sources)
+    check_balancing_flags(run.data, train_sources)
     if train_sources[0].is_shards:
+        if run.data.language_sampling_alpha is not None:
+            sizes = sized_shards(train_sources, run.data).sizes
+            train_sources = balance_shards(train_sources, sizes, run.data.language_sampling_alpha)
         plan = shard_stream_for_plan(train_sources, run.data, run.training, world)
     else:
         try:
             dataset = table_dataset(stage, train_sources, run.data, run.stage)
         except DataFormatError as error:
             raise SystemExit(f"altclip-train: {error}") from None
+        train_sources, languages = balance_tables(train_sources, dataset, run.data)
         plan = GlobalBatchSampler(
             dataset.sizes,
             run.training.per_device_train_batch_size,
+            language_plan=languages,
             weights=[source.weight for source in train_sources] if train_sources[0].weight is not None else None,
             extra=len(dataset) - sum(dataset.sizes),
             seed=data_seed(run.training),

@@ -86,11 +86,16 @@ def read_through(plan) -> dict:
     }
 
 
-def table_data_report(sizes: list[int], rows: int, weights, batch_size: int, world_size: int, workers: int) -> dict:
-    """The epoch plan of table rows (`epoch_plan.GlobalBatchSampler`): global batches cut into one slice per rank."""
+def table_data_report(
+    sizes: list[int], rows: int, weights, batch_size: int, world_size: int, workers: int, drawn: int | None = None
+) -> dict:
+    """The epoch plan of table rows (`epoch_plan.GlobalBatchSampler`): global batches cut into one slice per rank;
+    `drawn` the sources' samples per epoch where a language plan sets them."""
     from .data.epoch_plan import drawn_per_source
 
-    drawn = (sum(sizes) if weights is None else sum(drawn_per_source(sizes, weights))) + rows - sum(sizes)
+    if drawn is None:
+        drawn = sum(sizes) if weights is None else sum(drawn_per_source(sizes, weights))
+    drawn += rows - sum(sizes)
     global_batch = batch_size * world_size
     steps = max(1, math.ceil(drawn / global_batch))
     last = drawn - (steps - 1) * global_batch
@@ -350,6 +355,11 @@ def format_report(report: dict) -> str:
             f"  source {source['spec']}: {source['kind']}, {source['files']} file(s), {source['samples']:,} samples "
             f"({source['sized_by']}){weight}; {source['samples_per_epoch']:,} per epoch"
         )
+    for group in data.get("languages", ()):
+        lines.append(
+            f"    language {group['language']} in {group['source']}: {group['rows']:,} rows, "
+            f"{group['samples_per_epoch']:,} samples per epoch"
+        )
     batch = data["per_device_batch"]
     reading = f"{data['readers']} readers (processes x workers)"
     if data["kind"] == "shards":
@@ -454,7 +464,8 @@ def sized_shards(sources, data_args):
 
     from .data.sizing import resolve_shard_sizes
 
-    key = (tuple(sources), tuple(data_args.shard_sizes or ()), tuple(data_args.train_num_samples or ()))
+    # the shards, not the weights (--language_sampling_alpha reweighs the sources from these sizes)
+    key = (tuple(s.urls for s in sources), tuple(data_args.shard_sizes or ()), tuple(data_args.train_num_samples or ()))
     if key not in _SIZED:
         try:
             _SIZED[key] = resolve_shard_sizes(
@@ -547,6 +558,29 @@ def run_report(run, stage: str, sources, plan, world: int) -> dict:
     else:
         rows = sum(plan.sizes) + plan.extra
         workers = run.training.dataloader_num_workers
-        data = table_data_report(plan.sizes, rows, plan.weights, plan.batch_size, world, workers)
+        languages = plan.language_plan
+        drawn = languages.samples_per_epoch if languages is not None else None
+        data = table_data_report(plan.sizes, rows, plan.weights, plan.batch_size, world, workers, drawn)
         described = sources_report(sources, list(plan.sizes), None)
-    return full_report(run, stage, world, data, described, data["samples_per_epoch"])
+        if languages is not None:
+            data["languages"] = languages.report()
+            for source in described:  # the language plan's rounding decides a source's samples
+                source["samples_per_epoch"] = sum(
+                    group["samples_per_epoch"] for group in data["languages"] if group["source"] == source["spec"]
+                )
+    report = full_report(run, stage, world, data, described, data["samples_per_epoch"])
+    report["notes"] += repeat_notes(described, data.get("languages"))
+    return report
+
+
+def repeat_notes(sources: list[dict], languages: list[dict] | None) -> list[str]:
+    """Where weighting (--train_file_weights, --language_sampling_alpha) repeats or drops samples in an epoch."""
+    notes = []
+    for entry in languages or sources:
+        rows = entry["rows"] if languages else entry["samples"]
+        drawn, name = entry["samples_per_epoch"], entry.get("spec") or f"{entry['source']} [{entry['language']}]"
+        if drawn > rows:
+            notes.append(f"{name}: {drawn:,} samples per epoch from {rows:,} rows: rows repeat (x{drawn / rows:.2f}).")
+        elif drawn < rows:
+            notes.append(f"{name}: {drawn:,} samples per epoch from {rows:,} rows: a different subset each epoch.")
+    return notes

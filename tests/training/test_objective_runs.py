@@ -49,15 +49,14 @@ def test_sigmoid_matryoshka_run_two_processes_equal_one_and_accumulation(tmp_pat
     one = train(tmp_path / "one", 1, 16, *flags)
     assert_same_steps(train(tmp_path / "two", 2, 8, *flags), one)
     assert_same_steps(train(tmp_path / "acc", 1, 8, *flags, "--gradient_accumulation_steps", "2"), one)
-    infonce = train(tmp_path / "infonce", 1, 16, *flags[:4], "--matryoshka_dims", "4,8")
-    assert abs(infonce[0]["loss"] - one[0]["loss"]) > 0.1, "the sigmoid loss was not in effect"
 
     saved = json.loads((tmp_path / "one" / "config.json").read_text())
     assert saved["matryoshka_dims"] == [4, 8, 16] and saved["logit_bias_init_value"] == -10.0
     summary = json.loads((tmp_path / "one" / "training_summary.json").read_text())
     assert summary["loss"] == "siglip" and summary["matryoshka_dims"] == [4, 8, 16]
     model = AltCLIPModel.from_pretrained(tmp_path / "one")
-    assert model.logit_bias is not None and model.logit_bias.item() != -10.0  # trained, saved and loaded
+    # the bias has a gradient only through the sigmoid loss: moved from -10, it shows that loss was in effect
+    assert model.logit_bias is not None and model.logit_bias.item() != -10.0
     assert model.logit_scale.item() == pytest.approx(2.3026, abs=0.05)  # from log 10, not CLIP's log 100
 
 

@@ -53,12 +53,14 @@ class AltCLIPTrainer(Trainer):
         record_trained_keys: bool = False,
         train_weights: list[float] | None = None,
         shuffle_train: bool = True,
+        language_plan=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.skipped = SkipCounter()
         self.record_trained_keys = record_trained_keys
         self.train_weights, self.shuffle_train = train_weights, shuffle_train
+        self.language_plan = language_plan  # `language_balance.LanguagePlan` of --language_column
         self._plan = None
 
     def _loader_options(self) -> dict:
@@ -85,6 +87,7 @@ class AltCLIPTrainer(Trainer):
             shuffle=self.shuffle_train,
             rank=self.args.process_index,
             world_size=self.args.world_size,
+            language_plan=self.language_plan,
         )
         return PlannedDataLoader(dataset, self._plan, batch_sampler=self._plan, **self._loader_options())
 
