@@ -114,7 +114,13 @@ def flags_for(variant: Variant, projection_dim: int) -> list[str]:
 
 def train_variant(preset: Preset, variant: Variant, stage1: Path, captions: Path, output_dir: Path, seed: int) -> dict:
     """Stage 2 of one variant and seed: the recipe's `altclip-train contrastive` run plus the variant's flags."""
+    stage2 = {"steps": preset.stage2_steps, "batch_size": preset.stage2_batch_size, "lr": preset.stage2_learning_rate}
     if done := finished(output_dir):
+        if done.get("stage2") != stage2:
+            raise UsageError(
+                f"ablation: {output_dir} was trained with stage 2 {done.get('stage2')}, not {stage2}; resume with "
+                "the same --stage2_steps or choose a new --output_dir."
+            )
         return done
     started = time.time()
     run_stage(
@@ -130,7 +136,48 @@ def train_variant(preset: Preset, variant: Variant, stage1: Path, captions: Path
         *flags_for(variant, preset.teacher.projection_dim),
         seed=seed,
     )
-    return record(output_dir, {"model": str(output_dir), "wall_s": round(time.time() - started, 1)})
+    return record(output_dir, {"model": str(output_dir), "wall_s": round(time.time() - started, 1), "stage2": stage2})
+
+
+def seed_job(
+    preset: Preset, data_dir: Path, imagenet: Path, seed_dir: Path, seed: int, validation: Path, dims: Sequence[int]
+) -> dict:
+    """A seed's teacher CLIP and stage 1, then the stage-1 model's scores."""
+    result = prepare_seed(preset, data_dir, imagenet, seed_dir, seed)
+    score_once(Path(result["model"]), validation, dims)
+    return result
+
+
+def variant_job(
+    preset: Preset,
+    variant: Variant,
+    stage1: Path,
+    captions: Path,
+    output_dir: Path,
+    seed: int,
+    validation: Path,
+    dims: Sequence[int],
+) -> None:
+    """One variant's stage 2 for one seed, then its scores (each finished model is scored at once, so that a run
+    stopped early still leaves usable rows: `--summarise_only`)."""
+    train_variant(preset, variant, stage1, captions, output_dir, seed)
+    score_once(output_dir, validation, dims)
+
+
+def finished_runs(output_dir: Path, variants: dict[str, Variant], seeds: Sequence[int]) -> dict[str, dict[int, dict]]:
+    """The scored records of every variant that has one for each seed; a variant missing any is left out, said."""
+    runs = {}
+    for name, variant in variants.items():
+        folders = {seed: output_dir / f"seed-{seed}" / (name if variant.stage2 else "stage1") for seed in seeds}
+        records = {seed: finished(folder) for seed, folder in folders.items()}
+        missing = [seed for seed, found in records.items() if not (found and "scores" in found)]
+        if missing:
+            logger.warning("variant %s has no scored run for seeds %s: left out of the table", name, missing)
+            continue
+        runs[name] = records
+    if not runs:
+        raise UsageError(f"ablation: no variant in {output_dir} has a scored run for every seed {list(seeds)}.")
+    return runs
 
 
 def score_once(model_dir: Path, validation: Path, dims: Sequence[int]) -> dict:
@@ -288,25 +335,32 @@ def run_ablation(
     validation_fraction: float = 0.15,
     validation_seed: int = 1,
     resume: bool = False,
+    train: bool = True,
 ) -> dict:
     """Every step into `output_dir` (new or empty; with `resume`, an earlier ablation of the same preset and
     validation split, whose finished seeds, variants and scores are kept); returns the report (ablation.json)."""
     dims = sorted(set(dims or [preset.teacher.projection_dim // 4, preset.teacher.projection_dim]))
     if dims[-1] > preset.teacher.projection_dim or dims[0] < 1:
         raise UsageError(f"ablation: --dims must lie in 1..{preset.teacher.projection_dim}, got {dims}.")
+    # what the data and each seed's teacher and stage 1 depend on; stage 2's own settings live in each variant's
+    # record, so that variants may be added later at other stage-2 step counts only in a new folder (see
+    # `train_variant`)
+    stage2_fields = ("stage2_steps", "stage2_batch_size", "stage2_learning_rate")
     settings = {
-        "preset": asdict(preset),
+        "preset": {key: value for key, value in asdict(preset).items() if key not in stage2_fields},
         "validation_fraction": validation_fraction,
         "validation_seed": validation_seed,
     }
     settings_file = output_dir / "ablation_settings.json"
-    if resume and settings_file.is_file():
+    if (resume or not train) and settings_file.is_file():
         earlier = json.loads(settings_file.read_text(encoding="utf-8"))
         if earlier != json.loads(json.dumps(settings)):
             raise UsageError(
                 f"ablation: {output_dir} holds an ablation of other settings ({settings_file}); resume it with the "
                 "same preset, step counts and validation split, or choose a new --output_dir."
             )
+    elif not train:
+        raise UsageError(f"ablation: {output_dir} holds no ablation ({settings_file} is missing) to summarise.")
     elif output_dir.exists() and any(output_dir.iterdir()):
         raise UsageError(
             f"ablation: {output_dir} is not empty; choose a new --output_dir, remove it, or add --resume to add "
@@ -333,19 +387,21 @@ def run_ablation(
     ):
         write_skewed_captions(data["train_captions"], data_dir / "train_captions_skewed.jsonl")
     captions["skewed"] = data_dir / "train_captions_skewed.jsonl"
-    runs: dict[str, dict[int, dict]] = {name: {} for name in variants}
-    # `parallel` processes, each started once (an import of torch and transformers is slow on a busy machine) and
-    # given one job after another, as `altclip-reproduce` runs both stages in one process
-    with ProcessPoolExecutor(
-        parallel, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
-    ) as pool:
-        prepared = parallel_map(
-            pool, prepare_seed, [(preset, data_dir, split["imagenet"], output_dir / f"seed-{s}", s) for s in seeds]
-        )
-        jobs = [
-            (
-                name,
-                seed,
+    if train:
+        # `parallel` processes, each started once (an import of torch and transformers is slow on a busy machine)
+        # and given one job after another, as `altclip-reproduce` runs both stages in one process
+        with ProcessPoolExecutor(
+            parallel, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
+            prepared = parallel_map(
+                pool,
+                seed_job,
+                [
+                    (preset, data_dir, split["imagenet"], output_dir / f"seed-{s}", s, split["validation"], dims)
+                    for s in seeds
+                ],
+            )
+            jobs = [
                 (
                     preset,
                     variant,
@@ -353,23 +409,14 @@ def run_ablation(
                     captions[variant.captions],
                     output_dir / f"seed-{seed}" / name,
                     seed,
-                ),
-            )
-            for (seed, stage1), (name, variant) in product(zip(seeds, prepared), variants.items())
-            if variant.stage2
-        ]
-        trained = parallel_map(pool, train_variant, [job[2] for job in jobs])
-        for (name, seed, _), result in zip(jobs, trained):
-            runs[name][seed] = result
-        for name, variant in variants.items():
-            if not variant.stage2:
-                runs[name] = dict(zip(seeds, prepared))
-        scoring = [(name, seed) for name in runs for seed in seeds]
-        scored = parallel_map(
-            pool, score_once, [(Path(runs[name][seed]["model"]), split["validation"], dims) for name, seed in scoring]
-        )
-    for (name, seed), scores in zip(scoring, scored):
-        runs[name][seed]["scores"] = scores
+                    split["validation"],
+                    dims,
+                )
+                for (name, variant), (seed, stage1) in product(variants.items(), zip(seeds, prepared))
+                if variant.stage2  # variant by variant, each over the seeds: pairs are complete early
+            ]
+            parallel_map(pool, variant_job, jobs)
+    runs = finished_runs(output_dir, variants, seeds)
     table = summarise(runs, dims, variants)
     report = {
         "preset": asdict(preset),
@@ -405,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep the finished seeds, variants and scores in --output_dir"
     )
+    parser.add_argument(
+        "--summarise_only", action="store_true", help="only tabulate the finished, scored runs in --output_dir"
+    )
     one_line_parser_errors(parser, parser.prog)
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
@@ -431,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.validation_fraction,
             args.validation_seed,
             args.resume,
+            train=not args.summarise_only,
         )
 
     run_with_one_line_errors("ablation", run)
