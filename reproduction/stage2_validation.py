@@ -31,16 +31,12 @@ from altclip.evaluation.prompts import custom_prompts
 from altclip.evaluation.zeroshot import evaluate_zero_shot
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
-from .emoji_data import LANGUAGES, normalised, write_emoji_dataset
+from .emoji_data import LANGUAGES, normalised, read_jsonl, write_emoji_dataset
 from .parallel_text import write_imagenet_parallel
 from .run import PRESETS, run_stage, teacher_embedder, teacher_learning
 from .teacher_clip import train_teacher_clip
 
 logger = logging.getLogger("reproduction")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def image_folder(data_dir: Path, name: str, rows_by_slug: dict[str, dict[str, str]]) -> Path:
@@ -143,9 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     teacher_dir = train_teacher_clip(data_dir, out / "teacher_clip", preset.teacher)
     teacher_scores = {name: top1(teacher_embedder(teacher_dir), folder) for name, folder in folders.items()}
     report["teacher_en_top1"] = {name: scores["en"] for name, scores in teacher_scores.items()}
-    stage1 = teacher_learning(
-        preset, teacher_dir, out / "xlmr_init", out / "stage1", data["parallel_emoji"], split["imagenet"]
-    )
+    stage1 = teacher_learning(preset, teacher_dir, out / "xlmr_init", out / "stage1", split["imagenet"])
     report["stage1"] = score_model(stage1, stage1, folders)
     path = out / "stage2_validation.json"
     for rate in args.learning_rates:
