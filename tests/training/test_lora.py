@@ -23,6 +23,7 @@ from altclip.training.arguments import FineTuningArguments
 from altclip.training.finetune.lora import apply_lora, merged_state_dict, target_module_names
 from altclip.training.finetune.wise_ft import WeightInterpolation
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip.modeling_altclip import LOADED_TEXT_LAYER
 
 LORA = ["--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]
 
@@ -74,6 +75,8 @@ def test_only_the_adapters_train_and_the_merged_checkpoint_is_base_plus_adapter(
     assert summary["lora"]["r"] == 4 and summary["lora"]["targets"] == "both"
 
     merged = load_file(lora_run / "merged" / "model.safetensors")
+    assert any(name.startswith("text_model.roberta.encoder.layers.") for name in merged)  # transformers' names
+    merged = {LOADED_TEXT_LAYER.sub(r"\1layer.", name): tensor for name, tensor in merged.items()}
     assert merged.keys() == start_state.keys()
     assert merged["logit_scale"].dim() == 0  # stored as released; the model holds it as a (1,) vector
     merged["logit_scale"] = merged["logit_scale"].reshape(1)
