@@ -201,6 +201,8 @@ def main() -> None:
         count, dim = map(int, spec.split(":"))
         rows += size_rows(count, dim, args.clients, args.requests, args.probes)
         print(json.dumps(rows[-6:], indent=1), flush=True)
+        RESULTS_DIR.mkdir(exist_ok=True)  # each size as it ends: a long run stopped later keeps the finished ones
+        (RESULTS_DIR / "search_service.json").write_text(json.dumps({"rows": rows}, indent=1))
     count, dim = map(int, args.matryoshka.split(":"))
     prefixes = [d for d in (dim, dim // 2, dim // 4, dim // 8) if d >= 8]
     matryoshka = matryoshka_rows(count, dim, prefixes)

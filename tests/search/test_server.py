@@ -59,7 +59,8 @@ def served(tmp_path_factory, fresh_index, tiny_model_dir, collection):
     """A copy of the fresh index served as ``photos``, the Python API over the same folder, and image URLs."""
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(fresh_index, root / "index")
-    process, url = start_server(root, f"photos={root / 'index'}")
+    shutil.copytree(fresh_index, root / "again")
+    process, url = start_server(root, f"photos={root / 'index'}", str(root / "again"))  # named, and by folder name
     with serving(collection["root"]) as images_url:
         yield {
             "url": url,
@@ -103,6 +104,9 @@ def test_the_server_answers_as_the_python_api(served, collection):
     ).json()
     assert [row["id"] for row in upload["results"]] == index.search(images=[photo.read_bytes()], k=4).ids
     assert client.metadata([0, 3])[3]["id"] == 3 and client.indices()["photos"]["images"] == 13
+    # a second index, by the name of its folder, on the same (shared) model
+    assert set(client.indices()) == {"photos", "again"}
+    assert same(client.search(text="一只猫", k=5, index="again"), index.search("一只猫", k=5))
 
 
 JSON = {"content-type": "application/json"}
