@@ -108,3 +108,24 @@ def test_balanced_run_trains_the_planned_samples_per_language(tmp_path, toy, sta
     torchrun("contrastive", tmp_path / "plain", 2, *model, *FLAGS)
     keys = trained_keys(tmp_path / "plain")
     assert len(keys) == 72 and set(keys.values()) == {1}
+
+
+def test_alpha_weighs_shard_sources_by_their_samples_in_the_plan(toy, capsys):
+    """Shards: two sources of 6 and 2 shards; alpha 0 gives them equal samples per epoch (the epoch keeps its
+    length), alpha 1 their sizes; the plan names the repeated and subsampled source."""
+    from altclip.training.cli import main as train_main
+
+    shards = Path(toy["shards"]).parent
+    flags = ["plan", "--stage", "contrastive", "--clip_model_name_or_path", str(toy["clip"])]
+    flags += ["--text_encoder_name_or_path", str(toy["xlmr"]), "--max_text_length", "64", "--format", "json"]
+    flags += ["--train_files", str(shards / "shard-{0000..0005}.tar"), str(shards / "shard-{0006..0007}.tar")]
+    reports = {}
+    for alpha in ("0", "1"):
+        train_main([*flags, "--language_sampling_alpha", alpha])
+        reports[alpha] = json.loads(capsys.readouterr().out)
+    samples = [source["samples"] for source in reports["0"]["sources"]]
+    assert samples[0] > samples[1]
+    per_epoch = [source["samples_per_epoch"] for source in reports["0"]["sources"]]
+    assert abs(per_epoch[0] - per_epoch[1]) <= 1 and sum(per_epoch) == sum(samples)
+    assert any("rows repeat" in note for note in reports["0"]["notes"])
+    assert [source["samples_per_epoch"] for source in reports["1"]["sources"]] == samples

@@ -230,7 +230,7 @@ class ContrastiveTrainer(AltCLIPTrainer):
         self.max_log_logit_scale = math.log(max_logit_scale)
         self.add_callback(LogitScaleClamp(self, self.max_log_logit_scale))
         # InfoNCE unless given (`contrastive_objective`: --loss, --matryoshka_dims)
-        self.objective = objective or contrastive_objective("infonce", gather_with_grad)
+        self.objective = objective if objective is not None else contrastive_objective("infonce", gather_with_grad)
         self.accumulates_negatives = full_batch_negatives and self.args.gradient_accumulation_steps > 1
         self.image_cache = image_cache
         altclip = self.model
