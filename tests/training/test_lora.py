@@ -21,6 +21,7 @@ from altclip.common.adapters import is_adapter_folder, load_altclip, processor_s
 from altclip.evaluation.cli import main as eval_main
 from altclip.training.arguments import FineTuningArguments
 from altclip.training.finetune.lora import apply_lora, merged_state_dict, target_module_names
+from altclip.training.finetune.new_tokens import WORD_EMBEDDINGS
 from altclip.training.finetune.wise_ft import WeightInterpolation
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from modeling_altclip.modeling_altclip import LOADED_TEXT_LAYER
@@ -66,9 +67,12 @@ def test_only_the_adapters_train_and_the_merged_checkpoint_is_base_plus_adapter(
     assert any(name.startswith("vision_model.") for name in targets)
 
     adapter = load_file(lora_run / "adapter_model.safetensors")
-    assert adapter and all(".lora_A." in name or ".lora_B." in name for name in adapter)
-    adapted = {name.removeprefix("base_model.model.").split(".lora_")[0] for name in adapter}
+    tokens = f"base_model.model.{WORD_EMBEDDINGS}.token_adapter.trainable_tokens_delta"  # --lora_trainable_tokens auto
+    assert adapter and all(".lora_A." in name or ".lora_B." in name for name in adapter if name != tokens)
+    adapted = {name.removeprefix("base_model.model.").split(".lora_")[0] for name in adapter if name != tokens}
     assert adapted == targets
+    token_ids = json.loads((lora_run / "adapter_config.json").read_text())["trainable_token_indices"][WORD_EMBEDDINGS]
+    assert adapter[tokens].shape[0] == len(token_ids) > 0
     assert not (lora_run / "model.safetensors").exists()
     summary = json.loads((lora_run / "training_summary.json").read_text())
     assert summary["trainable_parameters"] == sum(tensor.numel() for tensor in adapter.values())
@@ -80,7 +84,12 @@ def test_only_the_adapters_train_and_the_merged_checkpoint_is_base_plus_adapter(
     assert merged.keys() == start_state.keys()
     assert merged["logit_scale"].dim() == 0  # stored as released; the model holds it as a (1,) vector
     merged["logit_scale"] = merged["logit_scale"].reshape(1)
+    embeddings = f"{WORD_EMBEDDINGS}.weight"
+    moved_rows = (merged[embeddings] != start_state[embeddings]).any(dim=1).nonzero().flatten().tolist()
+    assert moved_rows and set(moved_rows) <= set(token_ids)  # only the trained tokens' embedding rows
     for name, tensor in merged.items():
+        if name == embeddings:
+            continue
         if name.removesuffix(".weight") in targets:
             assert not torch.equal(tensor, start_state[name]), name  # the adapter's update is in it
         else:
