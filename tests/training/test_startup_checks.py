@@ -14,7 +14,7 @@ def test_an_evaluation_strategy_without_validation_files_is_refused_before_model
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the evaluation set was checked")
 
-    monkeypatch.setattr("altclip.training.cli.load_or_build_model", no_model)
+    monkeypatch.setattr("altclip.training.stages.load_or_build_model", no_model)
     with pytest.raises(CommandLineError) as refusal:
         run_stage("teacher", tmp_path / "out", *teacher_flags(toy, *flags))
     assert refusal.value.code == 2
