@@ -29,6 +29,8 @@ HUB += PEFT
 DEMO += PEFT
 # image search: FAISS for the vector index (faiss-gpu where installed is used the same way), Parquet metadata
 SEARCH = ["faiss-cpu>=1.8", "pyarrow>=15", "braceexpand>=0.1.7", "webdataset>=1.0", "tqdm>=4.66"]
+# altclip-serve (FastAPI on uvicorn; python-multipart for image uploads) and its Python client (httpx)
+SEARCH += ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"]
 ONNX = ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.20"]
 # the emoji reproduction trains and evaluates; the glyphs come from Debian's fonts-noto-color-emoji
 REPRODUCE = sorted({*TRAIN, *EVAL, "emoji>=2.10"})
@@ -64,7 +66,7 @@ setup(
     packages=["altclip", *find_packages(include=["modeling_altclip*"]), *JOB_PACKAGES],
     package_dir={"altclip": "altclip", **{f"altclip.{job}": job for job in JOBS}},
     package_data={
-        "altclip.training": ["configs/*.yaml", "configs/*.json"],
+        "altclip.training": ["configs/*.yaml", "configs/*.json", "launch/*.sbatch"],
         "altclip.evaluation": ["metrics/*/*.py", "metrics/*/*.md", "references.json"],
         "altclip.reproduction": ["stage2_selection.json"],
         "altclip.hub": ["*.md"],
@@ -80,6 +82,7 @@ setup(
             "altclip-reproduce = altclip.reproduction.run:main",
             "altclip-index = altclip.search.cli:index_main",
             "altclip-search = altclip.search.cli:search_main",
+            "altclip-serve = altclip.search.server:main",
         ]
     },
     # The base install loads and runs a model (modeling_altclip, common.images); each job adds its own extras.

@@ -15,9 +15,19 @@ top-level folders of the same names (``setup.py`` maps them with ``package_dir``
 """
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what IDEs and type checkers read (transformers' pattern); at run time __getattr__ imports lazily
+    from altclip.demo.app import main as demo
+    from altclip.evaluation.cli import main as evaluate
+    from altclip.evaluation.onnx_export import main as export_onnx
+    from altclip.hub.cli import main as push
+    from altclip.hub.cli import space_main as push_space
+    from altclip.reproduction.run import main as reproduce
+    from altclip.training.cli import main as train
+    from modeling_altclip import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor
 
 # name -> (module, attribute); resolved by __getattr__ on first access (PEP 562)
 _LAZY = {
@@ -33,7 +43,18 @@ _LAZY = {
     "reproduce": ("altclip.reproduction.run", "main"),
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [  # the lazy table's names, written out so that linters and type checkers see them
+    "AltCLIPConfig",
+    "AltCLIPModel",
+    "AltCLIPProcessor",
+    "demo",
+    "evaluate",
+    "export_onnx",
+    "push",
+    "push_space",
+    "reproduce",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -41,6 +41,18 @@ SHAPES = {
         vision_heads=16,
         project_dim=768,
     ),
+    # for smoke runs of the scripts (their tests): a tiny model, XLM-R's real vocabulary
+    "tiny": dict(
+        width=64,
+        layers=2,
+        heads=2,
+        patch=32,
+        projection_dim=32,
+        vision_width=64,
+        vision_layers=2,
+        vision_heads=2,
+        project_dim=64,
+    ),
 }
 
 

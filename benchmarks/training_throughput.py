@@ -134,7 +134,16 @@ def scale_data(folder: Path, pairs: int) -> list[str]:
 
 LORA_ROWS = {
     "stage 2, full fine-tuning (text tower)": [],
-    "stage 2, LoRA r=16 (text tower)": ["--lora_r", "16", "--lora_alpha", "32", "--lora_targets", "text"],
+    "stage 2, LoRA r=16 (text tower)": [
+        "--lora_r",
+        "16",
+        "--lora_alpha",
+        "32",
+        "--lora_targets",
+        "text",
+        "--lora_trainable_tokens",
+        "none",
+    ],
 }
 
 

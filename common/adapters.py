@@ -8,12 +8,14 @@ An adapter folder holds ``adapter_config.json`` + ``adapter_model.safetensors`` 
 import json
 from pathlib import Path
 
+from altclip.common.errors import InputDataError
+
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 PROCESSOR_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer_config.json")
 
 
-class AdapterError(ValueError):
+class AdapterError(InputDataError):
     """An adapter folder that cannot be used; the message names the folder and what to do."""
 
 
@@ -72,6 +74,26 @@ def load_altclip(model_dir: str | Path, merge: bool = True, **from_pretrained_kw
         return AltCLIPModel.from_pretrained(model_dir, **from_pretrained_kwargs)
     from peft import PeftModel
 
+    check_adapter_weights(model_dir)  # before the base model loads
     base = AltCLIPModel.from_pretrained(check_base_model(model_dir), **from_pretrained_kwargs)
     adapted = PeftModel.from_pretrained(base, str(model_dir))
     return adapted.merge_and_unload() if merge else adapted
+
+
+def check_adapter_weights(adapter_dir: str | Path) -> None:
+    """Refuses an adapter whose ``adapter_model.safetensors`` is missing, cut short or not safetensors (a copy
+    interrupted, a disk that filled), in one line naming the file, instead of safetensors' traceback."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS_FILE
+    if not path.is_file():
+        raise AdapterError(f"{path} is missing; the adapter folder holds no weights. Train or download it again.")
+    try:
+        with safe_open(str(path), "pt") as weights:
+            for name in weights.keys():
+                weights.get_slice(name)  # the header's offsets checked against the file's size
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterError(
+            f"{path} is unreadable (cut short or damaged: {str(error).splitlines()[0]}); train or download the "
+            "adapter again."
+        ) from None

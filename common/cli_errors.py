@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 
 from altclip.common.errors import AltCLIPError
+from altclip.common.number_checks import NumberRange
 
 
 class CommandLineError(SystemExit):
@@ -55,6 +56,7 @@ def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{value} is out of range ({bounds})")
         return value
 
+    parse.number_range = NumberRange(low=low, high=high, whole=True)  # what the flag table test reads
     return parse
 
 

@@ -1,18 +1,12 @@
-"""Reading an image collection index (what ``altclip-index build`` writes) and querying it, for the search job and
-the demo alike.
+"""Querying an image collection index (what ``altclip-index build`` writes; layout in `index_folder`), for the search
+job, its server and the demo alike.
 
 It lives in common, not in the search job, because the demo answers queries over an index too and no job imports
-another; building, adding and removing stay in ``altclip.search``. An index folder holds:
-
-- ``manifest.json``: the model and its weights' fingerprint, the dimension, counts, the FAISS index's kind and
-  measured recall@10;
-- ``parts/part-NNNNN.npy`` (float16 embeddings, one row per readable image) and ``parts/part-NNNNN.parquet``;
-- ``metadata.parquet``: one row per searchable image (id, location, caption, key, part, row), in index order;
-- ``index.faiss``: the vector index over those rows, memory-mapped when loaded.
+another; building, adding and removing stay in ``altclip.search``. One `Index` is one published version of a folder:
+`Index.reload` gives the newer version when ``--add`` or ``remove`` published one.
 """
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,15 +15,28 @@ from typing import Any
 
 import numpy as np
 
+from .index_folder import (  # noqa: F401  (re-exported: the names readers and writers use)
+    EXACT_VECTORS,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    MANIFEST,
+    METADATA,
+    METADATA_COLUMNS,
+    PARTS,
+    SKIPPED,
+    VERSIONS,
+    CollectionIndexError,
+    files_folder,
+    index_model,
+    manifest_stamp,
+    read_faiss_index,
+    read_manifest,
+    read_metadata,
+)
+
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST, METADATA, INDEX_FILE, PARTS = "manifest.json", "metadata.parquet", "index.faiss", "parts"
-METADATA_COLUMNS = ("id", "location", "caption", "key", "part", "row")
-
-
-class CollectionIndexError(ValueError):
-    """An index folder that cannot be used as it is; the message names the file and what to do."""
+DEDUPLICATE_THRESHOLD = 0.96  # cosine above which two results count as the same picture (resized, re-encoded)
 
 
 def weights_fingerprint(model: Any, tokenizer: Any) -> str:
@@ -48,56 +55,6 @@ def weights_fingerprint(model: Any, tokenizer: Any) -> str:
     return digest.hexdigest()[:20]
 
 
-def read_manifest(folder: str | Path) -> dict:
-    """The manifest of an index folder, or `CollectionIndexError` naming the file."""
-    path = Path(folder) / MANIFEST
-    if not Path(folder).is_dir():
-        raise CollectionIndexError(f"{folder}: no such index folder; build one with altclip-index build.")
-    if not path.is_file():
-        raise CollectionIndexError(
-            f"{path}: missing; {folder} is not a finished index (altclip-index build writes it)."
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CollectionIndexError(f"{path}: corrupt manifest ({error}); rebuild the index.") from None
-    missing = [key for key in ("format", "model", "fingerprint", "dim", "counts", "index") if key not in manifest]
-    if not isinstance(manifest, dict) or missing:
-        raise CollectionIndexError(f"{path}: corrupt manifest (no {', '.join(missing)}); rebuild the index.")
-    if manifest["format"] != FORMAT_VERSION:
-        raise CollectionIndexError(f"{path}: index format {manifest['format']}, this package reads {FORMAT_VERSION}.")
-    return manifest
-
-
-def read_metadata(folder: str | Path) -> "Any":
-    """The metadata table (pyarrow) of an index folder, or `CollectionIndexError` naming the file."""
-    import pyarrow.parquet
-
-    path = Path(folder) / METADATA
-    try:
-        table = pyarrow.parquet.read_table(path)
-    except (OSError, pyarrow.ArrowInvalid) as error:
-        raise CollectionIndexError(f"{path}: corrupt or missing metadata ({error}); rebuild the index.") from None
-    if missing := [column for column in METADATA_COLUMNS if column not in table.column_names]:
-        raise CollectionIndexError(f"{path}: corrupt metadata (no column {', '.join(missing)}); rebuild the index.")
-    return table
-
-
-def read_faiss_index(path: Path, memory_map: bool = True):
-    """The FAISS index in `path`, memory-mapped (flat codes and IVF lists stay on disk until touched)."""
-    import faiss
-
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if memory_map else 0
-    try:
-        try:
-            return faiss.read_index(str(path), flags | (faiss.IO_FLAG_MMAP_IFC if memory_map else 0))
-        except RuntimeError:  # an index kind whose codes cannot be mapped: its lists still are
-            return faiss.read_index(str(path), flags)
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1][:200]
-        raise CollectionIndexError(f"{path}: corrupt FAISS index ({reason}); rebuild the index.") from None
-
-
 def set_search_parameters(index, parameters: dict) -> None:
     """Apply the search-time parameters the build tuned (``nprobe`` of an IVF index)."""
     import faiss
@@ -108,13 +65,14 @@ def set_search_parameters(index, parameters: dict) -> None:
 
 @dataclass
 class SearchResult:
-    """The `k` best images of one query: ids, cosine scores and metadata rows (best first), and notes such as a
-    truncated query."""
+    """The best images of one query: ids, cosine scores and metadata rows (best first), notes (a truncated query, a
+    raised nprobe, fewer results than asked) and the index version that answered."""
 
     ids: list[int]
     scores: list[float]
     metadata: list[dict]
     notes: list[str] = field(default_factory=list)
+    version: int = 0
 
 
 def too_long_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[tuple[str, int]]:
@@ -123,39 +81,116 @@ def too_long_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[tup
     return [(text, count) for text, count in zip(texts, counts) if count > max_length]
 
 
+def exact_top_k(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the `k` largest inner products of each query with the rows of `matrix`, best first (ties:
+    lower row first). One BLAS matrix product per block of queries: FAISS's own flat search measured 2.4-3.4x slower
+    than this product over the same vectors on the 2-core CPUs here (benchmarks/search_service.py)."""
+    count = matrix.shape[0]
+    scores_out = np.empty((len(queries), k), np.float32)
+    rows_out = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), 16):  # 16 queries x 1M rows: 64 MB of scores at a time
+        block = queries[start : start + 16] @ matrix.T
+        for offset, scores in enumerate(block):
+            top = np.argpartition(-scores, k - 1)[:k] if k < count else np.arange(count)
+            top = top[np.lexsort((top, -scores[top]))]
+            scores_out[start + offset], rows_out[start + offset] = scores[top], top
+    return scores_out, rows_out
+
+
 class Index:
-    """A built collection index: its vectors (FAISS, memory-mapped), metadata and the model that answers queries.
+    """One published version of a collection index: its vectors (FAISS, memory-mapped), metadata and the model that
+    answers queries.
 
     ``Index.load(folder).search(texts=["ein Hund am Strand"], k=20)``; texts and images given together form one
-    query (the normalised sum of their embeddings)."""
+    query (the normalised sum of their embeddings). ``index.reload()`` is the newer version once one is published."""
 
-    def __init__(self, folder: Path, manifest: dict, metadata, faiss_index, embedder=None, model: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        manifest: dict,
+        metadata,
+        faiss_index,
+        embedder=None,
+        model: str | None = None,
+        flat_vectors: np.ndarray | None = None,
+    ):
         self.folder, self.manifest, self.metadata, self.faiss_index = folder, manifest, metadata, faiss_index
-        self._embedder, self._model = embedder, model
+        self._embedder, self._model, self._embedder_options = embedder, model, {}
+        self.stamp: tuple[int, int] | None = None
+        self.dim = int(manifest["dim"])
+        self.index_dim = int(manifest.get("index_dim", self.dim))  # Matryoshka: a prefix of each embedding
+        self._parts: dict[str, np.ndarray] = {}
+        self._flat = flat_vectors
+        if self._flat is None and manifest["index"].get("exact") and faiss_index.ntotal:  # FAISS's flat codes
+            import faiss
+
+            codes = faiss.rev_swig_ptr(faiss_index.get_xb(), faiss_index.ntotal * faiss_index.d)
+            codes = codes.reshape(faiss_index.ntotal, faiss_index.d)
+            # a memory-mapped index.faiss puts the codes at an unaligned offset, which NumPy does not hand to BLAS
+            # (15x slower): a copy then, unless `load` finds the version's aligned vectors.npy to map instead
+            self._flat = codes if codes.flags.aligned else np.array(codes)
+            self._flat.flags.writeable = False
 
     @classmethod
-    def load(cls, folder: str | Path, model: str | None = None, embedder=None, **embedder_options) -> "Index":
-        """The index in `folder`; queries are embedded by `embedder` (an `altclip.common.embedding.Embedder` whose
-        model the caller checked with `check_model`) or by `model` (default: the manifest's), loaded on first use."""
+    def load(
+        cls,
+        folder: str | Path,
+        model: str | None = None,
+        embedder=None,
+        version: int | None = None,
+        **embedder_options,
+    ) -> "Index":
+        """The current version of the index in `folder` (or `version`); queries are embedded by `embedder` (an
+        `altclip.common.embedding.Embedder` whose model the caller checked with `check_model`) or by `model`
+        (default: the manifest's, found from any folder), loaded on first use."""
         folder = Path(folder).expanduser()
-        manifest = read_manifest(folder)
-        metadata = read_metadata(folder)
-        index_path = folder / INDEX_FILE
-        if not index_path.is_file():
-            raise CollectionIndexError(f"{index_path}: missing; rebuild the index.")
-        faiss_index = read_faiss_index(index_path)
-        if faiss_index.ntotal != metadata.num_rows or faiss_index.d != manifest["dim"]:
+        for attempt in range(3):
+            stamp = manifest_stamp(folder) if version is None else None
+            manifest = read_manifest(folder, version)
+            files = files_folder(folder, manifest)
+            if files.is_dir() or version is not None or attempt == 2:
+                break  # else: pruned between reading the manifest and opening its files; read the newer manifest
+        metadata = read_metadata(files)
+        faiss_index = read_faiss_index(files / INDEX_FILE)
+        index_dim = manifest.get("index_dim", manifest["dim"])
+        if faiss_index.ntotal != metadata.num_rows or faiss_index.d != index_dim:
             raise CollectionIndexError(
-                f"{index_path}: {faiss_index.ntotal} vectors of dimension {faiss_index.d}, but {folder / METADATA} has "
-                f"{metadata.num_rows} rows and the manifest says dimension {manifest['dim']}; rebuild the index."
+                f"{files / INDEX_FILE}: {faiss_index.ntotal} vectors of dimension {faiss_index.d}, but "
+                f"{files / METADATA} has {metadata.num_rows} rows and the manifest says dimension {index_dim}; "
+                "rebuild the index."
             )
         set_search_parameters(faiss_index, manifest["index"].get("parameters", {}))
-        index = cls(folder, manifest, metadata, faiss_index, embedder, model)
-        index._embedder_options = embedder_options
+        vectors = files / EXACT_VECTORS
+        flat = None
+        if manifest["index"].get("exact") and vectors.is_file():  # aligned: BLAS reads the mapped file directly
+            flat = np.load(vectors, mmap_mode="r")
+            if flat.shape != (faiss_index.ntotal, faiss_index.d):
+                raise CollectionIndexError(f"{vectors}: {flat.shape}, not the index's; rebuild the index.")
+        index = cls(folder, manifest, metadata, faiss_index, embedder, model, flat_vectors=flat)
+        index._embedder_options, index.stamp = embedder_options, stamp
         return index
 
     def __len__(self) -> int:
         return self.faiss_index.ntotal
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest.get("version", 0))
+
+    def reload(self) -> "Index":
+        """This index, or its newer version when one was published since it was loaded (same query embedder)."""
+        stamp = manifest_stamp(self.folder)
+        if stamp is None or stamp == self.stamp:
+            return self
+        newer = Index.load(self.folder, model=self._model, embedder=self._embedder, **self._embedder_options)
+        if newer.manifest["fingerprint"] != self.manifest["fingerprint"]:
+            raise CollectionIndexError(f"{self.folder}: rebuilt by another model; load it again.")
+        return newer
+
+    @property
+    def model_name(self) -> str:
+        """The query model: the one given, else the manifest's (a moved model folder named in one line)."""
+        return self._model or index_model(self.folder, self.manifest)
 
     def check_model(self, name: str, fingerprint: str) -> None:
         """Refuse a query model other than the one that built the index (both named)."""
@@ -173,7 +208,7 @@ class Index:
 
             from .embedding import Embedder
 
-            name = self._model or self.manifest["model"]
+            name = self.model_name
             model = AltCLIPModel.from_pretrained(name)
             check_finite_weights(model, name)
             processor = AltCLIPProcessor.from_pretrained(name)
@@ -181,6 +216,14 @@ class Index:
             options = {"dtype": "float32", "batch_size": 16, **self._embedder_options}
             self._embedder = Embedder(model, processor, **options)
         return self._embedder
+
+    def text_notes(self, texts: Sequence[str]) -> list[str]:
+        """A note for each text the model cuts to its length."""
+        limit = self.embedder.max_text_length
+        return [
+            f"query {text[:40]!r}… has {count} tokens; the model reads the first {limit}."
+            for text, count in too_long_texts(self.embedder.processor.tokenizer, texts, limit)
+        ]
 
     def query_vector(self, texts: Sequence[str] = (), images: Sequence[Any] = ()) -> tuple[np.ndarray, list[str]]:
         """The unit query vector of `texts` and `images` together, and notes (truncated texts)."""
@@ -192,43 +235,175 @@ class Index:
             raise CollectionIndexError("give a query: some text, an image, or both.")
         notes, parts = [], []
         if texts:
-            limit = self.embedder.max_text_length
-            for text, count in too_long_texts(self.embedder.processor.tokenizer, texts, limit):
-                notes.append(f"query {text[:40]!r}… has {count} tokens; the model reads the first {limit}.")
+            notes += self.text_notes(texts)
             parts.append(self.embedder.texts(texts, "query texts"))
         if images:
             embeddings, _, failures = self.embedder.images(images, "query images")
             if failures:
-                raise CollectionIndexError(f"query image {failures[0].where}: cannot be read ({failures[0].reason}).")
+                where = failures[0].where if len(failures[0].where) < 200 else "(image bytes)"
+                raise CollectionIndexError(f"query image {where}: cannot be read ({failures[0].reason}).")
             parts.append(embeddings)
         vector = F.normalize(torch.cat(parts).sum(dim=0, keepdim=True), dim=-1)
         return vector.numpy().astype("float32"), notes
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 20) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, row numbers) of the `k` nearest rows of each unit vector in `vectors` ([queries, dim])."""
-        vectors = np.ascontiguousarray(vectors, dtype="float32")
-        if vectors.ndim != 2 or vectors.shape[1] != self.manifest["dim"]:
+    def prepare(self, vectors: Any) -> np.ndarray:
+        """Query vectors as the index compares them: float32 [queries, index_dim], finite, unit length (a
+        full-length embedding is cut to the index's Matryoshka prefix)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = vectors[None] if vectors.ndim == 1 else vectors
+        if vectors.ndim != 2 or vectors.shape[1] not in (self.dim, self.index_dim):
             raise CollectionIndexError(
-                f"query vectors of shape {vectors.shape}; this index holds dimension {self.manifest['dim']}."
+                f"query vectors of shape {vectors.shape}; this index holds dimension {self.dim}"
+                + (f" (searched by its first {self.index_dim})." if self.index_dim != self.dim else ".")
             )
-        return self.faiss_index.search(vectors, min(k, len(self)))
+        if not np.isfinite(vectors).all():
+            raise CollectionIndexError("the query vector holds NaN or infinite values; give finite numbers.")
+        vectors = vectors[:, : self.index_dim]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise CollectionIndexError("the query vector is all zeros; it has no direction to search in.")
+        return np.ascontiguousarray(vectors / norms, dtype=np.float32)
 
-    def search(self, texts: Sequence[str] | str = (), images: Sequence[Any] = (), k: int = 20) -> SearchResult:
-        """The `k` images nearest to the query made of `texts` and `images` (paths, bytes, PIL images); a text cut to
-        the model's length is said in the result's notes."""
+    def search_rows(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """(scores, rows, notes per query) of the `k` nearest rows of each prepared query vector. An IVF index that
+        finds fewer than `k` within its tuned nprobe (lists too small) searches again with more lists."""
+        k = min(k, len(self))
+        notes: list[list[str]] = [[] for _ in vectors]
+        if self._flat is not None:
+            scores, rows = exact_top_k(self._flat, vectors, k)
+            return scores, rows, notes
+        scores, rows = self.faiss_index.search(vectors, k)
+        short = np.flatnonzero((rows < 0).any(axis=1))
+        if len(short):
+            import faiss
+
+            ivf = faiss.extract_index_ivf(self.faiss_index)
+            nprobe = ivf.nprobe
+            while len(short) and nprobe < ivf.nlist:
+                nprobe = min(ivf.nlist, nprobe * 2)
+                found = self.faiss_index.search(vectors[short], k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+                scores[short], rows[short] = found
+                for query in short:
+                    notes[query] = [f"searched {nprobe} of {ivf.nlist} lists (tuned: {ivf.nprobe}) to find {k}."]
+                short = short[(rows[short] < 0).any(axis=1)]
+        return scores, rows, notes
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 20) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, row numbers) of the `k` nearest rows of each vector in `vectors` ([queries, dim])."""
+        scores, rows, _ = self.search_rows(self.prepare(vectors), k)
+        return scores, rows
+
+    def row_embeddings(self, rows: Sequence[int]) -> np.ndarray:
+        """The stored unit embeddings (float32, full length) of metadata `rows`, read from the memory-mapped parts."""
+        selected = self.metadata.select(["part", "row"]).take(list(rows)).to_pylist()
+        vectors = np.empty((len(selected), self.dim), np.float32)
+        for number, cell in enumerate(selected):
+            if cell["part"] not in self._parts:
+                self._parts[cell["part"]] = np.load(self.folder / PARTS / f"{cell['part']}.npy", mmap_mode="r")
+            vectors[number] = self._parts[cell["part"]][cell["row"]]
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def deduplicated(self, rows: np.ndarray, threshold: float) -> np.ndarray:
+        """`rows` (best first) without those whose embedding is within `threshold` cosine of a better one."""
+        vectors = self.row_embeddings(rows)
+        kept: list[int] = []
+        for number in range(len(rows)):
+            if not kept or float(np.max(vectors[kept] @ vectors[number])) < threshold:
+                kept.append(number)
+        return rows[kept]
+
+    def results(
+        self,
+        vectors: np.ndarray,
+        k: int = 20,
+        offset: int = 0,
+        deduplicate: bool | float = False,
+        notes: Sequence[Sequence[str]] | None = None,
+    ) -> list[SearchResult]:
+        """One `SearchResult` per query vector: results `offset` to `offset + k` of each (a page), without
+        near-duplicates (cosine above `deduplicate`, or `DEDUPLICATE_THRESHOLD` when True) if asked."""
+        if k < 1 or offset < 0:
+            raise CollectionIndexError(f"k must be at least 1 and offset at least 0, got k={k}, offset={offset}.")
+        threshold = DEDUPLICATE_THRESHOLD if deduplicate is True else float(deduplicate or 0)
+        vectors = self.prepare(vectors)
+        wanted = offset + k
+        fetch = min(len(self), wanted * 4 + 16 if threshold else wanted)
+        while True:  # with deduplication: more candidates until each query has a full page (or a limit is met)
+            scores, rows, search_notes = self.search_rows(vectors, fetch)
+            candidates = [rows[number][rows[number] >= 0] for number in range(len(vectors))]
+            kept = [self.deduplicated(found, threshold) if threshold else found for found in candidates]
+            limit = min(len(self), max(64 * wanted, 1024))
+            if not threshold or fetch >= limit or all(len(rows_kept) >= wanted for rows_kept in kept):
+                break
+            fetch = min(limit, fetch * 4)
+        answers = []
+        for number in range(len(vectors)):
+            query_notes = [*(notes[number] if notes else ()), *search_notes[number]]
+            found = candidates[number]
+            by_row = dict(zip(found.tolist(), scores[number][: len(found)].tolist()))
+            if threshold and len(kept[number]) < len(found):
+                query_notes.append(f"{len(found) - len(kept[number])} near-duplicates (cosine ≥ {threshold}) left out.")
+            found = kept[number]
+            page = found[offset:wanted].tolist()
+            if len(page) < min(k, len(self) - offset):  # a smaller index simply gives all it holds
+                query_notes.append(
+                    f"{len(page)} results, fewer than the {k} asked (from {offset}): "
+                    + ("near-duplicates were left out." if threshold else "the index found no more.")
+                )
+            metadata = self.metadata.take(page).to_pylist() if page else []
+            answers.append(
+                SearchResult(
+                    ids=[row["id"] for row in metadata],
+                    scores=[by_row[row] for row in page],
+                    metadata=metadata,
+                    notes=query_notes,
+                    version=self.version,
+                )
+            )
+        return answers
+
+    def search(
+        self,
+        texts: Sequence[str] | str = (),
+        images: Sequence[Any] = (),
+        k: int = 20,
+        offset: int = 0,
+        deduplicate: bool | float = False,
+        embedding: Sequence[float] | np.ndarray | None = None,
+    ) -> SearchResult:
+        """The `k` images nearest to the query made of `texts` and `images` (paths, bytes, PIL images), or to an
+        `embedding`, from the `offset`-th on; a text cut to the model's length is said in the result's notes."""
         if k < 1:
             raise CollectionIndexError(f"k must be at least 1, got {k}.")
         texts = [texts] if isinstance(texts, str) else list(texts)
-        vector, notes = self.query_vector(texts, images)
-        scores, rows = self.search_vectors(vector, k)
-        found = [int(row) for row in rows[0] if row >= 0]
-        metadata = self.metadata.take(found).to_pylist() if found else []
-        return SearchResult(
-            ids=[row["id"] for row in metadata],
-            scores=[float(s) for s in scores[0][: len(found)]],
-            metadata=metadata,
-            notes=notes,
-        )
+        if embedding is not None:
+            vector, notes = np.asarray(embedding, dtype=np.float32), []
+        else:
+            vector, notes = self.query_vector(texts, images)
+        return self.results(vector, k, offset, deduplicate, [notes])[0]
+
+
+def read_parquet_rows(url: str, start: int, stop: int):
+    """Rows `start` to `stop` of a Parquet file or URL as a pyarrow Table, reading only the row groups holding them
+    (a part of a large table, a thumbnail's row: not the whole table each time)."""
+    import io
+
+    import pyarrow.parquet
+
+    from .sources import open_stream
+
+    with open_stream(url) as stream:
+        file = pyarrow.parquet.ParquetFile(stream if stream.seekable() else io.BytesIO(stream.read()))
+        groups, first, row = [], None, 0
+        for group in range(file.num_row_groups):
+            rows = file.metadata.row_group(group).num_rows
+            if row < stop and row + rows > start:
+                groups.append(group)
+                first = row if first is None else first
+            row += rows
+        if not groups:
+            return file.schema_arrow.empty_table()
+        return file.read_row_groups(groups).slice(start - first, stop - start)
 
 
 def open_indexed_image(row: dict):
@@ -248,11 +423,8 @@ def open_indexed_image(row: dict):
                     return open_rgb_image(tar.extractfile(member).read())
         raise FileNotFoundError(f"{location}: no image member")
     if "#row=" in location:
-        import pyarrow.parquet
-
         table, number = location.rsplit("#row=", 1)
-        with open_stream(table) as stream:
-            cells = pyarrow.parquet.read_table(stream).slice(int(number), 1).to_pylist()[0]
+        cells = read_parquet_rows(table, int(number), int(number) + 1).to_pylist()[0]
         return open_rgb_image(next(value for value in cells.values() if isinstance(value, (bytes, dict))))
     with open_stream(location) as stream:
         return open_rgb_image(stream.read())

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from altclip.common.errors import InputDataError, PathError, UsageError
+
 # Flags whose value names another file: a relative path is read beside the config file first (so a config and
 # the DeepSpeed JSON it names travel together and work from any folder), else from the current folder.
 FILE_FLAGS = ("deepspeed",)
@@ -16,10 +18,12 @@ def config_file_to_flags(path: str) -> list[str]:
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
         values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise SystemExit(f"cannot read config file {path}: {error}") from error
+    except OSError as error:
+        raise PathError(f"cannot read config file {path}: {error}") from error
+    except (ValueError, yaml.YAMLError) as error:
+        raise InputDataError(f"cannot read config file {path}: {error}") from error
     if not isinstance(values, dict):
-        raise SystemExit(f"{path} must map flag names to values.")
+        raise InputDataError(f"{path} must map flag names to values.")
     flags: list[str] = []
     for name, value in values.items():
         if value is None:
@@ -57,7 +61,7 @@ def expand_config(argv: Sequence[str]) -> list[str]:
     while index < len(argv):
         if argv[index] == "--config":
             if index + 1 >= len(argv):
-                raise SystemExit("--config needs a file.")
+                raise UsageError("--config needs a file.")
             expanded.extend(config_file_to_flags(argv[index + 1]))
             index += 2
         elif argv[index].startswith("--config="):

@@ -20,11 +20,16 @@ from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.devices import default_device, default_half_dtype
 from altclip.common.images import open_rgb_image
 from altclip.common.records import Skipped
-from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_weights
-from modeling_altclip.cpu_kernels import use_onednn_linear
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor, check_finite_input, check_finite_weights
 
 from .batching import length_sorted_batches
-from .fast_paths import projected_image_features, supports_cls_only
+from .fast_paths import (
+    KernelChoice,
+    apply_linear_kernel,
+    choose_linear_kernel,
+    projected_image_features,
+    supports_cls_only,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +96,23 @@ def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+def check_dims(dims: int | None, projection_dim: int) -> int | None:
+    """`dims` as the prefix width to embed with (None or the full width: all), or a ValueError naming the range."""
+    if dims is None or dims == projection_dim:
+        return None
+    if not 1 <= dims <= projection_dim:
+        raise ValueError(f"--dims {dims} is outside 1..{projection_dim}, the model's embedding width (projection_dim).")
+    return int(dims)
+
+
 class Embedder:
     """Embeds images and texts with one AltCLIP model; ``fingerprint`` identifies its text side for caching.
 
-    On the CPU in fp32 the Linear layers run oneDNN's kernel (`onednn_linear`; a module copy that shares the
-    model's parameters, fp32 results within ~1e-6, about twice as fast where MKL is slow: see
-    `modeling_altclip.cpu_kernels`)."""
+    On the CPU in fp32 the Linear layers run the kernel `linear_kernel` names: "auto" (default) measures once per
+    machine whether oneDNN's kernel beats PyTorch's default and keeps the faster (the default on a tie: it is what a
+    plain transformers model runs), "onednn" or "default" force one (`common.fast_paths.choose_linear_kernel`;
+    oneDNN runs on a module copy that shares the model's parameters, fp32 results within ~1e-6). The older
+    `onednn_linear=True/False` still forces "onednn"/"default"."""
 
     def __init__(
         self,
@@ -109,8 +125,13 @@ class Embedder:
         max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
         quantization: str | None = None,
         reduced_decoding: bool = False,
-        onednn_linear: bool = True,
+        onednn_linear: bool | None = None,
+        linear_kernel: str = "auto",
+        dims: int | None = None,
     ):
+        """`dims`: embed with the first `dims` dimensions of the projections only, re-normalised (any model; one
+        trained with ``--matryoshka_dims`` keeps most of its quality there); None: all of them."""
+        self.dims = check_dims(dims, model.config.projection_dim)
         self.device, self.dtype = resolve_device_and_dtype(device, dtype)
         self.model = model.to(self.device, self.dtype).eval()
         self.processor = processor
@@ -125,8 +146,12 @@ class Embedder:
             self.model = quantize_int8(self.model, self.device)
         elif quantization is not None:
             raise ValueError(f"Unknown quantization {quantization!r}; the CPU offers 'int8'.")
-        elif onednn_linear and self.device.type == "cpu" and self.dtype == torch.float32:
-            self.model = use_onednn_linear(self.model)
+        self.linear_kernel: KernelChoice | None = None  # set where it applies: the CPU in fp32, not quantised
+        if quantization is None and self.device.type == "cpu" and self.dtype == torch.float32:
+            if onednn_linear is not None:
+                linear_kernel = "onednn" if onednn_linear else "default"
+            self.linear_kernel = choose_linear_kernel(self.model, linear_kernel)
+            self.model = apply_linear_kernel(self.model, self.linear_kernel.kernel)
         self.cls_only = supports_cls_only(self.model)
 
     @classmethod
@@ -155,19 +180,21 @@ class Embedder:
             if pixels is None:
                 continue
             features = self.image_features(pixels.to(self.device, self.dtype))
-            embeddings.append(F.normalize(features.float(), dim=-1).cpu())
+            embeddings.append(F.normalize(features[:, : self.embedding_dim].float(), dim=-1).cpu())
             kept += indices
         for skipped in failures[:5]:
             logger.warning("Leaving out unreadable image %s (%s)", skipped.where, skipped.reason)
         if not embeddings and allow_none:
-            return torch.empty(0, self.model.config.projection_dim), [], failures
+            return torch.empty(0, self.embedding_dim), [], failures
         if not embeddings:
             example = f"{failures[0].where}: {failures[0].reason}" if failures else "none"
             raise ValueError(f"None of the {len(sources)} {description} could be read, e.g. {example}.")
         return require_finite(torch.cat(embeddings), description), kept, failures
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image features; the last layer runs for [CLS] only where the tower has CLIP's layout."""
+        """Projected image features; the last layer runs for [CLS] only where the tower has CLIP's layout. NaN or
+        infinite `pixel_values` are a `NonFiniteInputError` (the fast path skips the model's own check)."""
+        check_finite_input("pixel_values", pixel_values)
         if self.cls_only:
             return projected_image_features(self.model, pixel_values)
         return self.model.get_image_features(pixel_values=pixel_values).pooler_output
@@ -175,7 +202,7 @@ class Embedder:
     @torch.no_grad()
     def texts(self, texts: Sequence[str], description: str = "texts") -> torch.Tensor:
         """Normalised embeddings of `texts`, in their order."""
-        embeddings = torch.empty(len(texts), self.model.config.projection_dim)
+        embeddings = torch.empty(len(texts), self.embedding_dim)
         tokenizer = self.processor.tokenizer
         for batch in tqdm(length_sorted_batches(texts, self.batch_size), desc=f"Embedding {description}", unit="batch"):
             tokens = tokenizer(
@@ -186,8 +213,13 @@ class Embedder:
                 return_tensors="pt",
             ).to(self.device)
             features = self.model.get_text_features(**tokens).pooler_output
-            embeddings[batch] = F.normalize(features.float(), dim=-1).cpu()
+            embeddings[batch] = F.normalize(features[:, : self.embedding_dim].float(), dim=-1).cpu()
         return require_finite(embeddings, description)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the embeddings this Embedder returns (``dims``, else the model's ``projection_dim``)."""
+        return self.dims or self.model.config.projection_dim
 
     def fingerprint(self) -> str:
         """A checksum of the text side's weights, tokenizer, precision and quantisation: equal fingerprints, equal
@@ -205,4 +237,6 @@ class Embedder:
             digest.update(f"{name}{tuple(parameter.shape)}{total:.10e}".encode())
             digest.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
         digest.update(f"{len(self.processor.tokenizer)}{self.max_text_length}{self.dtype}{self.quantization}".encode())
+        if self.dims:  # a prefix is another embedding: cached class embeddings must not be shared with the full one
+            digest.update(f"dims{self.dims}".encode())
         return digest.hexdigest()[:20]

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from altclip.common.errors import InputDataError
+
 logger = logging.getLogger(__name__)
 
 TEXT_TABLE_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputDataError):
     """Input data that cannot be used at all: unreadable file, missing column, unknown format."""
 
 
@@ -164,6 +166,40 @@ def text_lines(handle, start_number: int = 1, start_offset: int = 0) -> Iterator
         number, offset = number + 1, offset + len(raw)
 
 
+ENCODING_SCAN_BYTES = 1 << 20  # how much of each table the encoding check reads (a source may hold thousands)
+ENCODING_MIN_BAD_LINES = 3  # fewer non-UTF-8 lines than this are bad records (skipped and counted), not an encoding
+
+
+def check_utf8(lines: Iterable[bytes], where: str, limit: int = ENCODING_SCAN_BYTES) -> None:
+    """Refuses a table in another encoding (a Latin-1 or cp1252 export), whose captions would otherwise be skipped
+    line by line or read as mojibake: among the lines with non-ASCII bytes (in the first `limit` bytes), at least
+    ENCODING_MIN_BAD_LINES and more than half are not UTF-8. A few bad lines in a UTF-8 file stay counted skips.
+    Raises `InputDataError` naming `where`, the first bad line and the fix."""
+    bad, good, first_bad, seen = 0, 0, None, 0
+    for number, line in enumerate(lines, start=1):
+        seen += len(line)
+        if line.isascii():
+            pass
+        else:
+            try:
+                line.decode("utf-8")
+                good += 1
+            except UnicodeDecodeError as error:
+                bad += 1
+                if first_bad is None:
+                    first_bad = (number, line[error.start])
+        if seen >= limit:
+            break
+    if bad >= ENCODING_MIN_BAD_LINES and bad > good:
+        number, byte = first_bad
+        name = where.rsplit("/", 1)[-1]
+        raise InputDataError(
+            f"{where}:{number}: not UTF-8 (byte 0x{byte:02x}; {bad} of {bad + good} lines with non-ASCII text are not "
+            f"UTF-8): the file is in another encoding, e.g. Latin-1 or cp1252. Convert it to UTF-8 (with or without "
+            f"BOM), e.g. iconv -f LATIN1 -t UTF-8 {name} > utf8-{name}"
+        )
+
+
 def _missing(fields: dict[str, Any] | Sequence[str], required: Sequence[str]) -> list[str]:
     return [column for column in required if column not in fields]
 
@@ -221,9 +257,13 @@ def _iter_saved_dataset(path: Path, required: Sequence[str]) -> Iterator[Record 
 
 
 def iter_records(path: str | Path, required: Sequence[str]) -> Iterator[Record | Skipped]:
-    """Rows of a JSONL/CSV/TSV file or a saved dataset; the first row must carry every `required` column."""
+    """Rows of a JSONL/CSV/TSV file or a saved dataset; the first row must carry every `required` column. A file
+    in another encoding than UTF-8 is refused (`check_utf8`)."""
     path = Path(path)
     kind = record_format(path)
+    if kind in ("jsonl", "csv", "tsv"):
+        with path.open("rb") as handle:
+            check_utf8(handle, str(path))
     if kind == "datasets":
         yield from _iter_saved_dataset(path, required)
         return

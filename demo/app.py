@@ -12,6 +12,7 @@ import gradio as gr
 
 from altclip.common.cli_errors import fail, one_line_parser_errors
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
+from altclip.common.number_checks import NumberRange, number_type
 
 from .engine import MAX_GALLERY, MAX_LABELS, DemoEngine, DemoInputError
 from .examples import CAPTIONS, SEARCHES, classification_examples, example_photos
@@ -156,11 +157,7 @@ def address_problem(error: OSError, host: str, port: int) -> str:
     return f"cannot serve on {host}:{port}: {error.strerror or error}."
 
 
-def port_number(value: str) -> int:
-    port = int(value)
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (1..65535)")
-    return port
+port_number = number_type(NumberRange(low=1, high=65535, whole=True))  # --port: a TCP port
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -40,8 +40,23 @@ def thumbnail(row: dict) -> Image.Image:
     return image
 
 
-def search_collection(index: Index, query: str, k: int = RESULTS) -> tuple[list[tuple[Image.Image, str]], str]:
+class ServedCollection:
+    """The tab's index, moved to the newest published version before each query (``altclip-index build --add`` and
+    ``remove`` publish new versions while the demo runs), as ``altclip-serve`` does."""
+
+    def __init__(self, index: Index):
+        self.index = index
+
+    def current(self) -> Index:
+        self.index = self.index.reload()
+        return self.index
+
+
+def search_collection(
+    index: "Index | ServedCollection", query: str, k: int = RESULTS
+) -> tuple[list[tuple[Image.Image, str]], str]:
     """Thumbnails labelled "score · caption (or file name)" of the `k` best images, and a note (a cut query)."""
+    index = index.current() if isinstance(index, ServedCollection) else index
     query = (query or "").strip()
     if not query:
         raise DemoInputError("Please type what to search for.")
@@ -69,6 +84,7 @@ def collection_tab(index: Index, guard) -> None:
             button = gr.Button("Search collection", variant="primary", scale=1)
         results = gr.Gallery(label="Best matches (cosine similarity · caption)", columns=6, height="auto")
         note = gr.Markdown()
-        search = guard(lambda text: search_collection(index, text))
+        served = ServedCollection(index)
+        search = guard(lambda text: search_collection(served, text))
         button.click(search, [query], [results, note], api_name="search_collection")
         query.submit(search, [query], [results, note])

@@ -17,8 +17,11 @@ from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_
 from altclip.common.config_files import expand_config
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
 from altclip.common.embedding import Embedder
+from altclip.common.errors import PathError, UsageError
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
+from altclip.common.number_checks import COUNT, WHOLE_NON_NEGATIVE, check_fields
 from altclip.common.results_format import markdown_table, write_results
+from altclip.common.zero_shot_scoring import names_in_language
 from modeling_altclip.assets import cache_dir
 
 from .field_sets import FIELD_LOADERS, MULTI30K_LANGUAGES, XM3600_LANGUAGES, translated_languages
@@ -46,6 +49,9 @@ USAGE = """usage: altclip-eval {zeroshot,retrieval} --model PATH_OR_ID --dataset
              flickr30k_200, multi30k, captions
 
 'altclip-eval TASK --help' lists every flag."""
+
+
+NUMBER_RANGES = {"batch_size": COUNT, "num_workers": WHOLE_NON_NEGATIVE, "max_text_length": COUNT}
 
 
 def default_cache_dir() -> str:
@@ -132,15 +138,29 @@ class EvalArguments:
             "help": "int8: dynamic int8 quantisation of the Linear layers (CPU only; faster, slightly different)."
         },
     )
-    onednn_linear: bool = field(
-        default=True,
+    cpu_linear_kernel: str = field(
+        default="auto",
         metadata={
-            "help": "On the CPU in fp32, run Linear layers with oneDNN's kernel (about 2x faster than PyTorch's "
-            "default MKL path on AMD CPUs; same fp32 results within ~1e-6); false keeps nn.Linear."
+            "help": "On the CPU in fp32, the Linear layers' kernel: auto (measured once on this machine: oneDNN's "
+            "where it is clearly faster than PyTorch's default, e.g. about 2x on AMD EPYC, else the default), "
+            "onednn, or default (nn.Linear as transformers runs it). $ALTCLIP_CPU_LINEAR_KERNEL sets it for every "
+            "tool. Same fp32 results within ~1e-6.",
+            "choices": ["auto", "onednn", "default"],
         },
+    )
+    onednn_linear: bool | None = field(
+        default=None,
+        metadata={"help": "Older spelling: true is --cpu_linear_kernel onednn, false is --cpu_linear_kernel default."},
     )
     show_traceback: bool = field(
         default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
+    )
+    dims: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score with the first N embedding dimensions, re-normalised (any model; one trained with "
+            "altclip-train --matryoshka_dims keeps most of its quality there). Default: all of them."
+        },
     )
     cache_dir: str = field(
         default_factory=default_cache_dir,
@@ -158,9 +178,12 @@ def parse(task: str, argv: Sequence[str]) -> EvalArguments:
     one_line_parser_errors(parser, program)
     args, remaining = parser.parse_args_into_dataclasses(args=expand_config(argv), return_remaining_strings=True)
     if remaining:
-        raise SystemExit(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
+        raise UsageError(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
+    check_fields([args], NUMBER_RANGES)
+    if args.dims is not None and args.dims < 1:
+        raise UsageError(f"{program}: --dims {args.dims} must be a positive number of embedding dimensions.")
     if args.dataset not in TASKS[task]:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-eval {task}: unknown --dataset {args.dataset!r}; choose from {', '.join(TASKS[task])}."
         )
     return args
@@ -172,14 +195,9 @@ def classification_prompts(args: EvalArguments, dataset: ClassificationSet) -> d
     if args.dataset == "image_folder":
         prompts = {}
         for language in languages:
-            names = dataset.classnames_by_language.get(language)
-            if names is None and not dataset.classnames_by_language and len(languages) == 1:
-                names = dataset.classnames  # no classnames.json: the folder names are the class names
-            if names is None:
-                known = ", ".join(dataset.classnames_by_language) or "none (no classnames.json)"
-                raise SystemExit(
-                    f"altclip-eval: {args.data_dir}/classnames.json has no {language!r} names; it has {known}."
-                )
+            names = names_in_language(
+                args.data_dir, dataset.classnames_by_language, dataset.classnames, language, len(languages) > 1
+            )
             prompts[language] = custom_prompts(language, names, args.templates)
         return prompts
     folder = prompts_dir(args.prompts_dir)
@@ -214,7 +232,7 @@ def run_retrieval(
     if args.dataset == "xtd10":
         unknown = sorted(set(languages) - set(XTD_LANGUAGES))
         if unknown:
-            raise SystemExit(f"altclip-eval: XTD10 has no {', '.join(unknown)}; it has {', '.join(XTD_LANGUAGES)}.")
+            raise UsageError(f"altclip-eval: XTD10 has no {', '.join(unknown)}; it has {', '.join(XTD_LANGUAGES)}.")
     datasets = {language: loader(args.data_dir, language, split=args.split) for language in languages}
     if not languages:  # a caption table without --languages: all of its rows together
         datasets = {"all": loader(args.data_dir, None, split=args.split)}
@@ -263,7 +281,7 @@ def evaluate(task: str, argv: list[str]) -> None:
     def make_embedder() -> Embedder:  # called once the data and class lists have been checked
         problem = unavailable_model(args.model) or incomplete_model_folder(args.model)
         if problem:
-            raise SystemExit(f"--model {problem}")
+            raise PathError(f"--model {problem}")
         return Embedder.from_pretrained(
             args.model,
             device=str(state.device) if state is not None and args.device == "auto" else args.device,
@@ -274,9 +292,13 @@ def evaluate(task: str, argv: list[str]) -> None:
             quantization=args.quantization,
             reduced_decoding=args.reduced_decoding,
             onednn_linear=args.onednn_linear,
+            linear_kernel=args.cpu_linear_kernel,
+            dims=args.dims,
         )
 
     results = (run_zero_shot if task == "zeroshot" else run_retrieval)(args, make_embedder, state)
+    for result in results if args.dims else ():
+        result["dims"] = args.dims  # the embedding width scored, kept in results.json
     if state is not None and not state.is_main_process:
         return  # every process holds the gathered results; the first one writes them
     paths = write_results(results, args.output_dir, args.model)

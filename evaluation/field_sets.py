@@ -8,7 +8,9 @@ A missing file is a `FileNotFoundError` whose first line names it and the expect
 
 import gzip
 import json
-from pathlib import Path
+from pathlib import Path, PurePath
+
+from altclip.common.errors import InputDataError, PathError
 
 from .loaders import RetrievalSet, _require
 
@@ -62,6 +64,11 @@ def load_xm3600(root: str | Path, language: str) -> RetrievalSet:
                 caption_image.append(len(images) - 1)
     if not images:
         raise ValueError(f"{table} holds no row.")
+    if not captions:
+        raise InputDataError(
+            f"{table}: none of its {len(images)} rows has a {language!r} caption; drop {language} from --languages "
+            "(or use a captions.jsonl that has them)."
+        )
     return RetrievalSet(f"xm3600_{language}", images, captions, caption_image)
 
 
@@ -83,15 +90,70 @@ def _parallel_lines(
 
 XTD200_LAYOUT = (
     "ROOT/test_image_names.txt, ROOT/<flores code>.txt (e.g. deu_Latn.txt: line i describes image i) as NLLB-CLIP "
-    "publishes them in data/xtd200/, and the COCO images in ROOT/images/"
+    "publishes them in data/xtd200/, and the COCO images in ROOT/images/; or CLIP_benchmark's prepared root: "
+    "ROOT/xtd200-<flores code>.json and ROOT/xtd200/images/"
 )
+# What CLIP_benchmark itself leaves in its dataset root (clip_benchmark/datasets/xtd200.py and flickr30k_200.py,
+# create_annotation_file): no index or caption file (it downloads them per run), but one ROOT/<set>-<code>.json per
+# language ({"image_paths", "annotations", "indicies"}: image i, its one caption, its line in the index) and the
+# images in ROOT/<folder>/images/. Per set: (its annotation file name, its image folder).
+CLIP_BENCHMARK_ANNOTATIONS = {
+    "xtd200": ("xtd200-{}.json", "xtd200"),
+    "flickr30k_200": ("flickr30k_200-{}.json", "flickr30k-200"),
+}
+
+
+def _prepared_image(root: Path, folder: str, stored: str) -> Path:
+    """An image path as CLIP_benchmark stored it (join(its root, folder, "images", name)), re-rooted at `root` so a
+    prepared folder still reads after it was moved or prepared with a relative root."""
+    parts = PurePath(stored).parts
+    for index in range(len(parts) - 2, -1, -1):
+        if parts[index] == folder and parts[index + 1] == "images":
+            return root.joinpath(folder, "images", *parts[index + 2 :])
+    return Path(stored) if PurePath(stored).is_absolute() else root / stored
+
+
+def _clip_benchmark_prepared(dataset: str, root: Path, language: str, index: str) -> RetrievalSet | None:
+    """The set as CLIP_benchmark prepared it in `root`, or None when `root` holds the publisher's layout instead."""
+    template, folder = CLIP_BENCHMARK_ANNOTATIONS[dataset]
+    annotations = root / template.format(language)
+    if not annotations.is_file():
+        if (root / index).exists() or (root / folder / index).exists() or not any(root.glob(template.format("*"))):
+            return None
+        have = ", ".join(_clip_benchmark_languages(dataset, root))
+        raise PathError(
+            f"{annotations} is missing: CLIP_benchmark prepares one file per language, and {root} has {have}."
+        )
+    try:
+        data = json.loads(annotations.read_text(encoding="utf-8"))
+        paths, captions = data["image_paths"], data["annotations"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputDataError(
+            f"{annotations}: not a CLIP_benchmark annotation file with image_paths and annotations ({error!r})."
+        ) from None
+    if len(paths) != len(captions) or not paths:
+        raise InputDataError(f"{annotations}: {len(captions)} annotations for {len(paths)} image_paths.")
+    images = [_prepared_image(root, folder, str(path)) for path in paths]
+    return RetrievalSet(
+        f"{dataset}_{language}", images, [str(text).strip() for text in captions], list(range(len(paths)))
+    )
+
+
+def _clip_benchmark_languages(dataset: str, root: Path) -> list[str]:
+    template, _ = CLIP_BENCHMARK_ANNOTATIONS[dataset]
+    prefix, suffix = template.split("{}")
+    return sorted(path.name[len(prefix) : -len(suffix)] for path in root.glob(template.format("*")))
 
 
 def load_xtd200(root: str | Path, language: str) -> RetrievalSet:
     """XTD200: XTD10's 1000 COCO images with their captions machine-translated to the 200 FLORES languages.
 
     Layout: NLLB-CLIP's data/xtd200/{test_image_names.txt, <lang>.txt} (github.com/visheratin/nllb-clip, read by its
-    test/xtd200.py) with the images in images/, as CLIP_benchmark's xtd200.py assembles ROOT/xtd200/."""
+    test/xtd200.py) with the images in images/; or the root CLIP_benchmark prepared (ROOT/xtd200-<lang>.json, read
+    as its XTD200 dataset reads it, with the images in ROOT/xtd200/images/)."""
+    prepared = _clip_benchmark_prepared("xtd200", Path(root), language, "test_image_names.txt")
+    if prepared is not None:
+        return prepared
     root = _nested(Path(root), "xtd200", "test_image_names.txt")
     return _parallel_lines(
         f"xtd200_{language}", root, "test_image_names.txt", root / f"{language}.txt", XTD200_LAYOUT, root / "images"
@@ -100,15 +162,19 @@ def load_xtd200(root: str | Path, language: str) -> RetrievalSet:
 
 FLICKR30K_200_LAYOUT = (
     "ROOT/filenames.txt, ROOT/<flores code>.txt (e.g. deu_Latn.txt: line i describes image i) as NLLB-CLIP publishes "
-    "them in data/flickr30k-200/, and the Flickr30k test images in ROOT/images/"
+    "them in data/flickr30k-200/, and the Flickr30k test images in ROOT/images/; or CLIP_benchmark's prepared root: "
+    "ROOT/flickr30k_200-<flores code>.json and ROOT/flickr30k-200/images/"
 )
 
 
 def load_flickr30k_200(root: str | Path, language: str) -> RetrievalSet:
     """Flickr30k-200: 1000 Flickr30k test images, one English caption each, translated to the FLORES languages.
 
-    Layout: NLLB-CLIP's data/flickr30k-200/<lang>.txt with the index file filenames.txt and the images in images/,
-    as CLIP_benchmark's flickr30k_200.py assembles ROOT/flickr30k-200/."""
+    Layout: NLLB-CLIP's data/flickr30k-200/<lang>.txt with the index file filenames.txt and the images in images/;
+    or the root CLIP_benchmark prepared (ROOT/flickr30k_200-<lang>.json, ROOT/flickr30k-200/images/)."""
+    prepared = _clip_benchmark_prepared("flickr30k_200", Path(root), language, "filenames.txt")
+    if prepared is not None:
+        return prepared
     root = _nested(Path(root), "flickr30k-200", "filenames.txt")
     captions = root / f"{language}.txt"
     name = f"flickr30k_200_{language}"
@@ -152,12 +218,15 @@ FIELD_LOADERS = {  # (root, language, split=...) like loaders.RETRIEVAL_LOADERS
 
 
 def translated_languages(dataset: str, root: str | Path) -> list[str]:
-    """Every FLORES code with a translation file in an XTD200 / Flickr30k-200 folder (e.g. deu_Latn, zho_Hans)."""
+    """Every FLORES code with a translation file in an XTD200 / Flickr30k-200 folder (e.g. deu_Latn, zho_Hans), or
+    with an annotation file in a root CLIP_benchmark prepared."""
     layout, index = {
         "xtd200": (XTD200_LAYOUT, "test_image_names.txt"),
         "flickr30k_200": (FLICKR30K_200_LAYOUT, "filenames.txt"),
     }[dataset]
-    folder = _nested(Path(root), {"xtd200": "xtd200", "flickr30k_200": "flickr30k-200"}[dataset], index)
+    folder = _nested(Path(root), CLIP_BENCHMARK_ANNOTATIONS[dataset][1], index)
+    if not (folder / index).exists() and _clip_benchmark_languages(dataset, Path(root)):
+        return _clip_benchmark_languages(dataset, Path(root))
     _require(folder / index, layout)
     codes = sorted(path.stem for path in folder.glob("*_*.txt") if path.name != index and "_captions" not in path.name)
     if not codes:

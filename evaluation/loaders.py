@@ -17,9 +17,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from altclip.common.errors import InputDataError
 from altclip.common.records import Skipped, iter_records
+from altclip.common.zero_shot_scoring import (  # noqa: F401 (read_classnames and the layout: evaluation's names)
+    IMAGE_FOLDER_LAYOUT,
+    IMAGE_SUFFIXES,
+    read_class_folder,
+    read_classnames,
+)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 WORDNET_ID = re.compile(r"^n\d{8}$")
 
 
@@ -47,6 +53,14 @@ class RetrievalSet:
     caption_image: list[int]
     skipped_rows: int = 0  # table rows left out as unusable (counted in the results)
 
+    def __post_init__(self) -> None:
+        """A set with no caption or no image scores nothing (and ended in torch.cat's "expected a non-empty list")."""
+        if not self.captions or not self.images:
+            raise InputDataError(
+                f"{self.name}: the set holds {len(self.images)} images and {len(self.captions)} captions; nothing to "
+                "retrieve. Check --data_dir and --languages."
+            )
+
 
 def _require(path: Path, layout: str) -> Path:
     if not path.exists():
@@ -58,45 +72,14 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-IMAGE_FOLDER_LAYOUT = "ROOT/<class>/<image>.jpg, one folder per class (optional ROOT/classnames.json: {lang: [names]})"
-
-
-def read_classnames(path: Path) -> dict[str, list[str]]:
-    """``{language: [names]}`` from a classnames.json, or a ValueError naming the file and what is wrong."""
-    try:
-        names = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); it should map languages to lists of names.") from None
-    if not isinstance(names, dict) or not all(
-        isinstance(value, list) and all(isinstance(name, str) for name in value) for value in names.values()
-    ):
-        raise ValueError(f'{path} should map languages to lists of names, e.g. {{"en": ["cat", "dog"]}}.')
-    return names
-
-
 def load_image_folder(root: str | Path) -> ClassificationSet:
     """``ROOT/<class>/*.jpg``; labels follow the sorted folder names. ``ROOT/classnames.json`` may give the
-    class names in several languages, in the same order."""
-    root = _require(Path(root), IMAGE_FOLDER_LAYOUT)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"{root} holds no class folders. Expected layout: {IMAGE_FOLDER_LAYOUT}")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        files = _image_files(root / name)
-        if not files:
-            raise FileNotFoundError(f"{root / name} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-        images += files
-        labels += [label] * len(files)
-    by_language = {}
-    if (root / "classnames.json").is_file():
-        by_language = read_classnames(root / "classnames.json")
-        for language, names in by_language.items():
-            if len(names) != len(classes):
-                raise ValueError(
-                    f"{root / 'classnames.json'}: {language} has {len(names)} names for {len(classes)} class folders."
-                )
-    return ClassificationSet("image_folder", images, labels, classes, by_language)
+    class names in several languages, in the same order. Read by `common.zero_shot_scoring.read_class_folder`, the
+    reader training's zero-shot monitor uses too."""
+    folder = read_class_folder(root)
+    return ClassificationSet(
+        "image_folder", list(folder.images), list(folder.labels), list(folder.folder_names), folder.names_by_language
+    )
 
 
 IMAGENET_LAYOUT = "ROOT/val/n01440764/*.JPEG ... (1000 WordNet-id folders, as prepared by the usual valprep script)"

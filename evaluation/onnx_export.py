@@ -28,7 +28,9 @@ from torch import nn
 from altclip.common.batching import length_sorted_batches
 from altclip.common.cli_errors import fail, one_line_parser_errors
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.errors import UsageError
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
+from altclip.common.number_checks import COUNT, POSITIVE, check_fields
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 logger = logging.getLogger(__name__)
@@ -265,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.prog = "altclip-export-onnx"
     one_line_parser_errors(parser, parser.prog)
     (args,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    try:
+        check_fields([args], {"opset": COUNT, "tolerance": POSITIVE})
+    except UsageError as error:
+        raise fail(f"altclip-export-onnx: {error}") from None
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     problem = unavailable_model(args.model) or incomplete_model_folder(args.model)
     if problem:

@@ -9,9 +9,10 @@ from safetensors.torch import load_file, save_file
 
 from altclip.common.embedding import Embedder
 from altclip.common.files import replace_atomically
+from altclip.common.zero_shot_scoring import class_embeddings as mean_of_templates
+from altclip.common.zero_shot_scoring import rank_classes, zero_shot_result  # noqa: F401 (rank_classes: evaluation's name)
 
 from .loaders import ClassificationSet
-from .metrics import load_metric
 from .prompts import ClassPrompts
 
 logger = logging.getLogger(__name__)
@@ -61,14 +62,7 @@ def class_embeddings(embedder: Embedder, prompts: ClassPrompts) -> torch.Tensor:
     """[classes, dim]: the mean of each class's normalised template embeddings, normalised again."""
     texts = [text for index in range(len(prompts.classnames)) for text in prompts.prompts(index)]
     embeddings = embedder.texts(texts, f"{len(prompts.classnames)} classes x {len(prompts.templates)} templates")
-    per_class = embeddings.view(len(prompts.classnames), len(prompts.templates), -1).mean(dim=1)
-    return torch.nn.functional.normalize(per_class, dim=-1)
-
-
-def rank_classes(image_embeddings: torch.Tensor, class_embeddings_: torch.Tensor, k: int = TOP_K) -> torch.Tensor:
-    """[images, k] class indices, best first."""
-    scores = image_embeddings @ class_embeddings_.t()
-    return scores.topk(min(k, scores.shape[1]), dim=1).indices
+    return mean_of_templates(embeddings, len(prompts.classnames), len(prompts.templates))
 
 
 def evaluate_zero_shot(
@@ -85,27 +79,22 @@ def evaluate_zero_shot(
     cache = cache or ClassEmbeddingCache()
     image_embeddings, kept, failures = embedder.images(dataset.images, f"{dataset.name} images")
     labels = torch.tensor([dataset.labels[i] for i in kept])
-    metric = load_metric("zeroshot_accuracy")
     results = []
     for language, prompts in prompts_by_language.items():
         class_labels = torch.tensor(prompts.labels)
         members = torch.isin(labels, class_labels)
         if not members.any():
             raise ValueError(f"No image of {dataset.name} belongs to a class named in {language}.")
-        ranked = class_labels[rank_classes(image_embeddings[members], cache.get(embedder, prompts))]
-        ks = [1, TOP_K] if ranked.shape[1] >= TOP_K else [1]
-        scores = metric.compute(predictions=ranked.tolist(), references=labels[members].tolist(), ks=ks)
-        results.append(
-            {
-                "task": "zero-shot classification",
-                "dataset": dataset.name,
-                "language": language,
-                "num_classes": len(prompts.classnames),
-                "num_templates": len(prompts.templates),
-                "num_images": int(members.sum()),
-                "skipped_images": len(failures),
-                "metrics": {name: round(100 * value, 2) for name, value in scores.items()},
-            }
+        result = zero_shot_result(
+            dataset.name,
+            language,
+            image_embeddings[members],
+            labels[members],
+            cache.get(embedder, prompts),
+            len(prompts.templates),
+            len(failures),
+            class_labels,
         )
-        logger.info("%s %s: %s", dataset.name, language, results[-1]["metrics"])
+        results.append(result)
+        logger.info("%s %s: %s", dataset.name, language, result["metrics"])
     return results

@@ -25,7 +25,9 @@ from .modeling_altclip import (
     AltCLIPTextModel,
     AltCLIPVisionModel,
     CheckpointMismatchError,
+    NonFiniteInputError,
     NonFiniteWeightsError,
+    check_finite_input,
     check_finite_weights,
 )
 from .processing_altclip import AltCLIPProcessor, AltCLIPXLMRProcessor
@@ -61,7 +63,9 @@ __all__ = [
     "AltCLIPVisionConfig",
     "AltCLIPVisionModel",
     "CheckpointMismatchError",
+    "NonFiniteInputError",
     "NonFiniteWeightsError",
+    "check_finite_input",
     "check_finite_weights",
     "convert_released_config_dict",
 ]

@@ -181,6 +181,10 @@ class AltCLIPConfig(_ReleasedConfigMixin, PreTrainedConfig):
     vision_config (`dict` or `AltCLIPVisionConfig`): the vision tower.
     projection_dim (`int`, defaults to 768): width of the shared image-text embedding space.
     logit_scale_init_value (`float`, defaults to 2.6592): initial log temperature, ln(1/0.07) as in CLIP.
+    logit_bias_init_value (`float`, *optional*): a learnable logit bias with this initial value (SigLIP's -10), added
+        to the logits; set by training with the sigmoid loss. None: no bias (CLIP's softmax ignores one).
+    matryoshka_dims (`list[int]`, *optional*): the nested embedding widths the model was trained on (Matryoshka
+        Representation Learning), smallest first and the full width last; a record, the forward is unchanged.
     """
 
     model_type = MODEL_TYPE
@@ -190,6 +194,8 @@ class AltCLIPConfig(_ReleasedConfigMixin, PreTrainedConfig):
     vision_config: dict | AltCLIPVisionConfig | None = None
     projection_dim: int = 768
     logit_scale_init_value: float | int = 2.6592
+    logit_bias_init_value: float | int | None = None
+    matryoshka_dims: list[int] | None = None
     initializer_factor: float = 1.0
 
     def validate_architecture(self):

@@ -7,6 +7,7 @@ Weight names match the released BAAI checkpoints, so those load directly (see `f
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,23 @@ def _logit_scale_as_vector_on_load(module, state_dict, prefix, *args) -> None:
         state_dict[key] = state_dict[key].reshape(1)
 
 
+# Saved checkpoints spell the text tower's blocks as transformers' own AltCLIPModel names them
+# (`text_model.roberta.encoder.layers.N`), so that `transformers.AltCLIPModel.from_pretrained` on a folder this
+# package wrote loads every weight without this package (its renaming of `layer.N` applies to model_type
+# "altclip" only, and a folder of ours is "altclip_xlmr": it would otherwise start those blocks at random).
+SAVED_TEXT_LAYER = re.compile(r"^(text_model\.roberta\.encoder\.)layer\.(?=\d)")
+LOADED_TEXT_LAYER = re.compile(r"^(text_model\.roberta\.encoder\.)layers\.(?=\d)")
+
+
+def _text_layers_on_load(module, state_dict, prefix, *args) -> None:
+    """`load_state_dict` pre-hook (a Trainer resuming a checkpoint it saved): saved ``layers.N`` text blocks fit the
+    XLM-R tower's ``layer.N``."""
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        renamed = prefix + LOADED_TEXT_LAYER.sub(r"\1layer.", key[len(prefix) :])
+        if renamed != key:
+            state_dict[renamed] = state_dict.pop(key)
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose weights do not fit the model: missing, unexpected or wrongly shaped tensors."""
 
@@ -85,9 +103,11 @@ class CheckpointMismatchError(ValueError):
 @dataclass
 class AltCLIPOutput(CLIPOutput):
     """Output of `AltCLIPModel.forward`: CLIP's fields (`logits_per_image`, `text_embeds`, ...), and
-    ``logit_scale_exp`` (shape (1,)) when the forward is asked for it."""
+    ``logit_scale_exp`` (shape (1,)) and ``logit_bias`` (SigLIP's, None in a model without one) when the forward
+    is asked for them."""
 
     logit_scale_exp: torch.FloatTensor | None = None
+    logit_bias: torch.FloatTensor | None = None
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -118,6 +138,27 @@ def _check_input_ids(input_ids: torch.Tensor | None, attention_mask: torch.Tenso
         )
 
 
+class NonFiniteInputError(ValueError):
+    """A float input (``pixel_values``, ``image_embeds``, ``inputs_embeds``) holds NaN or infinite values, which
+    would silently give NaN embeddings and logits."""
+
+
+def check_finite_input(name: str, values: torch.Tensor | None) -> None:
+    """Raises `NonFiniteInputError` naming the input and its bad rows when `values` hold NaN or infinity (one
+    reduction over the input, skipped while tracing for export)."""
+    if values is None or not values.is_floating_point() or _tracing():
+        return
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    bad_rows = (~finite).reshape(len(values), -1).any(dim=1).nonzero().flatten().tolist()
+    shown = ", ".join(str(row) for row in bad_rows[:5]) + (", ..." if len(bad_rows) > 5 else "")
+    raise NonFiniteInputError(
+        f"{name} hold NaN or infinite values in {len(bad_rows)} of {len(values)} rows (row {shown}); the inputs were "
+        "not decoded or normalised properly (the model's processor gives finite values)."
+    )
+
+
 def _check_pixel_values(pixel_values: torch.Tensor | None, config: AltCLIPVisionConfig, interpolate: bool) -> None:
     if pixel_values is None:
         raise ValueError("pixel_values are required by the vision tower.")
@@ -125,6 +166,7 @@ def _check_pixel_values(pixel_values: torch.Tensor | None, config: AltCLIPVision
         raise ValueError(
             f"pixel_values must have shape (batch, channels, height, width); got shape {tuple(pixel_values.shape)}."
         )
+    check_finite_input("pixel_values", pixel_values)
     channels, height, width = pixel_values.shape[1:]
     if channels != config.num_channels:
         raise ValueError(
@@ -229,7 +271,8 @@ class StrictReleasedLoadingMixin:
         # code only when registered at import of the remote module, and it reverses the renaming on save, so a
         # model would be written in the spelling of whatever checkpoint it came from (`layer.N` or `layers.N`).
         # `key_mapping`, the public from_pretrained argument, does the renaming; clearing the recorded conversions
-        # keeps every checkpoint this package (and the Trainer) writes in one spelling, this module's own.
+        # keeps every checkpoint this package (and the Trainer) writes in one spelling: transformers' AltCLIPModel
+        # module names (`layers.N` in both towers; see SAVED_TEXT_LAYER).
         model._weight_conversions = None
         return (model, info) if return_info else model
 
@@ -253,6 +296,8 @@ class AltCLIPPreTrainedModel(StrictReleasedLoadingMixin, PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, AltCLIPModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
             factor = self.config.initializer_factor
             init.normal_(module.text_projection.weight, std=module.text_embed_dim**-0.5 * factor)
             init.normal_(module.visual_projection.weight, std=module.vision_embed_dim**-0.5 * factor)
@@ -291,6 +336,7 @@ class AltCLIPTextModel(AltCLIPPreTrainedModel):
     ) -> BaseModelOutputWithPoolingAndProjection:
         """``last_hidden_state``: every position projected to ``project_dim``; ``pooler_output``: its [CLS] row."""
         _check_input_ids(input_ids, attention_mask, self.config.vocab_size)
+        check_finite_input("inputs_embeds", inputs_embeds)
         outputs = self.roberta(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -342,7 +388,11 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         # A (1,) vector, not a 0-dim tensor, so that FSDP2 and DeepSpeed can shard and broadcast it (see
         # LOGIT_SCALE_KEY); checkpoints store it as the released 0-dim tensor.
         self.logit_scale = nn.Parameter(torch.tensor([config.logit_scale_init_value]))
+        # SigLIP's learnable bias, present only in models trained with the sigmoid loss (see `add_logit_bias`).
+        bias = config.logit_bias_init_value
+        self.logit_bias = nn.Parameter(torch.tensor([float(bias)])) if bias is not None else None
         self.register_load_state_dict_pre_hook(_logit_scale_as_vector_on_load)
+        self.register_load_state_dict_pre_hook(_text_layers_on_load)
         self.post_init()
 
     @staticmethod
@@ -367,6 +417,7 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         state_dict = dict(self.state_dict() if state_dict is None else state_dict)
         if LOGIT_SCALE_KEY in state_dict and state_dict[LOGIT_SCALE_KEY].numel() == 1:
             state_dict[LOGIT_SCALE_KEY] = state_dict[LOGIT_SCALE_KEY].detach().reshape(()).clone()
+        state_dict = {SAVED_TEXT_LAYER.sub(r"\1layers.", key): value for key, value in state_dict.items()}
         super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
@@ -439,6 +490,7 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
                 f"return_loss=True pairs text i with image i, but got {input_ids.shape[0]} texts and {images} images."
             )
         vision_outputs = None
+        check_finite_input("image_embeds", image_embeds)
         if image_embeds is None:
             vision_outputs = self.vision_model(
                 pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
@@ -456,6 +508,9 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
         scale = self.logit_scale.exp().to(text_embeds.device)
         logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device)
         logits_per_text = logits_per_text * scale
+        bias = self.logit_bias.to(text_embeds.device) if self.logit_bias is not None else None
+        if bias is not None:  # SigLIP's logits; a softmax over them (zero-shot) is unchanged by it
+            logits_per_text = logits_per_text + bias
         logits_per_image = logits_per_text.t()
 
         return AltCLIPOutput(
@@ -467,6 +522,7 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
             logit_scale_exp=scale if return_logit_scale else None,
+            logit_bias=bias if return_logit_scale else None,
         )
 
 
@@ -477,7 +533,9 @@ __all__ = [
     "AltCLIPTextModel",
     "AltCLIPVisionModel",
     "CheckpointMismatchError",
+    "NonFiniteInputError",
     "NonFiniteWeightsError",
+    "check_finite_input",
     "check_finite_weights",
     "contrastive_loss",
 ]

@@ -15,8 +15,8 @@ from PIL import Image
 
 from altclip.common.records import write_jsonl
 
-from .emoji_data import augmented, normalised
-from .stage2_validation import image_folder, read_jsonl
+from .emoji_data import augmented, normalised, read_jsonl
+from .stage2_validation import image_folder
 
 # What a finished `altclip-reproduce` output folder holds that the demonstration reads.
 REPRODUCTION_FILES = (

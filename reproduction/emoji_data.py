@@ -36,6 +36,10 @@ def normalised(name: str) -> str:
     return " ".join(name.casefold().split())
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def names_of(items: list[Emoji]) -> set[str]:
     """Every normalised name of `items`, in every language."""
     return {normalised(name) for item in items for name in item.names.values()}
@@ -104,7 +108,8 @@ def write_emoji_dataset(
     - ``glyphs/<slug>.png``: full-resolution glyphs (the teacher's augmentation source), train split only;
     - ``images/<slug>.png``: one centred view per emoji, both splits;
     - ``teacher_train.jsonl`` {image, caption}: English names of the train emoji (the teacher CLIP's data);
-    - ``parallel_emoji.jsonl`` {english, translation, language}: train emoji names (stage 1);
+    - ``parallel_emoji.jsonl`` {english, translation, language}: train emoji names (no stage reads it since stage 1
+      learns from generic parallel text; kept for analyses such as the old regime's comparison);
     - ``train_captions.jsonl`` {image, caption, language}: train emoji in all languages (stage 2);
     - ``test/<slug>/<slug>.png`` + ``test/classnames.json`` {language: names}: zero-shot classification;
     - ``test_captions.jsonl`` {image, caption, language}: retrieval on the test emoji.

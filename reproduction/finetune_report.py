@@ -18,14 +18,15 @@ def markdown(report: dict) -> str:
     """method | trainable params | wall s | top-1 before -> after on each scored set."""
     before, counts, settings = report["before"], report["counts"], report["settings"]
     lines = [
-        "| method | trainable params | wall s | fine-tuned emoji, new views: top-1 before → after "
-        "| test-half (unseen) top-1 before → after | original-emoji top-1 before → after |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | lr (chosen on validation) | trainable params | wall s | fine-tuned emoji, new views: top-1 "
+        "before → after | test-half (unseen) top-1 before → after | original-emoji top-1 before → after |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in report["runs"].values():
         cells = [f"{before[name]['mean']:.1f} → {run['after'][name]['mean']:.1f}" for name in SETS]
+        rate = f"{run['learning_rate']:g}" + (f" (of {', '.join(run['selection'])})" if "selection" in run else "")
         lines.append(
-            f"| {run['label']} | {run['trainable_parameters']:,} | {run['wall_s']:.0f} | {' | '.join(cells)} |"
+            f"| {run['label']} | {rate} | {run['trainable_parameters']:,} | {run['wall_s']:.0f} | {' | '.join(cells)} |"
         )
     lines.append(
         f"\nTop-1 in %, mean over {', '.join(settings['languages'])}; the fine-tuned emoji in a fresh random view "

@@ -11,6 +11,26 @@ from altclip.evaluation.prompts import BABEL_FILE, NLLB_FILE, babel_code, prompt
 from .emoji_data import normalised
 
 
+def emoji_name_coincidences(rows: list[dict], emoji_names: dict[str, set[str]]) -> dict:
+    """How often generic parallel text names a training emoji by coincidence (ImageNet's "scorpion"): rows whose
+    English side, or whose translation, equals (normalised) a training emoji's name in that language.
+    `emoji_names` maps a language to its normalised training emoji names."""
+    english = emoji_names.get("en", set())
+    hits = [
+        row
+        for row in rows
+        if normalised(row["english"]) in english
+        or normalised(row["translation"]) in emoji_names.get(row["language"], set())
+    ]
+    classes = sorted({row["english"] for row in hits if normalised(row["english"]) in english})
+    return {
+        "parallel_rows": len(rows),
+        "rows_naming_a_training_emoji": len(hits),
+        "english_names_equal_to_a_training_emoji": len(classes),
+        "examples": classes[:12],
+    }
+
+
 def imagenet_parallel_rows(
     languages: list[str],
     sentences_per_class: int = 1,

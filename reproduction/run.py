@@ -1,12 +1,13 @@
-"""``altclip-reproduce``: the AltCLIP recipe end to end on real offline data, on a CPU.
+"""``altclip-reproduce``: the AltCLIP recipe end to end on real offline data, on a CPU, in the paper's data regime.
 
 1. data: emoji rendered from Noto Color Emoji, named in 14 languages; 15% of the emoji held out for testing;
-   parallel text from clip-benchmark's Babel-ImageNet names and NLLB-translated prompts;
+   generic parallel text from clip-benchmark's Babel-ImageNet names and NLLB-translated prompts (no emoji names,
+   except the few ImageNet names that are also emoji names by coincidence, counted in ``results.json``);
 2. an English CLIP teacher trained from scratch on the training emoji (no pretrained CLIP is available offline);
 3. stage 1, teacher learning (``altclip-train teacher``): a fresh XLM-R text tower with the real XLM-R tokenizer
-   learns the teacher's text features from parallel text;
-4. stage 2, contrastive learning (``altclip-train contrastive``): training emoji named in all languages, image
-   tower frozen;
+   learns the teacher's text features from the generic parallel text only;
+4. stage 2, contrastive learning (``altclip-train contrastive``): the training emoji's image-caption pairs in the
+   14 languages (the domain and each language's own captions), image tower frozen;
 5. evaluation (the package's ``evaluation`` code) on the held-out emoji: zero-shot top-1 and retrieval per language
    for the student, the stage-1 student, and the teacher (English: the reference; other languages: the baseline).
 
@@ -43,8 +44,8 @@ from altclip.training.toy_setup import write_tiny_xlmr
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from modeling_altclip.assets import default_model_dir
 
-from .emoji_data import LANGUAGES, normalised, write_emoji_dataset
-from .parallel_text import write_imagenet_parallel
+from .emoji_data import LANGUAGES, normalised, read_jsonl, write_emoji_dataset
+from .parallel_text import emoji_name_coincidences, write_imagenet_parallel
 from .report import write_report
 from .stage2_selection import load_selection
 from .teacher_clip import TeacherSize, train_teacher_clip
@@ -86,6 +87,15 @@ PRESETS = {
     # every emoji and the full model sizes, with shorter teacher and stage-1 training (stage 2 as in "full"): for
     # iterating on stage 2 (`stage2_validation`) in a few minutes
     "small": Preset(teacher=TeacherSize(steps=500), stage1_steps=1000),
+    # every emoji at a quarter of the full preset's compute per stage (half-width towers, fewer steps): the size the
+    # four-seed spread and the ablation were run at on a 2-core machine shared by eight jobs (README, Reproduction)
+    "mini": Preset(
+        teacher=TeacherSize(width=64, layers=2, image_size=32, projection_dim=64, steps=300),
+        student_width=64,
+        student_layers=2,
+        stage1_steps=400,
+        stage2_steps=300,
+    ),
     # the reduced size of the end-to-end test: every step runs, on 80 emoji, in about a minute
     "tiny": Preset(
         emoji_limit=80,
@@ -244,7 +254,8 @@ def cache_default_model(student_dir: Path, target: Path | None = None, test_fold
 
 
 def write_training_data(data_dir: Path, preset: Preset) -> tuple[dict[str, Path], Path]:
-    """The data step: the emoji splits and the ImageNet parallel text, without any held-out name."""
+    """The data step: the emoji splits and the generic (ImageNet) parallel text, without any held-out name; the
+    count of parallel rows that name a training emoji by coincidence goes into ``counts.json``."""
     data = write_emoji_dataset(data_dir, image_size=preset.teacher.image_size, limit=preset.emoji_limit)
     test_names = json.loads((data["test_folder"] / "classnames.json").read_text(encoding="utf-8"))
     held_out = {normalised(name) for names in test_names.values() for name in names}
@@ -254,6 +265,12 @@ def write_training_data(data_dir: Path, preset: Preset) -> tuple[dict[str, Path]
         preset.sentences_per_class,
         held_out=held_out,
     )
+    emoji_names: dict[str, set[str]] = {}
+    for row in read_jsonl(data["train_captions"]):
+        emoji_names.setdefault(row["language"], set()).add(normalised(row["caption"]))
+    counts = json.loads(data["counts"].read_text(encoding="utf-8"))
+    counts["stage1_parallel_text"] = emoji_name_coincidences(read_jsonl(parallel), emoji_names)
+    data["counts"].write_text(json.dumps(counts), encoding="utf-8")
     return data, parallel
 
 
@@ -282,8 +299,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
         teacher_dir,
         output_dir / "xlmr_init",
         output_dir / "stage1_teacher_learning",
-        data["parallel_emoji"],
-        parallel,
+        parallel,  # generic parallel text only: the emoji domain comes with stage 2
         seed=seed,
     )
     clock = timed("stage 1 (teacher learning)", clock)

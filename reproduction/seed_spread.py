@@ -14,10 +14,12 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors
+from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors, run_with_one_line_errors
+from altclip.common.errors import InputDataError
 from altclip.common.plots import plt, save_png
 
 from .report import write_json_and_markdown
@@ -140,6 +142,19 @@ def draw(result: dict, path: Path) -> None:
     save_png(figure, path)
 
 
+def read_results(path: Path) -> dict:
+    """A finished run's results.json; a cut or foreign one is named (`InputDataError`), not a JSON traceback."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InputDataError(
+            f"{path} is not readable JSON ({error}); that run's results were cut. Run that seed again."
+        ) from None
+    if not isinstance(report, dict) or not {"seed", "timings_s"} <= report.keys():
+        raise InputDataError(f"{path} is not an altclip-reproduce results.json (no seed, timings_s); run it again.")
+    return report
+
+
 def write_spread(folders: list[Path], output_dir: Path) -> dict:
     """Reads each run's results.json and writes spread.json, spread.md and spread.png into `output_dir`."""
     reports = []
@@ -147,7 +162,7 @@ def write_spread(folders: list[Path], output_dir: Path) -> dict:
         path = folder / "results.json"
         if not path.is_file():
             raise SystemExit(f"seed_spread: {path} is missing; that run did not finish. Run it again.")
-        reports.append(json.loads(path.read_text(encoding="utf-8")))
+        reports.append(read_results(path))
     result = spread(reports)
     result["timings_s"] = {str(report["seed"]): report["timings_s"] for report in reports}
     result["markdown"] = markdown(result)
@@ -156,7 +171,7 @@ def write_spread(folders: list[Path], output_dir: Path) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
@@ -165,8 +180,13 @@ def main() -> None:
     parser.add_argument("--no_cache_default", action="store_true")
     parser.add_argument("--summarise_only", action="store_true", help="only read finished runs' results.json")
     one_line_parser_errors(parser, "seed_spread")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run_with_one_line_errors("seed_spread", lambda: spread_command(args))
+
+
+def spread_command(args: argparse.Namespace) -> None:
+    """Runs the seeds (or reads them with --summarise_only) and prints the spread table."""
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"seed_spread: --seeds has repeats ({args.seeds}); give each seed once.")
     if args.summarise_only:

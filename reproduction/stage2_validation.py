@@ -24,22 +24,19 @@ from safetensors import safe_open
 
 from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors
 from altclip.common.embedding import Embedder
+from altclip.common.number_checks import POSITIVE, NumberRange, number_type
 from altclip.common.records import write_jsonl
 from altclip.evaluation.loaders import load_image_folder
 from altclip.evaluation.prompts import custom_prompts
 from altclip.evaluation.zeroshot import evaluate_zero_shot
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
-from .emoji_data import LANGUAGES, normalised, write_emoji_dataset
+from .emoji_data import LANGUAGES, normalised, read_jsonl, write_emoji_dataset
 from .parallel_text import write_imagenet_parallel
 from .run import PRESETS, run_stage, teacher_embedder, teacher_learning
 from .teacher_clip import train_teacher_clip
 
 logger = logging.getLogger("reproduction")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def image_folder(data_dir: Path, name: str, rows_by_slug: dict[str, dict[str, str]]) -> Path:
@@ -117,19 +114,20 @@ def score_model(model_dir: Path, processor_dir: Path, folders: dict[str, Path]) 
     return row
 
 
-def main() -> None:
+OPEN_FRACTION = NumberRange(low=0, high=1, low_open=True, high_open=True)  # a share of the emoji: some, not all
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/stage2_validation")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--learning_rates", type=float, nargs="+", default=[2e-4, 1e-3, 5e-5])
+    parser.add_argument("--learning_rates", type=number_type(POSITIVE), nargs="+", default=[2e-4, 1e-3, 5e-5])
     parser.add_argument("--eval_every", type=int_in_range(1), default=100)
-    parser.add_argument("--validation_fraction", type=float, default=0.15)
+    parser.add_argument("--validation_fraction", type=number_type(OPEN_FRACTION), default=0.15)
     parser.add_argument("--validation_seed", type=SEED, default=1, help="which training emoji become validation")
     parser.add_argument("--threads", type=int_in_range(1), default=1, help="torch threads (1: steady on a shared CPU)")
     one_line_parser_errors(parser, "stage2_validation")
-    args = parser.parse_args()
-    if not 0 < args.validation_fraction < 1:
-        parser.error(f"--validation_fraction {args.validation_fraction} must be between 0 and 1")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     preset, out = PRESETS[args.preset], Path(args.output_dir)
@@ -141,9 +139,7 @@ def main() -> None:
     teacher_dir = train_teacher_clip(data_dir, out / "teacher_clip", preset.teacher)
     teacher_scores = {name: top1(teacher_embedder(teacher_dir), folder) for name, folder in folders.items()}
     report["teacher_en_top1"] = {name: scores["en"] for name, scores in teacher_scores.items()}
-    stage1 = teacher_learning(
-        preset, teacher_dir, out / "xlmr_init", out / "stage1", data["parallel_emoji"], split["imagenet"]
-    )
+    stage1 = teacher_learning(preset, teacher_dir, out / "xlmr_init", out / "stage1", split["imagenet"])
     report["stage1"] = score_model(stage1, stage1, folders)
     path = out / "stage2_validation.json"
     for rate in args.learning_rates:

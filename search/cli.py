@@ -24,9 +24,13 @@ from altclip.common.collection_index import (
     CollectionIndexError,
     Index,
     read_manifest,
+    read_metadata,
     weights_fingerprint,
 )
+from altclip.common.errors import UsageError
+from altclip.common.index_folder import files_folder, index_model, portable_model_name
 from altclip.common.model_paths import missing_local_model
+from altclip.common.number_checks import COUNT, WHOLE_NON_NEGATIVE, NumberRange, number_type
 from altclip.common.records import DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,9 @@ def _translator(program: str):
     return translate
 
 
+RECALL = NumberRange(low=0, high=1, low_open=True)  # recall@10 to reach: above 0, at most 1
+
+
 def index_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=INDEX_PROGRAM, description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -62,8 +69,10 @@ def index_parser() -> argparse.ArgumentParser:
     build.add_argument("--add", action="store_true", help="append the images to the index in --output")
     build.add_argument("--image_column", default="image", help="tables: the image path, URL or bytes column")
     build.add_argument("--caption_column", default="caption", help="tables: the caption column (optional)")
-    build.add_argument("--batch_size", type=int, default=64)
-    build.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
+    build.add_argument("--batch_size", type=number_type(COUNT), default=64)
+    build.add_argument(
+        "--num_workers", type=number_type(WHOLE_NON_NEGATIVE), default=2, help="DataLoader workers decoding images"
+    )
     build.add_argument("--device", default="auto", help="auto: this process's GPU if any, else the CPU")
     build.add_argument(
         "--dtype", default="auto", help="auto: bf16 on a GPU, fp32 on the CPU; or float32/float16/bfloat16"
@@ -72,13 +81,29 @@ def index_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--reduced_decoding", action="store_true", help="decode JPEGs at the smallest scale covering the input"
     )
-    build.add_argument("--part_size", type=int, default=4096, help="images per part (the unit of work and of resuming)")
+    build.add_argument(
+        "--part_size", type=number_type(COUNT), default=4096, help="images per part (the unit of work and of resuming)"
+    )
     build.add_argument("--memory_budget", help="the vector index's memory budget, e.g. 16G (default; chooses its kind)")
-    build.add_argument("--exact_limit", type=int, default=None, help="exact search up to this many images")
-    build.add_argument("--recall_target", type=float, default=None, help="approximate index: recall@10 to reach")
+    build.add_argument(
+        "--exact_limit", type=number_type(WHOLE_NON_NEGATIVE), default=None, help="exact search up to this many images"
+    )
+    build.add_argument(
+        "--recall_target", type=number_type(RECALL), default=None, help="approximate index: recall@10 to reach"
+    )
+    build.add_argument(
+        "--tune_queries",
+        help="a text file of example queries, one a line, to tune the index for (default: the collection's captions "
+        "or file names)",
+    )
+    build.add_argument(
+        "--dims",
+        type=number_type(COUNT),
+        help="index the first N values of each embedding (Matryoshka-trained models; default: all)",
+    )
     remove = commands.add_parser("remove", help="drop images from an index by id")
     remove.add_argument("index", help="the index folder")
-    remove.add_argument("--ids", type=int, nargs="+", required=True)
+    remove.add_argument("--ids", type=number_type(WHOLE_NON_NEGATIVE), nargs="+", required=True)
     for sub in (build, remove):
         one_line_parser_errors(sub, INDEX_PROGRAM)
     one_line_parser_errors(parser, INDEX_PROGRAM)
@@ -94,6 +119,30 @@ def resolve_model(name: str | None, program: str) -> str:
     if missing_local_model(name) or (not Path(name).exists() and "/" not in name):
         raise fail(f"{program}: --model {name}: no such folder (and not a Hub id like owner/name).")
     return name
+
+
+def indexed_locations(output: Path, manifest: dict) -> set[str]:
+    """The locations an index already holds or found unreadable: ``--add`` does not read them again."""
+    import pyarrow.parquet
+
+    files = files_folder(output, manifest)
+    locations = set(read_metadata(files).column("location").to_pylist())
+    if (files / "skipped.parquet").is_file():
+        locations |= set(pyarrow.parquet.read_table(files / "skipped.parquet").column("location").to_pylist())
+    return locations
+
+
+def read_tune_queries(path: str | None) -> list[str] | None:
+    """The example queries in `path` (one a line), checked before any model loads."""
+    if path is None:
+        return None
+    try:
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"--tune_queries {path}: cannot be read ({error}); give a UTF-8 text file, one query a line.")
+    if not any(lines):
+        raise UsageError(f"--tune_queries {path}: no query in it; give one query a line.")
+    return [line for line in lines if line]
 
 
 def check_output(args) -> dict | None:
@@ -123,7 +172,7 @@ def build_command(args) -> None:
         process_group,
         wait_for_everyone,
     )
-    from .collection import plan_parts
+    from .collection import plan_collection
     from .vector_index import parse_bytes
 
     output = Path(args.output)
@@ -135,9 +184,33 @@ def build_command(args) -> None:
         settings.exact_limit = args.exact_limit
     if args.recall_target is not None:
         settings.recall_target = args.recall_target
+    if args.dims is not None and previous and args.dims != (settings.dims or previous["dim"]):
+        raise UsageError(
+            f"--dims {args.dims}: {output} indexes {settings.dims or previous['dim']} dimensions; add with the same "
+            "--dims (or none)."
+        )
+    if args.dims is not None and args.dims < 1:
+        raise UsageError(f"--dims {args.dims}: give a positive number of dimensions.")
+    settings.dims = args.dims if args.dims is not None else settings.dims
+    tune_queries = read_tune_queries(args.tune_queries)
     first_part = len(previous["parts"]) if previous else 0
-    parts = plan_parts(args.images, args.part_size, args.image_column, args.caption_column, first_part)
-    model_name = resolve_model(args.model or (previous["model"] if previous else None), INDEX_PROGRAM)
+    indexed = indexed_locations(output, previous) if previous else set()
+    plan = plan_collection(
+        args.images, args.part_size, args.image_column, args.caption_column, first_part, indexed_locations=indexed
+    )
+    parts = plan.parts
+    if plan.repeated:
+        print(
+            f"{output}: {len(plan.repeated)} image location(s) given twice or already indexed, left out "
+            f"(first: {plan.repeated[0]})."
+        )
+    if previous and not parts:
+        print(f"{output}: nothing new to add; the index is unchanged ({previous['counts']['images']} images).")
+        return
+    if previous:
+        model_name = resolve_model(args.model or index_model(output, previous), INDEX_PROGRAM)
+    else:
+        model_name = resolve_model(args.model, INDEX_PROGRAM)
     rank, world_size = process_group()
     import torch
 
@@ -149,6 +222,8 @@ def build_command(args) -> None:
     processor = AltCLIPProcessor.from_pretrained(model_name)
     fingerprint = weights_fingerprint(model, processor.tokenizer)
     dim = model.config.projection_dim
+    if settings.dims is not None and settings.dims > dim:
+        raise UsageError(f"--dims {settings.dims}: {model_name} embeds in {dim} dimensions; give at most {dim}.")
     if previous:
         if dim != previous["dim"]:
             raise fail(
@@ -177,21 +252,35 @@ def build_command(args) -> None:
     )
     wait_for_everyone(world_size)
     if rank == 0:
+
+        def embed_texts(texts: list[str]):
+            return torch.nn.functional.normalize(embedder.texts(texts, "tuning queries"), dim=-1).numpy()
+
         manifest = finalize(
             output,
             parts,
-            previous["model"] if previous else model_name,
+            {key: previous[key] for key in ("model", "model_relative") if key in previous}
+            if previous
+            else portable_model_name(model_name, output),
             fingerprint,
             dim,
             settings,
             args.images,
             digest,
+            embed_texts=embed_texts,
+            tune_queries=tune_queries,
+            repeated=len(plan.repeated),
         )
         counts, index = manifest["counts"], manifest["index"]
+        new_duplicates = counts["duplicates"] - (previous["counts"].get("duplicates", 0) if previous else 0)
         print(
             f"{output}: {counts['images']} images indexed ({counts['skipped']} unreadable, listed in "
-            f"{output / 'skipped.parquet'}); {index['factory']} index, recall@10 {index['recall_at_10']}"
+            f"{output / manifest['files'] / 'skipped.parquet'}; {new_duplicates} duplicate(s) of indexed images "
+            f"left out); {index['factory']} index, recall@10 for text queries {index['recall_at_10_text']}, for "
+            f"images {index['recall_at_10_image']} (version {manifest['version']})"
         )
+        if index.get("note"):
+            print(f"{output}: {index['note']}")
     wait_for_everyone(world_size)
 
 
@@ -220,7 +309,7 @@ def search_parser() -> argparse.ArgumentParser:
     parser.add_argument("index", help="the index folder (altclip-index build)")
     parser.add_argument("query", nargs="?", default="", help="what to look for, in any language the model knows")
     parser.add_argument("--image", action="append", default=[], help="an image to search by (with the text: both)")
-    parser.add_argument("--k", type=int, default=20, help="how many results")
+    parser.add_argument("--k", type=number_type(COUNT), default=20, help="how many results")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--model", help="the model answering queries (default: the index's; must be the same)")
     one_line_parser_errors(parser, SEARCH_PROGRAM)
@@ -238,11 +327,8 @@ def search_command(args) -> None:
     index = Index.load(args.index, model=args.model)
     if args.model:
         resolve_model(args.model, SEARCH_PROGRAM)
-    elif missing_local_model(index.manifest["model"]):
-        raise fail(
-            f"{SEARCH_PROGRAM}: {args.index} was built by {index.manifest['model']}, which is not here; give --model "
-            "with the same model."
-        )
+    else:
+        index.model_name  # a model folder that is not here: named now, not after the Hub's retries
     result = index.search(texts=[args.query] if args.query.strip() else [], images=args.image, k=args.k)
     for note in result.notes:
         print(f"{SEARCH_PROGRAM}: {note}", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import braceexpand
 
+from altclip.common.collection_index import read_parquet_rows
 from altclip.common.records import DataFormatError
 from altclip.common.sources import folder_of, is_remote, join_url, open_stream, url_kind
 
@@ -128,6 +129,64 @@ def _file_parts(items: list[tuple[str, str | None]], part_size: int) -> list[Par
     return [Part("", "files", items=items[start : start + part_size]) for start in range(0, len(items), part_size)]
 
 
+@dataclass
+class CollectionPlan:
+    """The parts to embed, and the locations left out because they were given twice (overlapping sources such as
+    ``photos/ photos/2024/``) or are in the index already (``--add``)."""
+
+    parts: list[Part]
+    repeated: list[str] = field(default_factory=list)
+
+
+def plan_collection(
+    specs: Sequence[str],
+    part_size: int = 4096,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    first_part: int = 0,
+    indexed_locations: frozenset[str] | set[str] = frozenset(),
+) -> CollectionPlan:
+    """The parts of the sources in `specs`, named ``part-NNNNN`` from `first_part` on, each image location once and
+    none of `indexed_locations` (a table or shard whose rows are indexed counts as indexed); empty sources refused."""
+    if not specs:
+        raise DataFormatError("give --images (folders, image files, globs, tables, shards or URLs).")
+    containers = {location.split("#", 1)[0] for location in indexed_locations if "#" in location}
+    seen, repeated = set(indexed_locations) | containers, []
+
+    def first_time(location: str) -> bool:
+        if location in seen:
+            repeated.append(location)
+            return False
+        seen.add(location)
+        return True
+
+    parts: list[Part] = []
+    for spec in specs:
+        locations = _expand(spec)
+        images = [location for location in locations if _kind(location) == "image"]
+        found = bool(images)
+        parts += _file_parts([(location, None) for location in images if first_time(location)], part_size)
+        for location in locations:
+            kind = _kind(location)
+            if kind == "shards":
+                found = True
+                if first_time(location):
+                    parts.append(Part("", "shard", url=location))
+            elif kind != "image":
+                table_parts = _table_parts(location, kind, image_column, caption_column, part_size)
+                found = found or any(part.size != 0 for part in table_parts)
+                if any(part.kind == "table" for part in table_parts):  # image bytes: the table is the unit
+                    parts += table_parts if first_time(location) else []
+                else:
+                    items = [item for part in table_parts for item in part.items if first_time(item[0])]
+                    parts += _file_parts(items, part_size)
+        if not found:
+            raise DataFormatError(f"--images {spec}: no image found there (looked for {', '.join(IMAGE_SUFFIXES)}).")
+    for number, part in enumerate(parts, start=first_part):
+        part.name = f"part-{number:05d}"
+    return CollectionPlan(parts, repeated)
+
+
 def plan_parts(
     specs: Sequence[str],
     part_size: int = 4096,
@@ -135,26 +194,8 @@ def plan_parts(
     caption_column: str = "caption",
     first_part: int = 0,
 ) -> list[Part]:
-    """The parts of the sources in `specs`, named ``part-NNNNN`` from `first_part` on; empty collections refused."""
-    if not specs:
-        raise DataFormatError("give --images (folders, image files, globs, tables, shards or URLs).")
-    parts: list[Part] = []
-    for spec in specs:
-        before = len(parts)
-        locations = _expand(spec)
-        images = [location for location in locations if _kind(location) == "image"]
-        parts += _file_parts([(location, None) for location in images], part_size)
-        for location in locations:
-            kind = _kind(location)
-            if kind == "shards":
-                parts.append(Part("", "shard", url=location))
-            elif kind != "image":
-                parts += _table_parts(location, kind, image_column, caption_column, part_size)
-        if not any(part.size != 0 for part in parts[before:]):
-            raise DataFormatError(f"--images {spec}: no image found there (looked for {', '.join(IMAGE_SUFFIXES)}).")
-    for number, part in enumerate(parts, start=first_part):
-        part.name = f"part-{number:05d}"
-    return parts
+    """The parts of the sources in `specs` (`plan_collection` without an index to compare with)."""
+    return plan_collection(specs, part_size, image_column, caption_column, first_part).parts
 
 
 def plan_digest(parts: Sequence[Part]) -> str:
@@ -169,7 +210,11 @@ def part_samples(part: Part) -> Iterator[Sample]:
         for location, caption in part.items:
             yield Sample(location, location if not is_remote(location) else _Remote(location), caption)
     elif part.kind == "table":
-        table = read_table(part.url, url_kind(part.url)).slice(part.start, part.stop - part.start)
+        kind = url_kind(part.url)
+        if kind == "parquet":  # only the row groups holding the part's rows
+            table = read_parquet_rows(part.url, part.start, part.stop)
+        else:
+            table = read_table(part.url, kind).slice(part.start, part.stop - part.start)
         captions = table[part.caption_column].to_pylist() if part.caption_column in table.column_names else None
         for row, cell in enumerate(table[part.image_column].to_pylist()):
             caption = captions[row] if captions else None

@@ -3,7 +3,15 @@ by size and a memory budget, its ``nprobe`` tuned to a recall target, and its re
 
 The choice follows autofaiss's rules (exact below a size; else IVF with about sqrt(n) lists, flat codes when they fit
 the budget, 8-bit scalar codes or product quantisation when they do not). autofaiss itself is not used: its release
-pins numpy<2, which breaks the pyarrow this package reads tables with. IVF rather than HNSW beyond the exact size
+(2.18) pins numpy<2 (pip would replace numpy 2.4 with 1.26, which the installed pyarrow and torch are not built
+for), and it tunes nprobe on stored vectors only, which is what overstated recall for text queries here.
+
+nprobe is tuned on text queries where there are some (captions, file names, or the user's sample, embedded by the
+text tower; ``altclip-index build --tune_queries``) as well as on stored image vectors, and the manifest records the
+recall of each: text queries sit far from the images (CLIP's modality gap) and need more lists. When the tuned nprobe
+searches half of the lists or more, the IVF index cannot beat exact search, so the exact one is built instead.
+
+IVF rather than HNSW beyond the exact size
 because FAISS memory-maps IVF lists (IO_FLAG_MMAP) while an HNSW graph must be read into memory.
 """
 
@@ -62,6 +70,20 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a[a >= 0]) & set(b)) / len(b) for a, b in zip(found, truth)]))
 
 
+def unit_prefix(vectors: np.ndarray, dims: int) -> np.ndarray:
+    """The first `dims` values of each vector, normalised again (a Matryoshka embedding's prefix)."""
+    vectors = np.ascontiguousarray(vectors[:, :dims], dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def _flat_index(vectors: np.ndarray):
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
 def build_faiss_index(
     vectors: np.ndarray,
     memory_budget: int = MEMORY_BUDGET,
@@ -69,39 +91,67 @@ def build_faiss_index(
     recall_target: float = RECALL_TARGET,
     factory: str | None = None,
     seed: int = 0,
+    text_queries: np.ndarray | None = None,
 ):
-    """(index, description for the manifest): the index over unit `vectors` (float32 [n, dim]); an approximate one
-    is tuned to the smallest nprobe reaching `recall_target` on sampled stored vectors, its recall@10 recorded."""
+    """(index, description for the manifest): the index over unit `vectors` (float32 [n, dim]). An approximate
+    one's nprobe is the smallest reaching `recall_target` (recall@10 against exact search) for both the unit
+    `text_queries` (when given) and sampled stored vectors; both recalls are recorded. Exact when IVF would have to
+    search half its lists or more."""
     import faiss
 
     count, dim = vectors.shape
     factory = factory or choose_index(count, dim, memory_budget, exact_limit)
+    exact = {"factory": "Flat", "exact": True, "parameters": {}, "recall_at_10": 1.0}
+    if factory == "Flat":
+        return _flat_index(vectors), {**exact, "recall_at_10_text": 1.0, "recall_at_10_image": 1.0}
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        ivf = faiss.extract_index_ivf(index)
-        lists = ivf.nlist
-        if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:  # faiss-gpu: k-means on the GPUs
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(dim))
-        sample = vectors[np.sort(rng.choice(count, min(count, max(64 * lists, 20_000)), replace=False))]
-        index.train(sample)
+    rng = np.random.default_rng(seed)
+    ivf = faiss.extract_index_ivf(index)
+    if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:  # faiss-gpu: k-means on the GPUs
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(dim))
+    sample = vectors[np.sort(rng.choice(count, min(count, max(64 * ivf.nlist, 20_000)), replace=False))]
+    index.train(sample)
     index.add(vectors)
-    description = {"factory": factory, "exact": factory == "Flat", "parameters": {}, "recall_at_10": 1.0}
-    if factory != "Flat":
-        # queries: sampled stored vectors, each one's own row left out of both top-10s, so that a query is as hard
-        # as a new one (a stored vector always finds itself)
-        rng = np.random.default_rng(seed + 1)
-        chosen = rng.choice(count, min(count, RECALL_QUERIES), replace=False)
-        queries = vectors[chosen]
-        truth = _without_self(exact_neighbours(vectors, queries, 11), chosen)
-        ivf = faiss.extract_index_ivf(index)
-        nprobe, recall = 1, 0.0
-        while True:
-            ivf.nprobe = nprobe
-            recall = recall_at(_without_self(index.search(queries, 11)[1], chosen), truth)
-            if recall >= recall_target or nprobe >= ivf.nlist:
-                break
-            nprobe = min(ivf.nlist, nprobe * 2)
-        description.update(parameters={"nprobe": nprobe}, recall_at_10=round(recall, 4), recall_queries=len(queries))
-        logger.info("%s: nprobe %d gives recall@10 %.4f against exact search", factory, nprobe, recall)
+    # image queries: sampled stored vectors, each one's own row left out of both top-10s, so that a query is as hard
+    # as a new one (a stored vector always finds itself)
+    chosen = np.random.default_rng(seed + 1).choice(count, min(count, RECALL_QUERIES), replace=False)
+    image_queries = vectors[chosen]
+    image_truth = _without_self(exact_neighbours(vectors, image_queries, 11), chosen)
+    has_text = text_queries is not None and len(text_queries) > 0
+    text_truth = exact_neighbours(vectors, text_queries, 10) if has_text else None
+    nprobe = 1
+    while True:
+        ivf.nprobe = nprobe
+        image_recall = recall_at(_without_self(index.search(image_queries, 11)[1], chosen), image_truth)
+        text_recall = recall_at(index.search(text_queries, 10)[1], text_truth) if has_text else None
+        reached = image_recall >= recall_target and (text_recall is None or text_recall >= recall_target)
+        if reached or nprobe >= ivf.nlist:
+            break
+        nprobe = min(ivf.nlist, nprobe * 2)
+    recalls = {
+        "recall_at_10": round(text_recall if has_text else image_recall, 4),
+        "recall_at_10_text": None if text_recall is None else round(text_recall, 4),
+        "recall_at_10_image": round(image_recall, 4),
+        "recall_queries": {"text": 0 if text_queries is None else len(text_queries), "image": len(chosen)},
+    }
+    logger.info("%s: nprobe %d gives recall@10 %s against exact search", factory, nprobe, recalls)
+    if 2 * nprobe >= ivf.nlist and count * dim * 4 <= memory_budget:
+        note = (
+            f"{factory} needs nprobe {nprobe} of {ivf.nlist} lists to reach recall@10 {recall_target} "
+            f"({'text and image' if has_text else 'image'} queries): no faster than exact "
+            "search, so the index is exact."
+        )
+        logger.warning(note)
+        return _flat_index(vectors), {**exact, "recall_at_10_text": 1.0, "recall_at_10_image": 1.0, "note": note}
+    description = {"factory": factory, "exact": False, "parameters": {"nprobe": nprobe}, **recalls}
+    if not reached:
+        description["note"] = (
+            f"recall@10 {recalls['recall_at_10']} at nprobe {nprobe} (every list) is below the target {recall_target}"
+            " and exact search does not fit --memory_budget."
+        )
+    elif not has_text:
+        description["note"] = (
+            "tuned on image vectors only (no captions, file names or --tune_queries): recall for text queries may be "
+            "lower."
+        )
     return index, description

@@ -109,6 +109,7 @@ def test_the_wheel_installs_exactly_altclip_and_modeling_altclip(wheels):
         "altclip/common/cli_errors.py",
         "altclip/hub/model_card_template.md",
         "altclip/training/configs/contrastive_toy_cpu.yaml",
+        "altclip/training/launch/slurm.sbatch",
         "altclip/evaluation/metrics/zeroshot_accuracy/README.md",
         "modeling_altclip/modeling_altclip.py",
     ):

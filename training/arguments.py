@@ -1,10 +1,23 @@
 """Command-line arguments of ``altclip-train``, parsed with `HfArgumentParser` beside `TrainingArguments`."""
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+
+from altclip.common.cli_errors import one_line_parser_errors
+from altclip.common.config_files import expand_config
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.errors import UsageError
+from modeling_altclip.assets import XLMR_MAX_LENGTH
 
+from .flag_ranges import check_flag_ranges
+from .loop.contrastive_objective import CONTRASTIVE_LOSSES
 from .loop.losses import DISTILLATION_LOSSES
+from .loop.preemption import DEFAULT_PREEMPTION_SIGNALS, PreemptionSignals
 
 
 @dataclass
@@ -93,6 +106,21 @@ class DataArguments:
             "source), spread evenly over them; with --dataset_resampled, the samples of an epoch."
         },
     )
+    # Language balancing (training/data/language_balance.py; docs/training.md, "Language balancing").
+    language_sampling_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weigh each --train_files source by its samples n^alpha (XLM-R/mT5 sampling; 0.3 there), and "
+            "with --language_column each language within a table alike. Default: no weighting, every row once."
+        },
+    )
+    language_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tables: the column naming each row's language; the plan prints samples per language per "
+            "epoch, and with --language_sampling_alpha the languages within a source are sampled by n^alpha."
+        },
+    )
     dataset_resampled: bool = field(
         default=False,
         metadata={
@@ -163,6 +191,27 @@ class ContrastiveArguments:
         default=None,
         metadata={"help": "Where --cache_image_features keeps them (default: OUTPUT_DIR/image_feature_cache)."},
     )
+    # The objective (training/loop/contrastive_objective.py; docs/training.md, "Loss and Matryoshka embeddings").
+    loss: str = field(
+        default="infonce",
+        metadata={
+            "help": "infonce (CLIP's softmax loss) or siglip (SigLIP's sigmoid loss, arXiv 2303.15343: a learnable "
+            "bias, -10, is added to the model and its temperature starts at 10).",
+            "choices": list(CONTRASTIVE_LOSSES),
+        },
+    )
+    matryoshka_dims: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated embedding widths, e.g. 64,128,256: the loss is also trained on each prefix of "
+            "the embeddings, re-normalised (Matryoshka, arXiv 2205.13147); the full width is always included and "
+            "the saved config records them."
+        },
+    )
+    matryoshka_weights: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated weights, one per Matryoshka width with the full width last (default: 1s)."},
+    )
 
 
 @dataclass
@@ -182,7 +231,7 @@ class ZeroShotArguments:
 
 @dataclass
 class OutputArguments:
-    """What may be replaced, and how errors are shown."""
+    """What may be replaced, how errors are shown, and which signals stop a run with a checkpoint."""
 
     overwrite_output_dir: bool = field(
         default=False,
@@ -192,6 +241,13 @@ class OutputArguments:
     )
     show_traceback: bool = field(
         default=False, metadata={"help": "Show the full traceback of an error instead of its one-line message."}
+    )
+    preemption_signals: str = field(
+        default=DEFAULT_PREEMPTION_SIGNALS,
+        metadata={
+            "help": "Signals (comma-separated, as SLURM's --signal sends them; none for none) on which every rank "
+            "finishes its step, the run saves a checkpoint and exits with status 75 for the job script to requeue."
+        },
     )
 
 
@@ -211,6 +267,13 @@ class FineTuningArguments:
         metadata={
             "help": "Comma-separated linear layers of each transformer block that get adapters: attention (query, "
             "key, value, output), mlp (both feed-forward layers), projection (the towers' output projections)."
+        },
+    )
+    lora_trainable_tokens: str = field(
+        default="auto",
+        metadata={
+            "help": "LoRA on the text tower: also train these token embeddings (saved in the adapter): auto (the "
+            "tokens of the training texts, table data), none, or comma-separated token ids."
         },
     )
     merge_adapter: bool = field(
@@ -247,3 +310,89 @@ class FineTuningArguments:
             "training_summary.json and before_after.png (the forgetting view)."
         },
     )
+
+
+STAGES = {"teacher": TeacherLearningArguments, "contrastive": ContrastiveArguments}
+
+
+STAGE_OF = {arguments: stage for stage, arguments in STAGES.items()}
+
+
+@dataclass
+class RunArguments:
+    """Everything a run was given, parsed and checked."""
+
+    model: ModelArguments
+    data: DataArguments
+    stage: TeacherLearningArguments | ContrastiveArguments
+    zeroshot: ZeroShotArguments
+    output: OutputArguments
+    training: TrainingArguments
+    tuning: FineTuningArguments
+    flags_given: frozenset[str] = frozenset()  # the --flag names the user wrote (flags and --config files)
+    preemption: PreemptionSignals | None = None  # installed by altclip-train before any model loads
+
+
+def parse(stage: str, argv: Sequence[str]) -> RunArguments:
+    """The flags (and ``--config`` files) of `stage`; unknown or malformed flags end in one line."""
+    program = f"altclip-train {stage}"
+    parser = HfArgumentParser(
+        (
+            ModelArguments,
+            DataArguments,
+            STAGES[stage],
+            ZeroShotArguments,
+            OutputArguments,
+            TrainingArguments,
+            FineTuningArguments,
+        )
+    )
+    parser.prog = program
+    one_line_parser_errors(parser, program)
+    argv = expand_config(argv)
+    if not torch.cuda.is_available() and not any(flag.startswith("--use_cpu") for flag in argv):
+        # Without it, accelerate sees no device to distribute over and torchrun's processes each train alone.
+        argv += ["--use_cpu", "true"]
+    # every numeric flag in its range (NaN and infinity refused) before TrainingArguments' own checks, which name no
+    # flag for some values (an infinite --logging_steps is an OverflowError there)
+    check_flag_ranges([parser.parse_known_args(args=argv)[0]])
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:  # TrainingArguments' own checks of flag combinations
+        raise UsageError(f"{program}: {error}") from None
+    *dataclasses, remaining = parsed
+    if remaining:
+        raise UsageError(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
+    run = RunArguments(*dataclasses)
+    run.flags_given = frozenset(item.split("=", 1)[0] for item in argv if item.startswith("--"))
+    run.training.remove_unused_columns = False  # the collators build exactly the inputs the stage needs
+    run.training.dataloader_pin_memory = run.training.dataloader_pin_memory and torch.cuda.is_available()
+    check_numbers(run)
+    return run
+
+
+def check_numbers(run: RunArguments) -> None:
+    """Values no run can use, refused before anything loads."""
+    training = run.training
+    for flag in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(training, flag) < 1:
+            raise UsageError(f"altclip-train: --{flag} must be at least 1, not {getattr(training, flag)}.")
+    limit = text_position_limit(run.model)
+    if not 1 <= run.data.max_text_length <= limit:
+        raise UsageError(
+            f"altclip-train: --max_text_length {run.data.max_text_length} is outside 1..{limit}, the text tower's "
+            "positions; choose a length within it."
+        )
+
+
+def text_position_limit(model_args: ModelArguments) -> int:
+    """Tokens the student's text tower can take: its positions less RoBERTa's offset of 2 (XLM-R: 512), read from
+    the local config; 512 when the model is a Hub id not read here."""
+    for name, nested in ((model_args.model_name_or_path, True), (model_args.text_encoder_name_or_path, False)):
+        config = Path(name) / "config.json" if name else None
+        if config is not None and config.is_file():
+            values = json.loads(config.read_text())
+            values = values.get("text_config", values) if nested else values
+            if "max_position_embeddings" in values:
+                return int(values["max_position_embeddings"]) - 2
+    return XLMR_MAX_LENGTH

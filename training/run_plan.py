@@ -22,10 +22,13 @@ using Adam" and knows no frozen towers, sharding backends or activations; those 
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 from transformers import TrainerCallback
+
+from altclip.common.errors import InputDataError
 
 from .data.epoch_plan import even_split
 from .loop.distributed_backends import outside_zero3_init
@@ -86,11 +89,16 @@ def read_through(plan) -> dict:
     }
 
 
-def table_data_report(sizes: list[int], rows: int, weights, batch_size: int, world_size: int, workers: int) -> dict:
-    """The epoch plan of table rows (`epoch_plan.GlobalBatchSampler`): global batches cut into one slice per rank."""
+def table_data_report(
+    sizes: list[int], rows: int, weights, batch_size: int, world_size: int, workers: int, drawn: int | None = None
+) -> dict:
+    """The epoch plan of table rows (`epoch_plan.GlobalBatchSampler`): global batches cut into one slice per rank;
+    `drawn` the sources' samples per epoch where a language plan sets them."""
     from .data.epoch_plan import drawn_per_source
 
-    drawn = (sum(sizes) if weights is None else sum(drawn_per_source(sizes, weights))) + rows - sum(sizes)
+    if drawn is None:
+        drawn = sum(sizes) if weights is None else sum(drawn_per_source(sizes, weights))
+    drawn += rows - sum(sizes)
     global_batch = batch_size * world_size
     steps = max(1, math.ceil(drawn / global_batch))
     last = drawn - (steps - 1) * global_batch
@@ -181,7 +189,9 @@ def backend_of(training_args) -> str:
             try:
                 config = json.loads(Path(config).read_text())
             except (OSError, ValueError) as error:
-                raise SystemExit(f"altclip-train: --deepspeed {config}: not a readable JSON file ({error}).") from None
+                raise InputDataError(
+                    f"altclip-train: --deepspeed {config}: not a readable JSON file ({error})."
+                ) from None
         stage = int((config or {}).get("zero_optimization", {}).get("stage", 0))
         return {2: "zero2", 3: "zero3"}.get(stage, f"zero{stage}")
     if training_args.fsdp:
@@ -343,12 +353,19 @@ def gib(value) -> str:
 def format_report(report: dict) -> str:
     """The plan as the lines a person reads."""
     data, lines = report["data"], []
-    lines.append(f"Plan of altclip-train {report['stage']} on {report['world_size']} processes")
+    nodes = report.get("nodes", 1)
+    per_node = f" ({nodes} nodes x {report['world_size'] // nodes})" if nodes > 1 else ""
+    lines.append(f"Plan of altclip-train {report['stage']} on {report['world_size']} processes{per_node}")
     for source in report["sources"]:
         weight = "" if source["weight"] is None else f", weight {source['weight']}"
         lines.append(
             f"  source {source['spec']}: {source['kind']}, {source['files']} file(s), {source['samples']:,} samples "
             f"({source['sized_by']}){weight}; {source['samples_per_epoch']:,} per epoch"
+        )
+    for group in data.get("languages", ()):
+        lines.append(
+            f"    language {group['language']} in {group['source']}: {group['rows']:,} rows, "
+            f"{group['samples_per_epoch']:,} samples per epoch"
         )
     batch = data["per_device_batch"]
     reading = f"{data['readers']} readers (processes x workers)"
@@ -444,87 +461,19 @@ def write_plan(report: dict, output_dir: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------ in the run
-_SIZED: dict = {}
-
-
-def sized_shards(sources, data_args):
-    """`sizing.resolve_shard_sizes` of the run's shard sources, once per process (the plan check and the stream
-    share it); a source without a size is one line."""
-    from altclip.common.records import DataFormatError
-
-    from .data.sizing import resolve_shard_sizes
-
-    key = (tuple(sources), tuple(data_args.shard_sizes or ()), tuple(data_args.train_num_samples or ()))
-    if key not in _SIZED:
-        try:
-            _SIZED[key] = resolve_shard_sizes(
-                sources, data_args.shard_sizes, data_args.train_num_samples, data_args.data_cache_dir
-            )
-        except DataFormatError as error:
-            raise SystemExit(f"altclip-train: {error}") from None
-    return _SIZED[key]
-
-
-def reading_mode(data_args) -> dict:
-    """`ShardStream` keywords of ``--dataset_resampled`` (with ``--train_num_samples`` as the epoch's samples)."""
-    from .data.shard_plan import RESAMPLED, SPLIT
-
-    if not data_args.dataset_resampled:
-        return {"mode": SPLIT, "samples_per_epoch": None}
-    samples = sum(data_args.train_num_samples) if data_args.train_num_samples else None
-    return {"mode": RESAMPLED, "samples_per_epoch": samples}
-
-
-def shard_stream_for_plan(sources, data_args, training_args, world: int):
-    """A `ShardStream` of rank 0 that only plans (never iterated): the same plan every rank computes."""
-    from .data.epoch_plan import data_seed, shuffles
-    from .data.shard_stream import ShardStream
-
-    return ShardStream(
-        sources,
-        dict,
-        batch_size=training_args.per_device_train_batch_size,
-        world_size=world,
-        num_workers=training_args.dataloader_num_workers,
-        seed=data_seed(training_args),
-        shuffle_buffer=data_args.shuffle_buffer,
-        shuffle=shuffles(training_args),
-        sizes=sized_shards(sources, data_args).sizes,
-        **reading_mode(data_args),
-    )
-
-
-def shard_sources_report(sources, stream, data_args) -> list[dict]:
-    sized = sized_shards(sources, data_args)
+def shard_sources_report(data, stream) -> list[dict]:
+    """Per shard source of a `run_data.RunData`: samples planned and where their sizes came from."""
     ends = np.cumsum([0, *stream.shards_per_source])
-    by_source = [int(sum(stream.sizes[ends[i] : ends[i + 1]])) for i in range(len(sources))]
-    return sources_report(sources, by_source, sized.origins)
-
-
-def check_shard_plan(run, train_sources) -> None:
-    """Shard sources: every shard sized (rank 0 first: it counts local shards once, the others read its counts) and
-    the reading plan checked against the invariants, before any model loads."""
-    if not train_sources[0].is_shards:
-        given = [flag for flag in ("shard_sizes", "train_num_samples", "dataset_resampled") if getattr(run.data, flag)]
-        if given:
-            raise SystemExit(
-                f"altclip-train: --{given[0]} applies to webdataset shards; tables are sized by their rows: drop it."
-            )
-        return
-    with run.training.main_process_first(desc="shard sizes"):
-        sized_shards(train_sources, run.data)
-    stream = shard_stream_for_plan(train_sources, run.data, run.training, run.training.world_size)
-    problems = plan_problems(shard_data_report(stream), run.training)
-    if problems:
-        raise SystemExit(f"altclip-train: {problems[0]}")
+    by_source = [int(sum(stream.sizes[ends[i] : ends[i + 1]])) for i in range(len(data.train_sources))]
+    return sources_report(data.train_sources, by_source, data.sized.origins)
 
 
 class PlanCallback(TrainerCallback):
     """Logs the run's plan and writes ``OUTPUT_DIR/plan.json`` (process 0) when training begins, from the data
     plan the DataLoader actually holds."""
 
-    def __init__(self, run, stage: str, sources):
-        self.run, self.stage, self.sources = run, stage, sources
+    def __init__(self, run, data):
+        self.run, self.data = run, data
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if not state.is_world_process_zero or train_dataloader is None:
@@ -532,21 +481,46 @@ class PlanCallback(TrainerCallback):
         # the meta-device model that counts parameters must not be built under ZeRO-3's zero.Init: that
         # broadcasts each parameter, and the other ranks are not in this callback (a hang, found under ZeRO-3)
         with outside_zero3_init(args):
-            report = run_report(self.run, self.stage, self.sources, train_dataloader.plan, args.world_size)
+            report = run_report(self.run, self.data, train_dataloader.plan, args.world_size)
+        report["nodes"] = int(os.environ.get("GROUP_WORLD_SIZE", 1))  # torchrun's agents (one per node)
         logger.info("%s", format_report(report))
         write_plan(report, args.output_dir)
 
 
-def run_report(run, stage: str, sources, plan, world: int) -> dict:
-    """The full report of a run's data plan object (a `ShardStream` or an `epoch_plan.GlobalBatchSampler`)."""
+def run_report(run, run_data, plan, world: int) -> dict:
+    """The full report of a run's data (a `run_data.RunData`) and its plan object (a `ShardStream` or an
+    `epoch_plan.GlobalBatchSampler`)."""
     from .data.shard_stream import ShardStream
 
     if isinstance(plan, ShardStream):
         data = shard_data_report(plan)
-        described = shard_sources_report(sources, plan, run.data)
+        described = shard_sources_report(run_data, plan)
     else:
         rows = sum(plan.sizes) + plan.extra
         workers = run.training.dataloader_num_workers
-        data = table_data_report(plan.sizes, rows, plan.weights, plan.batch_size, world, workers)
-        described = sources_report(sources, list(plan.sizes), None)
-    return full_report(run, stage, world, data, described, data["samples_per_epoch"])
+        languages = plan.language_plan
+        drawn = languages.samples_per_epoch if languages is not None else None
+        data = table_data_report(plan.sizes, rows, plan.weights, plan.batch_size, world, workers, drawn)
+        described = sources_report(run_data.train_sources, list(plan.sizes), None)
+        if languages is not None:
+            data["languages"] = languages.report()
+            for source in described:  # the language plan's rounding decides a source's samples
+                source["samples_per_epoch"] = sum(
+                    group["samples_per_epoch"] for group in data["languages"] if group["source"] == source["spec"]
+                )
+    report = full_report(run, run_data.stage, world, data, described, data["samples_per_epoch"])
+    report["notes"] += repeat_notes(described, data.get("languages"))
+    return report
+
+
+def repeat_notes(sources: list[dict], languages: list[dict] | None) -> list[str]:
+    """Where weighting (--train_file_weights, --language_sampling_alpha) repeats or drops samples in an epoch."""
+    notes = []
+    for entry in languages or sources:
+        rows = entry["rows"] if languages else entry["samples"]
+        drawn, name = entry["samples_per_epoch"], entry.get("spec") or f"{entry['source']} [{entry['language']}]"
+        if drawn > rows:
+            notes.append(f"{name}: {drawn:,} samples per epoch from {rows:,} rows: rows repeat (x{drawn / rows:.2f}).")
+        elif drawn < rows:
+            notes.append(f"{name}: {drawn:,} samples per epoch from {rows:,} rows: a different subset each epoch.")
+    return notes

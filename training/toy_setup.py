@@ -5,6 +5,7 @@ drawn here (coloured circles, squares, triangles); the captions exist in five la
 XLM-R's real tokenizer, the tiny CLIP teacher a word-level tokenizer over the English captions.
 """
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -21,6 +22,7 @@ from transformers import (
     XLMRobertaModel,
 )
 
+from altclip.common.cli_errors import one_line_parser_errors
 from altclip.common.constants import CLIP_CONTEXT_LENGTH
 from altclip.common.records import write_jsonl
 from modeling_altclip.assets import load_xlmr_tokenizer
@@ -220,3 +222,17 @@ def write_toy_setup(folder: str | Path, images_per_class: int = 4, seed: int = 0
         "xlmr": write_tiny_xlmr(folder / "xlmr", seed + 1),
         **write_shapes_dataset(folder / "data", images_per_class, seed),
     }
+
+
+def toy_setup_main(argv: list[str]) -> None:
+    """``altclip-train toy-setup [FOLDER]``: writes the toy and prints what it wrote (``--help`` is help, not a
+    folder name; a flag it does not know is one line)."""
+    parser = argparse.ArgumentParser(
+        prog="altclip-train toy-setup",
+        description="Write tiny random CLIP and XLM-R checkpoints and a multilingual shapes dataset for a CPU run.",
+    )
+    parser.add_argument("folder", nargs="?", default="outputs/toy", help="where to write them (default outputs/toy)")
+    one_line_parser_errors(parser, parser.prog)
+    args = parser.parse_args(argv)
+    for name, path in write_toy_setup(args.folder).items():
+        print(f"{name}: {path}")

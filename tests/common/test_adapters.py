@@ -9,12 +9,14 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 from tiny_models import random_images
 
 from altclip.common.adapters import AdapterError, is_adapter_folder, load_altclip, processor_source
 from altclip.common.embedding import Embedder
 from altclip.demo.engine import DemoEngine
 from altclip.hub.cli import main as push_main
+from altclip.training.finetune.new_tokens import WORD_EMBEDDINGS
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 ADAPTER_FILES = {
@@ -29,13 +31,24 @@ ADAPTER_FILES = {
 }
 
 
+TOKENS = {WORD_EMBEDDINGS: [5, 17, 99]}
+
+
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    """A LoRA adapter with random (non-zero) B matrices on both towers of the tiny model, saved alone."""
+    """A LoRA adapter with random (non-zero) B matrices on both towers of the tiny model and three trained token
+    embeddings (`--lora_trainable_tokens`; rows moved at random), saved alone."""
     torch.manual_seed(0)
     base = AltCLIPModel.from_pretrained(tiny_model_dir)
     targets = ["query", "value", "q_proj", "v_proj"]
-    adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, trainable_token_indices=TOKENS
+    )
+    adapted = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "trainable_tokens_delta" in name:
+                parameter.add_(torch.randn_like(parameter))
     folder = tmp_path_factory.mktemp("adapter")
     adapted.save_pretrained(folder)
     return folder
@@ -102,8 +115,31 @@ def test_push_publishes_the_adapter_with_a_card_naming_its_base_model(tmp_path, 
     target = tmp_path / "upload"
     push_main([str(adapter_dir), "someone/tiny-lora", "--base-model", "someone/tiny-altclip", "--dry-run", str(target)])
     assert {str(path.relative_to(target)) for path in target.rglob("*") if path.is_file()} == ADAPTER_FILES
-    assert json.loads((target / "adapter_config.json").read_text())["base_model_name_or_path"] == "someone/tiny-altclip"
+    pushed_config = json.loads((target / "adapter_config.json").read_text())
+    assert pushed_config["base_model_name_or_path"] == "someone/tiny-altclip"
+    assert pushed_config["trainable_token_indices"] == TOKENS  # the trained token rows travel with the adapter
+    pushed, saved = (load_file(folder / "adapter_model.safetensors") for folder in (target, adapter_dir))
+    assert pushed.keys() == saved.keys() and any("trainable_tokens_delta" in key for key in pushed)
+    assert all(torch.equal(pushed[key], saved[key]) for key in saved)
     card = ModelCard.load(target / "README.md")
     assert card.data.base_model == "someone/tiny-altclip" and card.data.library_name == "peft"
     assert 'PeftModel.from_pretrained(base, "someone/tiny-lora")' in card.text
     assert "rank 4" in card.text and "text and vision towers" in card.text
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.01])  # cut inside the tensors, and inside the header
+def test_a_cut_adapter_weights_file_is_named_in_one_line_by_every_job(tmp_path, adapter_dir, capsys, keep):
+    cut = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, cut)
+    weights = cut / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(AdapterError, match=rf"{weights} is unreadable \(cut short or damaged: .*download the adapter"):
+        load_altclip(cut)
+    with pytest.raises(AdapterError, match="is unreadable"):
+        Embedder.from_pretrained(cut, device="cpu")
+    with pytest.raises(SystemExit) as refusal:
+        push_main([str(cut), "me/cut-adapter", "--dry-run", str(tmp_path / "upload"), "--base-model", "org/base"])
+    assert refusal.value.code == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) == 1 and f"{weights} is unreadable" in printed[0] and "Traceback" not in printed[0]

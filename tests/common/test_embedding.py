@@ -8,6 +8,7 @@ from tiny_models import TINY_VISION_CONFIG, random_images
 from altclip.common.batching import length_sorted_batches
 from altclip.common.embedding import Embedder
 from altclip.common.images import open_rgb_image
+from modeling_altclip import NonFiniteInputError
 from modeling_altclip.cpu_kernels import OneDNNLinear
 
 
@@ -70,12 +71,23 @@ def test_texts_are_batched_longest_first_and_every_index_once():
     assert batches == [[4, 2], [3, 0], [1]]
 
 
-def test_cpu_fp32_embedder_runs_onednn_linear_unless_told_not_to(tiny_model, processor):
-    fast = Embedder(tiny_model, processor, device="cpu", batch_size=4)
-    plain = Embedder(tiny_model, processor, device="cpu", batch_size=4, onednn_linear=False)
+def test_cpu_fp32_embedder_runs_the_linear_kernel_it_is_told_to(tiny_model, processor):
+    fast = Embedder(tiny_model, processor, device="cpu", batch_size=4, linear_kernel="onednn")
+    plain = Embedder(tiny_model, processor, device="cpu", batch_size=4, onednn_linear=False)  # the older spelling
+    assert (fast.linear_kernel.kernel, plain.linear_kernel.kernel) == ("onednn", "default")
     assert any(isinstance(module, OneDNNLinear) for module in fast.model.modules())
     assert not any(isinstance(module, OneDNNLinear) for module in plain.model.modules())
     assert not any(module.training for module in fast.model.modules())  # the swapped layers keep eval mode
     texts = ["a cat", "ein Hund, der über eine Wiese rennt", "猫"]
     torch.testing.assert_close(fast.texts(texts), plain.texts(texts), atol=1e-5, rtol=1e-4)
     assert fast.fingerprint() == plain.fingerprint()
+
+
+def test_the_embedder_refuses_non_finite_pixel_values_on_its_fast_path(tiny_model, processor):
+    embedder = Embedder(tiny_model, processor, device="cpu")
+    assert embedder.cls_only  # the path that does not go through the model's forward
+    pixels = torch.randn(2, 3, 30, 30)
+    assert torch.isfinite(embedder.image_features(pixels)).all()
+    pixels[0, 1, 2, 3] = float("nan")
+    with pytest.raises(NonFiniteInputError, match=r"pixel_values hold NaN or infinite values in 1 of 2 rows"):
+        embedder.image_features(pixels)

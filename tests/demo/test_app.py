@@ -3,10 +3,10 @@ Chromium (Debian's package) that runs an example and finds the result, saving a 
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
+from browsers import launch_chromium
 from gradio_client import Client, handle_file
 from huggingface_hub import constants
 from ports import free_port
@@ -15,17 +15,6 @@ from tiny_models import random_images
 from altclip.demo.app import build_demo
 from altclip.demo.engine import DemoEngine
 from altclip.demo.examples import classification_examples, example_photos
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +86,7 @@ def test_headless_chromium_opens_classified_and_runs_an_example(app_url, tmp_pat
     # the first example opens classified; the second is clicked (the model's own examples where it has some)
     examples = classification_examples(os.environ.get("ALTCLIP_DEMO_MODEL", tiny_model_dir))
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(app_url)
         page.get_by_text("Examples (labels in several languages)").wait_for(timeout=60_000)

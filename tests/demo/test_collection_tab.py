@@ -6,12 +6,12 @@ For the README's screenshot, ``ALTCLIP_DEMO_MODEL``, ``ALTCLIP_DEMO_INDEX`` (an 
 the picture."""
 
 import os
-import shutil
 from pathlib import Path
 
 import pyarrow
 import pyarrow.parquet
 import pytest
+from browsers import launch_chromium
 from gradio_client import Client
 from index_builds import build_flags
 from ports import free_port
@@ -22,14 +22,6 @@ from altclip.demo.engine import DemoEngine
 from altclip.demo.examples import example_photos
 from altclip.search.cli import index_main
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # as in test_app.py (Debian's package)
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-]
 CAPTIONS = ["an astronaut", "eine Katze", "une tasse de café", "火箭", "una motocicleta"]
 
 
@@ -72,7 +64,7 @@ def test_the_collection_tab_in_headless_chromium(app_url, tmp_path):
     screenshot = Path(os.environ.get("ALTCLIP_SCREENSHOT_DIR", tmp_path)) / "search_screenshot.png"
     query = os.environ.get("ALTCLIP_DEMO_QUERY", "une tasse de café")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(app_url)
         page.get_by_role("tab", name="Search a collection").click(timeout=60_000)

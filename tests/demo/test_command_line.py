@@ -41,7 +41,8 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(capsys, monkeypatch, t
         "interface."
     )
     assert refusal(capsys, "--model", str(tiny_model_dir), "--port", "70000") == (
-        "altclip-demo: argument --port: 70000 is not a port number (1..65535). 'altclip-demo --help' lists every flag."
+        "altclip-demo: argument --port: 70000 is too large; give a whole number in [1, 65535]. 'altclip-demo --help' "
+        "lists every flag."
     )
 
 

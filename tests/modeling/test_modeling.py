@@ -15,6 +15,7 @@ from modeling_altclip import (
     AltCLIPProcessor,
     AltCLIPTextModel,
     AltCLIPVisionModel,
+    NonFiniteInputError,
 )
 
 
@@ -255,3 +256,22 @@ def test_a_config_with_a_string_where_a_number_belongs_names_file_and_field(
         with pytest.raises(ValueError) as error:
             load(folder)
         assert str(error.value).startswith(f"{folder / 'config.json'}: {message}")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_are_one_clear_error_not_nan_logits(tiny_model, batch, bad):
+    pixels = batch["pixel_values"].clone()
+    pixels[1, 0, 3, 4] = bad
+    with pytest.raises(NonFiniteInputError, match=r"pixel_values hold NaN or infinite values in 1 of 3 rows \(row 1\)"):
+        tiny_model(**{**batch, "pixel_values": pixels})
+    with pytest.raises(NonFiniteInputError, match="pixel_values"):
+        tiny_model.get_image_features(pixel_values=pixels)
+    embeds = tiny_model(**batch).image_embeds.clone()
+    embeds[0, 0] = bad
+    with pytest.raises(NonFiniteInputError, match=r"image_embeds hold NaN or infinite values in 1 of 3 rows \(row 0\)"):
+        tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], image_embeds=embeds)
+    inputs_embeds = tiny_model.text_model.get_input_embeddings()(batch["input_ids"]).detach()
+    inputs_embeds[0, 1, 2] = bad
+    with pytest.raises(NonFiniteInputError, match="inputs_embeds"):
+        tiny_model.text_model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"])
+    assert torch.isfinite(tiny_model(**batch).logits_per_image).all()  # finite inputs still pass

@@ -1,6 +1,7 @@
 """The fine-tuning demonstration on a tiny reproduction: the held-out emoji split once into a fine-tuning half and a
-test half with no test-half name in the fine-tuning captions, three runs (full, LoRA, LoRA + WiSE-FT) each scored
-before and after on both sets in every language, and a folder that is not a reproduction refused in one line."""
+test half with no test-half name in the fine-tuning captions, three methods (full, LoRA, LoRA + token embeddings)
+each at the learning rate its validation split chose and at WiSE-FT 0.5, scored before and after in every language,
+and a folder that is not a reproduction refused in one line."""
 
 import json
 from pathlib import Path
@@ -8,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from altclip.common.adapters import is_adapter_folder
 from altclip.common.records import write_jsonl
 from altclip.reproduction.domain_split import split_domain
 from altclip.reproduction.emoji_data import LANGUAGES as ALL_LANGUAGES
 from altclip.reproduction.emoji_data import normalised
-from altclip.reproduction.finetune_demonstration import METHODS, main
+from altclip.reproduction.finetune_demonstration import METHODS, main, validation_score
 from altclip.reproduction.run import PRESETS, reproduce
 
 LANGUAGES = ["en", "de", "zh"]
@@ -76,21 +78,46 @@ def test_no_test_half_name_is_in_the_fine_tuning_captions(demonstration):
 @pytest.mark.slow
 def test_every_method_is_scored_before_and_after_on_both_sets_in_every_language(demonstration):
     _, demo, results = demonstration
-    assert list(results["runs"]) == [method.name for method in METHODS]
+    assert list(results["runs"]) == [name for method in METHODS for name in (method.name, f"{method.name}_wise_ft")]
     for scores in [results["before"], *(run["after"] for run in results["runs"].values())]:
         assert set(scores) == {"finetune_new_views", "test_half", "original_emoji"}
         for scored in scores.values():
             assert list(scored["per_language"]) == LANGUAGES
             assert all(0 <= value <= 100 for value in scored["per_language"].values())
-    for name, run in results["runs"].items():
-        summary = json.loads((Path(run["output"]) / "training_summary.json").read_text(encoding="utf-8"))
-        assert summary["global_step"] == 4 and run["wall_s"] > 0, name
-    full, lora, wise = (results["runs"][name] for name in ("full", "lora", "lora_wise_ft"))
+    for method in METHODS:
+        run = results["runs"][method.name]
+        assert [candidate["learning_rate"] for candidate in run["candidates"]] == list(method.learning_rates)
+        for candidate in run["candidates"]:  # every rate trained, each scored on the validation split only
+            summary = json.loads((Path(candidate["output"]) / "training_summary.json").read_text(encoding="utf-8"))
+            assert summary["global_step"] == 4 and candidate["wall_s"] > 0, method.name
+            assert set(candidate["validation"]) == {"validation_views", "validation_original"}
+        chosen = max(run["candidates"], key=lambda candidate: validation_score(candidate["validation"]))
+        assert run["learning_rate"] == chosen["learning_rate"] and run["output"] == chosen["output"]
+    full, lora, tokens = (results["runs"][name] for name in ("full", "lora", "lora_tokens"))
     assert not is_adapter_folder(full["output"]) and is_adapter_folder(lora["output"])
-    assert is_adapter_folder(wise["output"])
-    assert json.loads((Path(wise["output"]) / "training_summary.json").read_text())["wise_ft"] == {"alpha": 0.5}
-    for adapted in (lora, wise):
+    assert json.loads((Path(lora["output"]) / "adapter_config.json").read_text())["trainable_token_indices"] is None
+    assert json.loads((Path(tokens["output"]) / "adapter_config.json").read_text())["trainable_token_indices"]
+    for adapted in (lora, tokens):
         assert 0 < adapted["trainable_parameters"] < 0.01 * full["trainable_parameters"]
+    assert tokens["trainable_parameters"] > lora["trainable_parameters"]
+
+    # WiSE-FT rows: halfway between the start model and the chosen run's (merged) weights, weight by weight
+    start = load_file(Path(results["start_model"]) / "model.safetensors")
+    for name, source in (("full", Path(full["output"])), ("lora_tokens", Path(tokens["output"]) / "merged")):
+        wise = results["runs"][f"{name}_wise_ft"]
+        assert wise["wise_ft_alpha"] == 0.5 and not is_adapter_folder(wise["output"])
+        halfway, end = load_file(Path(wise["output"]) / "model.safetensors"), load_file(source / "model.safetensors")
+        moved = [
+            key
+            for key in end
+            if key in start
+            and end[key].is_floating_point()
+            and not torch.equal(end[key], start[key].reshape(end[key].shape))
+        ]
+        assert moved, name
+        for key in moved:
+            expected = (start[key].reshape(end[key].shape) + end[key]) / 2
+            torch.testing.assert_close(halfway[key], expected, rtol=1e-5, atol=1e-6)
 
     table = (demo / "results.md").read_text(encoding="utf-8")
     assert all(run["label"] in table for run in results["runs"].values())

@@ -38,8 +38,23 @@ def test_parallel_text_pairs_babel_names_and_translated_prompts():
 def test_reduced_reproduction_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("ALTCLIP_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("ALTCLIP_DEFAULT_MODEL", raising=False)
+    import altclip.training.cli
+
+    train, commands = altclip.training.cli.main, []
+    monkeypatch.setattr(altclip.training.cli, "main", lambda argv: commands.append(argv) or train(argv))
     report = reproduce(tmp_path / "run", PRESETS["tiny"])
     run = tmp_path / "run"
+
+    # the paper's regime: stage 1 reads the generic parallel text only, stage 2 the emoji image-caption pairs
+    def files(argv: list[str]) -> list[str]:
+        start = argv.index("--train_files") + 1
+        return argv[start : next((i for i in range(start, len(argv)) if argv[i].startswith("--")), len(argv))]
+
+    assert [argv[0] for argv in commands] == ["teacher", "contrastive"]
+    assert files(commands[0]) == [str(run / "data" / "parallel_imagenet.jsonl")]
+    assert files(commands[1]) == [str(run / "data" / "train_captions.jsonl")]
+    coincidences = report["stage1_parallel_text"]
+    assert 0 < coincidences["rows_naming_a_training_emoji"] < coincidences["parallel_rows"] / 5
 
     assert set(report["summary"]) == {"teacher", "stage1", "student"}
     for model, rows in report["summary"].items():
@@ -59,7 +74,7 @@ def test_reduced_reproduction_end_to_end(tmp_path, monkeypatch):
     }
     assert test_slugs and not {image.split("/")[-1].removesuffix(".png") for image in train_images} & test_slugs
     english_test_names = set(json.loads((run / "data" / "test" / "classnames.json").read_text())["en"])
-    parallel = [json.loads(line) for line in (run / "data" / "parallel_emoji.jsonl").read_text().splitlines()]
+    parallel = [json.loads(line) for line in (run / "data" / "parallel_imagenet.jsonl").read_text().splitlines()]
     assert not english_test_names & {row["english"] for row in parallel}  # their names are held out too
 
     default = require_default_model()
@@ -77,18 +92,24 @@ def test_reduced_reproduction_end_to_end(tmp_path, monkeypatch):
 
 
 def test_no_held_out_name_reaches_any_training_stage_at_the_full_preset(tmp_path):
-    """Every file a stage trains on (the teacher CLIP's captions, both stage-1 tables, the stage-2 captions), at
-    the full preset's data step: no field equals a held-out emoji's name in any language (case and space
-    normalised), also where a training emoji shared that name (it is dropped) and in the ImageNet parallel text."""
+    """Every file a stage trains on (the teacher CLIP's captions, stage 1's generic parallel text, the stage-2
+    captions), at the full preset's data step: no field equals a held-out emoji's name in any language (case and
+    space normalised), also where a training emoji shared that name (it is dropped) and in the ImageNet parallel
+    text; the parallel rows that name a training emoji by coincidence are counted, and are few."""
     data, parallel = write_training_data(tmp_path / "data", PRESETS["full"])
     test_names = json.loads((data["test_folder"] / "classnames.json").read_text(encoding="utf-8"))
     held_out = {normalised(name) for names in test_names.values() for name in names}
     counts = json.loads(data["counts"].read_text())
     assert counts["test_emoji"] == len(test_names["en"]) > 150 and counts["train_emoji"] > 1000
     assert counts["train_emoji_dropped_for_shared_names"] > 0  # names like "lion" shared by two emoji
+    coincidences = counts["stage1_parallel_text"]
+    assert coincidences["parallel_rows"] > 10_000
+    assert 0 < coincidences["rows_naming_a_training_emoji"] < coincidences["parallel_rows"] / 10
+    english_emoji = {normalised(json.loads(line)["caption"]) for line in data["teacher_train"].read_text().splitlines()}
+    english_parallel = {normalised(json.loads(line)["english"]) for line in parallel.read_text().splitlines()}
+    assert coincidences["english_names_equal_to_a_training_emoji"] == len(english_emoji & english_parallel) > 0
     training_inputs = {
         data["teacher_train"]: ("caption",),
-        data["parallel_emoji"]: ("english", "translation"),
         data["train_captions"]: ("caption",),
         parallel: ("english", "translation"),
     }

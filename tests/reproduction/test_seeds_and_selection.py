@@ -115,7 +115,12 @@ def test_the_same_seed_gives_the_same_weights_and_scores_and_another_seed_does_n
         ("seed_spread", ["--seeds", "0", "x"], "seed_spread: argument --seeds: 'x' is not a whole number."),
         ("seed_spread", ["--parallel", "0"], "seed_spread: argument --parallel: 0 is out of range (1 or more)."),
         ("finetune_demonstration", ["--steps", "0"], "finetune_demonstration: argument --steps: 0 is out of range"),
-        ("stage2_validation", ["--validation_fraction", "2"], "stage2_validation: --validation_fraction 2.0 must be"),
+        (
+            "stage2_validation",
+            ["--validation_fraction", "2"],
+            "stage2_validation: argument --validation_fraction: 2 is",
+        ),
+        ("stage2_validation", ["--learning_rates", "1e-3", "nan"], "stage2_validation: argument --learning_rates: nan"),
     ],
 )
 def test_bad_numbers_are_one_line_before_anything_runs(module, argv, message, monkeypatch, capsys, tmp_path):
@@ -155,3 +160,19 @@ def test_run_seeds_runs_one_reproduction_per_seed_side_by_side_and_names_a_faile
     assert seeds == [3, 5] and all((tmp_path / "ok" / f"seed-{s}.log").stat().st_size > 0 for s in seeds)
     with pytest.raises(SystemExit, match=r"the run of seed 0 failed \(exit 2\); its output is in .*seed-0\.log"):
         run_seeds([0], tmp_path / "bad", "no-such-preset", parallel=1, cache_default=False)
+
+
+def test_a_cut_results_json_is_named_in_one_line_not_a_json_traceback(tmp_path, capsys):
+    from altclip.reproduction.seed_spread import main
+
+    for seed in (0, 1):
+        (tmp_path / f"seed-{seed}").mkdir()
+        (tmp_path / f"seed-{seed}" / "results.json").write_text(json.dumps(run_report(seed, 9.0, 8.0)))
+    cut = tmp_path / "seed-1" / "results.json"
+    cut.write_text(cut.read_text()[:40])
+    with pytest.raises(SystemExit) as refusal:
+        main(["--seeds", "0", "1", "--summarise_only", "--output_dir", str(tmp_path)])
+    assert refusal.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"seed_spread: {cut} is not readable JSON"), lines
+    assert "Run that seed again" in lines[0] and not (tmp_path / "spread.json").exists()

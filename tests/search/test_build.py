@@ -20,8 +20,8 @@ from altclip.search.cli import index_main
 
 def contents(folder):
     """(metadata rows without the part layout, float32 embeddings in id order, manifest)."""
-    metadata = pyarrow.parquet.read_table(folder / "metadata.parquet")
     manifest = json.loads((folder / "manifest.json").read_text())
+    metadata = pyarrow.parquet.read_table(folder / manifest["files"] / "metadata.parquet")
     vectors = gather_embeddings(folder, metadata, manifest["dim"])
     rows = [(r["id"], r["location"], r["caption"], r["key"]) for r in metadata.to_pylist()]
     return rows, vectors, manifest
@@ -29,7 +29,9 @@ def contents(folder):
 
 def test_fresh_build_reads_folders_tables_and_shards(fresh_index, collection):
     rows, vectors, manifest = contents(fresh_index)
-    assert manifest["counts"] == {"images": 13, "skipped": 1, "removed": 0, "parts": 5}
+    assert manifest["counts"] == {
+        "images": 13, "skipped": 1, "removed": 0, "parts": 5, "duplicates": 0, "repeated_locations": 0
+    }  # fmt: skip
     assert manifest["index"]["factory"] == "Flat" and manifest["dim"] == 16 == vectors.shape[1]
     assert [row[0] for row in rows] == list(range(13))
     locations = [row[1] for row in rows]
@@ -37,7 +39,7 @@ def test_fresh_build_reads_folders_tables_and_shards(fresh_index, collection):
     assert ("ein Hund", None) in [(row[2], row[3]) for row in rows]  # the table's caption
     assert (f"{collection['shard']}#sample1", "caption 1", "sample1") in [row[1:] for row in rows]
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=2e-3)
-    skipped = pyarrow.parquet.read_table(fresh_index / "skipped.parquet").to_pylist()
+    skipped = pyarrow.parquet.read_table(fresh_index / manifest["files"] / "skipped.parquet").to_pylist()
     assert skipped[0]["location"].endswith("broken.jpg") and "UnidentifiedImageError" in skipped[0]["reason"]
     assert np.load(fresh_index / "parts" / "part-00000.npy").dtype == np.float16
 

@@ -3,12 +3,14 @@ measured recall, and every bad input as one line."""
 
 import json
 
+import faiss
 import numpy as np
+import pyarrow
 import pytest
 import torch
 import torch.nn.functional as F
 from index_builds import build_flags
-from tiny_models import tiny_config
+from tiny_models import random_images, tiny_config
 
 from altclip.common.collection_index import Index
 from altclip.search.build import gather_embeddings
@@ -46,7 +48,7 @@ def test_search_command_prints_and_writes_json(fresh_index, tiny_model_dir, caps
     search_main([str(fresh_index), "ein Hund", "--k", "3", "--json", "--model", str(tiny_model_dir)])
     found = json.loads(capsys.readouterr().out)
     assert len(found["ids"]) == 3 and sorted(found["scores"], reverse=True) == found["scores"]
-    assert set(found["metadata"][0]) == {"id", "location", "caption", "key", "part", "row"}
+    assert set(found["metadata"][0]) == {"id", "location", "caption", "key", "part", "row", "sha256"}
     search_main([str(fresh_index), "猫", "--k", "2", "--model", str(tiny_model_dir)])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and float(lines[0].split()[0]) >= float(lines[1].split()[0])
@@ -104,8 +106,10 @@ def test_bad_input_is_one_line(tmp_path, fresh_index, tiny_model_dir, other_mode
     # an index built by another model: both named
     fails_with(search_main, [str(fresh_index), "x", "--model", str(other_model_dir)], capsys,
                f"built by {tiny_model_dir}", f"not by {other_model_dir}")  # fmt: skip
-    # a dimension mismatch on --add
-    fails_with(index_main, [*build_flags(other_model_dir, fresh_index, collection["table"]), "--add"], capsys,
+    # a dimension mismatch on --add (of an image the index does not hold yet)
+    (tmp_path / "new").mkdir()
+    random_images(1, seed=8)[0].save(tmp_path / "new" / "new.png")
+    fails_with(index_main, [*build_flags(other_model_dir, fresh_index, tmp_path / "new"), "--add"], capsys,
                "embeds in 8 dimensions", "holds 16")  # fmt: skip
     # an empty collection
     (tmp_path / "empty").mkdir()
@@ -129,3 +133,47 @@ def test_query_vectors_are_normalised_sums(index):
     texts = index.embedder.texts(["ein Hund", "a dog"])
     vector, _ = index.query_vector(["ein Hund", "a dog"])
     assert np.allclose(vector[0], F.normalize(texts.sum(0), dim=0).numpy(), atol=1e-6)
+
+
+def test_dims_indexes_a_prefix_and_tune_queries_are_used(tmp_path, tiny_model_dir, collection):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("ein Hund am Strand\n\n一只猫\na rocket\n", encoding="utf-8")
+    output = tmp_path / "index"
+    flags = ["--dims", "8", "--tune_queries", str(queries)]
+    index_main([*build_flags(tiny_model_dir, output, collection["folder"]), *flags])
+    index = Index.load(output, model=str(tiny_model_dir))
+    assert index.manifest["index_dim"] == 8 == index.faiss_index.d and index.manifest["dim"] == 16
+    assert index.manifest["index"]["text_queries_from"] == "given"
+    stored = gather_embeddings(output, index.metadata, 16)[:, :8]
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    vector, _ = index.query_vector(["一只猫"])  # full length; the index cuts it to its prefix
+    prefix = vector[0, :8] / np.linalg.norm(vector[0, :8])
+    expected = np.argsort(-(stored @ prefix), kind="stable")[:4]
+    result = index.search("一只猫", k=4)
+    assert result.ids == index.metadata.column("id").to_numpy()[expected].tolist()
+    assert np.allclose(result.scores, (stored @ prefix)[expected], atol=1e-5)
+
+
+def test_the_exact_index_equals_faiss_flat_search(tmp_path):
+    vectors = clustered_unit_vectors(3000, 24, seed=3)
+    vectors[7] = vectors[3]  # a tie: the lower row first (FAISS's heap gives either)
+    flat = faiss.IndexFlatIP(24)
+    flat.add(vectors)
+    metadata = pyarrow.table({"id": list(range(3000)), "location": ["x"] * 3000, "caption": [None] * 3000,
+                              "key": [None] * 3000, "part": ["p"] * 3000, "row": list(range(3000))})  # fmt: skip
+    index = Index(tmp_path, {"dim": 24, "index": {"factory": "Flat", "exact": True}}, metadata, flat)
+    queries = np.concatenate([vectors[[3]], unit_rows(np.random.default_rng(1).normal(size=(40, 24)))])
+    scores, rows = index.search_vectors(queries, k=25)
+    expected_scores, expected_rows = flat.search(queries, 25)
+    assert np.array_equal(rows[1:], expected_rows[1:]) and np.allclose(scores, expected_scores, atol=1e-5)
+    assert list(rows[0][:2]) == [3, 7] and set(expected_rows[0][:2]) == {3, 7}
+    assert np.array_equal(rows[0][2:], expected_rows[0][2:])
+
+
+def clustered_unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return unit_rows(rng.normal(size=(10, dim))[rng.integers(0, 10, count)] + 0.4 * rng.normal(size=(count, dim)))
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype("float32")

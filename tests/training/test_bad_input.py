@@ -40,8 +40,8 @@ def digest(folder: Path) -> dict[str, str]:
     ("flags", "message"),
     [
         (("--bogus_flag", "1"), "unknown flag(s) --bogus_flag 1"),
-        (("--per_device_train_batch_size", "0"), "--per_device_train_batch_size must be at least 1, not 0"),
-        (("--gradient_accumulation_steps", "0"), "--gradient_accumulation_steps must be at least 1, not 0"),
+        (("--per_device_train_batch_size", "0"), "--per_device_train_batch_size 0 is too small; give a whole number"),
+        (("--gradient_accumulation_steps", "0"), "--gradient_accumulation_steps 0 is too small; give a whole number"),
         (("--teacher_dtype", "float8"), "invalid choice: 'float8'"),
         (("--learning_rate", "abc"), "invalid float value: 'abc'"),
         (("--max_text_length", "600"), "--max_text_length 600 is outside 1..512"),
@@ -53,7 +53,7 @@ def test_flag_errors_are_one_line_before_models_load(capsys, tmp_path, toy, monk
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the flags were checked")
 
-    monkeypatch.setattr("altclip.training.cli.load_or_build_model", no_model)
+    monkeypatch.setattr("altclip.training.stages.load_or_build_model", no_model)
     assert message in refused(capsys, tmp_path, "teacher", *teacher_flags(toy, *flags))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from altclip.common.errors import InputDataError, PathError
 from altclip.training.loop import feature_caches
 from altclip.training.loop.feature_caches import MANIFEST, ImageEmbeddingCache, compute_sharded_features
 
@@ -69,7 +70,7 @@ def test_a_cut_teacher_manifest_is_named_and_written_again(tmp_path, caplog):
 
 def test_the_teacher_cache_wait_ends_naming_the_missing_shards_and_their_rank(tmp_path):
     """Rank 0 of 2 writes shards 0 and 2; rank 1 (owner of shard 1) never does."""
-    with pytest.raises(SystemExit, match=r"rank 0 waited 0.5 s .*features-00001\.npy \(rank 1\); check those ranks"):
+    with pytest.raises(PathError, match=r"rank 0 waited 0.5 s .*features-00001\.npy \(rank 1\); check those ranks"):
         compute_sharded_features(
             tmp_path, 5, 2, shard_values, rank=0, world_size=2, shard_rows=2, poll_seconds=0.05, wait_seconds=0.5
         )
@@ -79,7 +80,7 @@ def test_the_teacher_cache_wait_ends_naming_the_missing_shards_and_their_rank(tm
 def test_the_teacher_cache_wait_skips_a_damaged_shard_of_another_rank_until_it_is_replaced(tmp_path):
     compute_sharded_features(tmp_path, 5, 2, shard_values, shard_rows=2)
     cut_in_half(tmp_path / "features-00001.npy")  # rank 1's, left damaged by an earlier run
-    with pytest.raises(SystemExit, match=r"features-00001\.npy \(rank 1\)"):
+    with pytest.raises(PathError, match=r"features-00001\.npy \(rank 1\)"):
         compute_sharded_features(
             tmp_path, 5, 2, shard_values, rank=0, world_size=2, shard_rows=2, poll_seconds=0.05, wait_seconds=0.5
         )
@@ -91,7 +92,7 @@ def test_non_finite_teacher_features_are_refused_before_writing(tmp_path):
         values[-1] = np.inf
         return values
 
-    with pytest.raises(SystemExit, match=r"non-finite features for row 1 "):
+    with pytest.raises(InputDataError, match=r"non-finite features for row 1 "):
         compute_sharded_features(tmp_path, 5, 2, encode, shard_rows=2)
     assert not list(tmp_path.glob("features-*"))
 
@@ -171,7 +172,7 @@ def test_the_image_cache_refuses_to_start_without_room(tmp_path, monkeypatch):
     usage = feature_caches.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(feature_caches.shutil, "disk_usage", lambda path: usage._replace(free=10))
     # 5 rows are stored; the 5 others need 5 x (4 x 2 + 8) bytes
-    with pytest.raises(SystemExit, match=r"needs 0\.00 GB in .* for 10 image embeddings, and the disk has 0\.00 GB"):
+    with pytest.raises(PathError, match=r"needs 0\.00 GB in .* for 10 image embeddings, and the disk has 0\.00 GB"):
         ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"})
 
 
@@ -186,7 +187,7 @@ class FakeDataset:
 
 def test_the_image_cache_key_covers_the_image_root_and_column(tmp_path):
     """The same table read with another --image_root (or image column) names other images: another cache."""
-    from altclip.training.cli import image_feature_cache
+    from altclip.training.stages import image_feature_cache
 
     model = SimpleNamespace(
         vision_model=torch.nn.Linear(2, 2),
@@ -274,7 +275,7 @@ def test_a_transient_error_is_never_damage_and_readers_do_not_set_shards_aside(t
 
 
 def test_only_global_rank_zero_writes_the_image_cache_manifest(tmp_path):
-    with pytest.raises(SystemExit, match=r"rank 3 waited 0.2 s for .*manifest.json, which global rank 0 writes"):
+    with pytest.raises(PathError, match=r"rank 3 waited 0.2 s for .*manifest.json, which global rank 0 writes"):
         ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, rank=3, wait_seconds=0.2)
     assert not (tmp_path / MANIFEST).exists()
     ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, rank=0)
@@ -338,10 +339,10 @@ def test_rank_zero_removes_stale_temporary_files_at_open(tmp_path):
 
 
 def test_the_room_check_counts_the_checkpoints_on_the_same_disk(tmp_path):
-    from altclip.training.cli import checkpoint_bytes_on_disk_of
+    from altclip.training.stages import checkpoint_bytes_on_disk_of
 
     free = feature_caches.shutil.disk_usage(tmp_path).free
-    with pytest.raises(SystemExit, match=r"for 10 image embeddings besides .* GB of checkpoints, and the disk has"):
+    with pytest.raises(PathError, match=r"for 10 image embeddings besides .* GB of checkpoints, and the disk has"):
         ImageEmbeddingCache.create(tmp_path, 10, 4, {"tower": "x"}, reserved_bytes=free)
     model = torch.nn.Linear(10, 10)  # 110 parameters, trained
     training = SimpleNamespace(output_dir=str(tmp_path / "run" / "not-yet"), save_total_limit=3)
@@ -385,3 +386,35 @@ def test_readers_map_rank_zeros_index_and_a_flush_does_not_rescan(tmp_path, monk
     reader.refresh()  # every process, at the next epoch's start
     assert reader.get(8).tolist() == [8.0] * 4 and reader.filled_rows() == 6
     assert len(list(tmp_path.glob("index-*.npy"))) == 2  # the new index and the one readers may still map
+
+
+@pytest.mark.slow
+def test_a_run_names_a_damaged_per_process_shard_of_its_image_cache_and_computes_its_rows_again(
+    tmp_path, toy, start_without_dropout, caplog
+):
+    """End to end through ``altclip-train``: a run's per-process shard (``rank-0-*.embeds.npy``) is cut; the next run
+    on the same cache folder names it at the start, sets it aside (``.damaged``), runs the image tower on exactly its
+    rows again and leaves the cache whole."""
+    from stage_runs import run_stage
+
+    cache_root = tmp_path / "shared-cache"
+    flags = ["--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"])]
+    flags += ["--per_device_train_batch_size", "24", "--num_train_epochs", "1", "--logging_steps", "1"]
+    flags += ["--save_strategy", "epoch", "--cache_image_features", "true"]
+    flags += ["--image_feature_cache_dir", str(cache_root)]
+    run_stage("contrastive", tmp_path / "first", *flags)
+    (cache,) = cache_root.glob("images-*")
+    (damaged,) = cache.glob("rank-0-*.embeds.npy")
+    stored_rows = len(np.load(damaged.with_name(damaged.name.replace(".embeds.", ".rows."))))
+    cut_in_half(damaged)
+    with caplog.at_level(logging.WARNING):
+        run_stage("contrastive", tmp_path / "second", *flags)
+    warnings = [record.getMessage() for record in caplog.records if "is damaged" in record.getMessage()]
+    assert len(warnings) == 1 and str(damaged) in warnings[0] and "computed again" in warnings[0], warnings
+    assert damaged.with_name(damaged.name + ".damaged").is_file() and not damaged.exists()
+    (checkpoint,) = (tmp_path / "second").glob("checkpoint-*")
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    tower_rows = [entry["image_tower_rows"] for entry in history if "image_tower_rows" in entry]
+    assert tower_rows[-1] == stored_rows == 180  # every row of the damaged shard ran through the tower again
+    width = json.loads((cache / MANIFEST).read_text())["width"]
+    assert ImageEmbeddingCache(cache, 180, width).filled_rows() == 180

@@ -21,8 +21,10 @@ from altclip.common.adapters import is_adapter_folder, load_altclip, processor_s
 from altclip.evaluation.cli import main as eval_main
 from altclip.training.arguments import FineTuningArguments
 from altclip.training.finetune.lora import apply_lora, merged_state_dict, target_module_names
+from altclip.training.finetune.new_tokens import WORD_EMBEDDINGS
 from altclip.training.finetune.wise_ft import WeightInterpolation
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip.modeling_altclip import LOADED_TEXT_LAYER
 
 LORA = ["--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]
 
@@ -65,19 +67,29 @@ def test_only_the_adapters_train_and_the_merged_checkpoint_is_base_plus_adapter(
     assert any(name.startswith("vision_model.") for name in targets)
 
     adapter = load_file(lora_run / "adapter_model.safetensors")
-    assert adapter and all(".lora_A." in name or ".lora_B." in name for name in adapter)
-    adapted = {name.removeprefix("base_model.model.").split(".lora_")[0] for name in adapter}
+    tokens = f"base_model.model.{WORD_EMBEDDINGS}.token_adapter.trainable_tokens_delta"  # --lora_trainable_tokens auto
+    assert adapter and all(".lora_A." in name or ".lora_B." in name for name in adapter if name != tokens)
+    adapted = {name.removeprefix("base_model.model.").split(".lora_")[0] for name in adapter if name != tokens}
     assert adapted == targets
+    token_ids = json.loads((lora_run / "adapter_config.json").read_text())["trainable_token_indices"][WORD_EMBEDDINGS]
+    assert adapter[tokens].shape[0] == len(token_ids) > 0
     assert not (lora_run / "model.safetensors").exists()
     summary = json.loads((lora_run / "training_summary.json").read_text())
     assert summary["trainable_parameters"] == sum(tensor.numel() for tensor in adapter.values())
     assert summary["lora"]["r"] == 4 and summary["lora"]["targets"] == "both"
 
     merged = load_file(lora_run / "merged" / "model.safetensors")
+    assert any(name.startswith("text_model.roberta.encoder.layers.") for name in merged)  # transformers' names
+    merged = {LOADED_TEXT_LAYER.sub(r"\1layer.", name): tensor for name, tensor in merged.items()}
     assert merged.keys() == start_state.keys()
     assert merged["logit_scale"].dim() == 0  # stored as released; the model holds it as a (1,) vector
     merged["logit_scale"] = merged["logit_scale"].reshape(1)
+    embeddings = f"{WORD_EMBEDDINGS}.weight"
+    moved_rows = (merged[embeddings] != start_state[embeddings]).any(dim=1).nonzero().flatten().tolist()
+    assert moved_rows and set(moved_rows) <= set(token_ids)  # only the trained tokens' embedding rows
     for name, tensor in merged.items():
+        if name == embeddings:
+            continue
         if name.removesuffix(".weight") in targets:
             assert not torch.equal(tensor, start_state[name]), name  # the adapter's update is in it
         else:
@@ -87,7 +99,7 @@ def test_only_the_adapters_train_and_the_merged_checkpoint_is_base_plus_adapter(
     reloaded = PeftModel.from_pretrained(AltCLIPModel.from_pretrained(start_without_dropout), str(lora_run))
     recomputed = merged_state_dict(reloaded)
     assert recomputed.keys() == merged.keys()
-    assert all(torch.equal(recomputed[name], merged[name]) for name in merged)
+    assert [name for name in merged if not torch.equal(recomputed[name], merged[name])] == []
 
 
 def test_merged_model_equals_the_unmerged_adapter(lora_run, start_without_dropout, toy):
@@ -280,7 +292,7 @@ def test_lora_resumed_after_sigkill_equals_the_uninterrupted_run(tmp_path, toy, 
     [
         (["--unfreeze_vision", "true"], "drop --unfreeze_vision and use --lora_targets both"),
         (["--lora_layers", "attention,ffn"], "--lora_layers 'attention,ffn': choose a comma-separated list"),
-        (["--lora_r", "-1"], "--lora_r must be 0"),
+        (["--lora_r", "-1"], "--lora_r -1 is too small"),
         (["--wise_ft_sweep", "0,2"], "2.0 is outside"),
         (["--before_after", "true"], "scores the model on --validation_files and/or --zeroshot_data_dir"),
         (["--wise_ft_alpha", "0.5", "--wise_ft_sweep", "0,1"], "not both"),

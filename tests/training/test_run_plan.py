@@ -119,6 +119,25 @@ def test_the_shipped_8_gpu_config_plans_from_sizes_given_without_any_download(ca
     assert [source["samples_per_epoch"] for source in report["sources"]] == [411_264_000, 102_816_000]
 
 
+def test_plan_for_8_nodes_of_8_processes_is_the_plan_of_a_world_of_64(capsys, monkeypatch):
+    """--nnodes 8 --nproc_per_node 8 (torchrun's names, the sbatch recipe's 64 GPUs) plans the world of 64."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(REPO)
+    config = ["--config", "training/configs/contrastive_vit-l-14_xlm-r-large.yaml", "--train_num_samples", "414080000"]
+    by_nodes = plan_output(capsys, *config, "100000000", "--nnodes", "8", "--nproc_per_node", "8", "--format", "json")
+    by_world = plan_output(capsys, *config, "100000000", "--world_size", "64", "--format", "json")
+    nodes, world = json.loads(by_nodes), json.loads(by_world)
+    assert nodes.pop("nodes") == 8 and world.pop("nodes") == 1 and nodes == world
+    assert nodes["world_size"] == 64 and nodes["data"]["readers"] == 64 * 8
+    assert nodes["data"]["batches_per_rank_per_epoch"] < 125_512 // 7  # the 8-process plan's, over 8 (rounded up)
+    text = plan_output(capsys, *config, "100000000", "--nnodes", "8", "--nproc_per_node", "8")
+    assert text.startswith("Plan of altclip-train contrastive on 64 processes (8 nodes x 8)")
+    with pytest.raises(SystemExit) as refused:
+        plan_output(capsys, *config, "100000000", "--nnodes", "8", "--nproc_per_node", "8", "--world_size", "8")
+    assert refused.value.code == 2
+    assert "--world_size 8 is not --nnodes 8 x --nproc_per_node 8" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_ddp_memory_of_a_fully_trained_model_on_one_device_equals_accelerates_estimate(dtype):
     params = count_parameters(AltCLIPConfig(), "contrastive", unfreeze_vision=True)

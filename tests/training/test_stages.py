@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from stage_runs import logged_losses, run_stage, shapes_image_folder, teacher_fl
 from transformers import AutoModel, CLIPModel
 
 from altclip.common.config_files import config_file_to_flags, expand_config
-from altclip.training.cli import parse
+from altclip.common.errors import InputDataError
+from altclip.training.arguments import parse
 from altclip.training.toy_setup import write_tiny_clip
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
@@ -218,7 +220,7 @@ def test_config_file_supplies_flags_and_later_flags_win(tmp_path):
     ]
     assert expand_config(["--config", str(config), "--learning_rate", "0.5"])[-2:] == ["--learning_rate", "0.5"]
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
-    with pytest.raises(SystemExit, match="must map flag names to values"):
+    with pytest.raises(InputDataError, match="must map flag names to values"):
         config_file_to_flags(str(tmp_path / "list.yaml"))
     (tmp_path / "bom.json").write_bytes(b'\xef\xbb\xbf{"seed": 3}')  # a byte-order mark (Windows editors)
     assert config_file_to_flags(str(tmp_path / "bom.json")) == ["--seed", "3"]
@@ -307,19 +309,24 @@ def test_zero_shot_out_of_memory_is_named_and_training_goes_on(tmp_path, toy, te
     assert "lower --batch_size in --zeroshot_eval_flags" in warnings[0]
 
 
-def test_zero_shot_during_training_needs_its_data(tmp_path, toy, teacher_model_dir):
-    flags = contrastive_flags(teacher_model_dir, toy, "--zeroshot_steps", "2", "--zeroshot_data_dir", "nowhere")
-    with pytest.raises(SystemExit, match="--zeroshot_steps needs --zeroshot_data_dir, a folder"):
-        run_stage("contrastive", tmp_path, *flags)
+# One-line refusals of the zero-shot flags, each its own case (peft's TEST_CASES style): (flags, message).
+ZERO_SHOT_REFUSALS = [
+    (["--zeroshot_data_dir", "nowhere"], "--zeroshot_steps needs --zeroshot_data_dir, a folder"),
+    (["--zeroshot_dataset", "imagenet1k"], "--zeroshot_dataset imagenet1k: during training the live model scores a"),
+    (["--zeroshot_languages", "en,fr"], r"classnames.json has no 'fr' names; it has en, de"),
+    (["--zeroshot_eval_flags", "--dtype bfloat16"], r"--zeroshot_eval_flags --dtype bfloat16: scoring during training"),
+]
 
 
-def test_zero_shot_during_training_refuses_what_it_cannot_score_before_models_load(tmp_path, toy, teacher_model_dir):
+@pytest.mark.parametrize(
+    "flags, message", ZERO_SHOT_REFUSALS, ids=["no-folder", "other-dataset", "missing-language", "eval-flag"]
+)
+def test_zero_shot_during_training_refuses_what_it_cannot_score_before_models_load(
+    tmp_path, toy, teacher_model_dir, capsys, flags, message
+):
     folder = shapes_image_folder(toy, tmp_path / "shapes")
-    flags = contrastive_flags(teacher_model_dir, toy, "--zeroshot_steps", "2", "--zeroshot_data_dir", str(folder))
-    with pytest.raises(SystemExit, match="--zeroshot_dataset imagenet1k: during training the live model scores a"):
-        run_stage("contrastive", tmp_path / "a", *flags, "--zeroshot_dataset", "imagenet1k")
-    with pytest.raises(SystemExit, match=r"classnames.json has no 'fr' names; it has en, de"):
-        run_stage("contrastive", tmp_path / "b", *flags, "--zeroshot_languages", "en,fr")
-    with pytest.raises(SystemExit, match=r"--zeroshot_eval_flags --dtype bfloat16: scoring during training takes"):
-        run_stage("contrastive", tmp_path / "c", *flags, "--zeroshot_eval_flags", "--dtype bfloat16")
-    assert not (tmp_path / "a").exists()
+    given = contrastive_flags(teacher_model_dir, toy, "--zeroshot_steps", "2", "--zeroshot_data_dir", str(folder))
+    with pytest.raises(SystemExit, match=message) as refused:
+        run_stage("contrastive", tmp_path / "out", *given, *flags)
+    assert refused.value.code == 2 and re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
+    assert not (tmp_path / "out").exists()

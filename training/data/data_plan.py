@@ -11,6 +11,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from altclip.common.errors import UsageError
+
 from .epoch_plan import data_seed
 
 DATA_PLAN_FILE = "data_plan.json"
@@ -34,6 +36,10 @@ def data_plan(data_args, training_args, tables: dict | None = None) -> dict:
     # written before these flags existed compare equal.
     for name in ("shard_sizes", "train_num_samples", "dataset_resampled"):
         if getattr(data_args, name, None):
+            plan[name] = getattr(data_args, name)
+    # Language balancing (language_balance.py) changes what each epoch draws; alpha 0 is a value, not "unset".
+    for name in ("language_sampling_alpha", "language_column"):
+        if getattr(data_args, name, None) is not None:
             plan[name] = getattr(data_args, name)
     return plan
 
@@ -95,7 +101,7 @@ def check_resumed_tables(checkpoint: str, tables: dict | None) -> None:
             f"{spec}: {then['rows']} rows then, {now['rows']} now" + (f" ({'; '.join(files)})" if files else "")
         )
     if changed:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: {checkpoint} was trained on tables of another size ({'; '.join(changed)}); resume on "
             "the tables as they were, or start a new --output_dir to train on the changed ones."
         )
@@ -112,7 +118,7 @@ def check_resumed_plan(checkpoint: str, data_args, training_args) -> None:
         f"{name} {saved[name]!r} -> {value!r}" for name, value in current.items() if saved.get(name, value) != value
     ]
     if changed:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: {checkpoint} was trained with another data plan ({'; '.join(changed)}); resume with the "
             "same data, processes, workers, batch size, gradient accumulation, shuffle buffer and seed, or start a new "
             "--output_dir."

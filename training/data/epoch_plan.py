@@ -72,9 +72,12 @@ class GlobalBatchSampler:
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        language_plan=None,
     ):
-        """`extra` rows after the sources' rows (indices from sum(sizes) on) join every epoch once, unweighted."""
+        """`extra` rows after the sources' rows (indices from sum(sizes) on) join every epoch once, unweighted; a
+        `language_balance.LanguagePlan` draws the sources' rows per language instead of `weighted_draw`."""
         self.sizes, self.weights, self.extra = list(sizes), weights, extra
+        self.language_plan = language_plan
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.rank, self.world_size, self.epoch = rank, world_size, 0
 
@@ -83,7 +86,10 @@ class GlobalBatchSampler:
 
     def epoch_indices(self) -> np.ndarray:
         rng = epoch_rng(self.seed, self.epoch)
-        indices = weighted_draw(self.sizes, self.weights, rng)
+        if self.language_plan is not None:
+            indices = self.language_plan.draw(rng)
+        else:
+            indices = weighted_draw(self.sizes, self.weights, rng)
         if self.extra:
             indices = np.concatenate([indices, np.arange(sum(self.sizes), sum(self.sizes) + self.extra)])
         return rng.permutation(indices) if self.shuffle else indices
@@ -91,6 +97,8 @@ class GlobalBatchSampler:
     @property
     def samples_per_epoch(self) -> int:
         drawn = sum(self.sizes) if self.weights is None else sum(drawn_per_source(self.sizes, self.weights))
+        if self.language_plan is not None:
+            drawn = self.language_plan.samples_per_epoch
         return drawn + self.extra
 
     def __len__(self) -> int:

@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from altclip.common.errors import InputDataError
 from altclip.common.files import replace_atomically
+from altclip.common.number_checks import count_in_file
 from altclip.common.records import DataFormatError
 
 from .shard_checks import ShardCount, planned_sizes
-from .sources import SIZES_FILE, Source, is_remote, open_stream, read_sizes_file, sibling_url
+from .sources import SIZES_FILE, Source, is_remote, open_stream, parse_sizes_json, read_sizes_file, sibling_url
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +46,6 @@ def inner_url(command: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _parse_sizes(text: str) -> dict[str, int] | None:
-    try:
-        sizes = json.loads(text)
-    except ValueError:
-        return None
-    return {str(name): int(count) for name, count in sizes.items()} if isinstance(sizes, dict) else None
-
-
 def pipe_sizes_file(url: str) -> dict[str, int] | None:
     """``sizes.json`` beside the URL inside a ``pipe:`` command: through the same command, then through fsspec."""
     inner = inner_url(url)
@@ -60,11 +54,13 @@ def pipe_sizes_file(url: str) -> dict[str, int] | None:
     sizes_url = sibling_url(inner, SIZES_FILE)
     try:
         with open_stream(url.replace(inner, sizes_url, 1)) as handle:
-            sizes = _parse_sizes(handle.read().decode("utf-8", "replace"))
-        if sizes is not None:
-            return sizes
+            content = handle.read()
     except Exception as error:  # a pipe whose command fails raises on read or close (webdataset's gopen)
         logger.debug("%s: %s", sizes_url, error)
+    else:
+        sizes = parse_sizes_json(content, sizes_url)  # an HTML error page or a cut file is named, not skipped
+        if sizes is not None:
+            return sizes
     return sizes_file_beside(inner)
 
 
@@ -73,6 +69,8 @@ def sizes_file_beside(url: str) -> dict[str, int] | None:
     credentials): a size not found here is asked for in one line later."""
     try:
         return read_sizes_file(url)
+    except InputDataError:  # there, but unreadable: named, not taken for "no sizes.json"
+        raise
     except Exception as error:  # fsspec backends raise their client's errors (httpx, botocore, ...)
         logger.debug("%s: %s", url, error)
         return None
@@ -89,12 +87,15 @@ def load_shard_sizes_files(paths: Sequence[str] | None) -> dict[str, int]:
     merged: dict[str, int] = {}
     for path in paths or ():
         try:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-            merged.update({str(name): int(count) for name, count in values.items()})
-        except (OSError, ValueError, AttributeError, TypeError) as error:
+            values = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+            if not isinstance(values, dict):
+                raise TypeError(f"a JSON {type(values).__name__}")
+        except (OSError, ValueError, TypeError) as error:
             raise DataFormatError(
                 f"--shard_sizes {path}: not a readable JSON object {{shard name or URL: samples}} ({error})."
             ) from None
+        # a negative count would silently drop samples from the plan (-5 for a shard of 11: 16 never trained)
+        merged.update({str(name): count_in_file(f"--shard_sizes {path}: {name!r}:", n) for name, n in values.items()})
     return merged
 
 
@@ -193,7 +194,7 @@ def resolve_shard_sizes(
             [len(source.urls) for source in sources],
         )
         sizes = [None if size is None else planned[index] for index, size in enumerate(sizes)]
-    estimated = _estimate_unknown(sources, sizes, origins, train_num_samples)
+    estimated = _estimate_unknown(sources, sizes, origins, train_num_samples, shard_sizes_files, given)
     return SizedShards([int(size) for size in sizes], [" + ".join(sorted(seen)) for seen in origins], estimated)
 
 
@@ -201,7 +202,9 @@ def _flat_urls(sources: Sequence[Source]) -> list[str]:
     return [url for source in sources for url in source.urls]
 
 
-def _estimate_unknown(sources, sizes: list, origins: list[set[str]], train_num_samples) -> bool:
+def _estimate_unknown(
+    sources, sizes: list, origins: list[set[str]], train_num_samples, files=None, given: dict | None = None
+) -> bool:
     """Spreads ``--train_num_samples`` over the shards without a size (per source, or all of them together)."""
     urls = _flat_urls(sources)
     unknown = [index for index, size in enumerate(sizes) if size is None]
@@ -209,6 +212,12 @@ def _estimate_unknown(sources, sizes: list, origins: list[set[str]], train_num_s
         return False
     if train_num_samples is None:
         url = urls[unknown[0]]
+        if given:  # the file was given and read, but its keys are not these shards' names
+            raise DataFormatError(
+                f"{url}: --shard_sizes {' '.join(files)} names no size for it ({len(unknown)} shards unsized; the "
+                f"file names e.g. {next(iter(given))!r}); key each shard by its file name ({shard_name(url)!r}) or "
+                "its URL, or give --train_num_samples N for the rest."
+            )
         where = (
             f"beside {inner_url(url)} (tried through the pipe command and fsspec)" if url.startswith("pipe:") else ""
         )

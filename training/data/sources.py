@@ -13,6 +13,8 @@ from pathlib import Path
 
 import braceexpand
 
+from altclip.common.errors import InputDataError
+from altclip.common.number_checks import count_in_file
 from altclip.common.records import DataFormatError
 from altclip.common.sources import (  # noqa: F401 (is_remote, open_stream, ...: re-exported for the training modules)
     folder_of,
@@ -129,10 +131,29 @@ def read_sizes_file(url: str) -> dict[str, int] | None:
     sizes_url = sibling_url(url, SIZES_FILE)
     try:
         with open_stream(sizes_url) as handle:
-            sizes = json.loads(handle.read().decode("utf-8"))
+            content = handle.read()
     except (OSError, FileNotFoundError, ValueError, DataFormatError):
         return None
-    return {str(name): int(count) for name, count in sizes.items()} if isinstance(sizes, dict) else None
+    return parse_sizes_json(content, sizes_url)
+
+
+def parse_sizes_json(content: bytes, where: str) -> dict[str, int] | None:
+    """{shard name: samples} of a sizes.json's bytes; None for empty content (nothing there). Content that is not
+    such an object (an HTML error page, a cut file) or a count that is not a whole number >= 0 is refused
+    (`InputDataError` naming `where`), not read as "no sizes.json"."""
+    if not content.strip():
+        return None
+    try:
+        sizes = json.loads(content.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as error:
+        start = content[:40].decode("utf-8", "replace").strip().replace("\n", " ")
+        raise InputDataError(
+            f"{where}: unreadable sizes.json, not JSON ({type(error).__name__}; starts with {start!r}); write it as "
+            "{shard name: samples} or remove it."
+        ) from None
+    if not isinstance(sizes, dict):
+        raise InputDataError(f"{where}: unreadable sizes.json, not a JSON object {{shard name: samples}}.")
+    return {str(name): count_in_file(f"{where}: shard {name!r}:", count) for name, count in sizes.items()}
 
 
 def source_weights(sources: Sequence[Source]) -> list[float] | None:

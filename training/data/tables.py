@@ -31,7 +31,15 @@ import pyarrow.parquet
 import torch
 
 from altclip.common.files import replace_atomically
-from altclip.common.records import NOT_UTF8, QUOTED_SPAN_LINES, DataFormatError, Line, delimited_records, text_lines
+from altclip.common.records import (
+    NOT_UTF8,
+    QUOTED_SPAN_LINES,
+    DataFormatError,
+    Line,
+    check_utf8,
+    delimited_records,
+    text_lines,
+)
 
 from .sources import Source, folder_of, is_remote, open_stream
 
@@ -195,7 +203,10 @@ def _blocks(handle, length: int, block: int = 1 << 24) -> Iterator[bytes]:
 
 
 def _check_header(url: str, kind: str, columns: Sequence[str]) -> None:
-    """Refuses a file whose header (CSV/TSV) or first JSON object lacks a column: the input is wrong as a whole."""
+    """Refuses a file whose header (CSV/TSV) or first JSON object lacks a column, or that is in another encoding
+    than UTF-8 (`check_utf8`): the input is wrong as a whole."""
+    with open_stream(url) as raw:
+        check_utf8(raw, url)
     with open_stream(url) as raw:
         if kind == "jsonl":
             for line_number, line in enumerate(raw, start=1):

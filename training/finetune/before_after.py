@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from altclip.common.errors import PathError, UsageError
 from altclip.common.plots import plt, save_png
 
 from ..arguments import FineTuningArguments, ZeroShotArguments
-from ..loop.zeroshot_monitor import ZeroShotMonitor
+from ..loop.zeroshot_monitor import ZeroShotMonitor, languages
 from .wise_ft import ALPHA_DECIMALS, WeightInterpolation, parse_alphas
 
 logger = logging.getLogger(__name__)
@@ -28,29 +29,46 @@ def check_fine_tuning_arguments(
     """One-line refusals before any model loads."""
     alphas = parse_alphas(args.wise_ft_sweep)
     if args.wise_ft_alpha is not None and not 0 <= args.wise_ft_alpha <= 1:
-        raise SystemExit(f"altclip-train: --wise_ft_alpha must be in [0, 1], not {args.wise_ft_alpha}.")
+        raise UsageError(f"altclip-train: --wise_ft_alpha must be in [0, 1], not {args.wise_ft_alpha}.")
     if args.wise_ft_alpha is not None and alphas:
-        raise SystemExit("altclip-train: give --wise_ft_alpha or --wise_ft_sweep, not both.")
+        raise UsageError("altclip-train: give --wise_ft_alpha or --wise_ft_sweep, not both.")
     has_zeroshot = bool(zeroshot.zeroshot_data_dir)
     if has_zeroshot and not Path(zeroshot.zeroshot_data_dir).is_dir():
-        raise SystemExit(f"altclip-train: --zeroshot_data_dir {zeroshot.zeroshot_data_dir}: no such folder.")
+        raise PathError(f"altclip-train: --zeroshot_data_dir {zeroshot.zeroshot_data_dir}: no such folder.")
     for flag, wanted in (("--before_after", args.before_after), ("--wise_ft_sweep", bool(alphas))):
         if wanted and not (has_validation or has_zeroshot):
-            raise SystemExit(
+            raise UsageError(
                 f"altclip-train: {flag} scores the model on --validation_files and/or --zeroshot_data_dir; give one."
             )
     if alphas:
         if args.wise_ft_metric == "eval_loss" and not has_validation:
-            raise SystemExit("altclip-train: --wise_ft_metric eval_loss needs --validation_files.")
+            raise UsageError("altclip-train: --wise_ft_metric eval_loss needs --validation_files.")
         if args.wise_ft_metric != "eval_loss" and not (args.wise_ft_metric.startswith("zeroshot/") and has_zeroshot):
-            raise SystemExit(
+            raise UsageError(
                 f"altclip-train: --wise_ft_metric {args.wise_ft_metric!r}: choose eval_loss or a zero-shot score "
                 f"zeroshot/{zeroshot.zeroshot_dataset}/LANGUAGE/top1 (with --zeroshot_data_dir)."
             )
+        if args.wise_ft_metric != "eval_loss":
+            check_zeroshot_metric(args.wise_ft_metric, zeroshot)
     if (alphas or args.wise_ft_alpha is not None) and (training_args.deepspeed or training_args.fsdp):
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: --wise_ft_alpha/--wise_ft_sweep keep the start weights beside the trained ones; they run "
             "with DDP, not --deepspeed/--fsdp."
+        )
+
+
+def check_zeroshot_metric(metric: str, zeroshot: ZeroShotArguments) -> None:
+    """A zero-shot --wise_ft_metric must name the scored dataset and one of --zeroshot_languages, or the sweep would
+    score every alpha and find nothing to choose by."""
+    parts = metric.split("/")
+    scored = languages(zeroshot)
+    example = f"zeroshot/{zeroshot.zeroshot_dataset}/{scored[0] if scored else 'en'}/top1"
+    if len(parts) != 4 or parts[1] != zeroshot.zeroshot_dataset or not parts[3]:
+        raise UsageError(f"altclip-train: --wise_ft_metric {metric!r}: a zero-shot score reads like {example}.")
+    if parts[2] not in scored:
+        raise UsageError(
+            f"altclip-train: --wise_ft_metric {metric!r} names language {parts[2]!r}, which is not scored "
+            f"(--zeroshot_languages {zeroshot.zeroshot_languages}); add it there or choose one of {', '.join(scored)}."
         )
 
 
@@ -110,7 +128,7 @@ class BeforeAfter:
             metric = self.args.wise_ft_metric
             scored = [alpha for alpha in self.alphas if metric in sweep[alpha]]
             if not scored:
-                raise SystemExit(f"altclip-train: the WiSE-FT sweep produced no {metric!r}; keeping nothing.")
+                raise UsageError(f"altclip-train: the WiSE-FT sweep produced no {metric!r}; keeping nothing.")
             best = scored[0]
             for alpha in scored[1:]:
                 if better(metric, sweep[alpha][metric], sweep[best][metric]):

@@ -9,6 +9,8 @@ Hand-written: neither peft nor transformers offers it (open_clip users do it by 
 
 import torch
 
+from altclip.common.errors import UsageError
+
 # An interpolated alpha is written with this many decimals in names and summaries.
 ALPHA_DECIMALS = 4
 
@@ -22,9 +24,9 @@ def parse_alphas(text: str | None) -> list[float]:
         try:
             alpha = float(part)
         except ValueError:
-            raise SystemExit(f"altclip-train: --wise_ft_sweep {text!r}: {part.strip()!r} is not a number.") from None
+            raise UsageError(f"altclip-train: --wise_ft_sweep {text!r}: {part.strip()!r} is not a number.") from None
         if not 0 <= alpha <= 1:
-            raise SystemExit(f"altclip-train: --wise_ft_sweep {text!r}: {alpha} is outside [0, 1].")
+            raise UsageError(f"altclip-train: --wise_ft_sweep {text!r}: {alpha} is outside [0, 1].")
         alphas.append(alpha)
     return sorted(set(alphas))
 

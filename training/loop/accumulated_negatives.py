@@ -18,7 +18,7 @@ accelerate offers it and open_clip's version is tied to its own training loop.
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -39,13 +39,14 @@ def accumulated_contrastive_step(
     batches: list[dict],
     usable: list[int | None],
     embed: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]],
-    loss_of: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    logit_scale: torch.Tensor,
+    loss_of: Callable[..., torch.Tensor],
+    loss_parameters: Sequence[torch.Tensor],
 ) -> torch.Tensor:
     """Back-propagates the loss of all `batches` together (see the module docstring) and returns it, detached.
 
-    `embed(model, batch)` gives (image_embeds, text_embeds); `loss_of(images, texts, log_scale)` the contrastive loss
-    of the whole (local) batch; `logit_scale` is the model's parameter; `usable[i]` cuts batch i's placeholder rows.
+    `embed(model, batch)` gives (image_embeds, text_embeds); `loss_of(images, texts, *parameters)` the contrastive
+    loss of the whole (local) batch given the model's `loss_parameters` (``logit_scale``, and SigLIP's
+    ``logit_bias``); `usable[i]` cuts batch i's placeholder rows.
     """
     device = trainer.args.device
     states, images, texts = [], [], []
@@ -58,9 +59,9 @@ def accumulated_contrastive_step(
             texts.append(text[:rows].float())
     image_leaf = torch.cat(images).requires_grad_()
     text_leaf = torch.cat(texts).requires_grad_()
-    scale_leaf = logit_scale.detach().float().requires_grad_()
-    loss = loss_of(image_leaf, text_leaf, scale_leaf)
-    image_grad, text_grad, scale_grad = torch.autograd.grad(loss, [image_leaf, text_leaf, scale_leaf])
+    parameter_leaves = [parameter.detach().float().requires_grad_() for parameter in loss_parameters]
+    loss = loss_of(image_leaf, text_leaf, *parameter_leaves)
+    image_grad, text_grad, *parameter_grads = torch.autograd.grad(loss, [image_leaf, text_leaf, *parameter_leaves])
     offset = 0
     for number, (batch, rows, state) in enumerate(zip(batches, usable, states)):
         last = number == len(batches) - 1
@@ -74,8 +75,9 @@ def accumulated_contrastive_step(
                 surrogate = (text.float() * text_grad[offset:end]).sum()
                 if image.requires_grad:
                     surrogate = surrogate + (image.float() * image_grad[offset:end]).sum()
-                if last:  # the temperature's gradient, once; every trainable parameter gets its gradient here
-                    surrogate = surrogate + (logit_scale.float() * scale_grad).sum()
+                if last:  # the temperature's (and bias') gradient, once; every trained parameter gets its gradient
+                    for parameter, gradient in zip(loss_parameters, parameter_grads):
+                        surrogate = surrogate + (parameter.float() * gradient).sum()
             trainer.accelerator.backward(surrogate)
         offset = end
     return loss.detach()

@@ -20,6 +20,39 @@ from transformers.integrations.deepspeed import (
     unset_hf_deepspeed_config,
 )
 
+from altclip.common.errors import UsageError
+
+# accelerate turns --fsdp into FSDP only on these distributed types (AcceleratorState); elsewhere it drops it silently
+FSDP_DISTRIBUTED_TYPES = (
+    "MULTI_GPU",
+    "MULTI_MLU",
+    "MULTI_SDAA",
+    "MULTI_MUSA",
+    "MULTI_NPU",
+    "MULTI_XPU",
+    "MULTI_HPU",
+    "MULTI_NEURON",
+)
+
+
+def check_fsdp_applies(training_args: TrainingArguments) -> None:
+    """Refuses ``--fsdp`` where accelerate would not apply it (CPU processes, a single process): such a run would
+    train as plain DDP with nothing sharded, while the user believes it shards (`UsageError`, one line)."""
+    if not training_args.fsdp:
+        return
+    from accelerate.state import PartialState
+
+    training_args.device  # noqa: B018  (sets up the processes' state through accelerate)
+    kind = PartialState().distributed_type
+    kind = getattr(kind, "value", str(kind))
+    if kind not in FSDP_DISTRIBUTED_TYPES:
+        where = "on the CPU" if training_args.device.type == "cpu" else f"as {kind}"
+        raise UsageError(
+            f"--fsdp is set but these processes run {where} (accelerate's distributed type {kind}); accelerate "
+            "applies FSDP only across several GPU-like processes and would silently train plain DDP with nothing "
+            "sharded. Run on GPUs, or drop --fsdp and --fsdp_config to train with DDP here."
+        )
+
 
 def init_deepspeed_communication(training_args: TrainingArguments) -> None:
     """With ``--deepspeed``, sets up DeepSpeed's communication over the process group accelerate starts (gloo on

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from altclip.common.errors import InputDataError, PathError
 from altclip.common.files import PARTIAL_SUFFIX, replace_atomically
 
 logger = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def _wait_for_shards(watch: _ShardWatch, world_size: int, rank: int, poll_second
         if now - last_progress > wait_seconds:
             missing = ", ".join(f"{watch.names[n]} (rank {n % world_size})" for n in sorted(watch.pending)[:8])
             more = f" and {len(watch.pending) - 8} more" if len(watch.pending) > 8 else ""
-            raise SystemExit(
+            raise PathError(
                 f"altclip-train: rank {rank} waited {wait_seconds:g} s for feature shards in {watch.folder} that "
                 f"never came: {missing}{more}; check those ranks' logs (stopped or stuck?) and start again (finished "
                 "shards are kept), or raise --ddp_timeout if they are only slow."
@@ -294,7 +295,7 @@ def compute_sharded_features(
             raise ValueError(f"Feature shard {names[number]}: computed {features.shape}, expected {shapes[number]}.")
         bad = first_non_finite_row(features)
         if bad is not None:
-            raise SystemExit(
+            raise InputDataError(
                 f"altclip-train: the frozen model gives non-finite features for row {start + bad} (in float16); "
                 "check its weights and dtype. Nothing was written for that shard."
             )
@@ -308,7 +309,7 @@ def compute_sharded_features(
     waited = time.monotonic()
     while read_manifest_quietly(folder / MANIFEST) != manifest:
         if time.monotonic() - waited > wait_seconds:
-            raise SystemExit(
+            raise PathError(
                 f"altclip-train: rank {rank} waited {wait_seconds:g} s for {folder / MANIFEST}, which rank 0 writes "
                 "once every shard is there; check rank 0's log."
             )
@@ -381,7 +382,7 @@ class ImageEmbeddingCache:
         waited = time.monotonic()
         while rank != 0 and read_manifest_quietly(cache.folder / MANIFEST) != manifest:
             if time.monotonic() - waited > wait_seconds:
-                raise SystemExit(
+                raise PathError(
                     f"altclip-train: rank {rank} waited {wait_seconds:g} s for {cache.folder / MANIFEST}, which "
                     "global rank 0 writes; check rank 0's log."
                 )
@@ -392,7 +393,7 @@ class ImageEmbeddingCache:
         free = shutil.disk_usage(cache.folder).free
         if needed + reserved_bytes > free:
             checkpoints = f" besides {reserved_bytes / 1e9:.2f} GB of checkpoints" if reserved_bytes else ""
-            raise SystemExit(
+            raise PathError(
                 f"altclip-train: --cache_image_features needs {needed / 1e9:.2f} GB in {cache.folder} for {rows} "
                 f"image embeddings{checkpoints}, and the disk has {free / 1e9:.2f} GB free; free space, point "
                 "--image_feature_cache_dir at a larger disk, or train without --cache_image_features."

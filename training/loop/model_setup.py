@@ -6,6 +6,7 @@ import logging
 import torch
 from transformers import AutoTokenizer, TrainingArguments
 
+from altclip.common.errors import UsageError
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from modeling_altclip.conversion_altclip import build_altclip
 
@@ -41,11 +42,11 @@ def load_or_build_model(
 def check_model_arguments(args: ModelArguments, needs_teacher: bool) -> None:
     """The model flags a stage needs, refused in one line before anything loads."""
     if needs_teacher and not args.clip_model_name_or_path:
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: teacher learning needs --clip_model_name_or_path, the CLIP whose text features are taught."
         )
     if not args.model_name_or_path and not (args.clip_model_name_or_path and args.text_encoder_name_or_path):
-        raise SystemExit(
+        raise UsageError(
             "altclip-train: give --model_name_or_path (an AltCLIP checkpoint), or both --clip_model_name_or_path and "
             "--text_encoder_name_or_path to start a new AltCLIP."
         )
@@ -66,7 +67,7 @@ def load_teacher_for(model: AltCLIPModel, args: ModelArguments, dtype_name: str)
     teacher: FrozenTextTeacher = load_teacher(args.clip_model_name_or_path, dtype=teacher_dtype(dtype_name))
     project_dim = model.config.text_config.project_dim
     if teacher.width != project_dim:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: the teacher {args.clip_model_name_or_path} has text width {teacher.width}, but the "
             f"student's transformation maps to project_dim={project_dim}; they must be equal."
         )
@@ -96,7 +97,7 @@ def check_tokenizer_fits(model: AltCLIPModel, processor: AltCLIPProcessor, args:
     if tokens > embeddings:
         tokenizer = args.tokenizer_name_or_path or args.model_name_or_path or args.text_encoder_name_or_path
         tower = args.model_name_or_path or args.text_encoder_name_or_path
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: the tokenizer of {tokenizer} has {tokens:,} tokens but the text tower of {tower} has "
             f"{embeddings:,} embeddings (vocab_size): pass the tokenizer that text encoder was trained with "
             "(--tokenizer_name_or_path), or a text encoder made for this tokenizer."

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from altclip.common.errors import PathError
 from altclip.common.files import PARTIAL_SUFFIX, partial_path, probe_writable
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def check_output_folder(output_dir: str, inputs: list[str | None], overwrite: bo
     for name in inputs:
         folder = local_folder(name)
         if folder is not None and (output == folder or folder in output.parents):
-            raise SystemExit(
+            raise PathError(
                 f"altclip-train: --output_dir {output_dir} is inside the input model {name}; training would write "
                 "over it. Choose another --output_dir."
             )
@@ -80,14 +81,14 @@ def check_output_folder(output_dir: str, inputs: list[str | None], overwrite: bo
         path.name for path in output.glob("model-*.safetensors")
     )
     if present and not overwrite:
-        raise SystemExit(
+        raise PathError(
             f"altclip-train: {output_dir} already holds a model ({', '.join(present[:3])}); the final save would "
             "replace it. Choose another --output_dir, or pass --overwrite_output_dir true."
         )
     try:
         probe_writable(output)
     except OSError as error:
-        raise SystemExit(f"altclip-train: cannot write to --output_dir {output_dir}: {error.strerror or error}.")
+        raise PathError(f"altclip-train: cannot write to --output_dir {output_dir}: {error.strerror or error}.")
     remove_abandoned_saves(output)
 
 
@@ -153,7 +154,7 @@ def check_room(output_dir: str, trained: torch.nn.Module, model: torch.nn.Module
         kept = f"{held} checkpoint(s) of about {checkpoint / 2**30:.2f} GiB" + (
             f" (--save_total_limit {limit}, +1 while the next is written)" if limit else ""
         )
-        raise SystemExit(
+        raise PathError(
             f"altclip-train: {kept} and the final model ({final / 2**30:.2f} GiB) need about {needed / 2**30:.2f} "
             f"GiB, but the disk of {output_dir} has {free / 2**30:.2f} GiB free. Free some space, keep fewer "
             "checkpoints (--save_total_limit, --save_steps), or choose another --output_dir."

@@ -18,8 +18,9 @@ from altclip.common.records import SkipCounter
 from ..data.epoch_plan import GlobalBatchSampler, data_seed
 from ..data.shard_stream import ShardStream
 from .accumulated_negatives import accumulated_contrastive_step
+from .contrastive_objective import Objective, contrastive_objective
 from .feature_caches import ImageEmbeddingCache
-from .losses import ClipLoss, distillation_loss
+from .losses import distillation_loss
 from .teacher import FrozenTextTeacher
 from .temperature import LogitScaleClamp
 
@@ -29,6 +30,17 @@ TRAINED_KEYS_FOLDER = "trained_keys"
 def decays(name: str, parameter: torch.Tensor) -> bool:
     """Biases, norm weights and ``logit_scale`` (all under 2-D) and embeddings get no weight decay."""
     return parameter.ndim >= 2 and "embedding" not in name
+
+
+def forget_steps_after(path: Path, step: int) -> None:
+    """Drops the records of steps after `step` from a trained-keys file: a run resumed from checkpoint-`step`
+    (after a kill or a restart) trains those steps again, and the file then holds what the final model saw."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if int(line.split("\t", 1)[0]) <= step]
+    if len(kept) < len(lines):
+        path.write_text("".join(kept), encoding="utf-8")
 
 
 class PlannedDataLoader(DataLoader):
@@ -52,13 +64,16 @@ class AltCLIPTrainer(Trainer):
         record_trained_keys: bool = False,
         train_weights: list[float] | None = None,
         shuffle_train: bool = True,
+        language_plan=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.skipped = SkipCounter()
         self.record_trained_keys = record_trained_keys
         self.train_weights, self.shuffle_train = train_weights, shuffle_train
+        self.language_plan = language_plan  # `language_balance.LanguagePlan` of --language_column
         self._plan = None
+        self._keys_trimmed = False
 
     def _loader_options(self) -> dict:
         workers = self.args.dataloader_num_workers
@@ -84,6 +99,7 @@ class AltCLIPTrainer(Trainer):
             shuffle=self.shuffle_train,
             rank=self.args.process_index,
             world_size=self.args.world_size,
+            language_plan=self.language_plan,
         )
         return PlannedDataLoader(dataset, self._plan, batch_sampler=self._plan, **self._loader_options())
 
@@ -106,8 +122,12 @@ class AltCLIPTrainer(Trainer):
         if self.record_trained_keys and keys and self.model.training:
             folder = Path(self.args.output_dir) / TRAINED_KEYS_FOLDER
             folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"rank-{self.args.process_index}.tsv"
+            if not self._keys_trimmed:
+                forget_steps_after(path, self.state.global_step)
+                self._keys_trimmed = True
             step = self.state.global_step + 1
-            with open(folder / f"rank-{self.args.process_index}.tsv", "a", encoding="utf-8") as handle:
+            with open(path, "a", encoding="utf-8") as handle:
                 handle.write("".join(f"{step}\t{key}\n" for key in keys))
         return inputs.pop("usable_rows", None)
 
@@ -186,7 +206,8 @@ def keep_frozen_tower_out_of_fsdp(plugin, altclip: torch.nn.Module) -> None:
 
 
 class ContrastiveTrainer(AltCLIPTrainer):
-    """Stage 2: symmetric InfoNCE over image-caption pairs with the learnable temperature clamped at 100.
+    """Stage 2: symmetric InfoNCE (or SigLIP's sigmoid loss; optionally on Matryoshka prefixes, see
+    `contrastive_objective`) over image-caption pairs with the learnable temperature clamped at 100.
 
     With a frozen image tower its embeddings are computed without gradients outside the trained forward, read from
     an `ImageEmbeddingCache` where earlier epochs stored them; ``image_tower_rows`` in the logs counts the images
@@ -201,13 +222,15 @@ class ContrastiveTrainer(AltCLIPTrainer):
         gather_with_grad: bool = True,
         full_batch_negatives: bool = True,
         image_cache: ImageEmbeddingCache | None = None,
+        objective: Objective | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.max_logit_scale = max_logit_scale
         self.max_log_logit_scale = math.log(max_logit_scale)
         self.add_callback(LogitScaleClamp(self, self.max_log_logit_scale))
-        self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad)
+        # InfoNCE unless given (`contrastive_objective`: --loss, --matryoshka_dims)
+        self.objective = objective if objective is not None else contrastive_objective("infonce", gather_with_grad)
         self.accumulates_negatives = full_batch_negatives and self.args.gradient_accumulation_steps > 1
         self.image_cache = image_cache
         altclip = self.model
@@ -264,17 +287,19 @@ class ContrastiveTrainer(AltCLIPTrainer):
         outputs = self._forward(model, inputs)
         return outputs.image_embeds, outputs.text_embeds
 
-    def _loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         # Not clamped here: a clamp in the loss has no gradient beyond (or, in float rounding, at) the bound, so the
         # temperature could never come back down. The parameter itself is clamped in place when training starts and
         # after every optimizer step (`temperature.LogitScaleClamp`).
-        return self.clip_loss(image_embeds, text_embeds, scale)
+        return self.objective(image_embeds, text_embeds, scale, bias)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         usable = self._take_bookkeeping(inputs)
         outputs = self._forward(model, inputs)
         image_embeds, text_embeds = outputs.image_embeds, outputs.text_embeds
-        loss = self._loss(image_embeds[:usable], text_embeds[:usable], outputs.logit_scale_exp)
+        loss = self._loss(image_embeds[:usable], text_embeds[:usable], outputs.logit_scale_exp, outputs.logit_bias)
         return (loss, (image_embeds, text_embeds)) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -288,12 +313,15 @@ class ContrastiveTrainer(AltCLIPTrainer):
         batches, self._window = [self._prepare_inputs(batch) for batch in self._window], []
         model.train()
         usable = [self._take_bookkeeping(batch) for batch in batches]
-        logit_scale = self.accelerator.unwrap_model(model).logit_scale
+        unwrapped = self.accelerator.unwrap_model(model)
+        parameters = [unwrapped.logit_scale]
+        if getattr(unwrapped, "logit_bias", None) is not None:
+            parameters.append(unwrapped.logit_bias)
 
-        def loss_of(images: torch.Tensor, texts: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-            return self._loss(images, texts, log_scale.exp())
+        def loss_of(images: torch.Tensor, texts: torch.Tensor, log_scale: torch.Tensor, bias=None) -> torch.Tensor:
+            return self._loss(images, texts, log_scale.exp(), bias)
 
-        return accumulated_contrastive_step(self, model, batches, usable, self._embed, loss_of, logit_scale)
+        return accumulated_contrastive_step(self, model, batches, usable, self._embed, loss_of, parameters)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         logs["image_tower_rows"] = self.image_tower_rows  # this process's count

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from altclip.common.constants import DEFAULT_MAX_TEXT_LENGTH
+from altclip.common.errors import InputDataError, UsageError
 from altclip.common.images import open_rgb_image
 from altclip.common.results_format import write_results
 from altclip.common.zero_shot_scoring import (
@@ -49,30 +50,30 @@ def scoring_options(flags: str) -> argparse.Namespace:
     try:
         options, unknown = parser.parse_known_args(shlex.split(flags))
     except (argparse.ArgumentError, ValueError) as error:
-        raise SystemExit(f"altclip-train: --zeroshot_eval_flags {flags!r}: {error}.") from None
+        raise UsageError(f"altclip-train: --zeroshot_eval_flags {flags!r}: {error}.") from None
     if unknown:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: --zeroshot_eval_flags {' '.join(unknown)}: scoring during training takes --templates, "
             "--batch_size, --num_workers and --max_text_length."
         )
     if not all("{c}" in template for template in options.templates):
-        raise SystemExit(f"altclip-train: every --zeroshot_eval_flags template needs {{c}}; got {options.templates}.")
+        raise UsageError(f"altclip-train: every --zeroshot_eval_flags template needs {{c}}; got {options.templates}.")
     return options
 
 
 def check_zeroshot_arguments(args: ZeroShotArguments) -> None:
     """One-line refusals before any model loads: the data, its class names per language, the flags."""
     if args.zeroshot_steps < 0:
-        raise SystemExit(f"altclip-train: --zeroshot_steps must be 0 (off) or positive, not {args.zeroshot_steps}.")
+        raise UsageError(f"altclip-train: --zeroshot_steps must be 0 (off) or positive, not {args.zeroshot_steps}.")
     if not args.zeroshot_steps and not args.zeroshot_data_dir:
         return  # off; a folder given alone is still checked (--before_after and the WiSE-FT sweep score it)
     if not (args.zeroshot_data_dir and Path(args.zeroshot_data_dir).is_dir()):
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: --zeroshot_steps needs --zeroshot_data_dir, a folder with the {args.zeroshot_dataset} "
             f"data; got {args.zeroshot_data_dir!r}."
         )
     if args.zeroshot_dataset not in SCORED_DATASETS:
-        raise SystemExit(
+        raise UsageError(
             f"altclip-train: --zeroshot_dataset {args.zeroshot_dataset}: during training the live model scores a "
             "class folder (image_folder: ROOT/<class>/<image>, optional classnames.json); score checkpoints of "
             "other benchmarks with altclip-eval zeroshot."
@@ -83,7 +84,7 @@ def check_zeroshot_arguments(args: ZeroShotArguments) -> None:
         for language in languages(args):
             folder.class_names(language, len(languages(args)) > 1)
     except (OSError, ValueError) as error:
-        raise SystemExit(f"altclip-train: --zeroshot_data_dir: {error}") from None
+        raise InputDataError(f"altclip-train: --zeroshot_data_dir: {error}") from None
 
 
 def languages(args: ZeroShotArguments) -> list[str]:

@@ -1,0 +1,135 @@
+"""LoRA with trainable token embeddings, and the fine-tuning flags that used to do the wrong thing silently.
+
+What is protected: a LoRA run trains (and saves in its adapter) exactly the embeddings of the tokens in its training
+captions, which load wherever an adapter folder is a model (`load_altclip`, ``altclip-eval``) and equal the merged
+checkpoint; an adapter trained from a relative ``--model_name_or_path`` loads from any other working directory;
+``--lora_r 0`` with LoRA flags, ``--lora_alpha 0`` and a ``--wise_ft_metric`` language that is not scored are refused
+before anything loads.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from stage_runs import run_stage, shapes_image_folder
+
+from altclip.common.adapters import adapter_base_model, load_altclip
+from altclip.evaluation.cli import main as eval_main
+from altclip.training.finetune.new_tokens import WORD_EMBEDDINGS, parse_token_choice, tokens_of_texts
+from modeling_altclip import AltCLIPModel, AltCLIPProcessor
+from modeling_altclip.assets import load_xlmr_tokenizer
+
+DELTA = f"base_model.model.{WORD_EMBEDDINGS}.token_adapter.trainable_tokens_delta"
+
+
+@pytest.fixture(scope="module")
+def relative_lora_run(tmp_path_factory, toy, start_without_dropout) -> Path:
+    """Three LoRA steps on the text tower, started from a RELATIVE --model_name_or_path inside a working folder;
+    tokens chosen by default (auto), merged model saved too."""
+    work = tmp_path_factory.mktemp("workdir")
+    shutil.copytree(start_without_dropout, work / "start")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        flags = [
+            "--model_name_or_path", "start", "--train_files", str(toy["captions"]),
+            "--per_device_train_batch_size", "16", "--learning_rate", "1e-2", "--max_steps", "3",
+            "--save_strategy", "no", "--lora_r", "4", "--lora_alpha", "8", "--merge_adapter", "true",
+        ]  # fmt: skip
+        run_stage("contrastive", Path("run"), *flags)
+    return work / "run"
+
+
+def caption_tokens(toy, processor: AltCLIPProcessor) -> set[int]:
+    """Token ids of the toy captions, computed here from the caption file (specials excluded)."""
+    captions = [json.loads(line)["caption"] for line in Path(toy["captions"]).read_text().splitlines() if line.strip()]
+    ids = set()
+    for text in captions:
+        ids.update(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids - set(processor.tokenizer.all_special_ids)
+
+
+def test_lora_trains_and_saves_the_embeddings_of_the_caption_tokens(relative_lora_run, toy, start_without_dropout):
+    processor = AltCLIPProcessor.from_pretrained(relative_lora_run)
+    expected = sorted(caption_tokens(toy, processor))
+    config = json.loads((relative_lora_run / "adapter_config.json").read_text())
+    assert config["trainable_token_indices"] == {WORD_EMBEDDINGS: expected}
+    adapter = load_file(relative_lora_run / "adapter_model.safetensors")
+    assert adapter[DELTA].shape == (len(expected), 32)  # the toy text tower's width
+    summary = json.loads((relative_lora_run / "training_summary.json").read_text())
+    assert summary["lora"]["trainable_tokens"] == len(expected)
+    assert summary["trainable_parameters"] == sum(tensor.numel() for tensor in adapter.values())
+
+    start = AltCLIPModel.from_pretrained(start_without_dropout).state_dict()[f"{WORD_EMBEDDINGS}.weight"]
+    merged = load_file(relative_lora_run / "merged" / "model.safetensors")[f"{WORD_EMBEDDINGS}.weight"]
+    changed = (merged != start).any(dim=1).nonzero().flatten().tolist()
+    assert changed and set(changed) <= set(expected)  # only trained tokens' rows moved (3 steps: not all seen)
+    torch.testing.assert_close(merged[expected], adapter[DELTA])
+
+
+def test_an_adapter_from_a_relative_base_path_loads_from_another_folder(
+    relative_lora_run, toy, tmp_path, monkeypatch, start_without_dropout
+):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    base = adapter_base_model(relative_lora_run)
+    assert Path(base).is_absolute() and Path(base) == relative_lora_run.parent / "start"
+    processor = AltCLIPProcessor.from_pretrained(relative_lora_run)
+    inputs = processor(text=["a red circle", "ein blaues Quadrat"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        adapted = load_altclip(relative_lora_run).eval().get_text_features(**inputs)
+        merged = AltCLIPModel.from_pretrained(relative_lora_run / "merged").eval().get_text_features(**inputs)
+    torch.testing.assert_close(adapted, merged, rtol=1e-5, atol=1e-5)
+
+    folder = shapes_image_folder(toy, tmp_path / "shapes")
+    results = {}
+    for name, model in (("adapter", relative_lora_run), ("merged", relative_lora_run / "merged")):
+        eval_main([
+            "zeroshot", "--model", str(model), "--dataset", "image_folder", "--data_dir", str(folder),
+            "--languages", "en,de", "--templates", "a {c}", "--num_workers", "0", "--cache_dir", "",
+            "--output_dir", name,
+        ])  # fmt: skip
+        results[name] = json.loads((elsewhere / name / "results.json").read_text())["results"]
+    assert [row["metrics"] for row in results["adapter"]] == [row["metrics"] for row in results["merged"]]
+
+
+def test_tokens_of_texts_and_explicit_choices():
+    tokenizer = load_xlmr_tokenizer()
+    found = tokens_of_texts([["ein Kreis", None, ""], ["ein Kreis und ein Quadrat"]], tokenizer)
+    assert found == set(tokenizer("ein Kreis und ein Quadrat", add_special_tokens=False)["input_ids"])
+    assert not found & set(tokenizer.all_special_ids)
+    assert parse_token_choice("7, 3,7") == [3, 7] and parse_token_choice("Auto") == "auto"
+
+
+def flags(toy, *extra: str) -> list[str]:
+    return ["--model_name_or_path", "x/y", "--train_files", str(toy["captions"]), "--max_steps", "1", *extra]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lora_alpha", "32"], "--lora_alpha set an adapter, but --lora_r is 0"),
+        (["--lora_r", "0", "--lora_targets", "text", "--lora_layers=mlp"], "--lora_targets, --lora_layers set an"),
+        (["--lora_r", "4", "--lora_alpha", "0"], "--lora_alpha 0 scales the adapter's update to nothing"),
+        (["--lora_r", "4", "--lora_trainable_tokens", "some"], "--lora_trainable_tokens 'some': give auto"),
+        (["--lora_r", "4", "--lora_targets", "vision", "--lora_trainable_tokens", "5"], "text token embeddings"),
+    ],
+)
+def test_lora_flags_that_would_do_nothing_or_something_else_are_refused(tmp_path, toy, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        run_stage("contrastive", tmp_path / "out", *flags(toy, *extra))
+    assert not (tmp_path / "out").exists()  # refused before the run wrote anything
+
+
+def test_wise_ft_metric_of_a_language_not_scored_is_refused_at_start(tmp_path, toy):
+    folder = shapes_image_folder(toy, tmp_path / "shapes")
+    extra = ["--zeroshot_data_dir", str(folder), "--zeroshot_languages", "en", "--wise_ft_sweep", "0,1"]
+    with pytest.raises(SystemExit, match="names language 'de', which is not scored"):
+        run_stage(
+            "contrastive", tmp_path / "out", *flags(toy, *extra, "--wise_ft_metric", "zeroshot/image_folder/de/top1")
+        )
+    with pytest.raises(SystemExit, match="a zero-shot score reads like zeroshot/image_folder/en/top1"):
+        run_stage("contrastive", tmp_path / "out", *flags(toy, *extra, "--wise_ft_metric", "zeroshot/cifar10/en/top1"))
