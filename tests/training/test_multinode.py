@@ -23,8 +23,8 @@ from slurm_cluster import job_field, slurm_cluster, why_no_cluster
 from stage_runs import QUIET, REPO, run_stage, teacher_flags, torchrun, torchrun_env, trained_steps
 
 from altclip.common.errors import UsageError
-from altclip.training.cli import resume_checkpoint
 from altclip.training.loop.preemption import PREEMPTED_EXIT_STATUS, parse_signals
+from altclip.training.stages import resume_checkpoint
 
 STEPS, SAVE_EVERY = 12, 4
 
