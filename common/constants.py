@@ -17,3 +17,7 @@ MODEL_INDEX_FILE = "model_index.json"
 
 # clip-benchmark's language codes that ISO 639-1 spells otherwise (model cards use ISO codes).
 ISO_CODES = {"cn": "zh", "jp": "ja"}
+
+# The reproduction writes a model's own demo examples into its folder; the demo shows them first.
+MODEL_EXAMPLES_FOLDER = "demo_examples"  # inside a model folder: examples.json + the images it names
+MODEL_EXAMPLES_FILE = "examples.json"  # {"images": [file, ...], "labels": {language: "a, b"}, "template": "{}"}

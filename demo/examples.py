@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from altclip.common.constants import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
 from modeling_altclip.assets import cache_dir
 
 PHOTOS = {  # file name -> scikit-image loader
@@ -56,10 +57,6 @@ def example_folder() -> Path:
 def example_photos() -> list[str]:
     folder = example_folder()
     return [str(folder / name) for name in PHOTOS]
-
-
-MODEL_EXAMPLES_FOLDER = "demo_examples"  # inside a model folder: examples.json + the images it names
-MODEL_EXAMPLES_FILE = "examples.json"  # {"images": [file, ...], "labels": {language: "a, b"}, "template": "{}"}
 
 
 def classification_examples(model_name_or_path: str | Path) -> list[list[str]]:

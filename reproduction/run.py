@@ -32,10 +32,10 @@ from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTra
 
 import altclip.training.cli
 from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors, run_with_one_line_errors
+from altclip.common.constants import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
 from altclip.common.embedding import Embedder
 from altclip.common.files import probe_writable
 from altclip.common.results_format import write_results
-from altclip.demo.examples import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
 from altclip.evaluation.loaders import load_caption_table, load_image_folder
 from altclip.evaluation.prompts import custom_prompts
 from altclip.evaluation.retrieval import evaluate_retrieval
