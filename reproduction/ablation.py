@@ -38,7 +38,7 @@ from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 from .emoji_data import LANGUAGES, read_jsonl, write_emoji_dataset
 from .report import finish_with_legend_below, write_json_and_markdown
-from .run import PRESETS, Preset, run_stage, teacher_learning
+from .run import PRESETS, Preset, contrastive_learning, teacher_learning
 from .stage2_validation import carve_validation
 from .teacher_clip import train_teacher_clip
 
@@ -123,18 +123,8 @@ def train_variant(preset: Preset, variant: Variant, stage1: Path, captions: Path
             )
         return done
     started = time.time()
-    run_stage(
-        "contrastive",
-        output_dir,
-        preset.stage2_steps,
-        preset.stage2_batch_size,
-        preset.stage2_learning_rate,
-        "--model_name_or_path",
-        str(stage1),
-        "--train_files",
-        str(captions),
-        *flags_for(variant, preset.teacher.projection_dim),
-        seed=seed,
+    contrastive_learning(
+        preset, output_dir, stage1, captions, *flags_for(variant, preset.teacher.projection_dim), seed=seed
     )
     return record(output_dir, {"model": str(output_dir), "wall_s": round(time.time() - started, 1), "stage2": stage2})
 

@@ -33,7 +33,7 @@ from .demonstration_preset import PRESET_NAMES, preset_named
 from .domain_split import missing_reproduction_files
 from .emoji_data import LANGUAGES
 from .report import write_json_and_markdown
-from .run import Preset, reproduce, run_stage, teacher_learning
+from .run import Preset, contrastive_learning, reproduce, teacher_learning
 from .stage2_validation import image_folder, read_jsonl, top1
 
 logger = logging.getLogger("reproduction")
@@ -93,19 +93,8 @@ def train_without_language(preset: Preset, reference: Path, language: str, targe
         data["parallel_imagenet.jsonl"],
         seed=seed,
     )
-    return run_stage(
-        "contrastive",
-        student,
-        preset.stage2_steps,
-        preset.stage2_batch_size,
-        preset.stage2_learning_rate,
-        "--model_name_or_path",
-        str(stage1),
-        "--train_files",
-        str(data["train_captions.jsonl"]),
-        "--image_root",
-        str(reference / "data"),
-        seed=seed,
+    return contrastive_learning(
+        preset, student, stage1, data["train_captions.jsonl"], "--image_root", str(reference / "data"), seed=seed
     )
 
 

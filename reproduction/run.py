@@ -173,6 +173,32 @@ def teacher_learning(
     )
 
 
+def contrastive_learning(
+    preset: Preset,
+    output_dir: Path,
+    stage1: Path,
+    captions: Path,
+    *flags: str,
+    seed: int = 0,
+    learning_rate: float | None = None,
+) -> Path:
+    """Stage 2 of the recipe: the stage-1 model trained contrastively on `captions` (image tower frozen), at the
+    preset's steps, batch and learning rate (or `learning_rate`); returns the model folder."""
+    return run_stage(
+        "contrastive",
+        output_dir,
+        preset.stage2_steps,
+        preset.stage2_batch_size,
+        preset.stage2_learning_rate if learning_rate is None else learning_rate,
+        "--model_name_or_path",
+        str(stage1),
+        "--train_files",
+        str(captions),
+        *flags,
+        seed=seed,
+    )
+
+
 def teacher_embedder(folder: Path) -> Embedder:
     """The teacher CLIP behind the same embedding interface as an AltCLIP model."""
     processor = CLIPProcessor(
@@ -303,18 +329,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
         seed=seed,
     )
     clock = timed("stage 1 (teacher learning)", clock)
-    stage2 = run_stage(
-        "contrastive",
-        output_dir / "stage2_contrastive",
-        preset.stage2_steps,
-        preset.stage2_batch_size,
-        preset.stage2_learning_rate,
-        "--model_name_or_path",
-        str(stage1),
-        "--train_files",
-        str(data["train_captions"]),
-        seed=seed,
-    )
+    stage2 = contrastive_learning(preset, output_dir / "stage2_contrastive", stage1, data["train_captions"], seed=seed)
     clock = timed("stage 2 (contrastive)", clock)
     evaluations = {
         "teacher": evaluate_on_held_out(

@@ -33,7 +33,7 @@ from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 from .emoji_data import LANGUAGES, normalised, read_jsonl, write_emoji_dataset
 from .parallel_text import write_imagenet_parallel
-from .run import PRESETS, run_stage, teacher_embedder, teacher_learning
+from .run import PRESETS, contrastive_learning, teacher_embedder, teacher_learning
 from .teacher_clip import train_teacher_clip
 
 logger = logging.getLogger("reproduction")
@@ -144,22 +144,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     path = out / "stage2_validation.json"
     for rate in args.learning_rates:
         run_dir = out / f"stage2_lr{rate:g}"
-        run_stage(
-            "contrastive",
+        contrastive_learning(
+            preset,
             run_dir,
-            preset.stage2_steps,
-            preset.stage2_batch_size,
-            rate,
-            "--model_name_or_path",
-            str(stage1),
-            "--train_files",
-            str(data["train_captions"]),
+            stage1,
+            data["train_captions"],
             "--save_strategy",
             "steps",
             "--save_steps",
             str(args.eval_every),
             "--save_only_model",
             "true",
+            learning_rate=rate,
         )
         curve = {"0": report["stage1"]}
         for checkpoint in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
