@@ -14,6 +14,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from accelerate import PartialState
+
 from altclip.common.errors import AltCLIPError, UsageError
 from altclip.common.files import replace_atomically
 
@@ -116,16 +118,20 @@ def add_language(argv: Sequence[str], raise_on_drop: bool = True) -> dict:
         raise UsageError(f"{PROGRAM}: --zeroshot_data_dir {args.zeroshot_data_dir}: no such folder.")
     train("teacher", teacher_argv(args, rest))
     output_dir = Path(rest[rest.index("--output_dir") + 1]) if "--output_dir" in rest else Path("trainer_output")
+    # every rank reads the summary the main process writes at the end of training: wait until it is written
+    state = PartialState()
+    state.wait_for_everyone()
     summary = json.loads((output_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     table = language_table(summary, args.known, args.language, args.max_drop)
-    replace_atomically(
-        output_dir / f"{REPORT_STEM}.json",
-        lambda path: path.write_text(json.dumps(table, indent=2, ensure_ascii=False), encoding="utf-8"),
-    )
-    replace_atomically(
-        output_dir / f"{REPORT_STEM}.md", lambda path: path.write_text(markdown(table), encoding="utf-8")
-    )
-    logger.info("Languages before and after:\n%s", markdown(table))
+    if state.is_main_process:
+        replace_atomically(
+            output_dir / f"{REPORT_STEM}.json",
+            lambda path: path.write_text(json.dumps(table, indent=2, ensure_ascii=False), encoding="utf-8"),
+        )
+        replace_atomically(
+            output_dir / f"{REPORT_STEM}.md", lambda path: path.write_text(markdown(table), encoding="utf-8")
+        )
+        logger.info("Languages before and after:\n%s", markdown(table))
     if table["dropped"] and raise_on_drop:
         worst = ", ".join(
             f"{row['language']} {row['change']:+.1f}" for row in table["rows"] if row["language"] in table["dropped"]

@@ -1,6 +1,7 @@
 """Run under torchrun (gloo): the gradient DDP would apply with `SigLipLoss` (and its Matryoshka form) on ranks
-holding 3 and 4 of 7 rows, and the one-process gradient on the same global batch, written by rank 0 as JSON to the
-path given as the only argument. Float64 throughout, so that what differs is the scheme, not summation order.
+holding 3 and 4 (or 3, 2 and 2) of 7 rows, and the one-process gradient on the same global batch, written by rank 0
+as JSON to the path given as the only argument. Float64 throughout, so that what differs is the scheme, not
+summation order.
 """
 
 import json
@@ -48,7 +49,8 @@ def gradient_of(loss_of, rows: slice) -> tuple[float, torch.Tensor]:
 
 def ddp(loss_of) -> tuple[float, torch.Tensor]:
     """This rank's rows, gradients averaged over ranks (DDP); the logged loss averaged likewise."""
-    rows = slice(0, 3) if dist.get_rank() == 0 else slice(3, ROWS)
+    starts = {2: [0, 3, ROWS], 3: [0, 3, 5, ROWS]}[dist.get_world_size()]  # 3+4 rows, or 3+2+2
+    rows = slice(starts[dist.get_rank()], starts[dist.get_rank() + 1])
     loss, gradient = gradient_of(loss_of, rows)
     both = torch.cat([torch.tensor([loss], dtype=torch.float64), gradient])
     dist.all_reduce(both)
@@ -61,8 +63,22 @@ def local_only(images, texts, scale, bias) -> torch.Tensor:
     return summed_sigmoid_loss(images, texts, scale, bias, matching=True) / len(images)
 
 
+P2P_CALLS = {"batch_isend_irecv": 0, "recv": 0}
+
+
+def counted(name: str, function):
+    def call(*args, **kwargs):
+        P2P_CALLS[name] += 1
+        return function(*args, **kwargs)
+
+    return call
+
+
 def main(output: str) -> None:
     dist.init_process_group("gloo")
+    # what the ring exchange calls: NCCL needs each send and receive grouped, never a lone blocking receive
+    dist.batch_isend_irecv = counted("batch_isend_irecv", dist.batch_isend_irecv)
+    dist.recv = counted("recv", dist.recv)
     objectives = {
         "siglip": contrastive_objective("siglip"),
         "siglip_matryoshka": contrastive_objective("siglip", widths=[2, 4, WIDTH], weights=[0.5, 1.0, 1.0]),
@@ -84,6 +100,7 @@ def main(output: str) -> None:
             }
             for name, (loss, gradient) in results.items()
         }
+        report["p2p_calls"] = dict(P2P_CALLS)
         with open(output, "w") as handle:
             json.dump(report, handle, indent=2)
     else:

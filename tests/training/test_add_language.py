@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from stage_runs import QUIET, shapes_image_folder
+from stage_runs import QUIET, shapes_image_folder, torchrun
 
 from altclip.common.adapters import is_adapter_folder
 from altclip.evaluation.cli import main as eval_main
@@ -27,25 +27,35 @@ def three_language_folder(toy, root: Path) -> Path:
     return folder
 
 
-def test_add_language_writes_a_guarded_adapter_that_altclip_eval_takes(tmp_path, toy, start_without_dropout):
+def zh_rows(toy) -> list[dict]:
     rows = [json.loads(line) for line in Path(toy["parallel"]).read_text().splitlines() if line.strip()]
-    parallel = tmp_path / "parallel_zh.jsonl"
-    parallel.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows if row["language"] == "zh"))
-    folder = three_language_folder(toy, tmp_path / "shapes")
+    return [row for row in rows if row["language"] == "zh"]
+
+
+def add_zh_flags(toy, start: Path, root: Path, batch_size: int) -> list[str]:
+    """add-language flags: Chinese added to the toy stage-1 model (en, de known), 2 steps, scored on shapes."""
+    parallel = root / "parallel_zh.jsonl"
+    parallel.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in zh_rows(toy)))
+    folder = three_language_folder(toy, root / "shapes")
+    return [
+        "--model_name_or_path", str(start), "--clip_model_name_or_path", str(toy["clip"]), "--language", "zh",
+        "--known_languages", "en,de", "--zeroshot_data_dir", str(folder), "--max_drop", "100",
+        "--train_files", str(parallel), "--per_device_train_batch_size", str(batch_size), "--learning_rate", "1e-2",
+        "--max_steps", "2", "--save_strategy", "no", "--zeroshot_eval_flags", "--num_workers 0 --templates '{c}'",
+    ]  # fmt: skip
+
+
+def test_add_language_writes_a_guarded_adapter_that_altclip_eval_takes(tmp_path, toy, start_without_dropout):
+    rows = zh_rows(toy)
+    folder = tmp_path / "shapes"
     output = tmp_path / "added"
-    train_main([
-        "add-language", "--model_name_or_path", str(start_without_dropout), "--clip_model_name_or_path",
-        str(toy["clip"]), "--language", "zh", "--known_languages", "en,de", "--zeroshot_data_dir", str(folder),
-        "--max_drop", "100", "--train_files", str(parallel), "--output_dir", str(output), *QUIET,
-        "--per_device_train_batch_size", "16", "--learning_rate", "1e-2", "--max_steps", "2", "--save_strategy", "no",
-        "--zeroshot_eval_flags", "--num_workers 0 --templates '{c}'",
-    ])  # fmt: skip
+    train_main(
+        ["add-language", *add_zh_flags(toy, start_without_dropout, tmp_path, 16), "--output_dir", str(output), *QUIET]
+    )
     assert is_adapter_folder(output)
     config = json.loads((output / "adapter_config.json").read_text())
     tokenizer = load_xlmr_tokenizer()
-    zh_tokens = {
-        token for row in rows if row["language"] == "zh" for token in tokenizer(row["translation"])["input_ids"]
-    }
+    zh_tokens = {token for row in rows for token in tokenizer(row["translation"])["input_ids"]}
     trained = set(config["trainable_token_indices"][WORD_EMBEDDINGS])
     assert zh_tokens - set(tokenizer.all_special_ids) <= trained  # the new language's words have embeddings to train
     assert config["r"] == 16 and load_file(output / "adapter_model.safetensors")
@@ -64,6 +74,16 @@ def test_add_language_writes_a_guarded_adapter_that_altclip_eval_takes(tmp_path,
     ])  # fmt: skip
     scored = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
     assert scored[0]["metrics"]["top1"] == table["rows"][0]["after"]  # the same model the guard scored
+
+
+def test_add_language_in_two_processes_writes_one_report(tmp_path, toy, start_without_dropout):
+    """Under torchrun every rank reads the summary the main process writes after saving; once a rank other than 0
+    read it before it existed and the job died (FileNotFoundError on rank 1)."""
+    output = tmp_path / "added"
+    torchrun("add-language", output, 2, *add_zh_flags(toy, start_without_dropout, tmp_path, 8))
+    table = json.loads((output / "add_language.json").read_text())
+    assert [row["language"] for row in table["rows"]] == ["zh", "en", "de"]
+    assert is_adapter_folder(output) and "(added)" in (output / "add_language.md").read_text()
 
 
 def test_the_guard_names_each_known_language_that_dropped_beyond_the_threshold():

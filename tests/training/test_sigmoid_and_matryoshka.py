@@ -80,12 +80,15 @@ def test_matryoshka_flags_are_checked():
         matryoshka_weights("1,1,1", [64, 768])
 
 
-def test_sigmoid_loss_two_processes_equal_one_process(tmp_path):
-    """2 gloo processes holding 3 and 4 rows: after DDP's averaging, the loss and every gradient (towers,
-    temperature, bias) equal one process holding all 7 rows, for SigLIP alone and on Matryoshka prefixes (InfoNCE
-    too), in float64. Scoring each rank's own pairs only (no exchange) does not: the comparison can fail."""
+@pytest.mark.parametrize("processes", [2, 3])
+def test_sigmoid_loss_several_processes_equal_one_process(tmp_path, processes):
+    """2 gloo processes holding 3 and 4 rows (3: 3, 2 and 2, so the ring has a middle rank): after DDP's
+    averaging, the loss and every gradient (towers, temperature, bias) equal one process holding all 7 rows, for
+    SigLIP alone and on Matryoshka prefixes (InfoNCE too), in float64. Scoring each rank's own pairs only (no
+    exchange) does not: the comparison can fail. Every exchange is one batched send-and-receive (a lone blocking
+    receive deadlocks a ring of 3 or more NCCL ranks)."""
     output = tmp_path / "sigmoid.json"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes)]
     launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     worker = Path(__file__).with_name("sigmoid_loss_worker.py")
     result = subprocess.run(
@@ -99,6 +102,9 @@ def test_sigmoid_loss_two_processes_equal_one_process(tmp_path):
         assert report[name]["gradient_scale"] > 1e-3, report[name]
         assert report[name]["max_abs_difference"] < 1e-12, report[name]
     assert report["local_only"]["max_abs_difference"] > 1e-3, report["local_only"]
+    # rank 0's exchanges, forward and backward: (processes - 1) per loss call and as many back, all batched
+    assert report["p2p_calls"]["recv"] == 0, report["p2p_calls"]
+    assert report["p2p_calls"]["batch_isend_irecv"] >= 2 * (processes - 1), report["p2p_calls"]
 
 
 def test_logit_bias_is_added_once_recorded_and_saved(tmp_path, tiny_model):

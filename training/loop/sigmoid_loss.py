@@ -33,11 +33,15 @@ class _RingShift(torch.autograd.Function):
 
 
 def _shift(tensor: torch.Tensor, to_rank: int, from_rank: int) -> torch.Tensor:
+    """One batched send-and-receive (open_clip's ``neighbour_exchange``): NCCL needs the pair grouped, as a lone
+    send followed by a blocking receive waits on a ring of 3 or more ranks until the collective times out."""
     tensor = tensor.contiguous()
     received = torch.empty_like(tensor)
-    sending = dist.isend(tensor, to_rank)
-    dist.recv(received, from_rank)
-    sending.wait()
+    requests = dist.batch_isend_irecv(
+        [dist.P2POp(dist.isend, tensor, to_rank), dist.P2POp(dist.irecv, received, from_rank)]
+    )
+    for request in requests:
+        request.wait()
     return received
 
 
