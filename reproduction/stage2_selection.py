@@ -13,7 +13,11 @@ non-English languages and then over the splits it was measured on.
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
+
+from altclip.common.cli_errors import one_line_parser_errors, run_with_one_line_errors
+from altclip.common.errors import InputDataError
 
 SELECTION_FILE = Path(__file__).with_name("stage2_selection.json")
 RULE = (
@@ -59,30 +63,36 @@ def load_selection(path: Path = SELECTION_FILE) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", type=Path, help="stage2_validation.json files, one per split")
     parser.add_argument("--output", type=Path, default=SELECTION_FILE)
-    args = parser.parse_args()
+    one_line_parser_errors(parser, "stage2_selection")
+    args = parser.parse_args(argv)
+    run_with_one_line_errors("stage2_selection", lambda: select_command(args.reports, args.output))
+
+
+def select_command(paths: Sequence[Path], output: Path) -> None:
+    """Reads the reports, writes the selection to `output` and prints the sweep; bad reports are `InputDataError`."""
     reports = {}
-    for path in args.reports:
+    for path in paths:
         if not path.is_file():
-            raise SystemExit(f"stage2_selection: {path} does not exist; give stage2_validation.json reports.")
+            raise InputDataError(f"{path} does not exist; give stage2_validation.json reports.")
         try:
             reports[path.name] = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as error:
-            raise SystemExit(f"stage2_selection: {path} is not JSON ({error}); give stage2_validation.json reports.")
+            raise InputDataError(f"{path} is not JSON ({error}); give stage2_validation.json reports.") from None
     try:
         selection = select_learning_rate(reports)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise SystemExit(
-            f"stage2_selection: the reports lack what stage2_validation writes ({type(error).__name__}: {error}); "
+        raise InputDataError(
+            f"the reports lack what stage2_validation writes ({type(error).__name__}: {error}); "
             "give stage2_validation.json reports."
         ) from None
-    args.output.write_text(json.dumps(selection, indent=1) + "\n", encoding="utf-8")
+    output.write_text(json.dumps(selection, indent=1) + "\n", encoding="utf-8")
     for rate, row in selection["sweep"].items():
         print(f"lr {rate}: {row['per_split']} mean {row['mean']}")
-    print(f"chosen: {selection['chosen']}; written {args.output}")
+    print(f"chosen: {selection['chosen']}; written {output}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ FLAG_RANGES: dict[str, NumberRange] = {
     "table_build_processes": COUNT,
     "max_text_length": COUNT,  # the upper bound is the text tower's positions (cli.check_numbers)
     "train_num_samples": COUNT,
+    "language_sampling_alpha": FRACTION,  # 1: the natural mix, 0: every language alike
     # TeacherLearningArguments / ContrastiveArguments
     "teacher_cache_shard_rows": COUNT,
     "max_logit_scale": POSITIVE,
