@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 from ports import free_port
 
+from altclip.common.cli_errors import CommandLineError
 from altclip.training.cli import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +24,13 @@ def run_stage(stage: str, output_dir: Path, *flags: str) -> dict:
     """Runs ``altclip-train STAGE`` in this process and returns its training summary."""
     train_main([stage, "--output_dir", str(output_dir), *QUIET, *flags])
     return json.loads((output_dir / "training_summary.json").read_text())
+
+
+def stage_refusal(cli, stage: str, output_dir: Path, *flags: str, **expected) -> str:
+    """Runs the stage (`run_stage`) with the ``cli`` fixture expecting a one-line refusal: `CommandLineError`, exit
+    status 2, the message as stderr's last line, no traceback, and what `expected` asks of the line
+    (`cli_runs.assert_one_line_error`). Returns the line."""
+    return cli.call_refusal(lambda: run_stage(stage, output_dir, *flags), kind=CommandLineError, **expected)
 
 
 def logged_losses(output_dir: Path) -> dict[int, float]:

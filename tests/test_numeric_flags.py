@@ -117,19 +117,10 @@ def train_cases() -> list:
     return cases
 
 
-def refusal_line(capsys, run: Callable[[], None]) -> str:
-    with pytest.raises(SystemExit) as refusal:
-        run()
-    assert refusal.value.code == 2, refusal.value
-    printed = capsys.readouterr().err.strip().splitlines()
-    assert len(printed) == 1 and "Traceback" not in printed[0], printed
-    return printed[0]
-
-
 @pytest.mark.parametrize(("stage", "flag", "text"), train_cases())
-def test_altclip_train_refuses_a_bad_number_in_one_line(capsys, tmp_path, monkeypatch, stage, flag, text):
+def test_altclip_train_refuses_a_bad_number_in_one_line(cli, tmp_path, monkeypatch, stage, flag, text):
     monkeypatch.chdir(tmp_path)
-    line = refusal_line(capsys, lambda: train_main([stage, "--output_dir", "out", f"--{flag}", text]))
+    line = cli.call_refusal(lambda: train_main([stage, "--output_dir", "out", f"--{flag}", text]), only_line=True)
     assert line.startswith("altclip-train") and f"--{flag}" in line, line
     assert not (tmp_path / "out").exists()
 
@@ -173,9 +164,9 @@ PLAN_AND_HF_CASES = [
 
 
 @pytest.mark.parametrize(("program", "run", "flag", "text"), PLAN_AND_HF_CASES)
-def test_plan_eval_and_export_refuse_a_bad_number_in_one_line(capsys, tmp_path, monkeypatch, program, run, flag, text):
+def test_plan_eval_and_export_refuse_a_bad_number_in_one_line(cli, tmp_path, monkeypatch, program, run, flag, text):
     monkeypatch.chdir(tmp_path)
-    line = refusal_line(capsys, lambda: run(text))
+    line = cli.call_refusal(lambda: run(text), only_line=True)
     assert line.startswith(program) and flag in line, line
 
 
@@ -195,10 +186,10 @@ def argparse_cases() -> list:
 
 
 @pytest.mark.parametrize(("program", "flag", "text"), argparse_cases())
-def test_argparse_programs_refuse_a_bad_number_in_one_line(capsys, tmp_path, monkeypatch, program, flag, text):
+def test_argparse_programs_refuse_a_bad_number_in_one_line(cli, tmp_path, monkeypatch, program, flag, text):
     monkeypatch.chdir(tmp_path)
     main, before = ARGPARSE_PROGRAMS[program]
-    line = refusal_line(capsys, lambda: main([*before, flag, text]))
+    line = cli.call_refusal(lambda: main([*before, flag, text]), only_line=True)
     assert f"argument {flag}" in line and "--help" in line, line
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
@@ -218,11 +209,11 @@ def test_every_numeric_flag_has_a_range(monkeypatch):
     assert len(argparse_cases()) >= 60  # the table really covers the argparse programs' flags
 
 
-def test_good_numbers_pass_the_checks(capsys, tmp_path, monkeypatch):
+def test_good_numbers_pass_the_checks(cli, tmp_path, monkeypatch):
     """The ranges refuse only what is meaningless: in-range values (and -1 for --max_steps) get past the number checks
     to the next one (no --train_files)."""
     monkeypatch.chdir(tmp_path)
     flags = ["--seed", "0", "--max_steps", "-1", "--learning_rate", "1e-4", "--warmup_steps", "0.1"]
     flags += ["--max_grad_norm", "0", "--lora_dropout", "0", "--wise_ft_alpha", "1", "--dataloader_num_workers", "0"]
-    line = refusal_line(capsys, lambda: train_main(["contrastive", "--output_dir", "out", *flags]))
+    line = cli.call_refusal(lambda: train_main(["contrastive", "--output_dir", "out", *flags]), only_line=True)
     assert "give --train_files" in line, line

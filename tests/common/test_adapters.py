@@ -108,10 +108,9 @@ def test_embedder_and_demo_serve_an_adapter_like_its_merged_checkpoint(adapter_d
     assert all(adapter_scores[key] == pytest.approx(merged_scores[key], abs=1e-5) for key in adapter_scores)
 
 
-def test_push_publishes_the_adapter_with_a_card_naming_its_base_model(tmp_path, adapter_dir):
-    with pytest.raises(SystemExit) as refused:
-        push_main([str(adapter_dir), "someone/tiny-lora", "--dry-run", str(tmp_path / "a")])
-    assert refused.value.code == 2 and not (tmp_path / "a").exists()
+def test_push_publishes_the_adapter_with_a_card_naming_its_base_model(tmp_path, adapter_dir, cli):
+    cli.refusal(push_main, adapter_dir, "someone/tiny-lora", "--dry-run", tmp_path / "a")  # no --base-model
+    assert not (tmp_path / "a").exists()
     target = tmp_path / "upload"
     push_main([str(adapter_dir), "someone/tiny-lora", "--base-model", "someone/tiny-altclip", "--dry-run", str(target)])
     assert {str(path.relative_to(target)) for path in target.rglob("*") if path.is_file()} == ADAPTER_FILES
@@ -128,7 +127,7 @@ def test_push_publishes_the_adapter_with_a_card_naming_its_base_model(tmp_path, 
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.01])  # cut inside the tensors, and inside the header
-def test_a_cut_adapter_weights_file_is_named_in_one_line_by_every_job(tmp_path, adapter_dir, capsys, keep):
+def test_a_cut_adapter_weights_file_is_named_in_one_line_by_every_job(tmp_path, adapter_dir, cli, keep):
     cut = tmp_path / "adapter"
     shutil.copytree(adapter_dir, cut)
     weights = cut / "adapter_model.safetensors"
@@ -138,8 +137,5 @@ def test_a_cut_adapter_weights_file_is_named_in_one_line_by_every_job(tmp_path, 
         load_altclip(cut)
     with pytest.raises(AdapterError, match="is unreadable"):
         Embedder.from_pretrained(cut, device="cpu")
-    with pytest.raises(SystemExit) as refusal:
-        push_main([str(cut), "me/cut-adapter", "--dry-run", str(tmp_path / "upload"), "--base-model", "org/base"])
-    assert refusal.value.code == 2
-    printed = capsys.readouterr().err.strip().splitlines()
-    assert len(printed) == 1 and f"{weights} is unreadable" in printed[0] and "Traceback" not in printed[0]
+    argv = [cut, "me/cut-adapter", "--dry-run", tmp_path / "upload", "--base-model", "org/base"]
+    cli.refusal(push_main, *argv, only_line=True, contains=[f"{weights} is unreadable"])

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-from browsers import launch_chromium
 from gradio_client import Client, handle_file
 from huggingface_hub import constants
 from ports import free_port
@@ -79,47 +78,53 @@ def label_pattern(labels: str) -> re.Pattern:
 
 
 @pytest.mark.slow
-def test_headless_chromium_opens_classified_and_runs_an_example(app_url, tmp_path, tiny_model_dir):
-    from playwright.sync_api import expect, sync_playwright
+def test_headless_chromium_opens_classified_and_runs_an_example(app_url, tmp_path, tiny_model_dir, chromium):
+    from playwright.sync_api import expect
 
     screenshot = Path(os.environ.get("ALTCLIP_SCREENSHOT_DIR", tmp_path)) / "demo_screenshot.png"
     # the first example opens classified; the second is clicked (the model's own examples where it has some)
     examples = classification_examples(os.environ.get("ALTCLIP_DEMO_MODEL", tiny_model_dir))
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(app_url)
-        page.get_by_text("Examples (labels in several languages)").wait_for(timeout=60_000)
-        # on open, before any click: the first example's image, its labels and their probabilities
-        expect(page.get_by_label("Labels (comma or newline separated, at most 50)")).to_have_value(examples[0][1])
-        expect(page.locator("[data-testid='image'] img, .image-container img").first).to_be_visible(timeout=30_000)
-        best = page.locator("[data-testid='label-output-value']").first  # the top label, in large type
-        expect(best).to_have_text(label_pattern(examples[0][1]), timeout=30_000)
-        expect(page.get_by_role("meter")).to_have_count(len(examples[0][1].split(",")))  # one bar per label
-        expect(page.get_by_role("button", name=re.compile(r" \d+%$")).first).to_be_visible()
-        # one view of the probabilities: a single block titled so, and no plot beside it
-        expect(page.get_by_text("Probabilities", exact=True)).to_have_count(1)
-        expect(page.locator(".js-plotly-plot, .vega-embed, [data-testid='plot']")).to_have_count(0)
-        page.screenshot(path=str(screenshot), full_page=True)
-        page.locator(".gallery-item, tr.tr-body, button.gallery-item").nth(1).click()
-        expect(page.get_by_label("Labels (comma or newline separated, at most 50)")).to_have_value(
-            examples[1][1], timeout=30_000
-        )
-        page.get_by_role("button", name="Classify").click()
-        expect(best).to_have_text(label_pattern(examples[1][1]), timeout=60_000)
-        browser.close()
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(app_url)
+    page.get_by_text("Examples (labels in several languages)").wait_for(timeout=60_000)
+    # on open, before any click: the first example's image, its labels and their probabilities
+    expect(page.get_by_label("Labels (comma or newline separated, at most 50)")).to_have_value(examples[0][1])
+    expect(page.locator("[data-testid='image'] img, .image-container img").first).to_be_visible(timeout=30_000)
+    best = page.locator("[data-testid='label-output-value']").first  # the top label, in large type
+    expect(best).to_have_text(label_pattern(examples[0][1]), timeout=30_000)
+    expect(page.get_by_role("meter")).to_have_count(len(examples[0][1].split(",")))  # one bar per label
+    expect(page.get_by_role("button", name=re.compile(r" \d+%$")).first).to_be_visible()
+    # one view of the probabilities: a single block titled so, and no plot beside it
+    expect(page.get_by_text("Probabilities", exact=True)).to_have_count(1)
+    expect(page.locator(".js-plotly-plot, .vega-embed, [data-testid='plot']")).to_have_count(0)
+    page.screenshot(path=str(screenshot), full_page=True)
+    page.locator(".gallery-item, tr.tr-body, button.gallery-item").nth(1).click()
+    expect(page.get_by_label("Labels (comma or newline separated, at most 50)")).to_have_value(
+        examples[1][1], timeout=30_000
+    )
+    page.get_by_role("button", name="Classify").click()
+    expect(best).to_have_text(label_pattern(examples[1][1]), timeout=60_000)
     assert screenshot.stat().st_size > 10_000
 
 
-def test_command_without_a_default_model_says_how_to_get_one(tmp_path, monkeypatch):
-    from altclip.demo.app import main
-
+def without_a_default_model(tmp_path, monkeypatch):
     monkeypatch.setenv("ALTCLIP_DEFAULT_MODEL", str(tmp_path / "none"))
-    with pytest.raises(SystemExit, match="No default AltCLIP model at .*none. Build it offline"):
-        main([])
+    return [], "No default AltCLIP model at .*none. Build it offline"
+
+
+def a_model_neither_here_nor_in_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALTCLIP_DEFAULT_MODEL", str(tmp_path / "none"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(
-        SystemExit, match=r"^altclip-demo: --model not-a-model: no such local folder, and not in the Hub"
-    ):
-        main(["--model", "not-a-model"])
+    return ["--model", "not-a-model"], r"^altclip-demo: --model not-a-model: no such local folder, and not in the Hub"
+
+
+MISSING_MODELS = [without_a_default_model, a_model_neither_here_nor_in_the_hub_cache]
+
+
+@pytest.mark.parametrize("case", MISSING_MODELS, ids=[case.__name__ for case in MISSING_MODELS])
+def test_command_without_a_model_says_how_to_get_one(case, tmp_path, monkeypatch, cli):
+    from altclip.demo.app import main
+
+    argv, message = case(tmp_path, monkeypatch)
+    cli.refusal(main, *argv, match=message)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pyarrow
 import pyarrow.parquet
 import pytest
-from browsers import launch_chromium
 from gradio_client import Client
 from index_builds import build_flags
 from ports import free_port
@@ -58,42 +57,39 @@ def test_search_a_collection_through_the_api(app_url):
 
 
 @pytest.mark.slow
-def test_the_collection_tab_in_headless_chromium(app_url, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_the_collection_tab_in_headless_chromium(app_url, tmp_path, chromium):
+    from playwright.sync_api import expect
 
     screenshot = Path(os.environ.get("ALTCLIP_SCREENSHOT_DIR", tmp_path)) / "search_screenshot.png"
     query = os.environ.get("ALTCLIP_DEMO_QUERY", "une tasse de café")
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(app_url)
-        page.get_by_role("tab", name="Search a collection").click(timeout=60_000)
-        page.get_by_label("Search the collection for").fill(query)
-        page.get_by_role("button", name="Search collection").click()
-        thumbnails = page.locator("[data-testid='gallery'] img, .gallery-container img, .thumbnail-item img")
-        expect(thumbnails.first).to_be_visible(timeout=60_000)
-        if not os.environ.get("ALTCLIP_DEMO_INDEX"):  # the photo index's captions are shown with the scores
-            expect(page.get_by_text(query).first).to_be_visible()
-        assert thumbnails.count() >= 5
-        page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
+    page = chromium.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(app_url)
+    page.get_by_role("tab", name="Search a collection").click(timeout=60_000)
+    page.get_by_label("Search the collection for").fill(query)
+    page.get_by_role("button", name="Search collection").click()
+    thumbnails = page.locator("[data-testid='gallery'] img, .gallery-container img, .thumbnail-item img")
+    expect(thumbnails.first).to_be_visible(timeout=60_000)
+    if not os.environ.get("ALTCLIP_DEMO_INDEX"):  # the photo index's captions are shown with the scores
+        expect(page.get_by_text(query).first).to_be_visible()
+    assert thumbnails.count() >= 5
+    page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
 
 
-def test_an_index_of_another_model_is_refused_with_both_names(photo_index, tmp_path, processor, capsys):
-    import torch
-    from tiny_models import tiny_config
-
-    from modeling_altclip import AltCLIPModel
-
-    torch.manual_seed(5)
-    other = tmp_path / "other"
-    AltCLIPModel(tiny_config()).save_pretrained(other)
-    processor.save_pretrained(other)
-    with pytest.raises(SystemExit):
-        main(["--model", str(other), "--index", str(photo_index)])
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"not by {other}" in line and "was built by" in line and line.startswith("altclip-demo: --index")
-    with pytest.raises(SystemExit):
-        main(["--model", str(other), "--index", str(tmp_path / "nowhere")])
-    assert "no such index folder" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "index, expected",
+    [
+        pytest.param(
+            None,
+            dict(match="^altclip-demo: --index", contains=["was built by", "not by {other}"]),
+            id="another model's",
+        ),
+        pytest.param("nowhere", dict(contains=["no such index folder"]), id="no index folder"),
+    ],
+)
+def test_an_index_that_cannot_serve_the_model_is_refused_in_one_line(
+    photo_index, tmp_path, save_tiny_model, cli, index, expected
+):
+    other = save_tiny_model(tmp_path / "other", seed=5)
+    expected = {**expected, "contains": [text.format(other=other) for text in expected["contains"]]}
+    cli.refusal(main, "--model", other, "--index", photo_index if index is None else tmp_path / index, **expected)

@@ -3,6 +3,7 @@ the model's own forward pass, its files, its class-embedding cache and its error
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from dataset_layouts import (
     write_karpathy,
     write_xtd,
 )
+from eval_runs import eval_flags, run_eval
 from huggingface_hub import constants
 
 import altclip.evaluation.zeroshot
@@ -25,28 +27,6 @@ from altclip.evaluation.cli import main
 from altclip.evaluation.loaders import load_caption_table, load_image_folder
 from altclip.evaluation.prompts import class_prompts, prompts_dir
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
-
-
-def run_eval(task, model_dir, dataset, data_dir, output_dir, *flags):
-    main(
-        [
-            task,
-            "--model",
-            str(model_dir),
-            "--dataset",
-            dataset,
-            "--data_dir",
-            str(data_dir),
-            "--output_dir",
-            str(output_dir),
-            "--num_workers",
-            "0",
-            "--batch_size",
-            "4",
-            *map(str, flags),
-        ]
-    )
-    return json.loads((output_dir / "results.json").read_text())["results"]
 
 
 @torch.no_grad()
@@ -214,81 +194,14 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, tiny_model_dir):
         ("retrieval", "xtd10", write_xtd, ["--languages", "de,xx"], "XTD10 has no xx"),
     ],
 )
-def test_errors_name_the_problem_before_loading_the_model(tmp_path, capsys, task, dataset, make, flags, message):
+def test_errors_name_the_problem_before_loading_the_model(tmp_path, cli, task, dataset, make, flags, message):
     data = make(tmp_path / "data")
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                task,
-                "--model",
-                str(tmp_path / "no-model-here"),
-                "--dataset",
-                dataset,
-                "--data_dir",
-                str(data),
-                "--output_dir",
-                str(tmp_path / "out"),
-                *flags,
-            ]
-        )
-    assert message in str(exit_info.value) and exit_info.value.code == 2
-    printed = capsys.readouterr().err.strip().splitlines()
-    assert printed[-1] == str(exit_info.value) and "Traceback" not in "".join(printed)
+    argv = eval_flags(task, tmp_path / "no-model-here", dataset, data, tmp_path / "out", *flags)
+    cli.refusal(main, *argv, contains=[message])
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--dtype", "float8"], "invalid choice: 'float8'"),
-        (["--bogus", "1"], "unknown flag(s) --bogus 1"),
-        (["--batch_size", "many"], "invalid int value: 'many'"),
-    ],
-)
-def test_flag_errors_are_one_line(tmp_path, capsys, tiny_model_dir, flags, message):
-    data = write_image_folder(tmp_path / "data")
-    with pytest.raises(SystemExit) as exit_info:
-        run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "out", *flags)
-    assert message in str(exit_info.value) and exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == str(exit_info.value)
-
-
-def test_a_mistyped_local_model_is_named_at_once(tmp_path, capsys):
-    data = write_image_folder(tmp_path / "data")
-    with pytest.raises(SystemExit, match=r"--model ./outputs/my-rn: no such folder") as exit_info:
-        run_eval("zeroshot", "./outputs/my-rn", "image_folder", data, tmp_path / "out")
-    assert exit_info.value.code == 2
-
-
-def test_a_mistyped_hub_name_without_a_slash_is_named_at_once(tmp_path, capsys, monkeypatch):
-    """Offline with an empty cache (transformers would say "couldn't connect to huggingface.co" after retries)."""
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    data = write_image_folder(tmp_path / "data")
-    with pytest.raises(SystemExit) as exit_info:
-        run_eval("zeroshot", "altclipp", "image_folder", data, tmp_path / "out")
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "altclip-eval zeroshot: --model altclipp: no such local folder, and not in the Hub cache (HF_HUB_OFFLINE is "
-        "set). Check the name."
-    )
-
-
-def test_a_model_folder_without_tokenizer_files_names_them(tmp_path, capsys, tiny_model_dir):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    (folder / "tokenizer_config.json").unlink()
-    data = write_image_folder(tmp_path / "data")
-    with pytest.raises(SystemExit) as exit_info:
-        run_eval("zeroshot", folder, "image_folder", data, tmp_path / "out")
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"altclip-eval zeroshot: --model {folder} has no tokenizer_config.json: copy the tokenizer and image-processor "
-        "files from the model it was trained from, or save them there with AltCLIPProcessor.save_pretrained."
-    )
-
-
-def test_quantised_run_and_a_wrong_quantisation(tmp_path, tiny_model_dir):
+def test_a_quantised_run_and_one_without_onednn_score_the_same_images(tmp_path, tiny_model_dir):
     data = write_image_folder(tmp_path / "folder")
     plain = run_eval(
         "zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "a", "--languages", "de", "--cache_dir", ""
@@ -325,31 +238,6 @@ def test_quantised_run_and_a_wrong_quantisation(tmp_path, tiny_model_dir):
     assert (
         nn_linear[0]["metrics"]["top1"] == plain[0]["metrics"]["top1"]
     )  # oneDNN's fp32 Linear gives the same predictions
-    with pytest.raises(SystemExit, match="Unknown quantization 'int4'"):
-        run_eval(
-            "zeroshot",
-            tiny_model_dir,
-            "image_folder",
-            data,
-            tmp_path / "c",
-            "--languages",
-            "de",
-            "--quantization",
-            "int4",
-        )
-
-
-def test_a_model_with_nan_weights_is_not_scored(tmp_path, tiny_model_dir, capsys):
-    """A NaN text_projection once scored 57% top-1 here; now it is refused, naming the tensor."""
-    model = AltCLIPModel.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        model.text_projection.weight.fill_(float("nan"))
-    model.save_pretrained(tmp_path / "nan")
-    AltCLIPProcessor.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "nan")
-    data = write_image_folder(tmp_path / "data")
-    with pytest.raises(SystemExit, match=r"NaN or infinite weights in text_projection.weight"):
-        run_eval("zeroshot", tmp_path / "nan", "image_folder", data, tmp_path / "out")
-    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_non_finite_embeddings_are_refused(tmp_path, tiny_model_dir, monkeypatch):
@@ -368,12 +256,6 @@ def test_non_finite_embeddings_are_refused(tmp_path, tiny_model_dir, monkeypatch
         embedder.texts(["a cat", "a dog"], "prompts")
 
 
-def test_a_text_length_beyond_the_positions_is_refused(tmp_path, tiny_model_dir):
-    data = write_image_folder(tmp_path / "data")
-    with pytest.raises(SystemExit, match=r"--max_text_length 600 is outside 1..512"):
-        run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "out", "--max_text_length", 600)
-
-
 def test_broken_caption_rows_are_counted_not_silently_dropped(tmp_path, tiny_model_dir, caplog):
     data = write_caption_table(tmp_path / "table")
     table = data / "captions.jsonl"
@@ -384,13 +266,94 @@ def test_broken_caption_rows_are_counted_not_silently_dropped(tmp_path, tiny_mod
     assert f"{table}:2" in caplog.text and "2 unusable row(s)" in caplog.text
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [("{not json", "is not valid JSON"), ('["cat", "dog"]', "should map languages to lists of names")],
-)
-def test_an_invalid_classnames_file_is_named(tmp_path, capsys, tiny_model_dir, content, message):
+# One-line refusals of a zero-shot run on an image folder (`given.data`): each case returns the --model, the flags
+# and what `assert_one_line_error` expects of the line.
+def a_bad_dtype(given):
+    return given.model, ["--dtype", "float8"], dict(contains=["invalid choice: 'float8'"])
+
+
+def an_unknown_flag(given):
+    return given.model, ["--bogus", "1"], dict(contains=["unknown flag(s) --bogus 1"])
+
+
+def a_batch_size_that_is_not_a_number(given):
+    return given.model, ["--batch_size", "many"], dict(contains=["invalid int value: 'many'"])
+
+
+def a_mistyped_local_model(given):
+    return "./outputs/my-rn", [], dict(match=r"--model ./outputs/my-rn: no such folder")
+
+
+def a_mistyped_hub_name_without_a_slash(given):
+    """Offline with an empty cache (transformers would say "couldn't connect to huggingface.co" after retries)."""
+    given.monkeypatch.setattr(constants, "HF_HUB_CACHE", str(given.tmp_path / "cache"))
+    given.monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    line = (
+        "altclip-eval zeroshot: --model altclipp: no such local folder, and not in the Hub cache (HF_HUB_OFFLINE is "
+        "set). Check the name."
+    )
+    return "altclipp", [], dict(line=line)
+
+
+def a_model_folder_without_tokenizer_files(given):
+    folder = given.tmp_path / "model"
+    shutil.copytree(given.model, folder)
+    (folder / "tokenizer_config.json").unlink()
+    line = (
+        f"altclip-eval zeroshot: --model {folder} has no tokenizer_config.json: copy the tokenizer and image-processor "
+        "files from the model it was trained from, or save them there with AltCLIPProcessor.save_pretrained."
+    )
+    return folder, [], dict(line=line)
+
+
+def an_unknown_quantisation(given):
+    return given.model, ["--languages", "de", "--quantization", "int4"], dict(match="Unknown quantization 'int4'")
+
+
+def a_model_with_nan_weights(given):
+    """A NaN text_projection once scored 57% top-1 here; now it is refused, naming the tensor."""
+    model = AltCLIPModel.from_pretrained(given.model)
+    with torch.no_grad():
+        model.text_projection.weight.fill_(float("nan"))
+    model.save_pretrained(given.tmp_path / "nan")
+    AltCLIPProcessor.from_pretrained(given.model).save_pretrained(given.tmp_path / "nan")
+    return given.tmp_path / "nan", [], dict(match=r"NaN or infinite weights in text_projection.weight")
+
+
+def a_text_length_beyond_the_positions(given):
+    return given.model, ["--max_text_length", 600], dict(match=r"--max_text_length 600 is outside 1..512")
+
+
+def classnames_that_are_not_json(given):
+    (given.data / "classnames.json").write_text("{not json")
+    return given.model, [], dict(contains=[f"{given.data / 'classnames.json'} ", "is not valid JSON"])
+
+
+def classnames_that_are_a_list(given):
+    (given.data / "classnames.json").write_text('["cat", "dog"]')
+    expected = [f"{given.data / 'classnames.json'} ", "should map languages to lists of names"]
+    return given.model, [], dict(contains=expected)
+
+
+REFUSED_RUNS = [
+    a_bad_dtype,
+    an_unknown_flag,
+    a_batch_size_that_is_not_a_number,
+    a_mistyped_local_model,
+    a_mistyped_hub_name_without_a_slash,
+    a_model_folder_without_tokenizer_files,
+    an_unknown_quantisation,
+    a_model_with_nan_weights,
+    a_text_length_beyond_the_positions,
+    classnames_that_are_not_json,
+    classnames_that_are_a_list,
+]
+
+
+@pytest.mark.parametrize("case", REFUSED_RUNS, ids=[case.__name__ for case in REFUSED_RUNS])
+def test_a_refused_run_is_one_line_and_scores_nothing(case, tmp_path, cli, tiny_model_dir, monkeypatch):
     data = write_image_folder(tmp_path / "data")
-    (data / "classnames.json").write_text(content)
-    with pytest.raises(SystemExit) as exit_info:
-        run_eval("zeroshot", tiny_model_dir, "image_folder", data, tmp_path / "out")
-    assert f"{data / 'classnames.json'} " in str(exit_info.value) and message in str(exit_info.value)
+    given = SimpleNamespace(tmp_path=tmp_path, model=tiny_model_dir, data=data, monkeypatch=monkeypatch)
+    model, flags, expected = case(given)
+    cli.refusal(main, *eval_flags("zeroshot", model, "image_folder", data, tmp_path / "out", *flags), **expected)
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -6,10 +6,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from dataset_layouts import write_flickr30k_200, write_multi30k, write_xm3600, write_xtd200
+from eval_runs import eval_flags, run_eval
 from ports import free_port
 from stage_runs import REPO, torchrun_env
 
@@ -20,31 +22,7 @@ from altclip.evaluation.loaders import RetrievalSet
 from altclip.evaluation.references import load_references
 from altclip.evaluation.retrieval import PROTOCOLS, apply_protocol, retrieval_scores
 
-
-def eval_flags(model_dir, dataset, data_dir, output_dir, *flags) -> list[str]:
-    return [
-        "retrieval",
-        "--model",
-        str(model_dir),
-        "--dataset",
-        dataset,
-        "--data_dir",
-        str(data_dir),
-        "--output_dir",
-        str(output_dir),
-        "--num_workers",
-        "0",
-        "--batch_size",
-        "3",
-        "--device",
-        "cpu",
-        *map(str, flags),
-    ]
-
-
-def run_eval(*args, **kwargs) -> list[dict]:
-    main(eval_flags(*args, **kwargs))
-    return json.loads((args[3] / "results.json").read_text())["results"]
+FIELD_RUN = dict(batch_size=3, device="cpu")  # the runs of these tests: small batches, on the CPU
 
 
 @pytest.mark.parametrize(
@@ -79,14 +57,12 @@ def test_each_layout_is_read_as_published(tmp_path, write, dataset, language, ne
         ("multi30k", write_multi30k, "data/task1/image_splits/test_2016_flickr.txt", []),
     ],
 )
-def test_a_missing_file_is_named_in_one_line(tmp_path, capsys, dataset, write, missing, flags):
+def test_a_missing_file_is_named_in_one_line(tmp_path, cli, dataset, write, missing, flags):
     data = write(tmp_path / "data")
     shutil.rmtree(data / missing) if (data / missing).is_dir() else (data / missing).unlink()
-    with pytest.raises(SystemExit) as exit_info:  # the data is checked before any model loads
-        main(eval_flags(tmp_path / "no-model", dataset, data, tmp_path / "out", *flags))
-    assert exit_info.value.code == 2
-    printed = capsys.readouterr().err.strip().splitlines()
-    assert len(printed) == 1 and f"{data / missing} is missing" in printed[0]
+    # the data is checked before any model loads
+    argv = eval_flags("retrieval", tmp_path / "no-model", dataset, data, tmp_path / "out", *flags, **FIELD_RUN)
+    cli.refusal(main, *argv, only_line=True, contains=[f"{data / missing} is missing"])
 
 
 def clip_benchmark_recalls(images: torch.Tensor, texts: torch.Tensor, caption_image: list[int], ks=(1, 5, 10)) -> dict:
@@ -144,10 +120,12 @@ def test_xm3600_defaults_to_the_reference_protocol_and_embeds_images_once(tmp_pa
     monkeypatch.setattr(
         altclip.evaluation.retrieval.Embedder, "images", lambda self, *a: calls.append(a) or original(self, *a)
     )
-    first = run_eval(tiny_model_dir, "xm3600", data, tmp_path / "first", "--languages", "en,de,zh")
+    first = run_eval(
+        "retrieval", tiny_model_dir, "xm3600", data, tmp_path / "first", "--languages", "en,de,zh", **FIELD_RUN
+    )
     assert len(calls) == 1  # one image set, three languages
     flags = ("--languages", "en,de,zh", "--protocol", "all_captions")
-    every = run_eval(tiny_model_dir, "xm3600", data, tmp_path / "all", *flags)
+    every = run_eval("retrieval", tiny_model_dir, "xm3600", data, tmp_path / "all", *flags, **FIELD_RUN)
     assert [r["language"] for r in first] == ["en", "de", "zh", "avg"]
     assert {r["protocol"] for r in first} == {"first_caption"} and {r["protocol"] for r in every} == {"all_captions"}
     assert [r["num_captions"] for r in first[:3]] == [4, 4, 4] and [r["num_captions"] for r in every[:3]] == [6, 6, 6]
@@ -157,14 +135,25 @@ def test_xm3600_defaults_to_the_reference_protocol_and_embeds_images_once(tmp_pa
 
 def test_translated_sets_default_to_every_language_file(tmp_path, tiny_model_dir):
     data = write_xtd200(tmp_path / "xtd200", nested=True)
-    results = run_eval(tiny_model_dir, "xtd200", tmp_path / "xtd200", tmp_path / "out")
+    results = run_eval("retrieval", tiny_model_dir, "xtd200", tmp_path / "xtd200", tmp_path / "out", **FIELD_RUN)
     assert [r["language"] for r in results] == ["deu_Latn", "eng_Latn", "zho_Hans", "avg"]
     assert data.is_dir() and results[-1]["dataset"] == "xtd200"
 
 
 def test_compare_reference_separates_like_from_unlike_in_results_md(tmp_path, tiny_model_dir):
     data = write_xm3600(tmp_path / "xm3600")
-    run_eval(tiny_model_dir, "xm3600", data, tmp_path / "out", "--languages", "en,de", "--compare", "reference")
+    run_eval(
+        "retrieval",
+        tiny_model_dir,
+        "xm3600",
+        data,
+        tmp_path / "out",
+        "--languages",
+        "en,de",
+        "--compare",
+        "reference",
+        **FIELD_RUN,
+    )
     table = (tmp_path / "out" / "results.md").read_text()
     comparison = table.split("## Compared with published numbers")[1]
     assert "### xm3600 (first_caption, mean of 2: en, de)" in comparison
@@ -183,10 +172,10 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, tiny_model_dir):
     for key in (3, 4):  # the second process's whole share is unreadable: skipped and counted, as in one process
         (data / "images" / f"{key:016x}.jpg").write_bytes(b"not a jpeg")
     flags = ["--languages", "en,de", "--protocol", "all_captions"]
-    single = run_eval(tiny_model_dir, "xm3600", data, tmp_path / "one", *flags)
+    single = run_eval("retrieval", tiny_model_dir, "xm3600", data, tmp_path / "one", *flags, **FIELD_RUN)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
     launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "altclip.evaluation.cli"]
-    command = launcher + eval_flags(tiny_model_dir, "xm3600", data, tmp_path / "two", *flags)
+    command = launcher + eval_flags("retrieval", tiny_model_dir, "xm3600", data, tmp_path / "two", *flags, **FIELD_RUN)
     done = subprocess.run(command, cwd=REPO, env=torchrun_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     double = json.loads((tmp_path / "two" / "results.json").read_text())["results"]
@@ -196,15 +185,6 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, tiny_model_dir):
     # inside the run: two processes, each embedding its share of the 5 images (3 + 2), none all of them
     assert double[0]["processes"] == 2 and double[0]["images_embedded_per_process"] == [3, 2]
     assert single[0]["processes"] == 1 and single[0]["images_embedded_per_process"] == [5]
-
-
-def test_a_caption_file_that_does_not_match_its_image_list_is_named(tmp_path, capsys):
-    data = write_xtd200(tmp_path / "xtd200")
-    (data / "deu_Latn.txt").write_text("ein Foto 0\nein Foto 1\n", encoding="utf-8")  # 2 lines for 4 images
-    with pytest.raises(SystemExit):
-        main(eval_flags(tmp_path / "no-model", "xtd200", data, tmp_path / "out", "--languages", "deu_Latn"))
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert f"{data / 'deu_Latn.txt'}: 2 captions for the 4 images of test_image_names.txt" in line
 
 
 def prepare_with_clip_benchmark(monkeypatch, root: str, dataset: str, languages: tuple[str, ...], count: int = 4):
@@ -258,35 +238,52 @@ def test_a_root_clip_benchmark_prepared_is_read_as_it_left_it(tmp_path, monkeypa
     assert all(path.is_file() for path in loaded.images)
 
 
-def test_a_clip_benchmark_root_without_the_asked_language_names_the_file(tmp_path, monkeypatch, capsys):
-    prepare_with_clip_benchmark(monkeypatch, str(tmp_path / "cb"), "xtd200", ("deu_Latn",))
-    with pytest.raises(SystemExit):
-        main(eval_flags(tmp_path / "no-model", "xtd200", tmp_path / "cb", tmp_path / "out", "--languages", "fra_Latn"))
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert f"{tmp_path / 'cb' / 'xtd200-fra_Latn.json'} is missing" in line and "has deu_Latn" in line
-
-
 def test_altclip_eval_scores_a_clip_benchmark_root(tmp_path, monkeypatch, tiny_model_dir):
     prepare_with_clip_benchmark(monkeypatch, str(tmp_path / "cb"), "xtd200", ("deu_Latn", "eng_Latn"))
-    results = run_eval(tiny_model_dir, "xtd200", tmp_path / "cb", tmp_path / "out")
+    results = run_eval("retrieval", tiny_model_dir, "xtd200", tmp_path / "cb", tmp_path / "out", **FIELD_RUN)
     assert [r["language"] for r in results] == ["deu_Latn", "eng_Latn", "avg"]
     assert all(r["num_images"] == 4 and r["skipped_images"] == 0 for r in results[:2])
-
-
-def test_an_xm3600_language_without_captions_is_named_in_one_line_before_the_model_loads(tmp_path, capsys):
-    data = write_xm3600(tmp_path / "data")
-    table = data / "captions.jsonl"
-    rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines()]
-    for row in rows:
-        row["de"] = {"caption": [], "caption/tokenized": []}
-    table.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    with pytest.raises(SystemExit) as exit_info:
-        main(eval_flags(tmp_path / "no-model", "xm3600", data, tmp_path / "out", "--languages", "en,de"))
-    assert exit_info.value.code == 2
-    printed = capsys.readouterr().err.strip().splitlines()
-    assert len(printed) == 1 and f"{table}: none of its 4 rows has a 'de' caption" in printed[0], printed
 
 
 def test_a_retrieval_set_without_captions_or_images_is_refused():
     with pytest.raises(ValueError, match=r"xtd200_deu_Latn: the set holds 2 images and 0 captions"):
         RetrievalSet("xtd200_deu_Latn", ["a.jpg", "b.jpg"], [], [])
+
+
+# Data that cannot be scored, each named in one line before any model loads: each case prepares the data and
+# returns the --dataset, the data folder, the flags and what the line holds.
+def a_caption_file_that_does_not_match_its_image_list(given):
+    data = write_xtd200(given.tmp_path / "xtd200")
+    (data / "deu_Latn.txt").write_text("ein Foto 0\nein Foto 1\n", encoding="utf-8")  # 2 lines for 4 images
+    expected = [f"{data / 'deu_Latn.txt'}: 2 captions for the 4 images of test_image_names.txt"]
+    return "xtd200", data, ["--languages", "deu_Latn"], expected
+
+
+def a_clip_benchmark_root_without_the_asked_language(given):
+    prepare_with_clip_benchmark(given.monkeypatch, str(given.tmp_path / "cb"), "xtd200", ("deu_Latn",))
+    expected = [f"{given.tmp_path / 'cb' / 'xtd200-fra_Latn.json'} is missing", "has deu_Latn"]
+    return "xtd200", given.tmp_path / "cb", ["--languages", "fra_Latn"], expected
+
+
+def an_xm3600_language_without_captions(given):
+    data = write_xm3600(given.tmp_path / "data")
+    table = data / "captions.jsonl"
+    rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        row["de"] = {"caption": [], "caption/tokenized": []}
+    table.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return "xm3600", data, ["--languages", "en,de"], [f"{table}: none of its 4 rows has a 'de' caption"]
+
+
+UNUSABLE_DATA = [
+    a_caption_file_that_does_not_match_its_image_list,
+    a_clip_benchmark_root_without_the_asked_language,
+    an_xm3600_language_without_captions,
+]
+
+
+@pytest.mark.parametrize("case", UNUSABLE_DATA, ids=[case.__name__ for case in UNUSABLE_DATA])
+def test_unusable_data_is_named_in_one_line_before_the_model_loads(case, tmp_path, monkeypatch, cli):
+    dataset, data, flags, expected = case(SimpleNamespace(tmp_path=tmp_path, monkeypatch=monkeypatch))
+    argv = eval_flags("retrieval", tmp_path / "no-model", dataset, data, tmp_path / "out", *flags, **FIELD_RUN)
+    cli.refusal(main, *argv, only_line=True, contains=expected)

@@ -60,20 +60,35 @@ def test_parity_failure_names_the_tower_and_keeps_the_report(tmp_path, tiny_mode
     assert json.loads((tmp_path / "out" / PARITY_FILE).read_text())["tolerance"] == 1e-12
 
 
-def test_clear_errors(tmp_path, monkeypatch, tiny_model_dir, capsys):
-    with pytest.raises(SystemExit, match="altclip-export-onnx: .*no-model-here"):
-        main(["--model", str(tmp_path / "no-model-here"), "--output_dir", str(tmp_path / "out")])
+# altclip-export-onnx's one-line refusals: each case prepares and returns the --model and what the line holds.
+def a_missing_model_folder(tmp_path, monkeypatch, tiny_model_dir):
+    return tmp_path / "no-model-here", dict(match="altclip-export-onnx: .*no-model-here")
+
+
+def a_mistyped_hub_name(tmp_path, monkeypatch, tiny_model_dir):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(SystemExit) as refusal:
-        main(["--model", "altclipp", "--output_dir", str(tmp_path / "out")])
-    assert refusal.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+    line = (
         "altclip-export-onnx: --model altclipp: no such local folder, and not in the Hub cache (HF_HUB_OFFLINE is "
         "set). Check the name."
     )
+    return "altclipp", dict(line=line)
+
+
+def no_onnxruntime(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    return tiny_model_dir, dict(match="needs the 'onnxruntime' package: pip install")
+
+
+REFUSED_EXPORTS = [a_missing_model_folder, a_mistyped_hub_name, no_onnxruntime]
+
+
+@pytest.mark.parametrize("case", REFUSED_EXPORTS, ids=[case.__name__ for case in REFUSED_EXPORTS])
+def test_clear_errors(case, tmp_path, monkeypatch, tiny_model_dir, cli):
+    model, expected = case(tmp_path, monkeypatch, tiny_model_dir)
+    cli.refusal(main, "--model", model, "--output_dir", tmp_path / "out", **expected)
+
+
+def test_a_folder_without_the_exported_files_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no image_encoder.onnx; make it with altclip-export-onnx"):
         OnnxEncoders(tmp_path)
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
-    with pytest.raises(SystemExit, match="needs the 'onnxruntime' package: pip install"):
-        main(["--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")])

@@ -117,36 +117,53 @@ def test_dry_run_writes_exactly_the_model_files_and_a_real_card(tmp_path, traini
         assert torch.equal(original(**inputs).logits_per_image, published(**inputs).logits_per_image)
 
 
-def test_broken_checkpoints_are_refused(tmp_path, training_output):
-    weights = training_output / "model.safetensors"
+# Checkpoints altclip-push refuses before writing anything: each case breaks the training output (or gives a folder
+# without a model) and returns the folder to push and the expected message.
+def a_nan_logit_scale(folder, tmp_path):
+    weights = folder / "model.safetensors"
     tensors = load_file(weights)
-    original = dict(tensors)
     tensors["logit_scale"] = torch.tensor(float("nan"))
     save_file(tensors, weights, metadata={"format": "pt"})
-    with pytest.raises(SystemExit, match=r"NaN or infinite weights in logit_scale \(1 of 1 values\)"):
-        push(training_output, "someone/x", "--dry-run", tmp_path / "a")
-    # NaN rows the two-caption smoke test never reads: found by the check of every weight
+    return folder, r"NaN or infinite weights in logit_scale \(1 of 1 values\)"
+
+
+def nan_embedding_rows(folder, tmp_path):
+    """NaN rows the two-caption smoke test never reads: found by the check of every weight."""
+    weights = folder / "model.safetensors"
+    original = load_file(weights)
     embedding = "text_model.roberta.embeddings.word_embeddings.weight"
     key = next(name for name in original if name.endswith("word_embeddings.weight"))
     broken = original[key].clone()
     broken[100_000:100_010] = float("nan")
     save_file({**original, key: broken}, weights, metadata={"format": "pt"})
-    with pytest.raises(SystemExit, match=rf"NaN or infinite weights in {embedding} \({10 * broken.shape[1]:,} of"):
-        push(training_output, "someone/x", "--dry-run", tmp_path / "a")
-    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
-    with pytest.raises(SystemExit, match=rf"does not load: OSError: {weights}: the weights cannot be read"):
-        push(training_output, "someone/x", "--dry-run", tmp_path / "b")
-    with pytest.raises(SystemExit, match="has no config.json"):
-        push(tmp_path, "someone/x", "--dry-run", tmp_path / "c")
-    assert not any((tmp_path / name).exists() for name in "abc")
+    return folder, rf"NaN or infinite weights in {embedding} \({10 * broken.shape[1]:,} of"
 
 
-def test_dry_run_never_writes_into_a_used_folder(tmp_path, tiny_model_dir):
+def a_truncated_download(folder, tmp_path):
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return folder, rf"does not load: OSError: {weights}: the weights cannot be read"
+
+
+def a_folder_without_a_model(folder, tmp_path):
+    return tmp_path, "has no config.json"
+
+
+BROKEN_CHECKPOINTS = [a_nan_logit_scale, nan_embedding_rows, a_truncated_download, a_folder_without_a_model]
+
+
+@pytest.mark.parametrize("case", BROKEN_CHECKPOINTS, ids=[case.__name__ for case in BROKEN_CHECKPOINTS])
+def test_broken_checkpoints_are_refused(case, tmp_path, training_output, cli):
+    folder, message = case(training_output, tmp_path)
+    cli.refusal(main, folder, "someone/x", "--dry-run", tmp_path / "upload", match=message)
+    assert not (tmp_path / "upload").exists()
+
+
+def test_dry_run_never_writes_into_a_used_folder(tmp_path, tiny_model_dir, cli):
     target = tmp_path / "mine"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="is not empty"):
-        push(tiny_model_dir, "someone/x", "--dry-run", target)
+    cli.refusal(main, tiny_model_dir, "someone/x", "--dry-run", target, match="is not empty")
     assert (target / "keep.txt").read_text() == "mine"
 
 
@@ -194,21 +211,12 @@ def test_command_line_upload_with_endpoint_and_token_from_the_environment(tmp_pa
     assert hub.record.repos["someone/cli-model"].get("visibility", "public") == "public"
 
 
-def refused_line(capsys, *argv) -> str:
-    """Runs altclip-push expecting a one-line refusal with exit status 2; returns the line."""
-    with pytest.raises(CommandLineError) as refusal:
-        push(*argv)
-    assert refusal.value.code == 2
-    printed = capsys.readouterr().err.strip().splitlines()
-    assert printed[-1] == str(refusal.value)
-    return str(refusal.value)
-
-
-def test_no_token_no_upload(tmp_path, tiny_model_dir, no_stored_login, capsys):
+def test_no_token_no_upload(tmp_path, tiny_model_dir, no_stored_login, cli):
     with FakeHub(TOKEN) as hub:
-        with pytest.raises(SystemExit, match="No Hugging Face token"):
-            push(tiny_model_dir, "someone/x", "--endpoint", hub.endpoint)
-        line = refused_line(capsys, tiny_model_dir, "someone/x", "--endpoint", hub.endpoint, "--token", "hf_wrong")
+        cli.refusal(main, tiny_model_dir, "someone/x", "--endpoint", hub.endpoint, match="No Hugging Face token")
+        line = cli.refusal(
+            main, tiny_model_dir, "someone/x", "--endpoint", hub.endpoint, "--token", "hf_wrong", kind=CommandLineError
+        )
     assert line == (
         f"altclip-push: the Hub at {hub.endpoint} refused the token (401 Unauthorized): pass a valid --token, set "
         "HF_TOKEN, or run `hf auth login`."
@@ -216,15 +224,19 @@ def test_no_token_no_upload(tmp_path, tiny_model_dir, no_stored_login, capsys):
     assert hub.record.commits == [] and hub.record.unauthorized == 1
 
 
-def test_an_unreachable_endpoint_is_one_line(tiny_model_dir, no_stored_login, capsys):
+def test_an_unreachable_endpoint_is_one_line(tiny_model_dir, no_stored_login, cli):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    line = refused_line(capsys, tiny_model_dir, "someone/x", "--endpoint", endpoint, "--token", TOKEN)
+    line = cli.refusal(
+        main, tiny_model_dir, "someone/x", "--endpoint", endpoint, "--token", TOKEN, kind=CommandLineError
+    )
     assert line == (
         f"altclip-push: cannot reach the Hub at {endpoint} (ConnectError: [Errno 111] Connection refused): check "
         "--endpoint / HF_ENDPOINT and the network."
     )
-    with pytest.raises(CommandLineError, match=f"^altclip-push-space: cannot reach the Hub at {endpoint} "):
-        space_main(["someone/demo", "--model", "someone/x", "--endpoint", endpoint, "--token", TOKEN])
+    space = ["someone/demo", "--model", "someone/x", "--endpoint", endpoint, "--token", TOKEN]
+    cli.refusal(
+        space_main, *space, kind=CommandLineError, match=f"^altclip-push-space: cannot reach the Hub at {endpoint} "
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,12 +250,12 @@ def test_an_unreachable_endpoint_is_one_line(tiny_model_dir, no_stored_login, ca
         (["processor_config.json"], "processor_config.json (or preprocessor_config.json)"),
     ],
 )
-def test_a_folder_without_processor_files_names_them(tmp_path, tiny_model_dir, capsys, removed, named):
+def test_a_folder_without_processor_files_names_them(tmp_path, tiny_model_dir, cli, removed, named):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     for name in removed:
         (folder / name).unlink()
-    line = refused_line(capsys, folder, "someone/x", "--dry-run", tmp_path / "upload")
+    line = cli.refusal(main, folder, "someone/x", "--dry-run", tmp_path / "upload", kind=CommandLineError)
     assert line == (
         f"altclip-push: {folder} has no {named}: copy the tokenizer and image-processor files from the model it was "
         "trained from, or save them there with AltCLIPProcessor.save_pretrained."

@@ -123,30 +123,33 @@ def test_the_same_seed_gives_the_same_weights_and_scores_and_another_seed_does_n
         ("stage2_validation", ["--learning_rates", "1e-3", "nan"], "stage2_validation: argument --learning_rates: nan"),
     ],
 )
-def test_bad_numbers_are_one_line_before_anything_runs(module, argv, message, monkeypatch, capsys, tmp_path):
+def test_bad_numbers_are_one_line_before_anything_runs(module, argv, message, monkeypatch, cli, tmp_path):
     import importlib
     import sys
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [module, *argv])
     main = importlib.import_module(f"altclip.reproduction.{module}").main
-    with pytest.raises(SystemExit):
-        main(argv) if module in ("run", "finetune_demonstration") else main()
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(message), lines
+    line = cli.call_refusal(
+        lambda: main(argv) if module in ("run", "finetune_demonstration") else main(), only_line=True
+    )
+    assert line.startswith(message), line
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_reports_that_are_not_stage2_validation_s_are_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "content, expected",
+    [("{bad", "is not JSON"), ('{"runs": 3}', "lack what stage2_validation writes")],
+    ids=["not JSON", "another report"],
+)
+def test_reports_that_are_not_stage2_validation_s_are_one_line(tmp_path, monkeypatch, cli, content, expected):
     from altclip.reproduction import stage2_selection
 
-    (tmp_path / "bad.json").write_text("{bad")
-    (tmp_path / "other.json").write_text('{"runs": 3}')
-    for name, expected in (("bad.json", "is not JSON"), ("other.json", "lack what stage2_validation writes")):
-        argv = ["stage2_selection", str(tmp_path / name), "--output", str(tmp_path / "out.json")]
-        monkeypatch.setattr("sys.argv", argv)
-        with pytest.raises(SystemExit, match=expected):
-            stage2_selection.main()
+    (tmp_path / "report.json").write_text(content)
+    argv = ["stage2_selection", str(tmp_path / "report.json"), "--output", str(tmp_path / "out.json")]
+    monkeypatch.setattr("sys.argv", argv)
+    # status 1: stage2_selection ends with SystemExit(message), not the other commands' one-line status 2
+    cli.call_refusal(stage2_selection.main, match=expected, status=1)
     assert not (tmp_path / "out.json").exists()
 
 
@@ -162,7 +165,7 @@ def test_run_seeds_runs_one_reproduction_per_seed_side_by_side_and_names_a_faile
         run_seeds([0], tmp_path / "bad", "no-such-preset", parallel=1, cache_default=False)
 
 
-def test_a_cut_results_json_is_named_in_one_line_not_a_json_traceback(tmp_path, capsys):
+def test_a_cut_results_json_is_named_in_one_line_not_a_json_traceback(tmp_path, cli):
     from altclip.reproduction.seed_spread import main
 
     for seed in (0, 1):
@@ -170,9 +173,6 @@ def test_a_cut_results_json_is_named_in_one_line_not_a_json_traceback(tmp_path, 
         (tmp_path / f"seed-{seed}" / "results.json").write_text(json.dumps(run_report(seed, 9.0, 8.0)))
     cut = tmp_path / "seed-1" / "results.json"
     cut.write_text(cut.read_text()[:40])
-    with pytest.raises(SystemExit) as refusal:
-        main(["--seeds", "0", "1", "--summarise_only", "--output_dir", str(tmp_path)])
-    assert refusal.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"seed_spread: {cut} is not readable JSON"), lines
-    assert "Run that seed again" in lines[0] and not (tmp_path / "spread.json").exists()
+    line = cli.refusal(main, "--seeds", "0", "1", "--summarise_only", "--output_dir", tmp_path, only_line=True)
+    assert line.startswith(f"seed_spread: {cut} is not readable JSON"), line
+    assert "Run that seed again" in line and not (tmp_path / "spread.json").exists()

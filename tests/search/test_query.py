@@ -2,21 +2,20 @@
 measured recall, and every bad input as one line."""
 
 import json
+from types import SimpleNamespace
 
 import faiss
 import numpy as np
 import pyarrow
 import pytest
-import torch
 import torch.nn.functional as F
 from index_builds import build_flags
-from tiny_models import random_images, tiny_config
+from tiny_models import random_images
 
 from altclip.common.collection_index import Index
 from altclip.search.build import gather_embeddings
 from altclip.search.cli import index_main, search_main
 from altclip.search.vector_index import build_faiss_index, choose_index
-from modeling_altclip import AltCLIPModel
 
 
 @pytest.fixture(scope="module")
@@ -80,53 +79,86 @@ def test_approximate_index_reaches_its_recall_and_is_memory_mapped(tmp_path):
     assert np.array_equal(mapped.search(vectors[:5], 3)[1], index.search(vectors[:5], 3)[1])
 
 
-def fails_with(main, argv, capsys, *expected: str):
-    with pytest.raises(SystemExit) as raised:
-        main(argv)
-    assert raised.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert "Traceback" not in "\n".join(lines)
-    for text in expected:
-        assert text in lines[-1], lines[-1]
-
-
 @pytest.fixture(scope="module")
-def other_model_dir(tmp_path_factory, processor):
+def other_model_dir(tmp_path_factory, save_tiny_model):
     """Another model of 8 dimensions."""
-    torch.manual_seed(1)
-    config = tiny_config()
-    config.projection_dim = 8
-    path = tmp_path_factory.mktemp("other_model")
-    AltCLIPModel(config).save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("other_model"), seed=1, projection_dim=8)
 
 
-def test_bad_input_is_one_line(tmp_path, fresh_index, tiny_model_dir, other_model_dir, collection, capsys):
-    # an index built by another model: both named
-    fails_with(search_main, [str(fresh_index), "x", "--model", str(other_model_dir)], capsys,
-               f"built by {tiny_model_dir}", f"not by {other_model_dir}")  # fmt: skip
-    # a dimension mismatch on --add (of an image the index does not hold yet)
-    (tmp_path / "new").mkdir()
-    random_images(1, seed=8)[0].save(tmp_path / "new" / "new.png")
-    fails_with(index_main, [*build_flags(other_model_dir, fresh_index, tmp_path / "new"), "--add"], capsys,
-               "embeds in 8 dimensions", "holds 16")  # fmt: skip
-    # an empty collection
-    (tmp_path / "empty").mkdir()
-    fails_with(index_main, build_flags(tiny_model_dir, tmp_path / "out", tmp_path / "empty"), capsys, "no image found")
-    # an existing index is not overwritten
-    fails_with(index_main, build_flags(tiny_model_dir, fresh_index, collection["table"]), capsys, "already holds")
-    # a corrupt shard, a corrupt manifest: named
-    broken = tmp_path / "broken"
-    index_main(build_flags(tiny_model_dir, broken, collection["table"]))
+# Each bad input: (setup, whose argument is the test's `SimpleNamespace` of folders, returning the command, its
+# argv and the texts its one-line error holds).
+def another_model(given):  # an index built by another model: both named
+    argv = [given.index, "x", "--model", given.other_model]
+    return search_main, argv, [f"built by {given.model}", f"not by {given.other_model}"]
+
+
+def a_dimension_mismatch_on_add(given):  # of an image the index does not hold yet
+    (given.tmp_path / "new").mkdir()
+    random_images(1, seed=8)[0].save(given.tmp_path / "new" / "new.png")
+    argv = [*build_flags(given.other_model, given.index, given.tmp_path / "new"), "--add"]
+    return index_main, argv, ["embeds in 8 dimensions", "holds 16"]
+
+
+def an_empty_collection(given):
+    (given.tmp_path / "empty").mkdir()
+    return index_main, build_flags(given.model, given.tmp_path / "out", given.tmp_path / "empty"), ["no image found"]
+
+
+def an_existing_index(given):  # is not overwritten
+    return index_main, build_flags(given.model, given.index, given.collection["table"]), ["already holds"]
+
+
+def built_elsewhere(given):
+    broken = given.tmp_path / "broken"
+    index_main(build_flags(given.model, broken, given.collection["table"]))
+    return broken
+
+
+def a_corrupt_shard(given):
+    broken = built_elsewhere(given)
     shard = broken / "parts" / "part-00000.npy"
     shard.write_bytes(shard.read_bytes()[:100])
-    fails_with(index_main, ["remove", str(broken), "--ids", "0"], capsys, f"{shard}: corrupt embedding shard")
+    return index_main, ["remove", broken, "--ids", "0"], [f"{shard}: corrupt embedding shard"]
+
+
+def a_corrupt_manifest(given):
+    broken = built_elsewhere(given)
     (broken / "manifest.json").write_text('{"format": 1, "model"')
-    fails_with(search_main, [str(broken), "x"], capsys, f"{broken / 'manifest.json'}: corrupt manifest")
-    fails_with(index_main, ["remove", str(fresh_index), "--ids", "99"], capsys, "no image with id 99")
-    fails_with(search_main, [str(fresh_index), "x", "--image", str(tmp_path / "none.png")], capsys, "no such file")
-    fails_with(search_main, [str(tmp_path / "nowhere"), "x"], capsys, "no such index folder")
+    return search_main, [broken, "x"], [f"{broken / 'manifest.json'}: corrupt manifest"]
+
+
+def an_unknown_id(given):
+    return index_main, ["remove", given.index, "--ids", "99"], ["no image with id 99"]
+
+
+def a_missing_query_image(given):
+    return search_main, [given.index, "x", "--image", given.tmp_path / "none.png"], ["no such file"]
+
+
+def a_missing_index(given):
+    return search_main, [given.tmp_path / "nowhere", "x"], ["no such index folder"]
+
+
+BAD_INPUT = [
+    another_model,
+    a_dimension_mismatch_on_add,
+    an_empty_collection,
+    an_existing_index,
+    a_corrupt_shard,
+    a_corrupt_manifest,
+    an_unknown_id,
+    a_missing_query_image,
+    a_missing_index,
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=[case.__name__ for case in BAD_INPUT])
+def test_bad_input_is_one_line(case, cli, tmp_path, fresh_index, tiny_model_dir, other_model_dir, collection):
+    given = SimpleNamespace(
+        tmp_path=tmp_path, index=fresh_index, model=tiny_model_dir, other_model=other_model_dir, collection=collection
+    )
+    main, argv, expected = case(given)
+    cli.refusal(main, *argv, contains=expected)
 
 
 def test_query_vectors_are_normalised_sums(index):

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from index_builds import build_flags
-from ports import free_port, serving
+from ports import free_port
 from stage_runs import torchrun_env
 from tiny_models import random_images
 
@@ -55,13 +55,13 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, fresh_index, tiny_model_dir, collection):
+def served(tmp_path_factory, fresh_index, tiny_model_dir, collection, file_server):
     """A copy of the fresh index served as ``photos``, the Python API over the same folder, and image URLs."""
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(fresh_index, root / "index")
     shutil.copytree(fresh_index, root / "again")
     process, url = start_server(root, f"photos={root / 'index'}", str(root / "again"))  # named, and by folder name
-    with serving(collection["root"]) as images_url:
+    with file_server.serving(collection["root"]) as images_url:
         yield {
             "url": url,
             "client": Client(url),
@@ -155,7 +155,9 @@ CLIENTS, BEFORE, AFTER, DURING_AT_MOST = 32, 3, 3, 20
 
 
 @pytest.mark.slow
-def test_32_concurrent_clients_with_an_add_in_the_middle(tmp_path, fresh_index, tiny_model_dir, collection):
+def test_32_concurrent_clients_with_an_add_in_the_middle(
+    tmp_path, fresh_index, tiny_model_dir, collection, file_server
+):
     """Every answer equals the Python API's on the version it reports; none fails; the add is served once
     published, without a restart."""
     shutil.copytree(fresh_index, tmp_path / "index")
@@ -208,7 +210,7 @@ def test_32_concurrent_clients_with_an_add_in_the_middle(tmp_path, fresh_index, 
             for _ in range(AFTER):
                 ask("after")
 
-    with serving(collection["folder"]) as images_url:
+    with file_server.serving(collection["folder"]) as images_url:
         try:
             with ThreadPoolExecutor(CLIENTS) as pool:
                 running = [pool.submit(client_run, number) for number in range(CLIENTS)]

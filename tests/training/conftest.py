@@ -1,4 +1,5 @@
-"""Fixtures of the training tests: the toy setup (tiny CLIP, tiny XLM-R, shapes data) and a CLI runner."""
+"""Fixtures of the training tests: the toy setup (tiny CLIP, tiny XLM-R, shapes data) and the stage-1 models trained
+on it. (Stage runs are in stage_runs.py; the command runner of the one-line-error tests is conftest.py's `cli`.)"""
 
 from pathlib import Path
 

@@ -109,7 +109,6 @@ def test_the_guard_names_each_known_language_that_dropped_beyond_the_threshold()
         (["--language", "zh", "--known_languages", "en", "--max_drop", "-1"], "--max_drop must be 0 or more"),
     ],
 )
-def test_add_language_flags_that_cannot_work_are_refused(tmp_path, toy, extra, message):
+def test_add_language_flags_that_cannot_work_are_refused(tmp_path, toy, cli, extra, message):
     argv = ["add-language", "--model_name_or_path", "x/y", "--zeroshot_data_dir", str(tmp_path), *extra]
-    with pytest.raises(SystemExit, match=message):
-        train_main([*argv, "--output_dir", str(tmp_path / "out")])
+    cli.refusal(train_main, *argv, "--output_dir", tmp_path / "out", match=message)

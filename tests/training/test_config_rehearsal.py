@@ -25,7 +25,7 @@ from pathlib import Path
 import datasets
 import pytest
 import yaml
-from ports import free_port, serving
+from ports import free_port
 from stage_runs import REPO, torchrun_env
 
 from altclip.common.config_files import beside_config
@@ -35,15 +35,6 @@ CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
 CPU_OFF = {"bf16": False, "report_to": "none"}
 NOT_ON_CPU = ("fsdp", "fsdp_config")
 TOY_STEPS = 6
-
-
-@pytest.fixture
-def served(tmp_path):
-    """An HTTP server on 127.0.0.1 for the Hub/https/s3-style sources: (folder, base URL)."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    with serving(folder) as base:
-        yield folder, base
 
 
 def copy_shards(toy, folder: Path, count: int) -> None:
@@ -58,9 +49,9 @@ def copy_shards(toy, folder: Path, count: int) -> None:
     (folder / "sizes.json").write_text(json.dumps(sizes))
 
 
-def local_source(spec: str, toy, work: Path, served) -> str:
+def local_source(spec: str, toy, work: Path, served_folder) -> str:
     """A local source of the same kind as `spec`, braces and globs kept (see the module doc, (b))."""
-    folder, base = served
+    folder, base = served_folder
     if spec.startswith("pipe:"):  # pipe:aws s3 cp s3://bucket/NAME/{a..b}.tar -  ->  pipe:cat WORK/NAME/{0..7}.tar
         name = spec.split("s3://", 1)[1].split("/")[1]
         copy_shards(toy, work / name, 8)
@@ -86,7 +77,7 @@ def local_source(spec: str, toy, work: Path, served) -> str:
     return {"captions.jsonl": str(toy["captions"]), "parallel.jsonl": str(toy["parallel"])}[Path(spec).name]
 
 
-def rehearsal_config(path: Path, toy, teacher_model_dir, work: Path, served) -> tuple[str, dict]:
+def rehearsal_config(path: Path, toy, teacher_model_dir, work: Path, served_folder) -> tuple[str, dict]:
     """(stage, the config with (a)-(d) applied)."""
     config = yaml.safe_load(path.read_text())
     stage = "teacher" if "clip_model_name_or_path" in config else "contrastive"
@@ -94,7 +85,7 @@ def rehearsal_config(path: Path, toy, teacher_model_dir, work: Path, served) -> 
         config["clip_model_name_or_path"], config["text_encoder_name_or_path"] = str(toy["clip"]), str(toy["xlmr"])
     else:
         config["model_name_or_path"] = str(teacher_model_dir)
-    config["train_files"] = [local_source(spec, toy, work, served) for spec in config["train_files"]]
+    config["train_files"] = [local_source(spec, toy, work, served_folder) for spec in config["train_files"]]
     if isinstance(config.get("deepspeed"), str):  # written beside the shipped config, which the test rewrites
         config["deepspeed"] = beside_config(str(path), config["deepspeed"])
     config.update({key: value for key, value in CPU_OFF.items() if key in config or key == "report_to"})
@@ -109,10 +100,12 @@ def rehearsal_config(path: Path, toy, teacher_model_dir, work: Path, served) -> 
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])
-def test_shipped_config_runs_on_two_cpu_processes_as_planned(path, tmp_path, toy, teacher_model_dir, served, capsys):
+def test_shipped_config_runs_on_two_cpu_processes_as_planned(
+    path, tmp_path, toy, teacher_model_dir, served_folder, capsys
+):
     work = tmp_path / "work"
     work.mkdir()
-    stage, config = rehearsal_config(path, toy, teacher_model_dir, work, served)
+    stage, config = rehearsal_config(path, toy, teacher_model_dir, work, served_folder)
     rehearsed = work / path.name
     rehearsed.write_text(yaml.safe_dump(config))
     train_main(["plan", "--stage", stage, "--config", str(rehearsed), "--world_size", "2", "--format", "json"])

@@ -6,9 +6,8 @@ import csv
 import io
 
 import pytest
-from stage_runs import run_stage, toy_teacher_inputs
+from stage_runs import stage_refusal, toy_teacher_inputs
 
-from altclip.common.cli_errors import CommandLineError
 from altclip.common.errors import InputDataError
 from altclip.common.records import Record, iter_records
 
@@ -31,7 +30,7 @@ def csv_bytes(encoding: str) -> bytes:
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "cp1252"])
-def test_a_table_in_another_encoding_is_refused_before_models_load(capsys, tmp_path, toy, monkeypatch, encoding):
+def test_a_table_in_another_encoding_is_refused_before_models_load(cli, tmp_path, toy, monkeypatch, encoding):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the table's encoding was checked")
 
@@ -39,10 +38,7 @@ def test_a_table_in_another_encoding_is_refused_before_models_load(capsys, tmp_p
     table = tmp_path / "parallel.csv"
     table.write_bytes(csv_bytes(encoding))
     flags = [*toy_teacher_inputs(toy)[:4], "--train_files", str(table), "--max_steps", "1"]
-    with pytest.raises(CommandLineError) as refusal:
-        run_stage("teacher", tmp_path / "out", *flags)
-    message = str(refusal.value)
-    assert refusal.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == message
+    message = stage_refusal(cli, "teacher", tmp_path / "out", *flags)
     assert message.startswith(f"altclip-train: {table}:3: not UTF-8 (byte 0xe9;")  # line 3: "carré"
     assert "iconv -f LATIN1 -t UTF-8 parallel.csv > utf8-parallel.csv" in message
 

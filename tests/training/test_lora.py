@@ -14,7 +14,14 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from stage_runs import kill_after_checkpoint, run_stage, shapes_image_folder, torchrun, torchrun_command
+from stage_runs import (
+    kill_after_checkpoint,
+    run_stage,
+    shapes_image_folder,
+    stage_refusal,
+    torchrun,
+    torchrun_command,
+)
 from tiny_models import tiny_config
 
 from altclip.common.adapters import is_adapter_folder, load_altclip, processor_source
@@ -298,13 +305,11 @@ def test_lora_resumed_after_sigkill_equals_the_uninterrupted_run(tmp_path, toy, 
         (["--wise_ft_alpha", "0.5", "--wise_ft_sweep", "0,1"], "not both"),
     ],
 )
-def test_fine_tuning_flags_that_cannot_work_are_refused_before_loading(tmp_path, toy, extra, message):
+def test_fine_tuning_flags_that_cannot_work_are_refused_before_loading(tmp_path, toy, cli, extra, message):
     flags = lora_flags(tmp_path / "nowhere-yet", toy, "--max_steps", "1", *extra)
-    with pytest.raises(SystemExit, match=message):
-        run_stage("contrastive", tmp_path / "out", *flags)
+    stage_refusal(cli, "contrastive", tmp_path / "out", *flags, match=message)
 
 
-def test_merge_adapter_without_an_adapter_is_refused(tmp_path, toy):
+def test_merge_adapter_without_an_adapter_is_refused(tmp_path, toy, cli):
     flags = ["--model_name_or_path", "x/y", "--train_files", str(toy["captions"]), "--merge_adapter", "true"]
-    with pytest.raises(SystemExit, match="--merge_adapter true needs an adapter"):
-        run_stage("contrastive", tmp_path / "out", *flags)
+    stage_refusal(cli, "contrastive", tmp_path / "out", *flags, match="--merge_adapter true needs an adapter")

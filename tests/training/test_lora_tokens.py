@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runs import run_stage, shapes_image_folder
+from stage_runs import run_stage, shapes_image_folder, stage_refusal
 
 from altclip.common.adapters import adapter_base_model, load_altclip
 from altclip.evaluation.cli import main as eval_main
@@ -118,18 +118,20 @@ def flags(toy, *extra: str) -> list[str]:
         (["--lora_r", "4", "--lora_targets", "vision", "--lora_trainable_tokens", "5"], "text token embeddings"),
     ],
 )
-def test_lora_flags_that_would_do_nothing_or_something_else_are_refused(tmp_path, toy, extra, message):
-    with pytest.raises(SystemExit, match=message):
-        run_stage("contrastive", tmp_path / "out", *flags(toy, *extra))
+def test_lora_flags_that_would_do_nothing_or_something_else_are_refused(tmp_path, toy, cli, extra, message):
+    stage_refusal(cli, "contrastive", tmp_path / "out", *flags(toy, *extra), match=message)
     assert not (tmp_path / "out").exists()  # refused before the run wrote anything
 
 
-def test_wise_ft_metric_of_a_language_not_scored_is_refused_at_start(tmp_path, toy):
+@pytest.mark.parametrize(
+    "metric, message",
+    [
+        ("zeroshot/image_folder/de/top1", "names language 'de', which is not scored"),
+        ("zeroshot/cifar10/en/top1", "a zero-shot score reads like zeroshot/image_folder/en/top1"),
+    ],
+    ids=["a language not scored", "another dataset"],
+)
+def test_a_wise_ft_metric_that_is_not_scored_is_refused_at_start(tmp_path, toy, cli, metric, message):
     folder = shapes_image_folder(toy, tmp_path / "shapes")
     extra = ["--zeroshot_data_dir", str(folder), "--zeroshot_languages", "en", "--wise_ft_sweep", "0,1"]
-    with pytest.raises(SystemExit, match="names language 'de', which is not scored"):
-        run_stage(
-            "contrastive", tmp_path / "out", *flags(toy, *extra, "--wise_ft_metric", "zeroshot/image_folder/de/top1")
-        )
-    with pytest.raises(SystemExit, match="a zero-shot score reads like zeroshot/image_folder/en/top1"):
-        run_stage("contrastive", tmp_path / "out", *flags(toy, *extra, "--wise_ft_metric", "zeroshot/cifar10/en/top1"))
+    stage_refusal(cli, "contrastive", tmp_path / "out", *flags(toy, *extra, "--wise_ft_metric", metric), match=message)

@@ -82,17 +82,16 @@ def test_plan_of_toy_shards_reports_readers_steps_batches_and_memory(toy, teache
     assert report["model"]["backend"] == "ddp" and memory["weights"] == 4 * report["model"]["parameters"]["total"]
 
 
-def test_a_plan_that_leaves_readers_without_samples_is_refused_in_one_line(tmp_path, toy, teacher_model_dir, capsys):
+def test_a_plan_that_leaves_readers_without_samples_is_refused_in_one_line(tmp_path, toy, teacher_model_dir, cli):
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(Path(toy["shards"]).parent / "shard-0000.tar", one)
-    with pytest.raises(SystemExit) as refused:
-        train_main(
-            ["plan", "--model_name_or_path", str(teacher_model_dir), "--train_files", str(one / "shard-0000.tar"),
-             "--dataloader_num_workers", "8", "--world_size", "4", "--data_cache_dir", str(tmp_path / "cache")]
-        )  # fmt: skip
-    message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert refused.value.code == 2 and "for 32 readers" in message and "fewer --dataloader_num_workers" in message
+    cli.refusal(
+        train_main,
+        "plan", "--model_name_or_path", teacher_model_dir, "--train_files", one / "shard-0000.tar",
+        "--dataloader_num_workers", "8", "--world_size", "4", "--data_cache_dir", tmp_path / "cache",
+        contains=["for 32 readers", "fewer --dataloader_num_workers"],
+    )  # fmt: skip
 
 
 def test_the_shipped_8_gpu_config_plans_from_sizes_given_without_any_download(capsys, monkeypatch):

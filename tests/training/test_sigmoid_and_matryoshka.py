@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ports import free_port
-from stage_runs import run_stage, torchrun_env
+from stage_runs import stage_refusal, torchrun_env
 
-from altclip.common.cli_errors import CommandLineError
 from altclip.common.errors import UsageError
 from altclip.training.loop.contrastive_objective import (
     add_logit_bias,
@@ -128,13 +127,6 @@ def test_logit_bias_is_added_once_recorded_and_saved(tmp_path, tiny_model):
     assert AltCLIPModel.from_pretrained(tmp_path / "plain").logit_bias is None
 
 
-def refused(capsys, tmp_path, *flags: str) -> str:
-    with pytest.raises(CommandLineError) as refusal:
-        run_stage("contrastive", tmp_path / "out", *flags)
-    assert refusal.value.code == 2 and "Traceback" not in capsys.readouterr().err
-    return str(refusal.value)
-
-
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -145,11 +137,11 @@ def refused(capsys, tmp_path, *flags: str) -> str:
         (("--language_sampling_alpha", "2"), "--language_sampling_alpha 2.0: give a value in 0..1"),
     ],
 )
-def test_objective_and_balancing_flags_are_one_line_before_loading(capsys, tmp_path, toy, monkeypatch, flags, message):
+def test_objective_and_balancing_flags_are_one_line_before_loading(cli, tmp_path, toy, monkeypatch, flags, message):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the flags were checked")
 
     monkeypatch.setattr("altclip.training.stages.load_or_build_model", no_model)
     models = ("--clip_model_name_or_path", str(toy["clip"]), "--text_encoder_name_or_path", str(toy["xlmr"]))
     flags = (*models, "--train_files", str(toy["captions"]), *flags)
-    assert message in refused(capsys, tmp_path, *flags)
+    assert message in stage_refusal(cli, "contrastive", tmp_path / "out", *flags)

@@ -2,14 +2,13 @@
 
 import json
 import math
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runs import logged_losses, run_stage, shapes_image_folder, teacher_flags
+from stage_runs import logged_losses, run_stage, shapes_image_folder, stage_refusal, teacher_flags
 from transformers import AutoModel, CLIPModel
 
 from altclip.common.config_files import config_file_to_flags, expand_config
@@ -322,11 +321,9 @@ ZERO_SHOT_REFUSALS = [
     "flags, message", ZERO_SHOT_REFUSALS, ids=["no-folder", "other-dataset", "missing-language", "eval-flag"]
 )
 def test_zero_shot_during_training_refuses_what_it_cannot_score_before_models_load(
-    tmp_path, toy, teacher_model_dir, capsys, flags, message
+    tmp_path, toy, teacher_model_dir, cli, flags, message
 ):
     folder = shapes_image_folder(toy, tmp_path / "shapes")
     given = contrastive_flags(teacher_model_dir, toy, "--zeroshot_steps", "2", "--zeroshot_data_dir", str(folder))
-    with pytest.raises(SystemExit, match=message) as refused:
-        run_stage("contrastive", tmp_path / "out", *given, *flags)
-    assert refused.value.code == 2 and re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
+    stage_refusal(cli, "contrastive", tmp_path / "out", *given, *flags, match=message)
     assert not (tmp_path / "out").exists()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import datasets
 import pytest
-from ports import serving
 from stage_runs import (
     kill_after_checkpoint,
     run_stage,
+    stage_refusal,
     torchrun,
     torchrun_command,
     toy_teacher_inputs,
@@ -82,22 +82,13 @@ def test_teacher_two_processes_two_workers_train_every_sentence_once(tmp_path, t
     assert trained_keys(tmp_path) == expected
 
 
-@pytest.fixture
-def http_root(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving a folder: (folder, base URL)."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    with serving(folder) as base:
-        yield folder, base
-
-
 def stream(spec: str, processor, **kwargs) -> ShardStream:
     decode = PairDecoder(processor.image_processor)
     return ShardStream(parse_sources([spec]), partial(decode_shard_sample, decode=decode), **kwargs)
 
 
-def test_shards_and_tables_over_http_and_globs(http_root, toy, teacher_model_dir):
-    folder, base = http_root
+def test_shards_and_tables_over_http_and_globs(served_folder, toy, teacher_model_dir):
+    folder, base = served_folder
     shutil.copytree(Path(toy["shards"]).parent, folder / "shards")
     shutil.copy(toy["parallel"], folder / "parallel.jsonl")
     processor = AltCLIPProcessor.from_pretrained(teacher_model_dir)
@@ -111,8 +102,8 @@ def test_shards_and_tables_over_http_and_globs(http_root, toy, teacher_model_dir
     assert len(table) == 72 + 18 and table[0]["key"] == f"{base}/parallel.jsonl:1"
 
 
-def test_remote_shards_without_sizes_json_are_refused_with_a_message(http_root, toy):
-    folder, base = http_root
+def test_remote_shards_without_sizes_json_are_refused_with_a_message(served_folder, toy):
+    folder, base = served_folder
     shutil.copy(Path(toy["shards"]).parent / "shard-0000.tar", folder / "shard-0000.tar")
     with pytest.raises(Exception, match="no sizes.json beside the remote shards"):
         ShardStream(parse_sources([f"{base}/shard-0000.tar"]), dict, batch_size=4)
@@ -250,25 +241,43 @@ def test_shards_as_validation_data_are_refused_before_models_load(tmp_path, toy)
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
-def test_a_table_without_the_columns_is_one_line_before_any_model_loads(tmp_path, toy, suffix):
-    """The model path does not exist: had the models loaded first, the error would be about it instead."""
-    table = tmp_path / f"pairs.{suffix}"
-    rows = [{"en": "a cat", "de": "eine Katze"}]
-    if suffix == "jsonl":
-        table.write_text(json.dumps(rows[0]) + "\n")
-    else:
-        datasets.Dataset.from_list(rows).to_parquet(table)
-    with pytest.raises(SystemExit, match=rf"^altclip-train: {table}(:1)?: .*lacks column|missing column") as error:
-        run_stage(
-            "teacher", tmp_path / "out", "--clip_model_name_or_path", str(tmp_path / "no-such-clip"),
+# Tables altclip-train refuses in one line before any model loads: each case writes the table and returns the flags
+# and what the line holds.
+def table_without_the_columns(suffix):
+    def case(tmp_path, toy):
+        """The model path does not exist: had the models loaded first, the error would be about it instead."""
+        table = tmp_path / f"pairs.{suffix}"
+        rows = [{"en": "a cat", "de": "eine Katze"}]
+        if suffix == "jsonl":
+            table.write_text(json.dumps(rows[0]) + "\n")
+        else:
+            datasets.Dataset.from_list(rows).to_parquet(table)
+        flags = [
+            "--clip_model_name_or_path", str(tmp_path / "no-such-clip"),
             "--text_encoder_name_or_path", str(tmp_path / "no-such-xlmr"), "--train_files", str(table),
-        )  # fmt: skip
-    assert "english, translation" in str(error.value) and "\n" not in str(error.value)
+        ]  # fmt: skip
+        expected = dict(match=rf"^altclip-train: {table}(:1)?: .*lacks column|missing column")
+        return flags, {**expected, "contains": ["english, translation"]}
+
+    case.__name__ = f"a_{suffix}_table_without_the_columns"
+    return case
 
 
-def test_a_table_without_one_usable_pair_is_one_line_not_a_traceback(tmp_path, toy):
+def a_table_without_one_usable_pair(tmp_path, toy):
     table = tmp_path / "empty.jsonl"
     table.write_text('{"english": "a cat", "translation": " "}\n')
-    with pytest.raises(SystemExit, match=r"^altclip-train: .*empty\.jsonl holds no usable \(english, translation\)"):
-        run_stage("teacher", tmp_path / "out", *toy_teacher_inputs(toy)[:4], "--train_files", str(table))
+    flags = [*toy_teacher_inputs(toy)[:4], "--train_files", str(table)]
+    return flags, dict(match=r"^altclip-train: .*empty\.jsonl holds no usable \(english, translation\)")
+
+
+UNUSABLE_TABLES = [
+    table_without_the_columns("jsonl"),
+    table_without_the_columns("parquet"),
+    a_table_without_one_usable_pair,
+]
+
+
+@pytest.mark.parametrize("case", UNUSABLE_TABLES, ids=[case.__name__ for case in UNUSABLE_TABLES])
+def test_an_unusable_table_is_one_line_before_any_model_loads(case, tmp_path, toy, cli):
+    flags, expected = case(tmp_path, toy)
+    stage_refusal(cli, "teacher", tmp_path / "out", *flags, **expected)
