@@ -142,14 +142,12 @@ def test_bad_numbers_are_one_line_before_anything_runs(module, argv, message, mo
     [("{bad", "is not JSON"), ('{"runs": 3}', "lack what stage2_validation writes")],
     ids=["not JSON", "another report"],
 )
-def test_reports_that_are_not_stage2_validation_s_are_one_line(tmp_path, monkeypatch, cli, content, expected):
+def test_reports_that_are_not_stage2_validation_s_are_one_line(tmp_path, cli, content, expected):
     from altclip.reproduction import stage2_selection
 
     (tmp_path / "report.json").write_text(content)
-    argv = ["stage2_selection", str(tmp_path / "report.json"), "--output", str(tmp_path / "out.json")]
-    monkeypatch.setattr("sys.argv", argv)
-    # status 1: stage2_selection ends with SystemExit(message), not the other commands' one-line status 2
-    cli.call_refusal(stage2_selection.main, match=expected, status=1)
+    argv = [str(tmp_path / "report.json"), "--output", str(tmp_path / "out.json")]
+    cli.call_refusal(lambda: stage2_selection.main(argv), match=expected)
     assert not (tmp_path / "out.json").exists()
 
 
