@@ -1,7 +1,8 @@
 """What a query costs at collection scale (100M-400M images), in the Python API: a deduplicated page is capped and
 deduplicated in blocks with the old results; metadata rows are found by id with a binary search and taken from the
 record batches that hold them, equal to pyarrow's filter and take; the metadata table is memory-mapped from the
-version's ``metadata.arrow``, not decoded into each process's memory."""
+version's ``metadata.arrow``, not decoded into each process's memory. And for the build: recall's ground truth is
+searched without copying every vector into a FAISS index."""
 
 import numpy as np
 import pyarrow
@@ -20,6 +21,7 @@ from altclip.common.collection_index import (
 from altclip.common.errors import UsageError
 from altclip.common.index_folder import METADATA_ARROW, files_folder, read_metadata
 from altclip.search.build import IndexSettings, index_from_vectors, remove_ids
+from altclip.search.vector_index import exact_neighbours
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -130,3 +132,21 @@ def test_the_metadata_is_memory_mapped_and_every_version_writes_it(duplicated, t
     remove_ids(copy, [1])  # a new version: its own metadata.arrow, without id 1
     removed = read_metadata(files_folder(copy, read_manifest(copy)))
     assert removed.column("id").to_pylist() == [0, 2, 3] and removed.num_rows == Index.load(copy).metadata.num_rows
+
+
+def test_recalls_ground_truth_is_faiss_exact_search_without_a_copy_of_the_vectors(monkeypatch):
+    import faiss
+
+    rng = np.random.default_rng(4)
+    vectors = unit(rng.normal(size=(20_000, 32)))
+    vectors[7], vectors[100:140] = vectors[3], vectors[50]  # ties: FAISS's order, whichever it is
+    queries = np.concatenate([vectors[[3, 50]], unit(rng.normal(size=(200, 32)))])
+    flat = faiss.IndexFlatIP(32)
+    flat.add(vectors)
+    expected = flat.search(queries, 11)[1]
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("every vector copied into a FAISS index (307 GB more at 100M x 768)")
+
+    monkeypatch.setattr(faiss.IndexFlatIP, "add", no_copy)
+    assert np.array_equal(exact_neighbours(vectors, queries, 11), expected)
