@@ -10,5 +10,6 @@ python benchmarks/training_throughput.py --lora --steps 4 --batch_size 32
 python benchmarks/data_throughput.py
 python benchmarks/search.py
 python benchmarks/search_service.py
+python benchmarks/search_scale.py
 # last, so that everything above is written first: exit status 1 if the default path lost to the reference here
 python benchmarks/default_path_check.py --remeasure_kernel

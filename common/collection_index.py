@@ -8,6 +8,7 @@ another; building, adding and removing stay in ``altclip.search``. One `Index` i
 
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
 from .index_folder import (  # noqa: F401  (re-exported: the names readers and writers use)
     EXACT_VECTORS,
     FORMAT_VERSION,
     INDEX_FILE,
     MANIFEST,
     METADATA,
+    METADATA_ARROW,
     METADATA_COLUMNS,
     PARTS,
     SKIPPED,
@@ -37,6 +40,48 @@ from .index_folder import (  # noqa: F401  (re-exported: the names readers and w
 logger = logging.getLogger(__name__)
 
 DEDUPLICATE_THRESHOLD = 0.96  # cosine above which two results count as the same picture (resized, re-encoded)
+# offset + k of a deduplicated search: its candidates (4x that, up to 64x when duplicates abound) are read from the
+# parts and compared with the results kept before them, in the one thread that answers every query of a server;
+# benchmarks/search_scale.py measures the cost at this cap (1.3 s on one thread in the worst case)
+MAX_DEDUPLICATED = 1_000
+DEDUPLICATE_BLOCK = 256  # candidates compared per matrix product
+
+
+def greedy_deduplicate(
+    read, count: int, threshold: float, wanted: int | None = None, block: int = DEDUPLICATE_BLOCK
+) -> tuple[np.ndarray, int]:
+    """(positions kept, candidates examined) of `count` candidates, best first, each kept unless its cosine with one
+    kept before it is `threshold` or more: the greedy order, stopping once `wanted` are kept.
+
+    `read(start, stop)` gives the unit float32 vectors of candidates `start` to `stop`; they are read and compared a
+    block at a time: one matrix product of the block with the kept vectors (a preallocated matrix, filled as results
+    are kept), one within the block, then the greedy pass over the block's scores. Equal to comparing each candidate
+    with every kept one in turn (``tests/common/test_deduplication.py``), without that loop's copy of the kept vectors
+    per candidate (quadratic: 5.4 s at 4,000 candidates of 768 dimensions, against 0.22 s; search_scale.py)."""
+    wanted = count if wanted is None else min(wanted, count)
+    kept_positions = np.empty(wanted, np.int64)
+    kept_vectors: np.ndarray | None = None
+    kept = 0
+    for start in range(0, count, block):
+        if kept == wanted:
+            return kept_positions[:kept], start
+        vectors = np.ascontiguousarray(read(start, min(count, start + block)), dtype=np.float32)
+        if kept_vectors is None:
+            kept_vectors = np.empty((wanted, vectors.shape[1]), np.float32)
+        alive = np.ones(len(vectors), bool)
+        for first in range(0, kept, 4096):  # the block against the results kept so far, 4096 at a time
+            scores = vectors @ kept_vectors[first : min(kept, first + 4096)].T
+            alive &= scores.max(axis=1) < threshold
+        within = vectors @ vectors.T
+        for number in np.flatnonzero(alive):
+            if not alive[number]:  # a near-duplicate of one kept earlier in this block
+                continue
+            kept_positions[kept], kept_vectors[kept] = start + number, vectors[number]
+            kept += 1
+            if kept == wanted:
+                return kept_positions[:kept], start + number + 1
+            alive[number + 1 :] &= within[number, number + 1 :] < threshold
+    return kept_positions[:kept], count
 
 
 def weights_fingerprint(model: Any, tokenizer: Any) -> str:
@@ -97,6 +142,99 @@ def exact_top_k(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
     return scores_out, rows_out
 
 
+def increasing(values: np.ndarray, block: int = 1 << 22) -> bool:
+    """Whether `values` strictly increase, checked a block at a time (no temporary the size of the column)."""
+    for start in range(0, max(len(values) - 1, 0), block):
+        part = values[start : start + block + 1]
+        if not (part[1:] > part[:-1]).all():
+            return False
+    return True
+
+
+def record_batches(table) -> tuple[list, np.ndarray]:
+    """(the non-empty record batches of a pyarrow `table`, the first row of each): what `take_rows` reads from."""
+    batches = [batch for batch in table.to_batches() if batch.num_rows]
+    return batches, np.cumsum([0, *(batch.num_rows for batch in batches)])
+
+
+def take_rows(table, rows: Sequence[int] | np.ndarray, batches: tuple[list, np.ndarray] | None = None):
+    """The rows `rows` of a pyarrow `table`, in that order, taken from each record batch that holds some
+    (`batches`: the `record_batches` of the table or of some of its columns, when kept).
+
+    pyarrow's ``Table.take`` concatenates each column's chunks first: a read of the whole table (0.13 s for a page of
+    100 rows at 2M rows, so about 25 s at 400M; a memory-mapped table paged in whole) for every page of results."""
+    import pyarrow
+
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    batches, starts = batches or record_batches(table)
+    if not batches:
+        return table.take(pyarrow.array(rows))
+    if len(batches) == 1:
+        return pyarrow.Table.from_batches([batches[0].take(pyarrow.array(rows))])
+    if (rows < 0).any() or (rows >= starts[-1]).any():
+        raise IndexError(f"rows {rows.min()}..{rows.max()}: the table has {starts[-1]} rows.")
+    which = np.searchsorted(starts, rows, side="right") - 1
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(batches) + 1))
+    pieces = []
+    for number in np.flatnonzero(np.diff(bounds)):
+        chosen = order[bounds[number] : bounds[number + 1]]
+        pieces.append(batches[number].take(pyarrow.array(rows[chosen] - starts[number])))
+    taken = pyarrow.Table.from_batches(pieces, schema=batches[0].schema)
+    back = np.empty(len(rows), np.int64)
+    back[order] = np.arange(len(rows))
+    return taken.take(pyarrow.array(back))  # in the order asked: the pieces hold only the rows taken
+
+
+class IdColumn:
+    """The id column of a metadata table, for finding rows by id with a binary search instead of a scan.
+
+    The build numbers rows in increasing id order (``finalize`` appends new ids after the old ones, ``remove`` keeps
+    the order), so the column's chunks are searched where they are: read-only NumPy views of the (memory-mapped)
+    table, nothing copied. A table in any other order gets a sorted copy and each id's row (16 bytes a row)."""
+
+    def __init__(self, column):
+        chunks = [chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks]
+        self.starts = np.cumsum([0, *(len(chunk) for chunk in chunks)])[:-1]
+        kept = [number for number, chunk in enumerate(chunks) if len(chunk)]
+        chunks, self.starts = [chunks[number] for number in kept], self.starts[kept]
+        self.order: np.ndarray | None = None
+        in_order = all(increasing(chunk) for chunk in chunks) and all(
+            before[-1] < after[0] for before, after in zip(chunks, chunks[1:])
+        )
+        if not in_order:
+            ids = np.concatenate(chunks)
+            self.order = np.argsort(ids, kind="stable")
+            chunks, self.starts = [ids[self.order]], np.zeros(1, np.int64)
+        self.chunks = chunks
+        self.firsts = np.array([chunk[0] for chunk in chunks], np.int64)
+
+    def rows(self, ids: Sequence[int]) -> np.ndarray:
+        """The rows holding `ids` (those present, each row once), in the table's order: what a filter of the
+        column by `ids` keeps."""
+        wanted = np.unique(np.asarray([int(i) for i in ids if -(2**63) <= int(i) < 2**63], np.int64))
+        which = np.searchsorted(self.firsts, wanted, side="right") - 1
+        found = []
+        for number in np.unique(which[which >= 0]):
+            values, chunk = wanted[which == number], self.chunks[number]
+            first = np.searchsorted(chunk, values, side="left")
+            counts = np.searchsorted(chunk, values, side="right") - first
+            within = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            found.append(self.starts[number] + within)
+        rows = np.concatenate(found) if found else np.empty(0, np.int64)
+        return rows if self.order is None else np.sort(self.order[rows])
+
+
+def check_deduplicated_page(k: int, offset: int, threshold: float) -> None:
+    """`UsageError` naming the field when a deduplicated page ends past result `MAX_DEDUPLICATED`."""
+    if threshold and offset + k > MAX_DEDUPLICATED:
+        field = "k" if k > MAX_DEDUPLICATED else "offset"
+        raise UsageError(
+            f"{field}: offset + k = {offset + k} is above {MAX_DEDUPLICATED}, the most a deduplicated search pages "
+            f"through (offset {offset}, k {k}); ask for an earlier page, or search without deduplicate."
+        )
+
+
 class Index:
     """One published version of a collection index: its vectors (FAISS, memory-mapped), metadata and the model that
     answers queries.
@@ -120,6 +258,10 @@ class Index:
         self.dim = int(manifest["dim"])
         self.index_dim = int(manifest.get("index_dim", self.dim))  # Matryoshka: a prefix of each embedding
         self._parts: dict[str, np.ndarray] = {}
+        self._ids: IdColumn | None = None  # built on first use (`rows_of_ids`)
+        self._batches = record_batches(metadata)  # what `take_rows` reads the metadata's rows from
+        self._locations = record_batches(metadata.select(["part", "row"]))  # where each row's embedding is stored
+        self._ids_lock = threading.Lock()
         self._flat = flat_vectors
         if self._flat is None and manifest["index"].get("exact") and faiss_index.ntotal:  # FAISS's flat codes
             import faiss
@@ -172,6 +314,18 @@ class Index:
 
     def __len__(self) -> int:
         return self.faiss_index.ntotal
+
+    def metadata_rows(self, rows: Sequence[int] | np.ndarray):
+        """The metadata rows `rows` (pyarrow), in that order, read from the record batches holding them."""
+        return take_rows(self.metadata, rows, self._batches)
+
+    def rows_of_ids(self, ids: Sequence[int]) -> np.ndarray:
+        """The metadata rows holding `ids` (those present; in the table's order, each once): a binary search of the
+        id column (`IdColumn`, made once per loaded version), not a scan of it."""
+        with self._ids_lock:
+            if self._ids is None:
+                self._ids = IdColumn(self.metadata.column("id"))
+        return self._ids.rows(ids)
 
     @property
     def version(self) -> int:
@@ -294,23 +448,33 @@ class Index:
         return scores, rows
 
     def row_embeddings(self, rows: Sequence[int]) -> np.ndarray:
-        """The stored unit embeddings (float32, full length) of metadata `rows`, read from the memory-mapped parts."""
-        selected = self.metadata.select(["part", "row"]).take(list(rows)).to_pylist()
-        vectors = np.empty((len(selected), self.dim), np.float32)
-        for number, cell in enumerate(selected):
-            if cell["part"] not in self._parts:
-                self._parts[cell["part"]] = np.load(self.folder / PARTS / f"{cell['part']}.npy", mmap_mode="r")
-            vectors[number] = self._parts[cell["part"]][cell["row"]]
+        """The stored unit embeddings (float32, full length) of metadata `rows`, read from the memory-mapped parts
+        (one fancy-indexed read per part)."""
+        selected = take_rows(self.metadata.select(["part", "row"]), rows, self._locations)
+        vectors = np.empty((selected.num_rows, self.dim), np.float32)
+        if not selected.num_rows:
+            return vectors
+        names, which = np.unique(selected.column("part").to_numpy(zero_copy_only=False), return_inverse=True)
+        part_rows = selected.column("row").to_numpy()
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(len(names) + 1))
+        for number, name in enumerate(names):
+            where = order[bounds[number] : bounds[number + 1]]
+            if name not in self._parts:
+                self._parts[name] = np.load(self.folder / PARTS / f"{name}.npy", mmap_mode="r")
+            vectors[where] = self._parts[name][part_rows[where]]
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
-    def deduplicated(self, rows: np.ndarray, threshold: float) -> np.ndarray:
-        """`rows` (best first) without those whose embedding is within `threshold` cosine of a better one."""
-        vectors = self.row_embeddings(rows)
-        kept: list[int] = []
-        for number in range(len(rows)):
-            if not kept or float(np.max(vectors[kept] @ vectors[number])) < threshold:
-                kept.append(number)
-        return rows[kept]
+    def deduplicated(self, rows: np.ndarray, threshold: float, wanted: int | None = None) -> tuple[np.ndarray, int]:
+        """(`rows` (best first) without those whose embedding is within `threshold` cosine of a better one kept,
+        how many of `rows` were examined): `greedy_deduplicate` over the rows' stored embeddings, read a block at a
+        time, stopping once `wanted` are kept."""
+
+        def read(start: int, stop: int) -> np.ndarray:
+            return self.row_embeddings(rows[start:stop])
+
+        kept, examined = greedy_deduplicate(read, len(rows), threshold, wanted)
+        return rows[kept], examined
 
     def results(
         self,
@@ -321,17 +485,25 @@ class Index:
         notes: Sequence[Sequence[str]] | None = None,
     ) -> list[SearchResult]:
         """One `SearchResult` per query vector: results `offset` to `offset + k` of each (a page), without
-        near-duplicates (cosine above `deduplicate`, or `DEDUPLICATE_THRESHOLD` when True) if asked."""
+        near-duplicates (cosine above `deduplicate`, or `DEDUPLICATE_THRESHOLD` when True) if asked; a deduplicated
+        page ends at result `MAX_DEDUPLICATED` at most (`UsageError` beyond), and its note counts the near-duplicates
+        left out before the page's last result."""
         if k < 1 or offset < 0:
             raise CollectionIndexError(f"k must be at least 1 and offset at least 0, got k={k}, offset={offset}.")
         threshold = DEDUPLICATE_THRESHOLD if deduplicate is True else float(deduplicate or 0)
+        check_deduplicated_page(k, offset, threshold)
         vectors = self.prepare(vectors)
         wanted = offset + k
         fetch = min(len(self), wanted * 4 + 16 if threshold else wanted)
         while True:  # with deduplication: more candidates until each query has a full page (or a limit is met)
             scores, rows, search_notes = self.search_rows(vectors, fetch)
             candidates = [rows[number][rows[number] >= 0] for number in range(len(vectors))]
-            kept = [self.deduplicated(found, threshold) if threshold else found for found in candidates]
+            # each query's kept rows, and how many of its candidates were examined (all, without deduplication)
+            pairs = [
+                self.deduplicated(found, threshold, wanted) if threshold else (found, len(found))
+                for found in candidates
+            ]
+            kept, examined = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
             limit = min(len(self), max(64 * wanted, 1024))
             if not threshold or fetch >= limit or all(len(rows_kept) >= wanted for rows_kept in kept):
                 break
@@ -341,8 +513,9 @@ class Index:
             query_notes = [*(notes[number] if notes else ()), *search_notes[number]]
             found = candidates[number]
             by_row = dict(zip(found.tolist(), scores[number][: len(found)].tolist()))
-            if threshold and len(kept[number]) < len(found):
-                query_notes.append(f"{len(found) - len(kept[number])} near-duplicates (cosine ≥ {threshold}) left out.")
+            if threshold and len(kept[number]) < examined[number]:
+                left_out = examined[number] - len(kept[number])
+                query_notes.append(f"{left_out} near-duplicates (cosine ≥ {threshold}) left out.")
             found = kept[number]
             page = found[offset:wanted].tolist()
             if len(page) < min(k, len(self) - offset):  # a smaller index simply gives all it holds
@@ -350,7 +523,7 @@ class Index:
                     f"{len(page)} results, fewer than the {k} asked (from {offset}): "
                     + ("near-duplicates were left out." if threshold else "the index found no more.")
                 )
-            metadata = self.metadata.take(page).to_pylist() if page else []
+            metadata = self.metadata_rows(page).to_pylist() if page else []
             answers.append(
                 SearchResult(
                     ids=[row["id"] for row in metadata],

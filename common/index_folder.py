@@ -5,7 +5,9 @@ An index folder holds:
 - ``manifest.json``: the current version's manifest (the model and its weights' fingerprint, dimensions, counts, the
   FAISS index's kind and its measured recall), and ``files``, the folder of that version. Writers replace it with one
   rename, after the version's folder is complete: a reader that reads it once sees one whole version, never a mix.
-- ``versions/NNNNN/``: ``metadata.parquet`` (one row per searchable image, in index order), ``index.faiss`` (the vector
+- ``versions/NNNNN/``: ``metadata.parquet`` (one row per searchable image, in index order, ids increasing), the same
+  table as ``metadata.arrow`` (uncompressed Arrow IPC, which readers memory-map instead of decoding the Parquet into
+  each process's memory; versions written before it are read from the Parquet), ``index.faiss`` (the vector
   index over those rows, memory-mapped when loaded; an exact index's vectors also as ``vectors.npy``, aligned for
   BLAS), ``skipped.parquet`` and a copy of that version's manifest. A
   published version folder is never written again; the oldest ones are deleted after `KEEP_VERSIONS` newer ones.
@@ -24,6 +26,8 @@ from .model_paths import looks_local
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 MANIFEST, METADATA, INDEX_FILE, SKIPPED = "manifest.json", "metadata.parquet", "index.faiss", "skipped.parquet"
+METADATA_ARROW = "metadata.arrow"  # the metadata again, as an Arrow IPC file that readers memory-map
+METADATA_BATCH_ROWS = 1 << 20  # rows per record batch of metadata.arrow (at most; fewer where strings pass 2 GiB)
 PARTS, VERSIONS = "parts", "versions"
 EXACT_VECTORS = "vectors.npy"  # an exact index's vectors again, 64-byte aligned for BLAS (FAISS's file is not)
 METADATA_COLUMNS = ("id", "location", "caption", "key", "part", "row")
@@ -79,18 +83,41 @@ def manifest_stamp(folder: Path) -> tuple[int, int] | None:
 
 
 def read_metadata(folder: str | Path) -> "object":
-    """The metadata table (pyarrow) in `folder` (a version's folder), or `CollectionIndexError` naming the file."""
+    """The metadata table (pyarrow) in `folder` (a version's folder), or `CollectionIndexError` naming the file:
+    ``metadata.arrow`` memory-mapped where the version has it (its pages are the file's, shared by every process that
+    maps it and left to the page cache), else ``metadata.parquet`` read into memory."""
     import pyarrow
+    import pyarrow.ipc
     import pyarrow.parquet
 
-    path = Path(folder) / METADATA
+    path = Path(folder) / METADATA_ARROW
     try:
-        table = pyarrow.parquet.read_table(path)
+        if path.is_file():
+            table = pyarrow.ipc.open_file(pyarrow.memory_map(str(path))).read_all()
+        else:
+            path = Path(folder) / METADATA
+            table = pyarrow.parquet.read_table(path)
     except (OSError, pyarrow.ArrowInvalid) as error:
         raise CollectionIndexError(f"{path}: corrupt or missing metadata ({error}); rebuild the index.") from None
     if missing := [column for column in METADATA_COLUMNS if column not in table.column_names]:
         raise CollectionIndexError(f"{path}: corrupt metadata (no column {', '.join(missing)}); rebuild the index.")
     return table
+
+
+def write_metadata_arrow(table, path: Path) -> None:
+    """`table` as an uncompressed Arrow IPC file of `METADATA_BATCH_ROWS`-row record batches (`read_metadata` maps
+    it); one batch's copy in memory at a time."""
+    import pyarrow
+    import pyarrow.ipc
+
+    with pyarrow.OSFile(str(path), "wb") as sink, pyarrow.ipc.new_file(sink, table.schema) as writer:
+        for start in range(0, table.num_rows, METADATA_BATCH_ROWS):
+            rows = table.slice(start, METADATA_BATCH_ROWS)
+            try:
+                rows = rows.combine_chunks()
+            except (pyarrow.ArrowInvalid, pyarrow.ArrowCapacityError):  # strings over 2 GiB: left in their chunks
+                pass
+            writer.write_table(rows)
 
 
 def read_faiss_index(path: Path, memory_map: bool = True):

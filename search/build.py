@@ -40,6 +40,7 @@ from altclip.common.index_folder import (
     KEEP_VERSIONS,
     MANIFEST,
     METADATA,
+    METADATA_ARROW,
     PARTS,
     SKIPPED,
     VERSIONS,
@@ -48,6 +49,7 @@ from altclip.common.index_folder import (
     read_manifest,
     read_metadata,
     version_name,
+    write_metadata_arrow,
 )
 from altclip.common.records import DataFormatError
 
@@ -324,6 +326,7 @@ def publish_version(folder: Path, manifest: dict, metadata, skipped, index, text
     staging.mkdir()
     try:
         pyarrow.parquet.write_table(metadata, staging / METADATA)
+        write_metadata_arrow(metadata, staging / METADATA_ARROW)  # what servers memory-map
         pyarrow.parquet.write_table(skipped, staging / SKIPPED)
         faiss.write_index(index, str(staging / INDEX_FILE))
         if manifest["index"].get("exact"):  # np.save aligns the data to 64 bytes; FAISS's file leaves it unaligned

@@ -8,7 +8,8 @@ uvicorn), as clip-retrieval's clip-back serves its indices.
 
 The model loads once, before the port opens; concurrent queries are answered in batches (`service.QueryBatcher`);
 ``altclip-index build --add`` and ``remove`` publish new versions, served from the next query on. A bad request gets
-a 4xx whose ``error`` is one line naming the field; no request stops the server.
+a 4xx whose ``error`` is one line naming the field; no request stops the server. A deduplicated page ends at result
+``MAX_DEDUPLICATED`` (1,000) at most: it is answered in the thread that answers every query.
 """
 
 import argparse
@@ -48,6 +49,19 @@ def named_folders(specs: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"two indices are named {name!r} ({folders[name]}, {folder}); name them: NAME=FOLDER.")
         folders[name] = folder
     return folders
+
+
+def deduplicated_page_error(k: int, offset: int, deduplicate: bool | float) -> str | None:
+    """The one-line refusal of a deduplicated page ending past result `MAX_DEDUPLICATED`, or None: such a page is
+    answered by comparing thousands of candidates in the thread that answers every query, so it is refused before it
+    is queued."""
+    from altclip.common.collection_index import DEDUPLICATE_THRESHOLD, check_deduplicated_page
+
+    try:
+        check_deduplicated_page(k, offset, DEDUPLICATE_THRESHOLD if deduplicate is True else float(deduplicate or 0))
+    except UsageError as error:
+        return str(error)
+    return None
 
 
 def create_app(service):
@@ -146,6 +160,8 @@ def create_app(service):
             )
         if request.image is not None and request.image_url is not None:
             return failure(422, "image: give image or image_url, not both.")
+        if refused := deduplicated_page_error(request.k, request.offset, request.deduplicate):
+            return failure(422, refused)
         images = []
         try:
             if request.image is not None:
@@ -176,6 +192,8 @@ def create_app(service):
         deduplicate: bool = Form(False),
         index: str | None = Form(None),
     ):
+        if refused := deduplicated_page_error(k, offset, deduplicate):
+            return failure(422, refused)
         data = await file.read(MAX_IMAGE_BYTES + 1)
         if len(data) > MAX_IMAGE_BYTES:
             return failure(413, f"file: larger than {MAX_IMAGE_BYTES >> 20} MiB.")
@@ -183,20 +201,20 @@ def create_app(service):
         query.deduplicate = deduplicate
         return await run(query)
 
+    # The handlers that read an index's tables, or may load its newer version (`service.index`), are plain `def`s:
+    # FastAPI runs them in its thread pool, so that the event loop goes on answering meanwhile (/health in particular).
     @app.post("/metadata")
-    async def metadata(request: MetadataRequest):
+    def metadata(request: MetadataRequest):
         try:
             index = service.index(request.index)
         except UnknownIndexError as error:
             return failure(404, str(error))
-        import pyarrow
-        import pyarrow.compute
-
-        rows = index.metadata.filter(pyarrow.compute.is_in(index.metadata["id"], pyarrow.array(request.ids)))
-        return {"version": index.version, "metadata": {str(row["id"]): row for row in rows.to_pylist()}}
+        rows = index.metadata_rows(index.rows_of_ids(request.ids)).to_pylist()
+        # a JSONResponse: encoded here, in the thread pool (FastAPI encodes a returned dict in the event loop)
+        return JSONResponse({"version": index.version, "metadata": {str(row["id"]): row for row in rows}})
 
     @app.get("/indices")
-    async def indices():
+    def indices():
         described = {}
         for name in list(service.indices):
             index = service.index(name)

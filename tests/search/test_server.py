@@ -1,6 +1,7 @@
 """``altclip-serve`` as a real process on 127.0.0.1: answers equal to the Python `Index` (text in two languages, an
 uploaded image, an image URL, an embedding, pages, deduplication), bad requests as one-line 4xx while the server goes
-on, metrics; and a load test of 32 concurrent clients with an ``--add`` published in the middle."""
+on (a deduplicated page past its cap among them), metrics; a load test of 32 concurrent clients with an ``--add``
+published in the middle; and ``/health`` answering at once while ``/metadata`` is asked of a 4M-image index."""
 
 import base64
 import shutil
@@ -12,13 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import pyarrow
+import pyarrow.compute
 import pytest
 from index_builds import build_flags
 from ports import free_port
 from stage_runs import torchrun_env
 from tiny_models import random_images
 
-from altclip.common.collection_index import Index
+from altclip.common.collection_index import MAX_DEDUPLICATED, Index, read_manifest
 from altclip.search import Client
 from altclip.search.cli import index_main
 from altclip.search.client import SearchServerError
@@ -125,6 +128,9 @@ BAD_REQUESTS = [  # (body, status, words the one-line error holds)
     ({"embedding": [0.1] * 16, "text": "x"}, 422, "embedding: give it alone"),
     ({"text": "x", "deduplicate": 2}, 422, "deduplicate: "),
     ({"image_url": "file:///etc/passwd"}, 400, "give an http:// or https:// URL"),
+    # a deduplicated page is compared with every result before it: refused past the cap, before it is queued
+    ({"text": "x", "k": 10_000, "deduplicate": True}, 422, f"k: offset + k = 10000 is above {MAX_DEDUPLICATED}"),
+    ({"text": "x", "k": 10, "offset": 995, "deduplicate": 0.9}, 422, "offset: offset + k = 1005 is above"),
 ]
 
 
@@ -137,6 +143,15 @@ def test_a_bad_request_is_a_one_line_4xx_and_the_server_goes_on(served, body, st
     error = response.json()["error"]
     assert response.status_code == status and words in error and "\n" not in error, error
     assert httpx.get(f"{served['url']}/health", timeout=10).json()["status"] == "ok"
+
+
+def test_the_cap_is_on_deduplicated_pages_only_and_on_uploads_too(served, collection):
+    assert len(served["client"].search(text="x", k=10_000).ids) == 13  # without deduplication: as before
+    assert len(served["client"].search(text="x", k=10, offset=990, deduplicate=True).ids) == 0
+    photo = (collection["folder"] / "photo1.png").read_bytes()
+    data = {"k": "1000", "offset": "1", "deduplicate": "true"}
+    response = httpx.post(f"{served['url']}/search/upload", files={"file": photo}, data=data, timeout=60)
+    assert response.status_code == 422 and response.json()["error"].startswith("offset: offset + k = 1001 is above")
 
 
 def test_an_unreachable_image_url_and_the_metrics(served):
@@ -240,3 +255,94 @@ def test_32_concurrent_clients_with_an_add_in_the_middle(
             expected[result.version, kind, value] = found
         assert same(result, expected[result.version, kind, value]), (kind, value, result.ids)
     assert len(indices[2]) == 13 + 4 and len(indices[1]) == 13
+
+
+LARGE = 4_000_000  # images: a scan of the id column takes 0.2 s on the 2 loaded cores here (0.5 s at 10M)
+
+
+def large_index(folder, template, rows: int):
+    """An index folder of `rows` images published as the build publishes a version (metadata.parquet and its
+    memory-mapped metadata.arrow, ids increasing), answering with the model of the index in `template`; its vector
+    index holds one byte per image (queries are not what it is for)."""
+    import faiss
+
+    from altclip.search.build import metadata_schema, publish_version
+
+    manifest = read_manifest(template)
+    numbers = pyarrow.array(np.arange(rows, dtype=np.int64))
+    text = numbers.cast(pyarrow.string())
+    metadata = pyarrow.table(
+        {"id": numbers, "location": pyarrow.compute.binary_join_element_wise("photos/", text, ".jpg", ""),
+         "caption": pyarrow.nulls(rows, pyarrow.string()), "key": pyarrow.nulls(rows, pyarrow.string()),
+         "part": pyarrow.array(["part-00000"] * rows), "row": numbers, "sha256": pyarrow.nulls(rows, pyarrow.string())},
+        schema=metadata_schema(),
+    )  # fmt: skip
+    vectors = np.random.default_rng(0).normal(size=(2000, manifest["dim"])).astype("float32")
+    index = faiss.IndexPQ(manifest["dim"], 1, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    for start in range(0, rows, 1 << 20):
+        index.add(np.zeros((min(rows - start, 1 << 20), manifest["dim"]), np.float32))
+    folder.mkdir()
+    described = {"factory": "PQ1x8", "exact": False, "parameters": {}}
+    manifest = {key: manifest[key] for key in ("model", "fingerprint", "dim", "index_dim")}
+    manifest |= {
+        "counts": {"images": rows, "skipped": 0, "removed": 0},
+        "index": described,
+        "parts": [],
+        "next_id": rows,
+    }
+    publish_version(folder, manifest, metadata, pyarrow.table({"location": [], "reason": []}), index, None)
+    return metadata
+
+
+@pytest.mark.slow
+def test_health_answers_at_once_while_metadata_is_looked_up_in_a_large_index(tmp_path, fresh_index):
+    """/metadata used to filter the whole id column inside the event loop (0.2 s a request at 4M images here, 7.6 s at
+    400M): every other request of the worker, /health too, waited. Now it runs in the thread pool and finds the ids by
+    a binary search; its answers are what the filter gave."""
+    metadata = large_index(tmp_path / "large", fresh_index, LARGE)
+    process, url = start_server(tmp_path, f"large={tmp_path / 'large'}")
+    rng = np.random.default_rng(0)
+    stop_asking, answered, failures = threading.Event(), [], []
+
+    def ask_metadata(seed: int) -> None:
+        ids_rng = np.random.default_rng(seed)
+        with httpx.Client(base_url=url, timeout=300) as client:
+            while not stop_asking.is_set():
+                ids = ids_rng.integers(-10, LARGE + 10, 20).tolist()  # a scan's cost, whatever the number of ids
+                response = client.post("/metadata", json={"ids": ids})
+                (answered if response.status_code == 200 else failures).append(response.status_code)
+
+    waits = []
+    try:
+        for ids in ([0, 5, LARGE - 1, LARGE, -1, 2**70], rng.integers(-10, LARGE + 10, 300).tolist()):
+            answer = httpx.post(f"{url}/metadata", json={"ids": ids}, timeout=300).json()["metadata"]
+            expected = metadata.filter(
+                pyarrow.compute.is_in(metadata["id"], pyarrow.array([i for i in ids if i < 2**63]))
+            )
+            assert answer == {str(row["id"]): row for row in expected.to_pylist()}
+        with ThreadPoolExecutor(2) as pool:
+            askers = [pool.submit(ask_metadata, seed) for seed in range(2)]
+            while len(answered) + len(failures) < 2:
+                time.sleep(0.01)
+            with httpx.Client(base_url=url, timeout=300) as client:
+                for _ in range(40):
+                    started = time.perf_counter()
+                    assert client.get("/health").json()["indices"]["large"]["images"] == LARGE
+                    waits.append(time.perf_counter() - started)
+                    time.sleep(0.02)
+            stop_asking.set()
+            for asker in askers:
+                asker.result()
+    finally:
+        stop_asking.set()
+        stop(process)
+    assert failures == [] and len(answered) >= 2
+    scans = []  # what one request cost the event loop before: a filter of the id column (0.11 s here, loaded)
+    for _ in range(3):
+        started = time.perf_counter()
+        metadata.filter(pyarrow.compute.is_in(metadata["id"], pyarrow.array([1, 2, 3])))
+        scans.append(time.perf_counter() - started)
+    waits.sort()
+    # before: each /health waited for a scan, or two (a median of 0.117 s with the scan at 0.11 s); now a few ms
+    assert waits[len(waits) // 2] < min(scans) / 3 and waits[-1] < 2, ([round(w, 3) for w in waits], min(scans))
