@@ -8,6 +8,7 @@ python benchmarks/training_throughput.py --steps 60
 python benchmarks/training_throughput.py --scale
 python benchmarks/training_throughput.py --lora --steps 4 --batch_size 32
 python benchmarks/data_throughput.py
+python benchmarks/language_balance_memory.py --rows 2000000 --languages 100 --output benchmarks/results/language_balance_memory.json
 python benchmarks/search.py
 python benchmarks/search_service.py
 python benchmarks/search_scale.py

@@ -89,7 +89,7 @@ def run_teacher_learning(run: RunArguments, data: RunData) -> None:
     if lora_enabled(run.tuning):  # the student reads the translations and (English pairs) the English sentences
         texts = (data_args.translation_column, data_args.english_column)[: 2 if stage_args.include_english_pairs else 1]
         adapter = apply_lora_for_data(
-            model, run.tuning, model_args.model_name_or_path, train_data, texts, processor.tokenizer
+            model, run.tuning, model_args.model_name_or_path, train_data, texts, processor.tokenizer, training_args
         )
     student = model.text_model  # with LoRA, its linear layers now carry the adapters (the rest frozen)
     if not stage_args.student_dropout:
@@ -146,7 +146,7 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     if lora_enabled(run.tuning):
         adapter = apply_lora_for_data(
             model, run.tuning, model_args.model_name_or_path, train_data, (data_args.caption_column,),
-            processor.tokenizer,
+            processor.tokenizer, training_args,
         )  # fmt: skip
     trained = adapter if adapter is not None else model
     image_cache = None

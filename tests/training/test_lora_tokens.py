@@ -8,17 +8,27 @@ before anything loads.
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runs import run_stage, shapes_image_folder, stage_refusal
+from stage_runs import run_stage, shapes_image_folder, stage_refusal, torchrun
 
 from altclip.common.adapters import adapter_base_model, load_altclip
 from altclip.evaluation.cli import main as eval_main
-from altclip.training.finetune.new_tokens import WORD_EMBEDDINGS, parse_token_choice, tokens_of_texts
+from altclip.training.data.sources import parse_sources
+from altclip.training.data.tables import TableRows
+from altclip.training.finetune.new_tokens import (
+    TOKEN_CACHE,
+    WORD_EMBEDDINGS,
+    counted_token_ids,
+    ids_digest,
+    parse_token_choice,
+    tokens_of_texts,
+)
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 from modeling_altclip.assets import load_xlmr_tokenizer
 
@@ -135,3 +145,67 @@ def test_a_wise_ft_metric_that_is_not_scored_is_refused_at_start(tmp_path, toy, 
     folder = shapes_image_folder(toy, tmp_path / "shapes")
     extra = ["--zeroshot_data_dir", str(folder), "--zeroshot_languages", "en", "--wise_ft_sweep", "0,1"]
     stage_refusal(cli, "contrastive", tmp_path / "out", *flags(toy, *extra, "--wise_ft_metric", metric), match=message)
+
+
+class CountingTokenizer:
+    """A tokenizer that counts the texts it is called on (everything else is the wrapped tokenizer's)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts, self.calls = tokenizer, 0, 0
+
+    def __call__(self, texts, **kwargs):
+        self.texts, self.calls = self.texts + len(texts), self.calls + 1
+        return self.tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_auto_token_ids_are_cached_for_a_requeue_and_recounted_for_other_texts(tmp_path, toy, caplog):
+    """A second start (a requeue) reads the ids the first wrote under --output_dir/token_cache without calling
+    the tokenizer; other columns, or a damaged file, are tokenized again; every text once, in batched calls."""
+    rows = TableRows(parse_sources([str(toy["captions"])]), ("image", "caption"), str(tmp_path / "tables"))
+    real = load_xlmr_tokenizer()
+    tokenizer = CountingTokenizer(real)
+    folder = tmp_path / "out" / TOKEN_CACHE
+    first = counted_token_ids(rows, ["caption"], tokenizer, folder)
+    assert tokenizer.texts == len(rows) and tokenizer.calls == 1  # one call for the whole (small) table
+    files = list(folder.glob("tokens-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["ids"] == first
+    expected = set()
+    for row in map(rows.row, range(len(rows))):
+        expected.update(real(row[1]["caption"], add_special_tokens=False)["input_ids"])
+    assert first == sorted(expected - set(real.all_special_ids))
+
+    with caplog.at_level("INFO", logger="altclip.training.finetune.new_tokens"):
+        again = counted_token_ids(rows, ["caption"], tokenizer, folder)
+    assert again == first and tokenizer.calls == 1  # read from the cache: no tokenizer call
+    assert "Reusing the" in caplog.text
+
+    both = counted_token_ids(rows, ["caption", "image"], tokenizer, folder)  # another key: counted again
+    assert tokenizer.calls == 3 and set(first) <= set(both) and len(list(folder.glob("tokens-*.json"))) == 2
+    files[0].write_text(files[0].read_text()[:20])  # cut short (a file system that lost the end of the write)
+    assert counted_token_ids(rows, ["caption"], tokenizer, folder) == first and tokenizer.calls == 4
+
+
+@pytest.mark.slow
+def test_auto_tokens_are_found_once_per_run_and_every_rank_trains_the_same(tmp_path, toy, start_without_dropout):
+    """2 processes (gloo): rank 0 tokenizes the captions once and writes the cache; rank 1 receives the ids rather
+    than tokenizing the table itself; both log the same ids (digest), those of the captions."""
+    flags = [
+        "--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"]),
+        "--per_device_train_batch_size", "4", "--max_steps", "1", "--save_strategy", "no",
+        "--lora_r", "4", "--lora_alpha", "8", "--log_level_replica", "info",
+    ]  # fmt: skip
+    result = torchrun("contrastive", tmp_path / "run", 2, *flags)
+    output = result.stdout + result.stderr
+    assert output.count("training texts (caption) once") == 1, output  # one rank tokenized, once
+    assert re.search(r"Waiting up to \d+ min for rank 0 to find the token ids", output), output
+    processor = AltCLIPProcessor.from_pretrained(start_without_dropout)
+    expected = sorted(caption_tokens(toy, processor))
+    digests = dict(re.findall(r"Rank (\d) trains the embeddings of the \d+ distinct tokens .*ids digest (\w+)", output))
+    assert digests == {"0": ids_digest(expected), "1": ids_digest(expected)}, output
+    (cache,) = (tmp_path / "run" / TOKEN_CACHE).glob("tokens-*.json")
+    assert json.loads(cache.read_text())["ids"] == expected
+    config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert config["trainable_token_indices"] == {WORD_EMBEDDINGS: expected}

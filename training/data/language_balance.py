@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from altclip.common.errors import UsageError
 from altclip.common.records import DataFormatError
@@ -30,6 +32,7 @@ from .tables import SKIPPED, open_table
 logger = logging.getLogger(__name__)
 
 NO_LANGUAGE = "(none)"  # rows whose language cell is empty, or a source whose table has no such column
+SLICE_ROWS = 1 << 20  # rows of the language column looked up at a time
 
 
 def size_weights(sizes: Sequence[int], alpha: float) -> list[float]:
@@ -127,37 +130,105 @@ def language_plan(
 ) -> LanguagePlan:
     """The `LanguagePlan` of a dataset's `rows` (`tables.TableRows`): each source's samples per epoch (its rows, or
     its share by `weights`) shared among its languages by n^alpha. The language column is read into an Arrow table
-    of its own (one more pass over a text table on its first use, then cached)."""
+    of its own (one more pass over a text table on its first use, then cached) and grouped in Arrow and NumPy, with
+    no Python object per row (``benchmarks/language_balance_memory.py``)."""
     per_source = rows.sizes if weights is None else drawn_per_source(rows.sizes, weights)
     groups = []
     for source_index, source in enumerate(rows.sources):
-        languages = _languages(source, language_column, rows.sizes[source_index], cache_dir)
-        names, inverse = np.unique(languages, return_inverse=True)
-        members = [np.flatnonzero(inverse == k) + rows.offsets[source_index] for k in range(len(names))]
+        names, members = language_groups(source, language_column, rows.sizes[source_index], cache_dir)
+        for indices in members:  # views into one array of the source's rows: offset in place
+            indices += rows.offsets[source_index]
         # without alpha a source's samples (its rows, or its --train_file_weights share) follow its languages' rows
         counts = shares(per_source[source_index], [len(m) for m in members], 1.0 if alpha is None else alpha)
         groups += [
-            LanguageGroup(source_index, str(name), indices.astype(np.int64), count)
-            for name, indices, count in zip(names, members, counts)
+            LanguageGroup(source_index, name, indices, count) for name, indices, count in zip(names, members, counts)
         ]
     return LanguagePlan(groups, [source.spec for source in rows.sources], alpha)
 
 
-def _languages(source: Source, column: str, rows: int, cache_dir: str | None) -> np.ndarray:
-    """The language of every row of `source` (NO_LANGUAGE where empty, or for a table without the column)."""
+def language_groups(source: Source, column: str, rows: int, cache_dir: str | None) -> tuple[list[str], list]:
+    """The languages of `source` (sorted) and the row indices of each (int64, ascending, counted from the source's
+    first row): a row whose cell is empty or None, or whose line was skipped, is NO_LANGUAGE, as is every row of a
+    table without the column."""
     try:
         table = open_table(source, [column], cache_dir)
     except DataFormatError as error:
         logger.warning("%s: no language column %r (%s); its rows count as one group", source.spec, column, error)
-        return np.full(rows, NO_LANGUAGE, dtype=object)
+        return ([NO_LANGUAGE], [np.arange(rows, dtype=np.int64)]) if rows else ([], [])
     if len(table) != rows:  # both tables come from the same reader over the same lines: a bug if not
         raise RuntimeError(f"{source.spec}: {len(table)} language cells for {rows} rows.")
-    values = table.data.column(column).to_pylist()
-    if SKIPPED in table.column_names:  # a line without a usable language cell
-        skipped = table.data.column(SKIPPED).to_pylist()
-        values = [None if reason else value for value, reason in zip(values, skipped)]
-    names = [str(value).strip() if value not in (None, "") else NO_LANGUAGE for value in values]
-    return np.asarray(names, dtype=object)
+    skipped = table.data.column(SKIPPED) if SKIPPED in table.column_names else None
+    return grouped_rows(*language_codes(table.data.column(column), skipped))
+
+
+def language_name(value) -> str:
+    """A language cell as the plan names it: its text, stripped; NO_LANGUAGE for None or an empty string."""
+    return str(value).strip() if value not in (None, "") else NO_LANGUAGE
+
+
+def language_codes(values: pa.ChunkedArray, skipped: pa.ChunkedArray | None = None) -> tuple[list[str], np.ndarray]:
+    """(names, codes): the languages, sorted, each of which some row has, and every row's index into them (the
+    smallest unsigned dtype that holds it). `language_name` is applied to each distinct cell, not to each row; a row
+    whose `skipped` cell is set (a truthy reason) is NO_LANGUAGE."""
+    labels, codes = distinct_codes(values, language_name)
+    if skipped is not None:
+        reasons, reason_codes = distinct_codes(skipped, bool)
+        if any(reasons):
+            lines = np.asarray(reasons, dtype=bool)[reason_codes]
+            if lines.any():
+                if NO_LANGUAGE not in labels:
+                    labels.append(NO_LANGUAGE)
+                codes[lines] = labels.index(NO_LANGUAGE)
+    present = np.flatnonzero(np.bincount(codes, minlength=len(labels)))
+    names = sorted(labels[index] for index in present)  # np.unique's order: Python's string comparison
+    renumber = np.zeros(len(labels), dtype=np.min_scalar_type(max(len(names) - 1, 0)))
+    position = {name: code for code, name in enumerate(names)}
+    renumber[present] = [position[labels[index]] for index in present]
+    return names, renumber[codes]
+
+
+def grouped_rows(names: list[str], codes: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+    """`names` and the ascending row indices of each, as views into one int64 array: a stable argsort of the codes
+    (a radix sort while they fit 16 bits) cut at their counts."""
+    if not names:
+        return [], []
+    order = np.argsort(codes, kind="stable").astype(np.int64, copy=False)
+    ends = np.cumsum(np.bincount(codes, minlength=len(names)))
+    return names, np.split(order, ends[:-1])
+
+
+def distinct_codes(values: pa.ChunkedArray, label, slice_rows: int | None = None) -> tuple[list, np.ndarray]:
+    """(labels, codes): `label` of the distinct values of `values` (a null is None), each label once in first-seen
+    order, and every row's index into them (the smallest unsigned dtype that holds one more label). `label` runs
+    once per distinct value; Arrow looks up the rows a slice at a time, so no array of every row is wider than the
+    codes. A column Arrow cannot hash (lists, structs) is labelled in Python, one slice of rows at a time."""
+    slice_rows = slice_rows or SLICE_ROWS
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    try:
+        distinct = pc.unique(values)
+        index: dict = {}
+        lookup = [index.setdefault(label(value), len(index)) for value in distinct.to_pylist()]
+        # one more label may join these: NO_LANGUAGE for skipped lines
+        lookup = np.asarray(lookup, dtype=np.min_scalar_type(len(index)))
+        codes = np.empty(len(values), dtype=lookup.dtype)
+        for start in range(0, len(values), slice_rows):
+            # nulls match the null in `distinct`
+            rows = pc.index_in(values.slice(start, slice_rows), value_set=distinct).to_numpy()
+            codes[start : start + len(rows)] = lookup[rows]
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return _sliced_codes(values, label, slice_rows)
+    return list(index), codes
+
+
+def _sliced_codes(values: pa.ChunkedArray, label, slice_rows: int) -> tuple[list, np.ndarray]:
+    """`distinct_codes` for a column Arrow cannot hash: the Python values of one slice of rows at a time."""
+    index: dict = {}
+    codes = np.empty(len(values), dtype=np.int32)
+    for start in range(0, len(values), slice_rows):
+        part = [index.setdefault(label(value), len(index)) for value in values.slice(start, slice_rows).to_pylist()]
+        codes[start : start + len(part)] = part
+    return list(index), codes
 
 
 def balance_tables(sources: Sequence[Source], dataset, data_args) -> tuple[list[Source], LanguagePlan | None]:

@@ -166,12 +166,13 @@ def apply_lora_for_data(
     dataset,
     text_columns,
     tokenizer,
+    training_args=None,
 ) -> PeftModel:
     """`apply_lora`, with the token embeddings that --lora_trainable_tokens chooses (by default those of the
-    training texts in `dataset`'s `text_columns`)."""
+    training texts in `dataset`'s `text_columns`, found once per run: see `new_tokens.shared_token_ids`)."""
     vocab_size = model.config.text_config.vocab_size
     token_ids = trainable_token_ids(
-        args.lora_trainable_tokens, args.lora_targets, dataset, text_columns, tokenizer, vocab_size
+        args.lora_trainable_tokens, args.lora_targets, dataset, text_columns, tokenizer, vocab_size, training_args
     )
     return apply_lora(model, args, base_model_name_or_path, token_ids)
 
