@@ -111,7 +111,7 @@ def markdown(table: dict) -> str:
 def add_language(argv: Sequence[str], raise_on_drop: bool = True) -> dict:
     """Runs stage 1 with the adapter, writes ``add_language.json``/``.md`` beside it and returns the table; raises
     `LanguageDropped` (after writing) when a known language dropped beyond --max_drop and `raise_on_drop`."""
-    from .cli import train
+    from .stages import train
 
     args, rest = parse(argv)
     if not Path(args.zeroshot_data_dir).is_dir():

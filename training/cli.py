@@ -6,25 +6,15 @@ FILE.yaml|json`` supplies them from a file (flags given after it win). Runs alik
 ``accelerate launch``.
 """
 
-import logging
 import sys
 from collections.abc import Sequence
 
-import transformers
-from transformers import TrainingArguments
-
 from altclip.common.cli_errors import run_with_one_line_errors, wants_traceback
 
-from .arguments import STAGES, RunArguments, parse
+from .arguments import STAGES, RunArguments
 from .loop.output_folder import disk_full_message, is_disk_full
-from .loop.preemption import (
-    PREEMPTED_EXIT_STATUS,
-    PreemptionSignals,
-    TrainingPreempted,
-    check_no_second_handler,
-    parse_signals,
-)
-from .stages import run_stage
+from .loop.preemption import PREEMPTED_EXIT_STATUS, TrainingPreempted
+from .stages import train
 
 USAGE = """usage: altclip-train {teacher,contrastive} [--config FILE] [--FLAG VALUE ...]
        altclip-train toy-setup [FOLDER]
@@ -81,34 +71,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except TrainingPreempted as stopped:  # not a failure: the job script requeues on this status
         print(f"altclip-train: {stopped}", file=sys.stderr)
         raise SystemExit(PREEMPTED_EXIT_STATUS) from None
-
-
-def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
-    """Parse, set up logging, run the stage; the parsed arguments are left in `parsed["run"]` for the error messages
-    of `main`."""
-    run = parse(stage, argv)
-    if parsed is not None:
-        parsed["run"] = run
-    setup_logging(run.training)
-    signals = parse_signals(run.output.preemption_signals)
-    check_no_second_handler(signals, run.training)
-    run.preemption = PreemptionSignals(signals)
-    try:
-        run_stage(run, stage)
-    finally:
-        run.preemption.restore()
-
-
-def setup_logging(training_args: TrainingArguments) -> None:
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.WARNING,
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    level = training_args.get_process_log_level()
-    transformers.utils.logging.set_verbosity(level)
-    for name in ("training", "altclip", "modeling_altclip"):  # the installed jobs log as altclip.training.*
-        logging.getLogger(name).setLevel(logging.INFO if training_args.should_log else level)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ checks before any model loads, the run's data (`run_data.get_data`), models, the
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from transformers import TrainingArguments
 from altclip.common.errors import PathError, UsageError
 from altclip.common.model_paths import unavailable_model
 
-from .arguments import FineTuningArguments, ModelArguments, RunArguments
+from .arguments import FineTuningArguments, ModelArguments, RunArguments, parse
 from .data.data_plan import check_resumed_plan, check_resumed_tables, data_plan_callback, table_sizes
 from .data.epoch_plan import shuffles
 from .data.image_text_data import ContrastiveCollator, image_shape_of
@@ -40,7 +41,13 @@ from .loop.model_setup import (
     load_teacher_for,
 )
 from .loop.output_folder import check_output_folder, check_room
-from .loop.preemption import PreemptionCallback, TrainingPreempted
+from .loop.preemption import (
+    PreemptionCallback,
+    PreemptionSignals,
+    TrainingPreempted,
+    check_no_second_handler,
+    parse_signals,
+)
 from .loop.reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from .loop.saving import save_complete_model
 from .loop.teacher import precomputed_teacher_features
@@ -51,6 +58,34 @@ from .run_plan import PlanCallback
 from .startup_checks import check_evaluation_data
 
 logger = logging.getLogger("training")
+
+
+def train(stage: str, argv: list[str], parsed: dict | None = None) -> None:
+    """Parse, set up logging, run the stage; the parsed arguments are left in `parsed["run"]` for the error messages
+    of `main`."""
+    run = parse(stage, argv)
+    if parsed is not None:
+        parsed["run"] = run
+    setup_logging(run.training)
+    signals = parse_signals(run.output.preemption_signals)
+    check_no_second_handler(signals, run.training)
+    run.preemption = PreemptionSignals(signals)
+    try:
+        run_stage(run, stage)
+    finally:
+        run.preemption.restore()
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING,
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = training_args.get_process_log_level()
+    transformers.utils.logging.set_verbosity(level)
+    for name in ("training", "altclip", "modeling_altclip"):  # the installed jobs log as altclip.training.*
+        logging.getLogger(name).setLevel(logging.INFO if training_args.should_log else level)
 
 
 def run_stage(run: RunArguments, stage: str) -> None:
