@@ -51,7 +51,7 @@ USAGE = """usage: altclip-eval {zeroshot,retrieval} --model PATH_OR_ID --dataset
 'altclip-eval TASK --help' lists every flag."""
 
 
-NUMBER_RANGES = {"batch_size": COUNT, "num_workers": WHOLE_NON_NEGATIVE, "max_text_length": COUNT}
+NUMBER_RANGES = {"batch_size": COUNT, "num_workers": WHOLE_NON_NEGATIVE, "max_text_length": COUNT, "dims": COUNT}
 
 
 def default_cache_dir() -> str:

@@ -19,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 import altclip.training.cli as cli
+import altclip.training.stages as stages
 from altclip.training.loop.trainers import AltCLIPTrainer
 
 PROBE_FOLDER = "backend_probe"
@@ -84,7 +85,7 @@ def install() -> None:
         from accelerate.state import PartialState
         from accelerate.utils import DistributedType
 
-        original_parse = cli.parse
+        original_parse = stages.parse  # train() in training/stages.py parses
 
         def parse_then_relabel(stage, argv):
             run = original_parse(stage, argv)
@@ -92,7 +93,7 @@ def install() -> None:
             PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
             return run
 
-        cli.parse = parse_then_relabel
+        stages.parse = parse_then_relabel
 
 
 def probe_reports(output_dir: Path) -> list[dict]:
