@@ -134,7 +134,7 @@ def test_logit_bias_is_added_once_recorded_and_saved(tmp_path, tiny_model):
         (("--loss", "siglip", "--gather_with_grad", "false"), "--gather_with_grad false applies to --loss infonce"),
         (("--matryoshka_dims", "64,x"), "--matryoshka_dims '64,x': give comma-separated whole numbers"),
         (("--matryoshka_weights", "1,1"), "--matryoshka_weights needs --matryoshka_dims"),
-        (("--language_sampling_alpha", "2"), "--language_sampling_alpha 2.0: give a value in 0..1"),
+        (("--language_sampling_alpha", "2"), "--language_sampling_alpha 2.0 is too large; give a number in [0, 1]"),
     ],
 )
 def test_objective_and_balancing_flags_are_one_line_before_loading(cli, tmp_path, toy, monkeypatch, flags, message):
