@@ -180,8 +180,6 @@ def parse(task: str, argv: Sequence[str]) -> EvalArguments:
     if remaining:
         raise UsageError(f"{program}: unknown flag(s) {' '.join(remaining)}. '{program} --help' lists every flag.")
     check_fields([args], NUMBER_RANGES)
-    if args.dims is not None and args.dims < 1:
-        raise UsageError(f"{program}: --dims {args.dims} must be a positive number of embedding dimensions.")
     if args.dataset not in TASKS[task]:
         raise UsageError(
             f"altclip-eval {task}: unknown --dataset {args.dataset!r}; choose from {', '.join(TASKS[task])}."
