@@ -23,7 +23,9 @@ def test_the_shipped_fsdp_config_on_two_cpu_processes_is_refused_not_run_as_ddp(
     result = subprocess.run(command, cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     refusals = [line for line in result.stderr.splitlines() if line.startswith("altclip-train: --fsdp is set")]
-    assert len(refusals) == 2, result.stderr[-3000:]  # one line per rank, no traceback
+    # one line per rank that got to print it: torchrun stops the other rank as soon as one exits with an error,
+    # which can come before that rank's own refusal (seen once in a loaded run)
+    assert 1 <= len(refusals) <= 2, result.stderr[-3000:]
     assert "run on the CPU (accelerate's distributed type MULTI_CPU)" in refusals[0]
     assert "drop --fsdp and --fsdp_config" in refusals[0]
     # the ranks print no traceback (torchrun's launcher prints its own ChildFailedError, from its own frames)
