@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors
+from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors, run_with_one_line_errors
 from altclip.common.embedding import Embedder
+from altclip.common.errors import InputDataError, UsageError
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 from .domain_split import DomainSplit, missing_reproduction_files, new_views, split_domain, training_names
@@ -70,7 +71,7 @@ def check_reproduction(reproduction_dir: Path) -> None:
     """Refuses, in one line, a folder that is not a finished `altclip-reproduce` output."""
     missing = missing_reproduction_files(reproduction_dir)
     if missing:
-        raise SystemExit(
+        raise InputDataError(
             f"{PROGRAM}: {reproduction_dir} is not a finished altclip-reproduce output (no {', '.join(missing)}); "
             f"run `altclip-reproduce --output_dir {reproduction_dir}` first, or pass its folder as --reproduction_dir."
         )
@@ -227,12 +228,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     one_line_parser_errors(parser, PROGRAM)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run_with_one_line_errors(PROGRAM, lambda: demonstration_command(args))
+
+
+def demonstration_command(args: argparse.Namespace) -> None:
+    """Checks the reproduction folder and the languages, runs the demonstration and prints its table."""
     check_reproduction(args.reproduction_dir)
     torch.set_num_threads(args.threads)
     languages = [language.strip() for language in args.languages.split(",") if language.strip()]
     unknown = sorted(set(languages) - set(LANGUAGES))
     if unknown or not languages:
-        raise SystemExit(f"{PROGRAM}: --languages {args.languages!r}: choose among {', '.join(LANGUAGES)}.")
+        raise UsageError(f"{PROGRAM}: --languages {args.languages!r}: choose among {', '.join(LANGUAGES)}.")
     report = demonstrate(args.reproduction_dir, args.output_dir, languages, args.seed, args.steps, args.batch_size)
     print(report["table"])
     print(f"Written: {args.output_dir}/results.json, results.md, results.png")

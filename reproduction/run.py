@@ -34,6 +34,7 @@ import altclip.training.cli
 from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors, run_with_one_line_errors
 from altclip.common.constants import MODEL_EXAMPLES_FILE, MODEL_EXAMPLES_FOLDER
 from altclip.common.embedding import Embedder
+from altclip.common.errors import PathError, UsageError
 from altclip.common.files import probe_writable
 from altclip.common.results_format import write_results
 from altclip.evaluation.loaders import load_caption_table, load_image_folder
@@ -306,7 +307,7 @@ def reproduce(output_dir: str | Path, preset: Preset, cache_default: bool = True
     held-out emoji are the same whatever it is."""
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
-        raise SystemExit(f"altclip-reproduce: {output_dir} is not empty; choose a new --output_dir or remove it.")
+        raise UsageError(f"altclip-reproduce: {output_dir} is not empty; choose a new --output_dir or remove it.")
     started, timings = time.time(), {}
 
     def timed(name: str, since: float) -> float:
@@ -364,7 +365,7 @@ def check_writable(output_dir: str) -> None:
     try:
         probe_writable(Path(output_dir))
     except OSError as error:
-        raise SystemExit(f"cannot write to --output_dir {output_dir}: {error.strerror or error}.") from None
+        raise PathError(f"cannot write to --output_dir {output_dir}: {error.strerror or error}.") from None
 
 
 def environment_problem(error: BaseException, output_dir: str) -> str | None:

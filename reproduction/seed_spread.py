@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors, run_with_one_line_errors
-from altclip.common.errors import InputDataError
+from altclip.common.errors import AltCLIPError, InputDataError, UsageError
 from altclip.common.plots import plt, save_png
 
 from .report import write_json_and_markdown
@@ -57,7 +57,7 @@ def run_seeds(seeds: list[int], output_dir: Path, preset: str, parallel: int, ca
         codes = list(pool.map(run, seeds))
     for seed, code in zip(seeds, codes):
         if code != 0:
-            raise SystemExit(
+            raise AltCLIPError(
                 f"seed_spread: the run of seed {seed} failed (exit {code}); its output is in "
                 f"{output_dir / f'seed-{seed}.log'}."
             )
@@ -161,7 +161,7 @@ def write_spread(folders: list[Path], output_dir: Path) -> dict:
     for folder in folders:
         path = folder / "results.json"
         if not path.is_file():
-            raise SystemExit(f"seed_spread: {path} is missing; that run did not finish. Run it again.")
+            raise InputDataError(f"seed_spread: {path} is missing; that run did not finish. Run it again.")
         reports.append(read_results(path))
     result = spread(reports)
     result["timings_s"] = {str(report["seed"]): report["timings_s"] for report in reports}
@@ -188,13 +188,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 def spread_command(args: argparse.Namespace) -> None:
     """Runs the seeds (or reads them with --summarise_only) and prints the spread table."""
     if len(set(args.seeds)) != len(args.seeds):
-        raise SystemExit(f"seed_spread: --seeds has repeats ({args.seeds}); give each seed once.")
+        raise UsageError(f"seed_spread: --seeds has repeats ({args.seeds}); give each seed once.")
     if args.summarise_only:
         folders = [args.output_dir / f"seed-{seed}" for seed in args.seeds]
     else:
         taken = [seed for seed in args.seeds if (args.output_dir / f"seed-{seed}").exists()]
         if taken:
-            raise SystemExit(
+            raise UsageError(
                 f"seed_spread: {args.output_dir} already holds runs of seeds {taken}; choose a new --output_dir "
                 "or add --summarise_only to summarise them."
             )

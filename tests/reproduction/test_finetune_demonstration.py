@@ -164,7 +164,8 @@ def test_a_folder_that_is_not_a_finished_reproduction_is_refused_in_one_line(tmp
     (tmp_path / "run" / "data" / "images").mkdir(parents=True)
     with pytest.raises(SystemExit) as refusal:
         main(["--reproduction_dir", str(tmp_path / "run"), "--output_dir", str(tmp_path / "demo")])
-    message = str(refusal.value.code)
+    assert refusal.value.code == 2
+    message = str(refusal.value)
     assert "\n" not in message and str(tmp_path / "run") in message
     assert "is not a finished altclip-reproduce output" in message and "stage2_contrastive/model.safetensors" in message
     assert "altclip-reproduce --output_dir" in message

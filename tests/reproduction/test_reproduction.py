@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from altclip.common.errors import UsageError
 from altclip.demo.engine import DemoEngine
 from altclip.demo.examples import classification_examples, example_photos
 from altclip.reproduction.emoji_data import LANGUAGES, collect_emoji, normalised, render_glyph
@@ -87,7 +88,7 @@ def test_reduced_reproduction_end_to_end(tmp_path, monkeypatch):
     assert set(first[1].split(", ")) <= set(english)
     probabilities = DemoEngine(default, device="cpu").classify(example_photos()[1], "Katze, Rakete", "{}")
     assert set(probabilities) == {"Katze", "Rakete"}
-    with pytest.raises(SystemExit, match="is not empty"):
+    with pytest.raises(UsageError, match="is not empty"):
         reproduce(run, PRESETS["tiny"])
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from altclip.common.errors import AltCLIPError, InputDataError
 from altclip.reproduction.run import PRESETS, reproduce
 from altclip.reproduction.seed_spread import markdown, spread, write_spread
 from altclip.reproduction.stage2_selection import load_selection, select_learning_rate
@@ -82,7 +83,7 @@ def test_the_spread_is_each_column_s_mean_and_range_and_stage_2_s_gain_is_paired
     write_spread([tmp_path / f"seed-{seed}" for seed in (0, 1, 2)], tmp_path)
     assert json.loads((tmp_path / "spread.json").read_text())["table"] == result["table"]
     assert (tmp_path / "spread.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(SystemExit, match=r"seed-7/results\.json is missing; that run did not finish"):
+    with pytest.raises(InputDataError, match=r"seed-7/results\.json is missing; that run did not finish"):
         write_spread([tmp_path / "seed-7"], tmp_path)
 
 
@@ -159,7 +160,7 @@ def test_run_seeds_runs_one_reproduction_per_seed_side_by_side_and_names_a_faile
     assert folders == [tmp_path / "ok" / "seed-3", tmp_path / "ok" / "seed-5"]
     seeds = [json.loads((folder / "results.json").read_text())["seed"] for folder in folders]
     assert seeds == [3, 5] and all((tmp_path / "ok" / f"seed-{s}.log").stat().st_size > 0 for s in seeds)
-    with pytest.raises(SystemExit, match=r"the run of seed 0 failed \(exit 2\); its output is in .*seed-0\.log"):
+    with pytest.raises(AltCLIPError, match=r"the run of seed 0 failed \(exit 2\); its output is in .*seed-0\.log"):
         run_seeds([0], tmp_path / "bad", "no-such-preset", parallel=1, cache_default=False)
 
 
