@@ -6,15 +6,7 @@ import numpy as np
 import pytest
 
 from altclip.common.collection_index import greedy_deduplicate
-
-
-def loop_deduplicate(vectors: np.ndarray, threshold: float) -> list[int]:
-    """The loop `Index.deduplicated` ran before: O(candidates² · dim) with a copy of the kept vectors each time."""
-    kept: list[int] = []
-    for number in range(len(vectors)):
-        if not kept or float(np.max(vectors[kept] @ vectors[number])) < threshold:
-            kept.append(number)
-    return kept
+from benchmarks.search_scale import loop_deduplicate  # the loop it replaced, also the benchmark's baseline
 
 
 def candidates(seed: int) -> tuple[np.ndarray, float]:

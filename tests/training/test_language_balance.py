@@ -3,7 +3,6 @@
 
 import json
 import re
-import sys
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -29,9 +28,7 @@ from altclip.training.data.language_balance import (
 )
 from altclip.training.data.sources import parse_sources
 from altclip.training.data.tables import SKIPPED, TableRows
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.language_balance_memory import per_row_language_plan  # noqa: E402  (the algorithm replaced)
+from benchmarks.language_balance_memory import per_row_language_plan  # the algorithm replaced
 
 
 def test_shares_follow_n_to_the_alpha_and_sum_to_the_total():
