@@ -20,6 +20,7 @@ from altclip.common.embedding import Embedder
 from altclip.common.errors import PathError, UsageError
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 from altclip.common.number_checks import COUNT, WHOLE_NON_NEGATIVE, check_fields
+from altclip.common.processes import release_processes
 from altclip.common.results_format import markdown_table, write_results
 from altclip.common.zero_shot_scoring import names_in_language
 from modeling_altclip.assets import cache_dir
@@ -28,7 +29,7 @@ from .field_sets import FIELD_LOADERS, MULTI30K_LANGUAGES, XM3600_LANGUAGES, tra
 from .loaders import CLASSIFICATION_LOADERS, RETRIEVAL_LOADERS, XTD_LANGUAGES, ClassificationSet
 from .prompts import ClassPrompts, class_prompts, custom_prompts, prompts_dir
 from .references import DEFAULT_PROTOCOL, write_comparison
-from .retrieval import PROTOCOLS, evaluate_retrieval, language_average, process_state, release_processes
+from .retrieval import PROTOCOLS, evaluate_retrieval, language_average, process_state
 from .zeroshot import ClassEmbeddingCache, evaluate_zero_shot
 
 logger = logging.getLogger("evaluation")

@@ -78,13 +78,6 @@ def process_state(device: str = "auto") -> PartialState | None:
     return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
-def release_processes() -> None:
-    """Ends the process group of a torchrun evaluation before the interpreter exits: left to exit, gloo's threads can
-    abort the process ("terminate called without an active exception", SIGABRT) after its work is done."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 def _any_process_failed(failed: bool) -> bool:
     """Whether any process failed, agreed on by all of them (a one-number all-reduce)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):

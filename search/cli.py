@@ -31,6 +31,7 @@ from altclip.common.errors import UsageError
 from altclip.common.index_folder import files_folder, index_model, portable_model_name
 from altclip.common.model_paths import missing_local_model
 from altclip.common.number_checks import COUNT, WHOLE_NON_NEGATIVE, NumberRange, number_type
+from altclip.common.processes import release_processes
 from altclip.common.records import DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -212,7 +213,6 @@ def build_command(args) -> None:
     else:
         model_name = resolve_model(args.model, INDEX_PROGRAM)
     rank, world_size = process_group()
-    import torch
 
     device = args.device
     if device == "auto" and torch.cuda.is_available():
@@ -299,9 +299,8 @@ def index_main(argv: Sequence[str] | None = None) -> None:
     command = build_command if args.command == "build" else remove_command
     try:
         run_with_one_line_errors(INDEX_PROGRAM, lambda: command(args), translate=_translator(INDEX_PROGRAM))
-    finally:  # a torchrun build: gloo's threads, left to interpreter exit, can abort a finished process (SIGABRT)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    finally:
+        release_processes()
 
 
 def search_parser() -> argparse.ArgumentParser:

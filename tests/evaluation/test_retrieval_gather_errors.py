@@ -10,7 +10,8 @@ from stage_runs import REPO, torchrun_env
 SCRIPT = """
 import json, os, sys
 import torch
-from altclip.evaluation.retrieval import _gathered, process_state, release_processes
+from altclip.common.processes import release_processes
+from altclip.evaluation.retrieval import _gathered, process_state
 
 state = process_state("cpu")
 rank = state.process_index

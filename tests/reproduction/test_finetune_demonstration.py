@@ -17,24 +17,23 @@ from altclip.reproduction.domain_split import split_domain
 from altclip.reproduction.emoji_data import LANGUAGES as ALL_LANGUAGES
 from altclip.reproduction.emoji_data import normalised
 from altclip.reproduction.finetune_demonstration import METHODS, main, validation_score
-from altclip.reproduction.run import PRESETS, reproduce
 
 LANGUAGES = ["en", "de", "zh"]
 
 
 @pytest.fixture(scope="module")
-def demonstration(tmp_path_factory):
-    """A tiny reproduction (about a minute) and the demonstration run on it with a few steps."""
+def demonstration(tmp_path_factory, tiny_reproduction):
+    """The demonstration run with a few steps on the shared tiny reproduction (which it only reads)."""
     root = tmp_path_factory.mktemp("finetune_demonstration")
+    reproduction, _ = tiny_reproduction
     threads = torch.get_num_threads()
     try:
-        reproduce(root / "reproduction", PRESETS["tiny"], cache_default=False)
-        arguments = ["--reproduction_dir", str(root / "reproduction"), "--output_dir", str(root / "demo")]
+        arguments = ["--reproduction_dir", str(reproduction), "--output_dir", str(root / "demo")]
         main([*arguments, "--languages", ",".join(LANGUAGES), "--steps", "4", "--batch_size", "8", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
     results = json.loads((root / "demo" / "results.json").read_text(encoding="utf-8"))
-    return root / "reproduction", root / "demo", results
+    return reproduction, root / "demo", results
 
 
 def read_jsonl(path: Path) -> list[dict]:
