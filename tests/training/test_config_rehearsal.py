@@ -9,7 +9,9 @@
     tests/training/test_backends.py through a test-only switch), tensorboard (not installed: ``report_to none``).
     DeepSpeed stays as shipped (``deepspeed_zero2.json``): it runs on CPU gloo processes;
 (d) output folders in the test's temporary folder, ``max_steps`` of the toy configs cut to 6 for time, and
-    ``--record_trained_keys`` to see the rows that reach the forward.
+    ``--record_trained_keys`` to see the rows that reach the forward;
+(e) ``matryoshka_dims``: the same fractions of the tiny model's projection width as of ViT-L/14's 768 (the saved
+    config shows they reached the model).
 
 Each run's plan (``altclip-train plan --world_size 2`` on the same config, and the run's own ``plan.json``) is
 checked against what it did: its steps, and no forward larger than the planned maximum batch.
@@ -96,7 +98,15 @@ def rehearsal_config(path: Path, toy, teacher_model_dir, work: Path, served_fold
     if "toy" in path.name:
         config["max_steps"] = TOY_STEPS
     config["record_trained_keys"] = True
+    if config.get("matryoshka_dims"):
+        config["matryoshka_dims"] = tiny_matryoshka_dims(config["matryoshka_dims"], teacher_model_dir)
     return stage, config
+
+
+def tiny_matryoshka_dims(shipped: str, model_dir: Path, shipped_width: int = 768) -> str:
+    """The shipped widths as the same fractions of the tiny model's projection width (192,384 of 768 -> 1/4, 1/2)."""
+    width = json.loads((Path(model_dir) / "config.json").read_text())["projection_dim"]
+    return ",".join(str(int(dim) * width // shipped_width) for dim in str(shipped).split(","))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])
@@ -126,6 +136,9 @@ def test_shipped_config_runs_on_two_cpu_processes_as_planned(
     assert ran["data"] == planned["data"] and ran["total_steps"] == planned["total_steps"]
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["global_step"] == planned["total_steps"]
+    if "matryoshka_dims" in config:  # the shipped Matryoshka widths reached the loss and the saved model
+        dims = [int(dim) for dim in config["matryoshka_dims"].split(",")]
+        assert json.loads((out / "config.json").read_text())["matryoshka_dims"][: len(dims)] == dims
     rows, keys = Counter(), Counter()
     for rank_file in (out / "trained_keys").glob("rank-*.tsv"):
         for line in rank_file.read_text().splitlines():
