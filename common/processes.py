@@ -1,14 +1,44 @@
 """The end of a torchrun job's process group, shared by every command-line entry point that may run under torchrun."""
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
 
 
-def release_processes() -> None:
+def release_processes(after_failure: bool = False) -> None:
     """Ends the process group (if any) before the interpreter exits. Left to interpreter exit, gloo's threads can
     abort a process whose work is done ("terminate called without an active exception", SIGABRT), and torchrun then
     reports the whole run as failed: seen with ``altclip-train`` when a rank other than 0 returns while rank 0 still
-    writes the model. Local to this process (no collective), so it is safe after an error as well. A job that never
-    imported torch has no process group, and this does not import it."""
+    writes the model. Local to this process (no collective). A job that never imported torch has no process group,
+    and this does not import it. A failure to end it is a warning: the job's own outcome stands. `after_failure`:
+    only a gloo group is ended (locally, at once); NCCL's orderly shutdown (``ncclCommDestroy``) waits for peers that
+    may be blocked in a collective, so a failed rank would hang there instead of exiting, and torchrun would neither
+    see the failure nor restart the group."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    if after_failure and torch.distributed.get_backend() != "gloo":
+        return
+    try:
         torch.distributed.destroy_process_group()
+    except Exception as error:  # noqa: BLE001 - the work is done; its exit status must not change
+        logger.warning("the process group was not ended cleanly: %s", str(error).splitlines()[0] if error else "")
+
+
+@contextlib.contextmanager
+def processes_released_when_done(clean_exit_statuses: tuple[int, ...] = ()) -> Iterator[None]:
+    """Around a command's work: ends the process group (`release_processes`) when the work finished or exited with
+    status 0 or one of `clean_exit_statuses` (a preempted run's), and after a failure only where that cannot hang."""
+    try:
+        yield
+    except SystemExit as stop:
+        release_processes(after_failure=stop.code not in (None, 0, *clean_exit_statuses))
+        raise
+    except BaseException:
+        release_processes(after_failure=True)
+        raise
+    else:
+        release_processes()

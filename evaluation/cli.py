@@ -20,7 +20,7 @@ from altclip.common.embedding import Embedder
 from altclip.common.errors import PathError, UsageError
 from altclip.common.model_paths import incomplete_model_folder, unavailable_model
 from altclip.common.number_checks import COUNT, WHOLE_NON_NEGATIVE, check_fields
-from altclip.common.processes import release_processes
+from altclip.common.processes import processes_released_when_done
 from altclip.common.results_format import markdown_table, write_results
 from altclip.common.zero_shot_scoring import names_in_language
 from modeling_altclip.assets import cache_dir
@@ -258,12 +258,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             return f"altclip-eval {task}: {str(error.args[0] if error.args else error).splitlines()[0]}"
         return None
 
-    try:
+    with processes_released_when_done():
         run_with_one_line_errors(
             f"altclip-eval {task}", lambda: evaluate(task, argv[1:]), wants_traceback(argv), user_error
         )
-    finally:
-        release_processes()
 
 
 def evaluate(task: str, argv: list[str]) -> None:

@@ -31,7 +31,7 @@ from altclip.common.errors import UsageError
 from altclip.common.index_folder import files_folder, index_model, portable_model_name
 from altclip.common.model_paths import missing_local_model
 from altclip.common.number_checks import COUNT, WHOLE_NON_NEGATIVE, NumberRange, number_type
-from altclip.common.processes import release_processes
+from altclip.common.processes import processes_released_when_done
 from altclip.common.records import DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -297,10 +297,8 @@ def index_main(argv: Sequence[str] | None = None) -> None:
     args = index_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = build_command if args.command == "build" else remove_command
-    try:
+    with processes_released_when_done():
         run_with_one_line_errors(INDEX_PROGRAM, lambda: command(args), translate=_translator(INDEX_PROGRAM))
-    finally:
-        release_processes()
 
 
 def search_parser() -> argparse.ArgumentParser:

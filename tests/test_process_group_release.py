@@ -53,3 +53,68 @@ def test_the_process_group_is_ended_before_the_command_returns(tmp_path, entry):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     outcomes = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     assert outcomes == [{"rank": 0, "initialized_after": False}, {"rank": 1, "initialized_after": False}]
+
+
+class FakeGroup:
+    """torch.distributed's default group as the release sees it: its backend, and whether it was destroyed."""
+
+    def __init__(self, monkeypatch, backend: str, destroy_error: Exception | None = None):
+        import torch
+
+        self.destroyed = 0
+        self.error = destroy_error
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: backend)
+        monkeypatch.setattr(torch.distributed, "destroy_process_group", self.destroy)
+
+    def destroy(self, group=None):
+        self.destroyed += 1
+        if self.error is not None:
+            raise self.error
+
+
+def run_released(work, clean=()):
+    from altclip.common.processes import processes_released_when_done
+
+    with processes_released_when_done(clean_exit_statuses=clean):
+        work()
+
+
+def stop(status):
+    raise SystemExit(status)
+
+
+def broken():
+    raise RuntimeError("a bug on this rank")
+
+
+@pytest.mark.parametrize(
+    "backend, work, clean, destroyed",
+    [
+        ("nccl", lambda: None, (), 1),  # finished: ended on every backend
+        ("nccl", lambda: stop(0), (), 1),
+        ("nccl", lambda: stop(75), (75,), 1),  # preempted after its checkpoint: a clean end
+        ("nccl", lambda: stop(2), (75,), 0),  # failed: NCCL's shutdown could wait for blocked peers forever
+        ("nccl", broken, (), 0),
+        ("gloo", lambda: stop(2), (), 1),  # failed on gloo: ended locally, at once
+        ("gloo", broken, (), 1),
+    ],
+    ids=["done", "exit 0", "preempted", "failed nccl", "bug nccl", "failed gloo", "bug gloo"],
+)
+def test_the_group_is_ended_after_success_and_only_where_it_cannot_hang_after_failure(
+    monkeypatch, backend, work, clean, destroyed
+):
+    group = FakeGroup(monkeypatch, backend)
+    try:
+        run_released(work, clean)
+    except (SystemExit, RuntimeError):
+        pass
+    assert group.destroyed == destroyed
+
+
+def test_an_error_while_ending_the_group_keeps_the_job_s_exit_status(monkeypatch, caplog):
+    FakeGroup(monkeypatch, "nccl", destroy_error=RuntimeError("NCCL error: unhandled system error\ndetail"))
+    with pytest.raises(SystemExit) as stopped:
+        run_released(lambda: stop(75), clean=(75,))
+    assert stopped.value.code == 75
+    assert "the process group was not ended cleanly: NCCL error: unhandled system error" in caplog.text

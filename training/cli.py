@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from altclip.common.cli_errors import run_with_one_line_errors, wants_traceback
-from altclip.common.processes import release_processes
+from altclip.common.processes import processes_released_when_done
 
 from .arguments import STAGES, RunArguments
 from .loop.output_folder import disk_full_message, is_disk_full
@@ -50,10 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv and argv[0] == "add-language":
         from .add_language import PROGRAM, add_language
 
-        try:
+        with processes_released_when_done():
             run_with_one_line_errors(PROGRAM, lambda: add_language(argv[1:]), wants_traceback(argv))
-        finally:
-            release_processes()
         return
     if not argv or argv[0] not in STAGES:
         print(USAGE, file=sys.stderr)
@@ -68,15 +66,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             return f"altclip-train: {str(error).strip().splitlines()[0]}"
         return None
 
-    try:
-        run_with_one_line_errors(
-            "altclip-train", lambda: train(argv[0], argv[1:], parsed), wants_traceback(argv), environment_error
-        )
-    except TrainingPreempted as stopped:  # not a failure: the job script requeues on this status
-        print(f"altclip-train: {stopped}", file=sys.stderr)
-        raise SystemExit(PREEMPTED_EXIT_STATUS) from None
-    finally:  # under torchrun: ranks other than 0 return while rank 0 still writes the model
-        release_processes()
+    # under torchrun: ranks other than 0 return while rank 0 still writes the model
+    with processes_released_when_done(clean_exit_statuses=(PREEMPTED_EXIT_STATUS,)):
+        try:
+            run_with_one_line_errors(
+                "altclip-train", lambda: train(argv[0], argv[1:], parsed), wants_traceback(argv), environment_error
+            )
+        except TrainingPreempted as stopped:  # not a failure: the job script requeues on this status
+            print(f"altclip-train: {stopped}", file=sys.stderr)
+            raise SystemExit(PREEMPTED_EXIT_STATUS) from None
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from .loop.model_setup import (
     load_or_build_model,
     load_teacher_for,
 )
+from .loop.objective_record import ObjectiveRecordCallback, check_resumed_objective, objective_settings
 from .loop.output_folder import check_output_folder, check_room
 from .loop.preemption import (
     PreemptionCallback,
@@ -100,6 +101,8 @@ def run_stage(run: RunArguments, stage: str) -> None:
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
         check_resumed_plan(checkpoint, run.data, run.training)
+        if stage == "contrastive":
+            check_resumed_objective(checkpoint, run.stage)
     inputs = [run.model.model_name_or_path, run.model.clip_model_name_or_path, run.model.text_encoder_name_or_path]
     check_output_folder(run.training.output_dir, inputs, run.output.overwrite_output_dir)
     check_model_arguments(run.model, needs_teacher=stage == "teacher")
@@ -206,6 +209,7 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     )
     if image_cache is not None:
         trainer.add_callback(ImageCacheCallback(image_cache))
+    trainer.add_callback(ObjectiveRecordCallback(objective_settings(stage_args)))
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_data)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)

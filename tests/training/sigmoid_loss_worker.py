@@ -64,14 +64,22 @@ def local_only(images, texts, scale, bias) -> torch.Tensor:
 
 
 P2P_CALLS = {"batch_isend_irecv": 0, "recv": 0}
+GATHERS = {"all_gather": 0, "all_gather_with_grad": 0}
 
 
-def counted(name: str, function):
+def counted(name: str, function, calls: dict = P2P_CALLS):
     def call(*args, **kwargs):
-        P2P_CALLS[name] += 1
+        calls[name] += 1
         return function(*args, **kwargs)
 
     return call
+
+
+def gathers_of(loss_of) -> dict:
+    """How many all-gathers one DDP step of `loss_of` makes on this rank (forward and backward)."""
+    before = dict(GATHERS)
+    ddp(loss_of)
+    return {name: GATHERS[name] - before[name] for name in GATHERS}
 
 
 def main(output: str) -> None:
@@ -83,9 +91,20 @@ def main(output: str) -> None:
         "siglip": contrastive_objective("siglip"),
         "siglip_matryoshka": contrastive_objective("siglip", widths=[2, 4, WIDTH], weights=[0.5, 1.0, 1.0]),
         "infonce_matryoshka": contrastive_objective("infonce", widths=[2, 4, WIDTH], weights=[0.5, 1.0, 1.0]),
+        "infonce_matryoshka_no_gather_grad": contrastive_objective(
+            "infonce", gather_with_grad=False, widths=[2, 4, WIDTH], weights=[0.5, 1.0, 1.0]
+        ),
     }
     results = {name: ddp(objective) for name, objective in objectives.items()}
     results["local_only"] = ddp(local_only)
+    # the all-gathers of InfoNCE (feature row counts and features), counted where the loss calls them
+    dist.all_gather = counted("all_gather", dist.all_gather, GATHERS)
+    functional = sys.modules["torch.distributed.nn.functional"]
+    functional.all_gather = counted("all_gather_with_grad", functional.all_gather, GATHERS)
+    gathers = {
+        "infonce": gathers_of(contrastive_objective("infonce")),
+        "infonce_matryoshka": gathers_of(objectives["infonce_matryoshka"]),
+    }
     if dist.get_rank() == 0:
         dist.destroy_process_group()  # the one-process runs below must not see a process group
         every_row = slice(0, ROWS)
@@ -101,6 +120,7 @@ def main(output: str) -> None:
             for name, (loss, gradient) in results.items()
         }
         report["p2p_calls"] = dict(P2P_CALLS)
+        report["gathers"] = gathers
         with open(output, "w") as handle:
             json.dump(report, handle, indent=2)
     else:

@@ -83,7 +83,8 @@ def test_matryoshka_flags_are_checked():
 def test_sigmoid_loss_several_processes_equal_one_process(tmp_path, processes):
     """2 gloo processes holding 3 and 4 rows (3: 3, 2 and 2, so the ring has a middle rank): after DDP's
     averaging, the loss and every gradient (towers, temperature, bias) equal one process holding all 7 rows, for
-    SigLIP alone and on Matryoshka prefixes (InfoNCE too), in float64. Scoring each rank's own pairs only (no
+    SigLIP alone and on Matryoshka prefixes (InfoNCE too, with and without the gradient through its gather), in
+    float64. Scoring each rank's own pairs only (no
     exchange) does not: the comparison can fail. Every exchange is one batched send-and-receive (a lone blocking
     receive deadlocks a ring of 3 or more NCCL ranks)."""
     output = tmp_path / "sigmoid.json"
@@ -95,7 +96,7 @@ def test_sigmoid_loss_several_processes_equal_one_process(tmp_path, processes):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
-    for name in ("siglip", "siglip_matryoshka", "infonce_matryoshka"):
+    for name in ("siglip", "siglip_matryoshka", "infonce_matryoshka", "infonce_matryoshka_no_gather_grad"):
         two, one = report[name]["loss"]
         assert two == pytest.approx(one, rel=1e-12), report[name]
         assert report[name]["gradient_scale"] > 1e-3, report[name]
@@ -104,6 +105,10 @@ def test_sigmoid_loss_several_processes_equal_one_process(tmp_path, processes):
     # rank 0's exchanges, forward and backward: (processes - 1) per loss call and as many back, all batched
     assert report["p2p_calls"]["recv"] == 0, report["p2p_calls"]
     assert report["p2p_calls"]["batch_isend_irecv"] >= 2 * (processes - 1), report["p2p_calls"]
+    # InfoNCE on three Matryoshka widths exchanges what the full width alone does: one gather per tower
+    gathers = report["gathers"]
+    assert gathers["infonce_matryoshka"] == gathers["infonce"], gathers
+    assert gathers["infonce"]["all_gather_with_grad"] == 2, gathers
 
 
 def test_logit_bias_is_added_once_recorded_and_saved(tmp_path, tiny_model):

@@ -11,11 +11,10 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from altclip.common.errors import UsageError
 
-from .losses import ClipLoss
+from .losses import ClipLoss, prefix
 from .sigmoid_loss import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, SigLipLoss
 
 logger = logging.getLogger(__name__)
@@ -75,14 +74,9 @@ def parse_weights(text: str) -> list[float]:
     return weights
 
 
-def prefix(embeds: torch.Tensor, width: int) -> torch.Tensor:
-    """The first `width` coordinates, re-normalised (for L2-normalised input: the normalised prefix of the raw
-    projection, since normalising does not change directions)."""
-    return embeds if width >= embeds.shape[-1] else F.normalize(embeds[..., :width], dim=-1)
-
-
 class MatryoshkaLoss(torch.nn.Module):
-    """The weighted sum over `widths` of `loss` on each prefix of both embeddings."""
+    """The weighted sum over `widths` of `loss` on each prefix of both embeddings: for the sigmoid loss, whose ring
+    exchange runs once per width (InfoNCE computes its widths from one gather: `ClipLoss`'s `widths`)."""
 
     def __init__(self, loss: Objective, widths: Sequence[int], weights: Sequence[float]):
         super().__init__()
@@ -98,11 +92,12 @@ class MatryoshkaLoss(torch.nn.Module):
 
 
 class _InfoNCE(torch.nn.Module):
-    """`ClipLoss` with the objective's signature (a logit bias does not change a softmax; there is none)."""
+    """`ClipLoss` with the objective's signature (a logit bias does not change a softmax; there is none), on the
+    Matryoshka `widths` if given."""
 
-    def __init__(self, gather_with_grad: bool):
+    def __init__(self, gather_with_grad: bool, widths: Sequence[int] = (), weights: Sequence[float] | None = None):
         super().__init__()
-        self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad)
+        self.clip_loss = ClipLoss(gather_with_grad=gather_with_grad, widths=widths, weights=weights)
 
     def forward(self, images, texts, scale, bias=None) -> torch.Tensor:
         return self.clip_loss(images, texts, scale)
@@ -126,13 +121,12 @@ def contrastive_objective(
     weights: Sequence[float] | None = None,
 ) -> Objective:
     """The loss named `loss`, on nested prefixes when more than one width is given."""
-    makers = {"infonce": lambda: _InfoNCE(gather_with_grad), "siglip": _Sigmoid}
-    if loss not in makers:
+    if loss not in CONTRASTIVE_LOSSES:
         raise UsageError(f"--loss {loss!r}: choose one of {', '.join(CONTRASTIVE_LOSSES)}.")
-    objective = makers[loss]()
-    if len(widths) > 1:
-        objective = MatryoshkaLoss(objective, widths, weights or [1.0] * len(widths))
-    return objective
+    weights = list(weights) if weights is not None else [1.0] * len(widths)
+    if loss == "infonce":
+        return _InfoNCE(gather_with_grad, *((widths, weights) if len(widths) > 1 else ()))
+    return MatryoshkaLoss(_Sigmoid(), widths, weights) if len(widths) > 1 else _Sigmoid()
 
 
 @torch.no_grad()

@@ -1,5 +1,7 @@
 """Losses of the two stages: distillation onto the CLIP teacher, and CLIP's contrastive loss across ranks."""
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_functional
@@ -51,6 +53,13 @@ def _gather(features: torch.Tensor, with_grad: bool) -> list[torch.Tensor]:
     return [chunk[:n] for chunk, n in zip(gathered, counts)]
 
 
+def prefix(embeds: torch.Tensor, width: int) -> torch.Tensor:
+    """The first `width` coordinates, re-normalised (for L2-normalised input: the normalised prefix of the raw
+    projection, since normalising does not change directions). Row-wise, so the prefix of gathered rows is the
+    gathered prefixes: one exchange serves every Matryoshka width."""
+    return embeds if width >= embeds.shape[-1] else F.normalize(embeds[..., :width], dim=-1)
+
+
 def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -69,18 +78,44 @@ class ClipLoss(torch.nn.Module):
     appear is then differentiated here, so the ranks' gradients sum to the one-process gradient (see
     `_summed_over_ranks`). A local loss over detached remote features would miss the terms in which the other ranks
     use this rank's rows as negatives, and bias the gradient.
+
+    With `widths` (Matryoshka), the weighted sum over the widths of this loss on each re-normalised prefix of both
+    embeddings, from *one* gather of the full embeddings: the exchange does not grow with the number of widths.
     """
 
-    def __init__(self, gather_with_grad: bool = True):
+    def __init__(
+        self, gather_with_grad: bool = True, widths: Sequence[int] = (), weights: Sequence[float] | None = None
+    ):
         super().__init__()
         self.gather_with_grad = gather_with_grad
+        self.widths = list(widths)
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.widths)
+
+    def _summed(self, images, texts, all_texts, all_images, logit_scale, offset) -> torch.Tensor:
+        """`_summed_symmetric_loss`, or its weighted sum over the Matryoshka prefixes."""
+        if not self.widths:
+            return _summed_symmetric_loss(images, texts, all_texts, all_images, logit_scale, offset)
+        losses = [
+            weight
+            * _summed_symmetric_loss(
+                prefix(images, width),
+                prefix(texts, width),
+                prefix(all_texts, width),
+                prefix(all_images, width),
+                logit_scale,
+                offset,
+            )  # fmt: skip
+            for width, weight in zip(self.widths, self.weights)
+            if weight
+        ]
+        return torch.stack(losses).sum()
 
     def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
         """`image_embeds` and `text_embeds` are L2-normalised, row i of one matching row i of the other."""
         if image_embeds.shape[0] != text_embeds.shape[0]:
             raise ValueError(f"{image_embeds.shape[0]} images but {text_embeds.shape[0]} texts in a contrastive batch.")
         if not _is_distributed():
-            summed = _summed_symmetric_loss(image_embeds, text_embeds, text_embeds, image_embeds, logit_scale, 0)
+            summed = self._summed(image_embeds, text_embeds, text_embeds, image_embeds, logit_scale, 0)
             return summed / max(len(image_embeds), 1)
         images, texts = _gather(image_embeds, self.gather_with_grad), _gather(text_embeds, self.gather_with_grad)
         all_images, all_texts = torch.cat(images), torch.cat(texts)
@@ -89,10 +124,10 @@ class ClipLoss(torch.nn.Module):
             # Every rank computes the temperature's whole gradient: scaled down by what `_summed_over_ranks` scales
             # up, so that DDP's average of the ranks keeps it whole.
             scale = logit_scale / world_size + logit_scale.detach() * (1 - 1 / world_size)
-            summed = _summed_symmetric_loss(all_images, all_texts, all_texts, all_images, scale, 0)
+            summed = self._summed(all_images, all_texts, all_texts, all_images, scale, 0)
             return _summed_over_ranks(summed / max(len(all_images), 1), world_size)
         offset = sum(len(chunk) for chunk in images[: dist.get_rank()])
-        summed = _summed_symmetric_loss(image_embeds, text_embeds, all_texts, all_images, logit_scale, offset)
+        summed = self._summed(image_embeds, text_embeds, all_texts, all_images, logit_scale, offset)
         return summed * dist.get_world_size() / max(len(all_images), 1)
 
 
