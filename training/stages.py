@@ -40,7 +40,7 @@ from .loop.model_setup import (
     load_or_build_model,
     load_teacher_for,
 )
-from .loop.objective_record import ObjectiveRecordCallback, check_resumed_objective, objective_settings
+from .loop.objective_record import check_resumed_objective, objective_record_callback
 from .loop.output_folder import check_output_folder, check_room
 from .loop.preemption import (
     PreemptionCallback,
@@ -209,7 +209,7 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     )
     if image_cache is not None:
         trainer.add_callback(ImageCacheCallback(image_cache))
-    trainer.add_callback(ObjectiveRecordCallback(objective_settings(stage_args)))
+    trainer.add_callback(objective_record_callback(stage_args))
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_data)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)

@@ -44,21 +44,22 @@ def data_plan(data_args, training_args, tables: dict | None = None) -> dict:
     return plan
 
 
-class DataPlanCallback(TrainerCallback):
-    """Writes the run's data plan into every checkpoint (process 0)."""
+class CheckpointRecordCallback(TrainerCallback):
+    """Writes `record` as JSON into every checkpoint as `file_name` (process 0): what a resumed run must share with
+    the run that wrote it (the data plan here, stage 2's objective in `loop/objective_record.py`)."""
 
-    def __init__(self, plan: dict):
-        self.plan = plan
+    def __init__(self, file_name: str, record: dict):
+        self.file_name, self.record = file_name, record
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                (folder / DATA_PLAN_FILE).write_text(json.dumps(self.plan, indent=2))
+                (folder / self.file_name).write_text(json.dumps(self.record, indent=2) + "\n")
 
 
-def data_plan_callback(data_args, training_args, tables: dict | None = None) -> DataPlanCallback:
-    return DataPlanCallback(data_plan(data_args, training_args, tables))
+def data_plan_callback(data_args, training_args, tables: dict | None = None) -> CheckpointRecordCallback:
+    return CheckpointRecordCallback(DATA_PLAN_FILE, data_plan(data_args, training_args, tables))
 
 
 def table_sizes(sources, dataset) -> dict | None:

@@ -9,10 +9,9 @@ Like the data plan (`data/data_plan.py`), a resumption that changes it is refuse
 import json
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from altclip.common.errors import UsageError
 
+from ..data.data_plan import CheckpointRecordCallback
 from .contrastive_objective import parse_dims
 
 OBJECTIVE_FILE = "objective.json"
@@ -28,17 +27,9 @@ def objective_settings(stage_args) -> dict:
     }
 
 
-class ObjectiveRecordCallback(TrainerCallback):
+def objective_record_callback(stage_args) -> CheckpointRecordCallback:
     """Writes the run's objective settings into every checkpoint (process 0)."""
-
-    def __init__(self, settings: dict):
-        self.settings = settings
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                (folder / OBJECTIVE_FILE).write_text(json.dumps(self.settings, indent=2) + "\n")
+    return CheckpointRecordCallback(OBJECTIVE_FILE, objective_settings(stage_args))
 
 
 def checkpoint_config(checkpoint: Path) -> dict:
