@@ -2,12 +2,13 @@
 ``altclip-train add-language`` then adds, against the student trained with all 14 from the start.
 
 Per seed: the full reproduction (data, English teacher CLIP, stages 1 and 2 on 14 languages, evaluation); the same
-stages 1 and 2 again on 13 languages, the held-out language (``--language``, default ko) removed from every file
-(no text of it in any stage); then ``altclip-train add-language`` on that model with the held-out language's
-parallel text only (its emoji names and ImageNet sentences, English <-> the language; the same rows the 14-language
-student's stage 1 read), LoRA on the text tower with the new tokens' embeddings, guarded by the before/after scores
-of every language on a validation sample of training emoji. Scored on the 207 held-out emoji (zero-shot top-1) and
-on as many training emoji, per language. Writes results.json and results.md.
+stages 1 and 2 again on 13 languages, in the same data regime (stage 1 on the generic ImageNet parallel text, stage
+2 on the emoji captions), the held-out language (``--language``, default ko) removed from every file (no text of it
+in any stage); then ``altclip-train add-language`` on that model with the held-out language's parallel text only
+(English <-> the language: the training emoji's names, which the 14-language student met as stage-2 captions, and
+its ImageNet names and sentences), LoRA on the text tower with the new tokens' embeddings, guarded by the
+before/after scores of every language on a validation sample of training emoji. Scored on the 207 held-out emoji
+(zero-shot top-1) and on as many training emoji, per language. Writes results.json and results.md.
 
     python -m altclip.reproduction.add_language_demonstration --output_dir outputs/add_language_demonstration \\
         --preset reduced --seeds 0 1
@@ -60,13 +61,15 @@ def language_parallel(data_dir: Path, language: str, target: Path) -> Path:
 
 
 def training_emoji_folders(data_dir: Path, target: Path, count: int, seed: int) -> dict[str, Path]:
-    """Two disjoint samples of `count` training emoji as image folders named in every language: ``validation``
-    (the add-language guard scores it) and ``training_emoji`` (the table scores it)."""
+    """Two disjoint samples of `count` training emoji (at most half of those named in every language each) as image
+    folders named in every language: ``validation`` (the add-language guard scores it) and ``training_emoji`` (the
+    table scores it)."""
     names: dict[str, dict[str, str]] = {}
     for row in read_jsonl(data_dir / "train_captions.jsonl"):
         names.setdefault(Path(row["image"]).stem, {})[row["language"]] = row["caption"]
     slugs = sorted(slug for slug, by_language in names.items() if set(by_language) >= set(LANGUAGES))
     random.Random(seed).shuffle(slugs)
+    count = min(count, len(slugs) // 2)  # a small reproduction (the tiny preset) has fewer: halves of what there is
     target.mkdir(parents=True, exist_ok=True)
     (target / "images").mkdir(exist_ok=True)
     for slug in slugs[: 2 * count]:
@@ -78,7 +81,8 @@ def training_emoji_folders(data_dir: Path, target: Path, count: int, seed: int) 
 
 
 def train_without_language(preset: Preset, reference: Path, language: str, target: Path, seed: int) -> Path:
-    """Stages 1 and 2 of the reproduction on 13 languages (the reference's teacher and data, `language` removed)."""
+    """Stages 1 and 2 of the reproduction on 13 languages (the reference's teacher and data, `language` removed), in
+    the reproduction's regime: stage 1 reads the generic parallel text only, never the emoji names."""
     student = target / "stage2_contrastive"
     if (student / "model.safetensors").is_file():
         logger.info("Reusing %s", student)
@@ -89,7 +93,6 @@ def train_without_language(preset: Preset, reference: Path, language: str, targe
         reference / "teacher_clip",
         target / "xlmr_init",
         target / "stage1_teacher_learning",
-        data["parallel_emoji.jsonl"],
         data["parallel_imagenet.jsonl"],
         seed=seed,
     )
