@@ -391,6 +391,16 @@ def run_cli(stage: str, config: str, flags: list[str], output_dir: Path, smoke: 
     return row
 
 
+def scaled_matryoshka_dims(model_dir: Path, shipped: tuple[int, ...] = (192, 384), shipped_width: int = 768) -> list:
+    """The stage-2 configs' Matryoshka widths (of ViT-L/14's 768) as the same fractions of a smaller model's
+    projection width; nothing to change at 768 (or when stage 1 failed and wrote no model)."""
+    config = model_dir / "config.json"
+    width = json.loads(config.read_text())["projection_dim"] if config.is_file() else shipped_width
+    if width == shipped_width:
+        return []
+    return ["--matryoshka_dims", ",".join(str(dim * width // shipped_width) for dim in shipped)]
+
+
 def cli_rows(folder: Path, models: dict, device: torch.device, steps: int, batch: int, smoke: bool) -> dict:
     """Stage 1 then stage 2 (on stage 1's output) with the shipped ViT-L/14 configs, data and models swapped for
     local ones and the run shortened; DeepSpeed (ZeRO-2 in the configs, and a ZeRO-3 row) when installed, and the
@@ -422,6 +432,7 @@ def cli_rows(folder: Path, models: dict, device: torch.device, steps: int, batch
         smoke,
     )
     stage2_flags = ["--model_name_or_path", str(stage1), "--train_files", str(data["captions"])]
+    stage2_flags += scaled_matryoshka_dims(stage1)
     rows["contrastive, contrastive_vit-l-14_xlm-r-large.yaml"] = run_cli(
         "contrastive",
         "contrastive_vit-l-14_xlm-r-large.yaml",

@@ -9,6 +9,7 @@ all-reduce of one number, and all of them stop at the same step.
 """
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -73,6 +74,7 @@ class PreemptionSignals:
         self.signals = list(signals)
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, object] = {}
+        self._owner = os.getpid()
         if threading.current_thread() is threading.main_thread():  # Python only handles signals there
             for number in self.signals:
                 self._previous[number] = signal.signal(number, self._handle)
@@ -84,6 +86,12 @@ class PreemptionSignals:
         self._previous = {}
 
     def _handle(self, number: int, frame) -> None:
+        if os.getpid() != self._owner:
+            # a forked child (a datasets table-build worker, a DataLoader worker) inherits this handler: it must die
+            # as it would without it, or the parent's Pool.terminate() waits for it forever
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+            return
         if self.received is None:
             self.received = signal.Signals(number)
             logger.warning("Received %s: the run stops after this step and saves a checkpoint", self.received.name)
