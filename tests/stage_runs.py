@@ -134,3 +134,9 @@ def kill_after_checkpoint(command: list[str], output_dir: Path, step: int) -> No
     process.wait()
     psutil.wait_procs(members[1:], timeout=30)
     assert not (output_dir / "training_summary.json").exists(), "the run ended before it was killed"
+
+
+def tiny_matryoshka_dims(shipped: str, model_dir: Path, shipped_width: int = 768) -> str:
+    """The shipped widths as the same fractions of the tiny model's projection width (192,384 of 768 -> 1/4, 1/2)."""
+    width = json.loads((Path(model_dir) / "config.json").read_text())["projection_dim"]
+    return ",".join(str(int(dim) * width // shipped_width) for dim in str(shipped).split(","))

@@ -3,8 +3,9 @@ configs, each run proving from inside (`backend_probe`) that its backend trains,
 weights.
 
 The shipped configs are used as they are, except for what a toy run must replace, named in `toy_config`: model
-path, data, bf16 (off: CPU runs in fp32), and run-size flags (steps, batch, logging, saving; a warm-up-free
-learning rate of 1e-3 so that two steps move the weights measurably).
+path, data, bf16 (off: CPU runs in fp32), the Matryoshka widths (the same fractions of the toy model's width), and
+run-size flags (steps, batch, logging, saving; a warm-up-free learning rate of 1e-3 so that two steps move the
+weights measurably).
 """
 
 import json
@@ -19,7 +20,7 @@ import yaml
 from backend_probe import FSDP_ON_CPU, probe_reports
 from ports import free_port
 from safetensors.torch import load_file
-from stage_runs import QUIET, REPO, torchrun_env, toy_teacher_inputs
+from stage_runs import QUIET, REPO, tiny_matryoshka_dims, torchrun_env, toy_teacher_inputs
 
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
@@ -57,10 +58,12 @@ def probed_run(stage: str, output_dir: Path, config: Path, *flags: str, fsdp_on_
 
 
 def toy_config(shipped: Path, folder: Path, model_flags: dict, train_files: str, keep_backend: bool = True) -> Path:
-    """The shipped YAML config with the toy run's model path(s), data and bf16 replaced (and, for the DDP baseline,
-    its FSDP keys dropped)."""
+    """The shipped YAML config with the toy run's model path(s), data and bf16 replaced, its Matryoshka widths as the
+    same fractions of the toy model's width (and, for the DDP baseline, its FSDP keys dropped)."""
     values = yaml.safe_load(shipped.read_text())
     values.update(model_flags, train_files=[train_files], bf16=False)
+    if values.get("matryoshka_dims") and "model_name_or_path" in model_flags:
+        values["matryoshka_dims"] = tiny_matryoshka_dims(values["matryoshka_dims"], model_flags["model_name_or_path"])
     values.pop("train_file_weights", None)
     if not keep_backend:
         values.pop("fsdp", None)

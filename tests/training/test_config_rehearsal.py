@@ -28,7 +28,7 @@ import datasets
 import pytest
 import yaml
 from ports import free_port
-from stage_runs import REPO, torchrun_env
+from stage_runs import REPO, tiny_matryoshka_dims, torchrun_env
 
 from altclip.common.config_files import beside_config
 from altclip.training.cli import main as train_main
@@ -101,12 +101,6 @@ def rehearsal_config(path: Path, toy, teacher_model_dir, work: Path, served_fold
     if config.get("matryoshka_dims"):
         config["matryoshka_dims"] = tiny_matryoshka_dims(config["matryoshka_dims"], teacher_model_dir)
     return stage, config
-
-
-def tiny_matryoshka_dims(shipped: str, model_dir: Path, shipped_width: int = 768) -> str:
-    """The shipped widths as the same fractions of the tiny model's projection width (192,384 of 768 -> 1/4, 1/2)."""
-    width = json.loads((Path(model_dir) / "config.json").read_text())["projection_dim"]
-    return ",".join(str(int(dim) * width // shipped_width) for dim in str(shipped).split(","))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])
