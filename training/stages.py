@@ -166,7 +166,7 @@ def run_teacher_learning(run: RunArguments, data: RunData) -> None:
     train_until_done_or_preempted(trainer, run)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
     extra = {"distillation_loss": stage_args.distillation_loss, "teacher": model_args.clip_model_name_or_path}
-    extra.update(fine_tuning_summary(run.tuning, student, scoring.finish()))
+    extra.update(fine_tuning_summary(run.tuning, student, scoring.finish(), adapter))
     finish(trainer, model, processor, training_args, "teacher", extra, adapter, run.tuning.merge_adapter)
 
 
@@ -255,9 +255,13 @@ def trainer_data_options(run: RunArguments, data: RunData, train_dataset) -> dic
     }
 
 
-def fine_tuning_summary(args: FineTuningArguments, trained: torch.nn.Module, scores: dict) -> dict:
-    """The summary's fine-tuning fields: parameters trained, the LoRA settings, WiSE-FT and before/after scores."""
+def fine_tuning_summary(
+    args: FineTuningArguments, trained: torch.nn.Module, scores: dict, adapter: torch.nn.Module | None = None
+) -> dict:
+    """The summary's fine-tuning fields: parameters trained, the LoRA settings (the token count from the `adapter`,
+    which in stage 1 wraps the model whose text tower `trained` is), WiSE-FT and before/after scores."""
     trainable, total = count_parameters(trained)
+    adapter = adapter if adapter is not None else trained
     summary = {"trainable_parameters": trainable, "parameters": total}
     if lora_enabled(args):
         summary["lora"] = {
@@ -266,7 +270,7 @@ def fine_tuning_summary(args: FineTuningArguments, trained: torch.nn.Module, sco
             "dropout": args.lora_dropout,
             "targets": args.lora_targets,
             "layers": args.lora_layers,
-            "trainable_tokens": trained_token_count(trained) if hasattr(trained, "peft_config") else 0,
+            "trainable_tokens": trained_token_count(adapter) if hasattr(adapter, "peft_config") else 0,
         }
     return {**summary, **scores}
 

@@ -59,6 +59,8 @@ def test_add_language_writes_a_guarded_adapter_that_altclip_eval_takes(tmp_path,
     trained = set(config["trainable_token_indices"][WORD_EMBEDDINGS])
     assert zh_tokens - set(tokenizer.all_special_ids) <= trained  # the new language's words have embeddings to train
     assert config["r"] == 16 and load_file(output / "adapter_model.safetensors")
+    trained_summary = json.loads((output / "training_summary.json").read_text())["lora"]
+    assert trained_summary["trainable_tokens"] == len(trained)  # stage 1's summary counts them (it said 0)
 
     table = json.loads((output / "add_language.json").read_text())
     assert [row["language"] for row in table["rows"]] == ["zh", "en", "de"]
