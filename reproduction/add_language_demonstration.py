@@ -11,7 +11,7 @@ before/after scores of every language on a validation sample of training emoji. 
 (zero-shot top-1) and on as many training emoji, per language. Writes results.json and results.md.
 
     python -m altclip.reproduction.add_language_demonstration --output_dir outputs/add_language_demonstration \\
-        --preset reduced --seeds 0 1
+        --preset small --seeds 0 1
 """
 
 import argparse
@@ -110,11 +110,13 @@ def score(model_dir: Path, folders: dict[str, Path]) -> dict[str, dict[str, floa
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/add_language_demonstration"))
-    parser.add_argument("--preset", choices=PRESET_NAMES, default="reduced")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="small")
     parser.add_argument("--language", default="ko", help="the language held out of the 13-language student")
     parser.add_argument("--seeds", type=SEED, nargs="+", default=[0])
     parser.add_argument("--steps", type=int_in_range(1), default=300, help="add-language training steps")
-    parser.add_argument("--learning_rate", type=float, default=1e-2, help="add-language learning rate")
+    parser.add_argument(
+        "--learning_rate", type=float, default=1e-3, help="add-language learning rate (measured: docs/finetuning.md)"
+    )
     parser.add_argument("--threads", type=int_in_range(1), default=1)
     one_line_parser_errors(parser, PROGRAM)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
