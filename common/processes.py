@@ -25,7 +25,8 @@ def release_processes(after_failure: bool = False) -> None:
     try:
         torch.distributed.destroy_process_group()
     except Exception as error:  # noqa: BLE001 - the work is done; its exit status must not change
-        logger.warning("the process group was not ended cleanly: %s", str(error).splitlines()[0] if error else "")
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        logger.warning("the process group was not ended cleanly: %s", first_line)
 
 
 @contextlib.contextmanager

@@ -118,3 +118,9 @@ def test_an_error_while_ending_the_group_keeps_the_job_s_exit_status(monkeypatch
         run_released(lambda: stop(75), clean=(75,))
     assert stopped.value.code == 75
     assert "the process group was not ended cleanly: NCCL error: unhandled system error" in caplog.text
+
+
+def test_an_error_without_a_message_while_ending_the_group_is_named_by_its_type(monkeypatch, caplog):
+    FakeGroup(monkeypatch, "gloo", destroy_error=RuntimeError(""))
+    run_released(lambda: None)
+    assert "the process group was not ended cleanly: RuntimeError" in caplog.text

@@ -14,7 +14,7 @@ import torch
 
 from altclip.common.errors import UsageError
 
-from .losses import ClipLoss, prefix
+from .losses import ClipLoss, prefix, weighted_over_widths
 from .sigmoid_loss import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, SigLipLoss
 
 logger = logging.getLogger(__name__)
@@ -83,12 +83,9 @@ class MatryoshkaLoss(torch.nn.Module):
         self.loss, self.widths, self.weights = loss, list(widths), list(weights)
 
     def forward(self, images, texts, scale, bias=None) -> torch.Tensor:
-        losses = [
-            weight * self.loss(prefix(images, width), prefix(texts, width), scale, bias)
-            for width, weight in zip(self.widths, self.weights)
-            if weight
-        ]
-        return torch.stack(losses).sum()
+        return weighted_over_widths(
+            self.widths, self.weights, lambda width: self.loss(prefix(images, width), prefix(texts, width), scale, bias)
+        )
 
 
 class _InfoNCE(torch.nn.Module):
@@ -123,10 +120,11 @@ def contrastive_objective(
     """The loss named `loss`, on nested prefixes when more than one width is given."""
     if loss not in CONTRASTIVE_LOSSES:
         raise UsageError(f"--loss {loss!r}: choose one of {', '.join(CONTRASTIVE_LOSSES)}.")
+    nested = len(widths) > 1
     weights = list(weights) if weights is not None else [1.0] * len(widths)
     if loss == "infonce":
-        return _InfoNCE(gather_with_grad, *((widths, weights) if len(widths) > 1 else ()))
-    return MatryoshkaLoss(_Sigmoid(), widths, weights) if len(widths) > 1 else _Sigmoid()
+        return _InfoNCE(gather_with_grad, widths if nested else (), weights if nested else None)
+    return MatryoshkaLoss(_Sigmoid(), widths, weights) if nested else _Sigmoid()
 
 
 @torch.no_grad()

@@ -60,6 +60,11 @@ def prefix(embeds: torch.Tensor, width: int) -> torch.Tensor:
     return embeds if width >= embeds.shape[-1] else F.normalize(embeds[..., :width], dim=-1)
 
 
+def weighted_over_widths(widths: Sequence[int], weights: Sequence[float], loss_at) -> torch.Tensor:
+    """Matryoshka's sum: `loss_at(width)` times its weight, over the widths whose weight is not 0."""
+    return torch.stack([weight * loss_at(width) for width, weight in zip(widths, weights) if weight]).sum()
+
+
 def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -95,20 +100,14 @@ class ClipLoss(torch.nn.Module):
         """`_summed_symmetric_loss`, or its weighted sum over the Matryoshka prefixes."""
         if not self.widths:
             return _summed_symmetric_loss(images, texts, all_texts, all_images, logit_scale, offset)
-        losses = [
-            weight
-            * _summed_symmetric_loss(
-                prefix(images, width),
-                prefix(texts, width),
-                prefix(all_texts, width),
-                prefix(all_images, width),
-                logit_scale,
-                offset,
-            )  # fmt: skip
-            for width, weight in zip(self.widths, self.weights)
-            if weight
-        ]
-        return torch.stack(losses).sum()
+        return weighted_over_widths(
+            self.widths,
+            self.weights,
+            lambda width: _summed_symmetric_loss(
+                prefix(images, width), prefix(texts, width), prefix(all_texts, width), prefix(all_images, width),
+                logit_scale, offset,
+            ),
+        )  # fmt: skip
 
     def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
         """`image_embeds` and `text_embeds` are L2-normalised, row i of one matching row i of the other."""

@@ -37,13 +37,12 @@ def checkpoint_config(checkpoint: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def saved_settings(checkpoint: Path) -> dict:
+def saved_settings(checkpoint: Path, config: dict) -> dict:
     """The checkpoint's objective settings; for one written before `OBJECTIVE_FILE` existed, only the Matryoshka
-    widths its ``config.json`` records (None there: the full width only)."""
+    widths its ``config.json`` (`config`) records (None there: the full width only)."""
     path = checkpoint / OBJECTIVE_FILE
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    config = checkpoint_config(checkpoint)
     return {"matryoshka_dims": config.get("matryoshka_dims") or []} if config else {}
 
 
@@ -55,8 +54,9 @@ def prefix_widths(dims: list[int], full: int | None) -> list[int]:
 
 def check_resumed_objective(checkpoint: str, stage_args) -> None:
     """Refuses to resume `checkpoint` with another objective, naming each difference."""
-    saved, current = saved_settings(Path(checkpoint)), objective_settings(stage_args)
-    full = checkpoint_config(Path(checkpoint)).get("projection_dim")
+    config = checkpoint_config(Path(checkpoint))
+    saved, current = saved_settings(Path(checkpoint), config), objective_settings(stage_args)
+    full = config.get("projection_dim")
     for settings in (saved, current):
         if "matryoshka_dims" in settings:
             settings["matryoshka_dims"] = prefix_widths(settings["matryoshka_dims"], full)

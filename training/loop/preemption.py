@@ -87,8 +87,9 @@ class PreemptionSignals:
 
     def _handle(self, number: int, frame) -> None:
         if os.getpid() != self._owner:
-            # a forked child (a datasets table-build worker, a DataLoader worker) inherits this handler: it must die
-            # as it would without it, or the parent's Pool.terminate() waits for it forever
+            # a forked child (a datasets table-build worker; DataLoader workers install PyTorch's own SIGTERM
+            # handler) inherits this one: it must die as it would without it, or the parent's Pool.terminate()
+            # waits for it forever
             signal.signal(number, signal.SIG_DFL)
             os.kill(os.getpid(), number)
             return
