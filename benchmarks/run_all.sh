@@ -12,5 +12,6 @@ python benchmarks/language_balance_memory.py --rows 2000000 --languages 100 --ou
 python benchmarks/search.py
 python benchmarks/search_service.py
 python benchmarks/search_scale.py
+python benchmarks/gloo_exit_abort.py --runs 40
 # last, so that everything above is written first: exit status 1 if the default path lost to the reference here
 python benchmarks/default_path_check.py --remeasure_kernel

@@ -155,7 +155,7 @@ def demonstrate(
         added = folder / f"added_{language}"
         began = time.perf_counter()
         guard = add_language([
-            "--model_name_or_path", str(without), "--clip_model_name_or_path", str(reference / "teacher_clip"),
+            "--model_name_or_path", str(without),
             "--language", language, "--train_files", str(parallel), "--output_dir", str(added),
             "--zeroshot_data_dir", str(folders["validation"]), "--known_languages", ",".join(
                 x for x in LANGUAGES if x != language),

@@ -22,4 +22,4 @@ fi
 python -m pip install -q ruff
 ruff check .
 ruff format --check .
-python -m pytest tests
+python -m pytest tests --durations=30

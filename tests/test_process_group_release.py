@@ -124,3 +124,59 @@ def test_an_error_without_a_message_while_ending_the_group_is_named_by_its_type(
     FakeGroup(monkeypatch, "gloo", destroy_error=RuntimeError(""))
     run_released(lambda: None)
     assert "the process group was not ended cleanly: RuntimeError" in caplog.text
+
+
+class Cycle:
+    """Like a Trainer: a reference cycle, freed only by the cyclic garbage collector, holding the DDP model whose
+    reducer holds the process group."""
+
+    def __init__(self):
+        self.me = self
+
+
+@pytest.fixture
+def no_automatic_collection():
+    import gc
+
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def freed_before_destroy(monkeypatch, backend: str, work) -> bool:
+    """Runs `work(holder)` released; True when the holder (a cycle) was freed before the group was destroyed."""
+    import weakref
+
+    box = [Cycle()]
+    alive = weakref.ref(box[0])
+    freed = []
+    group = FakeGroup(monkeypatch, backend)
+    group.destroy = lambda group=None: freed.append(alive() is None)
+    monkeypatch.setattr("torch.distributed.destroy_process_group", group.destroy)
+
+    def run():
+        work(box.pop())
+
+    try:
+        run_released(run)
+    except SystemExit:
+        pass
+    return freed == [True]
+
+
+def one_line_error_of(holder):
+    """A bug under run_with_one_line_errors: its frame holds the holder, the SystemExit keeps it as context."""
+
+    def job(trainer):
+        raise RuntimeError("bad value")
+
+    try:
+        job(holder)
+    except RuntimeError:
+        raise SystemExit(1) from None
+
+
+def test_what_holds_the_group_is_freed_before_the_group_is_ended(monkeypatch, no_automatic_collection):
+    """Ending the group while a Trainer cycle still holds it left its end to interpreter exit, where gloo aborted."""
+    assert freed_before_destroy(monkeypatch, "gloo", lambda holder: None)
+    assert freed_before_destroy(monkeypatch, "gloo", one_line_error_of)  # the error's frames let go of it too

@@ -1,7 +1,8 @@
 """``altclip-train add-language``: teach an existing AltCLIP a new language from parallel text, guarding the others.
 
 Stage 1 (teacher learning) on English <-> new-language pairs, with LoRA on the text tower and the new tokens'
-embeddings trainable (``--lora_trainable_tokens auto``): the output is an adapter folder, which ``altclip-eval``,
+embeddings trainable (``--lora_trainable_tokens auto``), the teacher being the model's own English features
+(``--teacher self``): the output is an adapter folder, which ``altclip-eval``,
 ``altclip-demo``, ``altclip-index``/``altclip-search`` and ``altclip-push`` take as a model. Every language the model
 knew (``--known_languages``) and the new one are scored on ``--zeroshot_data_dir`` before the first step and at the
 end (``--before_after``); ``add_language.md``/``.json`` hold the table, and a known language whose top-1 drops by
@@ -26,9 +27,10 @@ logger = logging.getLogger(__name__)
 
 PROGRAM = "altclip-train add-language"
 REPORT_STEM = "add_language"
-# LoRA settings unless the command line says otherwise: the text tower's attention and MLP layers, rank 16, and
-# the embeddings of the tokens in the parallel text (the new language's words).
-DEFAULT_ADAPTER = {"--lora_r": "16", "--lora_alpha": "32", "--lora_targets": "text"}
+# Settings unless the command line says otherwise: LoRA on the text tower's attention and MLP layers, rank 16, and
+# the embeddings of the tokens in the parallel text (the new language's words); the teacher is the model's own
+# English (a frozen copy of its text tower), so the language is learned in the space stage 2 left, not CLIP's.
+DEFAULT_ADAPTER = {"--lora_r": "16", "--lora_alpha": "32", "--lora_targets": "text", "--teacher": "self"}
 
 
 class LanguageDropped(AltCLIPError):

@@ -135,6 +135,15 @@ class TeacherLearningArguments:
     """Stage 1 options."""
 
     distillation_loss: str = field(default="mse", metadata={"help": "mse or cosine.", "choices": DISTILLATION_LOSSES})
+    teacher: str = field(
+        default="clip",
+        metadata={
+            "help": "clip: the student learns --clip_model_name_or_path's text features (stage 1 of a new model). "
+            "self: a frozen copy of the starting model's own text tower is the teacher on the English side, so a "
+            "trained AltCLIP learns a language in the space it already has (add-language's default).",
+            "choices": ["clip", "self"],
+        },
+    )
     include_english_pairs: bool = field(
         default=True, metadata={"help": "Also train English-English pairs so the student keeps the teacher's English."}
     )

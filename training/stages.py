@@ -105,7 +105,12 @@ def run_stage(run: RunArguments, stage: str) -> None:
             check_resumed_objective(checkpoint, run.stage)
     inputs = [run.model.model_name_or_path, run.model.clip_model_name_or_path, run.model.text_encoder_name_or_path]
     check_output_folder(run.training.output_dir, inputs, run.output.overwrite_output_dir)
-    check_model_arguments(run.model, needs_teacher=stage == "teacher")
+    check_model_arguments(run.model, needs_teacher=stage == "teacher" and run.stage.teacher == "clip")
+    if stage == "teacher" and run.stage.teacher == "self" and not run.model.model_name_or_path:
+        raise UsageError(
+            "altclip-train: --teacher self distils a trained AltCLIP toward its own English features; give it as "
+            "--model_name_or_path (or use --teacher clip to start a new model)."
+        )
     check_model_paths(run.model)
     run.training.resume_from_checkpoint = checkpoint
     init_deepspeed_communication(run.training)
@@ -120,7 +125,9 @@ def run_teacher_learning(run: RunArguments, data: RunData) -> None:
     with outside_zero3_init(training_args):  # the engine trains (and partitions) the text tower only
         model, processor = load_or_build_model(model_args)
         check_tokenizer_fits(model, processor, model_args)
-        teacher, teacher_tokenizer = load_teacher_for(model, model_args, stage_args.teacher_dtype)
+        teacher, teacher_tokenizer = load_teacher_for(
+            model, model_args, stage_args.teacher_dtype, stage_args.teacher, processor.tokenizer
+        )
     train_data = train_dataset(data, run)
     eval_dataset = validation_dataset(data, run)
     adapter = None
@@ -165,7 +172,8 @@ def run_teacher_learning(run: RunArguments, data: RunData) -> None:
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, student, model, processor)
     train_until_done_or_preempted(trainer, run)
     # The student trained in place inside `model`: saving `model` assembles the full AltCLIP checkpoint.
-    extra = {"distillation_loss": stage_args.distillation_loss, "teacher": model_args.clip_model_name_or_path}
+    teacher_name = model_args.clip_model_name_or_path if stage_args.teacher == "clip" else "self"
+    extra = {"distillation_loss": stage_args.distillation_loss, "teacher": teacher_name}
     extra.update(fine_tuning_summary(run.tuning, student, scoring.finish(), adapter))
     finish(trainer, model, processor, training_args, "teacher", extra, adapter, run.tuning.merge_adapter)
 

@@ -38,7 +38,7 @@ def add_zh_flags(toy, start: Path, root: Path, batch_size: int) -> list[str]:
     parallel.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in zh_rows(toy)))
     folder = three_language_folder(toy, root / "shapes")
     return [
-        "--model_name_or_path", str(start), "--clip_model_name_or_path", str(toy["clip"]), "--language", "zh",
+        "--model_name_or_path", str(start), "--language", "zh",  # the teacher is the model itself: no CLIP needed
         "--known_languages", "en,de", "--zeroshot_data_dir", str(folder), "--max_drop", "100",
         "--train_files", str(parallel), "--per_device_train_batch_size", str(batch_size), "--learning_rate", "1e-2",
         "--max_steps", "2", "--save_strategy", "no", "--zeroshot_eval_flags", "--num_workers 0 --templates '{c}'",
@@ -61,6 +61,7 @@ def test_add_language_writes_a_guarded_adapter_that_altclip_eval_takes(tmp_path,
     assert config["r"] == 16 and load_file(output / "adapter_model.safetensors")
     trained_summary = json.loads((output / "training_summary.json").read_text())["lora"]
     assert trained_summary["trainable_tokens"] == len(trained)  # stage 1's summary counts them (it said 0)
+    assert json.loads((output / "training_summary.json").read_text())["teacher"] == "self"
 
     table = json.loads((output / "add_language.json").read_text())
     assert [row["language"] for row in table["rows"]] == ["zh", "en", "de"]
@@ -114,3 +115,32 @@ def test_the_guard_names_each_known_language_that_dropped_beyond_the_threshold()
 def test_add_language_flags_that_cannot_work_are_refused(tmp_path, toy, cli, extra, message):
     argv = ["add-language", "--model_name_or_path", "x/y", "--zeroshot_data_dir", str(tmp_path), *extra]
     cli.refusal(train_main, *argv, "--output_dir", tmp_path / "out", match=message)
+
+
+def test_the_self_teacher_is_the_starting_text_tower_frozen(start_without_dropout):
+    """`--teacher self`: the teacher's features are the starting model's own ``transformation`` output, and they
+    stay so while the student trains (a copy, no gradient)."""
+    import torch
+
+    from altclip.training.loop.teacher import self_teacher
+    from modeling_altclip import AltCLIPModel
+
+    model = AltCLIPModel.from_pretrained(start_without_dropout).eval()
+    teacher = self_teacher(model.text_model)
+    batch = load_xlmr_tokenizer()(["a red circle", "ein blaues Quadrat"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        start = model.text_model(**batch).pooler_output
+    assert teacher.width == model.config.text_config.project_dim
+    torch.testing.assert_close(teacher(**batch), start, rtol=0, atol=0)
+    with torch.no_grad():
+        for parameter in model.text_model.parameters():
+            parameter.add_(0.1)
+    assert not torch.allclose(model.text_model(**batch).pooler_output, start)
+    torch.testing.assert_close(teacher(**batch), start, rtol=0, atol=0)  # the student moved, the teacher did not
+    assert not any(parameter.requires_grad for parameter in teacher.parameters())
+
+
+def test_a_self_teacher_needs_a_trained_model(tmp_path, toy, cli):
+    argv = ["teacher", "--teacher", "self", "--clip_model_name_or_path", str(toy["clip"])]
+    argv += ["--text_encoder_name_or_path", str(toy["xlmr"]), "--train_files", str(toy["parallel"])]
+    cli.refusal(train_main, *argv, "--output_dir", tmp_path / "out", match="--teacher self distils a trained AltCLIP")

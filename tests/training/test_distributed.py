@@ -48,20 +48,34 @@ def assert_same_steps(two_processes: list[dict], one_process: list[dict]) -> Non
         assert many["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5), (many, one)
 
 
-def test_contrastive_two_processes_equal_one_process_on_the_global_batch(tmp_path, toy, start_without_dropout):
-    flags = ["--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"])]
-    two = train("contrastive", tmp_path / "two", 2, 8, *flags)
-    one = train("contrastive", tmp_path / "one", 1, 16, *flags)
-    assert_same_steps(two, one)
+def contrastive_flags(toy, start_without_dropout) -> list[str]:
+    return ["--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"])]
 
 
-def test_contrastive_without_gradient_through_the_gather_equals_one_process(tmp_path, toy, start_without_dropout):
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, toy, start_without_dropout) -> dict[int, list[dict]]:
+    """The one-process reference steps of stage 2 on the toy captions, per batch size (each run once for the
+    module's tests that compare with it)."""
+    root = tmp_path_factory.mktemp("one_process")
+    flags = contrastive_flags(toy, start_without_dropout)
+    return {batch: train("contrastive", root / f"batch-{batch}", 1, batch, *flags) for batch in (8, 16)}
+
+
+def test_contrastive_two_processes_equal_one_process_on_the_global_batch(
+    tmp_path, toy, start_without_dropout, one_process
+):
+    two = train("contrastive", tmp_path / "two", 2, 8, *contrastive_flags(toy, start_without_dropout))
+    assert_same_steps(two, one_process[16])
+
+
+def test_contrastive_without_gradient_through_the_gather_equals_one_process(
+    tmp_path, toy, start_without_dropout, one_process
+):
     """open_clip's no-grad gather (every rank scores the whole global batch through its own rows' gradients) gives
     the one-process update too, through the CLI and DDP."""
-    flags = ["--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"])]
+    flags = contrastive_flags(toy, start_without_dropout)
     two = train("contrastive", tmp_path / "two", 2, 8, *flags, "--gather_with_grad", "false")
-    one = train("contrastive", tmp_path / "one", 1, 16, *flags)
-    assert_same_steps(two, one)
+    assert_same_steps(two, one_process[16])
 
 
 def test_gather_modes_give_the_one_process_gradient(tmp_path):
@@ -127,21 +141,21 @@ def test_teacher_features_precomputed_by_two_processes_equal_one_process(tmp_pat
         np.testing.assert_allclose(np.load(folder_two / name), np.load(folder_one / name), atol=1e-3)
 
 
-def test_accumulated_micro_batches_train_like_one_big_batch(tmp_path, toy, start_without_dropout):
+def test_accumulated_micro_batches_train_like_one_big_batch(tmp_path, toy, start_without_dropout, one_process):
     """Batch 4 x accumulation 2, and 2 processes x batch 2 x accumulation 2, give per optimizer step the loss and
     gradient norm of batch 8 in one step: the negatives are the whole accumulated (and gathered) batch."""
-    flags = ["--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"])]
-    one = train("contrastive", tmp_path / "one", 1, 8, *flags)
+    flags = contrastive_flags(toy, start_without_dropout)
+    one = one_process[8]
     accumulated = train("contrastive", tmp_path / "acc", 1, 4, *flags, "--gradient_accumulation_steps", "2")
     assert_same_steps(accumulated, one)
     distributed = train("contrastive", tmp_path / "dist", 2, 2, *flags, "--gradient_accumulation_steps", "2")
     assert_same_steps(distributed, one)
 
 
-def test_plain_accumulation_has_fewer_negatives(tmp_path, toy, start_without_dropout):
+def test_plain_accumulation_has_fewer_negatives(tmp_path, toy, start_without_dropout, one_process):
     """Shows the test above can fail: each micro-batch scored alone gives a lower loss (4 candidates, not 8)."""
-    flags = ["--model_name_or_path", str(start_without_dropout), "--train_files", str(toy["captions"])]
-    one = train("contrastive", tmp_path / "one", 1, 8, *flags)
+    flags = contrastive_flags(toy, start_without_dropout)
+    one = one_process[8]
     plain = train(
         "contrastive",
         tmp_path / "plain",

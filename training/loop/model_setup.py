@@ -12,7 +12,7 @@ from modeling_altclip.conversion_altclip import build_altclip
 
 from ..arguments import ModelArguments
 from .distributed_backends import full_numel, outside_zero3_init
-from .teacher import FrozenTextTeacher, load_teacher
+from .teacher import FrozenTextTeacher, load_teacher, self_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,11 @@ def teacher_dtype(name: str) -> torch.dtype:
         raise ValueError(f"Unknown teacher dtype {name!r}; choose auto, {', '.join(DTYPES)}.") from None
 
 
-def load_teacher_for(model: AltCLIPModel, args: ModelArguments, dtype_name: str):
-    """The frozen CLIP text teacher and its tokenizer; its width must equal the student's ``project_dim``."""
+def load_teacher_for(model: AltCLIPModel, args: ModelArguments, dtype_name: str, kind: str = "clip", tokenizer=None):
+    """The frozen text teacher and its tokenizer: CLIP's (`kind` "clip"; its width must equal the student's
+    ``project_dim``), or a copy of the model's own text tower with the model's `tokenizer` ("self")."""
+    if kind == "self":
+        return self_teacher(model.text_model, teacher_dtype(dtype_name)), tokenizer
     check_model_arguments(args, needs_teacher=True)
     teacher: FrozenTextTeacher = load_teacher(args.clip_model_name_or_path, dtype=teacher_dtype(dtype_name))
     project_dim = model.config.text_config.project_dim

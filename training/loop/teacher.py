@@ -1,5 +1,6 @@
 """The frozen CLIP text teacher of stage 1, and its features precomputed once by all ranks for reuse."""
 
+import copy
 import hashlib
 import json
 import logging
@@ -24,19 +25,22 @@ CLIP_IMAGE_SIDE = ("vision_model.", "visual_projection.", "text_projection.", "l
 
 
 class FrozenTextTeacher(torch.nn.Module):
-    """CLIP's text encoder without gradients and always in eval mode, whatever the Trainer calls on it.
+    """A text encoder without gradients and always in eval mode, whatever the Trainer calls on it; its feature is
+    its ``pooler_output``.
 
-    Its feature is CLIP's pooled [EOS] state after the final LayerNorm, before ``text_projection``: the space that
-    AltCLIP's ``transformation`` maps into.
+    CLIP's (``--teacher clip``): the pooled [EOS] state after the final LayerNorm, before ``text_projection``, the
+    space that AltCLIP's ``transformation`` maps into. A copy of the student itself (``--teacher self``): that
+    ``transformation`` output, as the starting model computes it.
     """
 
-    def __init__(self, text_model: CLIPTextModel):
+    def __init__(self, text_model: torch.nn.Module):
         super().__init__()
         self.text_model = text_model.requires_grad_(False).eval()
 
     @property
     def width(self) -> int:
-        return self.text_model.config.hidden_size
+        config = self.text_model.config
+        return getattr(config, "project_dim", None) or config.hidden_size
 
     def train(self, mode: bool = True) -> "FrozenTextTeacher":
         return super().train(False)
@@ -67,6 +71,14 @@ def load_teacher(clip_name_or_path: str, dtype: torch.dtype = torch.float32, **k
             f"unexpected {sorted(unexpected)}."
         )
     return FrozenTextTeacher(text_model)
+
+
+def self_teacher(text_model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> FrozenTextTeacher:
+    """A frozen copy of an AltCLIP text tower, taken before any adapter or training touches it: the teacher of a
+    model that learns a language in the space it already has (multilingual knowledge distillation, Reimers &
+    Gurevych 2020). Distilling a stage-2 model toward CLIP's features instead pulls its whole text tower back
+    toward stage 1's targets, and every language forgets what stage 2 taught (docs/finetuning.md)."""
+    return FrozenTextTeacher(copy.deepcopy(text_model).to(dtype))
 
 
 def tokenizer_digest(tokenizer) -> str:
