@@ -12,15 +12,23 @@ from altclip.common.config_files import expand_config
 from altclip.common.errors import UsageError
 from altclip.common.number_checks import COUNT, check_number
 
-TEACHER_ONLY = (
-    "--clip_model_name_or_path",
-    "--text_encoder_name_or_path",
+# Flags of stage 1 alone: any of them names the stage, whatever else is given (stage 1 may start from a trained
+# AltCLIP: fine-tuning, add-language).
+STAGE1_ONLY = (
+    "--teacher",
     "--distillation_loss",
+    "--include_english_pairs",
+    "--student_dropout",
     "--precompute_teacher_features",
     "--teacher_dtype",
+    "--teacher_cache_dir",
+    "--teacher_cache_shard_rows",
+    "--teacher_tokenizer_name_or_path",
     "--english_column",
     "--translation_column",
 )
+# A new model (no --model_name_or_path) built from a CLIP and a text encoder starts with stage 1.
+NEW_MODEL = ("--clip_model_name_or_path", "--text_encoder_name_or_path")
 
 
 def take_flag(argv: list[str], flag: str) -> str | None:
@@ -62,9 +70,12 @@ def world_of(world_size: str | None, nnodes: str | None, nproc_per_node: str | N
 
 
 def infer_stage(argv: Sequence[str]) -> str:
-    """teacher when the flags (config included) start from a CLIP and a text encoder, else contrastive."""
+    """teacher when the flags (config included) name a stage-1 option or start a new model from a CLIP and a text
+    encoder, else contrastive."""
     flags = expand_config(list(argv))
-    if "--model_name_or_path" not in flags and any(flag in flags for flag in TEACHER_ONLY):
+    if any(flag in flags for flag in STAGE1_ONLY):
+        return "teacher"
+    if "--model_name_or_path" not in flags and any(flag in flags for flag in NEW_MODEL):
         return "teacher"
     return "contrastive"
 

@@ -316,10 +316,13 @@ def model_report(run, stage: str, world: int) -> dict:
         },
     }
     if stage == "teacher":
-        teacher = params["text_tower"]  # the CLIP text teacher: frozen, in --teacher_dtype (about the same size)
-        report["memory_per_device"]["frozen_teacher"] = (
-            2 * teacher if run.stage.teacher_dtype != "float32" else 4 * teacher
-        )
+        # the frozen teacher in --teacher_dtype: the text tower's size (exact for --teacher self; CLIP's text tower
+        # is smaller, so an upper bound), held unless --precompute_teacher_features frees it before training
+        held = (4 if run.stage.teacher_dtype == "float32" else 2) * params["text_tower"]
+        if run.stage.precompute_teacher_features:
+            held = 0
+        report["memory_per_device"]["frozen_teacher"] = held
+        report["memory_per_device"]["total"] += held
     return report
 
 

@@ -51,7 +51,7 @@ from .loop.preemption import (
 )
 from .loop.reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from .loop.saving import save_complete_model
-from .loop.teacher import precomputed_teacher_features
+from .loop.teacher import precomputed_teacher_features, teacher_max_length
 from .loop.trainers import ContrastiveTrainer, TeacherLearningTrainer
 from .loop.zeroshot_monitor import ZeroShotMonitor, check_zeroshot_arguments
 from .run_data import RunData, check_shard_plan, get_data, train_dataset, validation_dataset
@@ -101,22 +101,34 @@ def run_stage(run: RunArguments, stage: str) -> None:
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
         check_resumed_plan(checkpoint, run.data, run.training)
-        if stage == "contrastive":
-            check_resumed_objective(checkpoint, run.stage)
+        check_resumed_objective(checkpoint, run.stage, stage)
     inputs = [run.model.model_name_or_path, run.model.clip_model_name_or_path, run.model.text_encoder_name_or_path]
     check_output_folder(run.training.output_dir, inputs, run.output.overwrite_output_dir)
     check_model_arguments(run.model, needs_teacher=stage == "teacher" and run.stage.teacher == "clip")
-    if stage == "teacher" and run.stage.teacher == "self" and not run.model.model_name_or_path:
-        raise UsageError(
-            "altclip-train: --teacher self distils a trained AltCLIP toward its own English features; give it as "
-            "--model_name_or_path (or use --teacher clip to start a new model)."
-        )
+    if stage == "teacher" and run.stage.teacher == "self":
+        check_self_teacher_flags(run.model)
     check_model_paths(run.model)
     run.training.resume_from_checkpoint = checkpoint
     init_deepspeed_communication(run.training)
     transformers.set_seed(run.training.seed)  # the fresh `transformation` layer is drawn before the Trainer exists
     # a DataFormatError found only once the data is built (a table without one usable pair) is one line as well
     (run_teacher_learning if stage == "teacher" else run_contrastive)(run, data)
+
+
+def check_self_teacher_flags(model_args) -> None:
+    """``--teacher self`` needs a trained AltCLIP and no CLIP: a CLIP flag would be ignored without a word (or
+    refused for a path the run never reads)."""
+    if not model_args.model_name_or_path:
+        raise UsageError(
+            "altclip-train: --teacher self distils a trained AltCLIP toward its own English features; give it as "
+            "--model_name_or_path (or use --teacher clip to start a new model)."
+        )
+    for flag in ("clip_model_name_or_path", "teacher_tokenizer_name_or_path"):
+        if getattr(model_args, flag):
+            raise UsageError(
+                f"altclip-train: --{flag} is not used with --teacher self (the model's own text tower and tokenizer "
+                f"are the teacher); drop it, or give --teacher clip to distil toward that CLIP."
+            )
 
 
 def run_teacher_learning(run: RunArguments, data: RunData) -> None:
@@ -139,6 +151,9 @@ def run_teacher_learning(run: RunArguments, data: RunData) -> None:
     student = model.text_model  # with LoRA, its linear layers now carry the adapters (the rest frozen)
     if not stage_args.student_dropout:
         disable_dropout(student)
+    # the model's own tower reads as many tokens as the student; CLIP's reads its 77 positions
+    own = stage_args.teacher == "self"
+    teacher_length = data_args.max_text_length if own else teacher_max_length(teacher_tokenizer)
     features = None
     if stage_args.precompute_teacher_features:
         if eval_dataset is not None:
@@ -156,17 +171,22 @@ def run_teacher_learning(run: RunArguments, data: RunData) -> None:
             device=training_args.device,
             shard_rows=stage_args.teacher_cache_shard_rows,
             wait_seconds=training_args.ddp_timeout,  # a rank this late would time a collective out as well
+            max_length=teacher_length,
         )
+        teacher = None  # its features are computed: free its weights (on the device) for the training
     trainer = TeacherLearningTrainer(
         model=student,
         args=training_args,
         train_dataset=train_data,
         eval_dataset=eval_dataset,
-        data_collator=DistillationCollator(processor.tokenizer, teacher_tokenizer, data_args.max_text_length, features),
-        teacher=None if features is not None else teacher,
+        data_collator=DistillationCollator(
+            processor.tokenizer, teacher_tokenizer, data_args.max_text_length, features, teacher_length
+        ),
+        teacher=teacher,
         loss_kind=stage_args.distillation_loss,
         **trainer_data_options(run, data, train_data),
     )
+    trainer.add_callback(objective_record_callback(stage_args, "teacher"))
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_data)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, student, model, processor)
@@ -217,7 +237,7 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     )
     if image_cache is not None:
         trainer.add_callback(ImageCacheCallback(image_cache))
-    trainer.add_callback(objective_record_callback(stage_args))
+    trainer.add_callback(objective_record_callback(stage_args, "contrastive"))
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_data)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)

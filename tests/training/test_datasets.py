@@ -169,6 +169,10 @@ def test_distillation_collator_tokenizes_for_both_towers_and_passes_skips_on(xlm
         [{"student_text": "x", "teacher_text": "y", "teacher_index": 2}]
     )
     assert torch.equal(cached["teacher_features"], torch.tensor([[8.0, 9, 10, 11]]))
+    long = "a cat " * 60  # ~120 tokens: CLIP's teacher reads 77 of them, a self teacher as many as the student
+    assert collator([{"student_text": "x", "teacher_text": long}])["teacher_input_ids"].shape[1] == 77
+    own = DistillationCollator(xlmr_tokenizer, xlmr_tokenizer, max_length=128, teacher_length=128)
+    assert own([{"student_text": "x", "teacher_text": long}])["teacher_input_ids"].shape[1] > 77
     empty = collator([{"skipped": skipped}])  # every row bad: one placeholder row that the loss leaves out
     assert empty["input_ids"].shape[0] == 1 and empty["usable_rows"] == 0 and empty["keys"] == []
     assert empty["skipped"] == [skipped] and "usable_rows" not in batch

@@ -103,6 +103,8 @@ def test_teacher_learning_two_processes_equal_one_process(tmp_path, toy):
     assert_same_steps(
         train("teacher", tmp_path / "two", 2, 8, *flags), train("teacher", tmp_path / "one", 1, 16, *flags)
     )
+    record = json.loads((tmp_path / "two" / "checkpoint-2" / "objective.json").read_text())
+    assert record == {"teacher": "clip", "distillation_loss": "mse", "include_english_pairs": True}  # resumes check it
 
 
 def test_contrastive_ranks_with_unequal_rows_equal_one_process(tmp_path, toy, start_without_dropout):

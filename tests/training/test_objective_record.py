@@ -83,3 +83,39 @@ def test_a_real_checkpoint_records_the_objective_and_a_changed_config_is_refused
     resumed = [*flags, "--resume_from_checkpoint", "true", "--overwrite_output_dir", "false"]
     line = stage_refusal(cli, "contrastive", tmp_path, *resumed, "--max_steps", "4", "--matryoshka_dims", "4,8")
     assert "checkpoint-2 was trained with another objective (matryoshka_dims [4] -> [4, 8])" in line
+
+
+def teacher_args(teacher="clip", loss="mse", english=True) -> SimpleNamespace:
+    return SimpleNamespace(teacher=teacher, distillation_loss=loss, include_english_pairs=english)
+
+
+@pytest.mark.parametrize(
+    "record, now, difference",
+    [
+        (
+            {"teacher": "clip", "distillation_loss": "mse", "include_english_pairs": True},
+            teacher_args("self"),
+            "teacher",
+        ),
+        (
+            {"teacher": "self", "distillation_loss": "mse", "include_english_pairs": True},
+            teacher_args("self", "cosine"),
+            "distillation_loss",
+        ),
+        (None, teacher_args("self"), "teacher 'clip' -> 'self'"),  # written before --teacher existed: CLIP's
+    ],
+    ids=["teacher", "loss", "old checkpoint"],
+)
+def test_stage_1_resumed_with_another_teacher_is_refused(tmp_path, record, now, difference):
+    """A stage-1 run requeued after add-language's default became the model's own teacher would have continued
+    toward other targets without a word (a helper's review: loss 0.96 -> 8e-6 at the resumed step)."""
+    with pytest.raises(UsageError, match="--teacher, --distillation_loss and --include_english_pairs") as refused:
+        check_resumed_objective(checkpoint(tmp_path, record), now, "teacher")
+    assert difference in str(refused.value)
+
+
+def test_stage_1_resumed_with_the_same_teacher_continues(tmp_path):
+    record = {"teacher": "self", "distillation_loss": "mse", "include_english_pairs": True}
+    check_resumed_objective(checkpoint(tmp_path, record), teacher_args("self"), "teacher")
+    (tmp_path / "old").mkdir()
+    check_resumed_objective(checkpoint(tmp_path / "old", None), teacher_args("clip", "cosine"), "teacher")

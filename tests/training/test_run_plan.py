@@ -178,3 +178,19 @@ def test_resampled_stream_reads_whole_shards_from_their_start_up_to_its_quota(to
 def test_shard_flags_on_tables_are_refused_before_models_load(tmp_path, toy):
     with pytest.raises(SystemExit, match=r"--train_num_samples applies to webdataset shards"):
         run_stage("teacher", tmp_path, *toy_teacher_inputs(toy), "--train_num_samples", "100")
+
+
+def test_a_stage_1_flag_names_the_stage_and_the_teacher_counts_in_the_total(toy, teacher_model_dir, capsys):
+    """Stage 1 may start from a trained AltCLIP (add-language, ``--teacher self``): the plan takes it as stage 1,
+    not as stage 2 (it failed on an ambiguous --teacher), and the teacher it holds is in the memory total."""
+    from altclip.training.plan_command import infer_stage
+
+    assert infer_stage(["--model_name_or_path", "m", "--teacher", "self"]) == "teacher"
+    assert infer_stage(["--model_name_or_path", "m", "--loss", "siglip"]) == "contrastive"
+    assert infer_stage(["--clip_model_name_or_path", "c", "--text_encoder_name_or_path", "x"]) == "teacher"
+    flags = ["--model_name_or_path", str(teacher_model_dir), "--teacher", "self", "--train_files", str(toy["parallel"])]
+    memory = json.loads(plan_output(capsys, *flags, "--format", "json"))["model"]["memory_per_device"]
+    parts = ("weights", "gradients", "optimizer_states", "activations", "frozen_teacher")
+    assert memory["frozen_teacher"] > 0 and memory["total"] == sum(memory[part] for part in parts)
+    precomputed = json.loads(plan_output(capsys, *flags, "--precompute_teacher_features", "true", "--format", "json"))
+    assert precomputed["model"]["memory_per_device"]["frozen_teacher"] == 0  # freed before the first step

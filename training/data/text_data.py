@@ -141,18 +141,27 @@ def usable_or_placeholder(rows: list[dict], placeholder: dict) -> tuple[list[dic
 
 
 class DistillationCollator:
-    """Tokenizes a batch for both towers: the student's XLM-R tokenizer and the teacher's CLIP tokenizer.
+    """Tokenizes a batch for both towers: the student's XLM-R tokenizer and the teacher's (CLIP's, or the
+    student's own for ``--teacher self``), the teacher's up to `teacher_length` tokens (default CLIP's 77).
 
     With ``teacher_features`` (a precomputed [groups, D] array) the teacher's side is a lookup instead.
     """
 
     def __init__(
-        self, student_tokenizer, teacher_tokenizer, max_length: int = DEFAULT_MAX_TEXT_LENGTH, teacher_features=None
+        self,
+        student_tokenizer,
+        teacher_tokenizer,
+        max_length: int = DEFAULT_MAX_TEXT_LENGTH,
+        teacher_features=None,
+        teacher_length: int | None = None,
     ):
         self.student_tokenizer = student_tokenizer
         self.teacher_tokenizer = teacher_tokenizer
         self.max_length = max_length
         self.teacher_features = teacher_features
+        if teacher_length is None and teacher_tokenizer is not None:
+            teacher_length = teacher_max_length(teacher_tokenizer)
+        self.teacher_length = teacher_length
 
     def _tokens(self, tokenizer, texts: list[str], max_length: int) -> dict:
         return tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -173,7 +182,7 @@ class DistillationCollator:
             batch["teacher_features"] = torch.from_numpy(np.asarray(self.teacher_features[indices], dtype=np.float32))
         else:
             teacher_texts = [row["teacher_text"] for row in rows]
-            teacher = self._tokens(self.teacher_tokenizer, teacher_texts, teacher_max_length(self.teacher_tokenizer))
+            teacher = self._tokens(self.teacher_tokenizer, teacher_texts, self.teacher_length)
             batch["teacher_input_ids"] = teacher["input_ids"]
             batch["teacher_attention_mask"] = teacher["attention_mask"]
         return batch

@@ -1,9 +1,11 @@
-"""Stage 2's objective, written into every checkpoint and compared when a run resumes.
+"""A stage's objective, written into every checkpoint and compared when a run resumes.
 
 A requeued job re-reads its config: had the config's ``loss``, ``matryoshka_dims``/``_weights`` or
-``gather_with_grad`` changed in between, the run would continue on another objective without a word — its logged
-loss jumping (a Matryoshka loss is a sum over widths), its saved config naming widths the first part never trained.
-Like the data plan (`data/data_plan.py`), a resumption that changes it is refused with the difference named.
+``gather_with_grad`` (stage 2), or its ``teacher``, ``distillation_loss`` or ``include_english_pairs`` (stage 1),
+changed in between, the run would continue on another objective without a word — its logged loss jumping (a
+Matryoshka loss is a sum over widths; a self teacher starts at 0), its saved config naming widths the first part
+never trained. Like the data plan (`data/data_plan.py`), a resumption that changes it is refused with the
+difference named.
 """
 
 import json
@@ -17,8 +19,22 @@ from .contrastive_objective import parse_dims
 OBJECTIVE_FILE = "objective.json"
 
 
-def objective_settings(stage_args) -> dict:
-    """What a resumed stage-2 run must share with the run it continues: the loss and its widths as asked."""
+# The flags of each stage's objective, named in the refusal.
+OBJECTIVE_FLAGS = {
+    "teacher": "--teacher, --distillation_loss and --include_english_pairs",
+    "contrastive": "--loss, --matryoshka_dims, --matryoshka_weights and --gather_with_grad",
+}
+
+
+def objective_settings(stage_args, stage: str = "contrastive") -> dict:
+    """What a resumed run must share with the run it continues: stage 2's loss and its widths as asked; stage 1's
+    teacher (CLIP's or the model's own) and loss."""
+    if stage == "teacher":
+        return {
+            "teacher": stage_args.teacher,
+            "distillation_loss": stage_args.distillation_loss,
+            "include_english_pairs": bool(stage_args.include_english_pairs),
+        }
     return {
         "loss": stage_args.loss,
         "matryoshka_dims": parse_dims(stage_args.matryoshka_dims),
@@ -31,9 +47,9 @@ class ObjectiveRecordCallback(CheckpointRecordCallback):
     """Its own class: the Trainer warns when a second callback of one class is added (the data plan's is one)."""
 
 
-def objective_record_callback(stage_args) -> CheckpointRecordCallback:
+def objective_record_callback(stage_args, stage: str = "contrastive") -> CheckpointRecordCallback:
     """Writes the run's objective settings into every checkpoint (process 0)."""
-    return ObjectiveRecordCallback(OBJECTIVE_FILE, objective_settings(stage_args))
+    return ObjectiveRecordCallback(OBJECTIVE_FILE, objective_settings(stage_args, stage))
 
 
 def checkpoint_config(checkpoint: Path) -> dict:
@@ -41,12 +57,15 @@ def checkpoint_config(checkpoint: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def saved_settings(checkpoint: Path, config: dict) -> dict:
-    """The checkpoint's objective settings; for one written before `OBJECTIVE_FILE` existed, only the Matryoshka
-    widths its ``config.json`` (`config`) records (None there: the full width only)."""
+def saved_settings(checkpoint: Path, config: dict, stage: str = "contrastive") -> dict:
+    """The checkpoint's objective settings; for one written before `OBJECTIVE_FILE` existed, what is known of it:
+    stage 2's Matryoshka widths from its ``config.json`` (`config`; None there: the full width only); stage 1's
+    teacher, CLIP's (``--teacher self`` came with the record)."""
     path = checkpoint / OBJECTIVE_FILE
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
+    if stage == "teacher":
+        return {"teacher": "clip"}
     return {"matryoshka_dims": config.get("matryoshka_dims") or []} if config else {}
 
 
@@ -56,10 +75,11 @@ def prefix_widths(dims: list[int], full: int | None) -> list[int]:
     return sorted({int(dim) for dim in dims if dim != full})
 
 
-def check_resumed_objective(checkpoint: str, stage_args) -> None:
+def check_resumed_objective(checkpoint: str, stage_args, stage: str = "contrastive") -> None:
     """Refuses to resume `checkpoint` with another objective, naming each difference."""
     config = checkpoint_config(Path(checkpoint))
-    saved, current = saved_settings(Path(checkpoint), config), objective_settings(stage_args)
+    saved = saved_settings(Path(checkpoint), config, stage)
+    current = objective_settings(stage_args, stage)
     full = config.get("projection_dim")
     for settings in (saved, current):
         if "matryoshka_dims" in settings:
@@ -72,6 +92,5 @@ def check_resumed_objective(checkpoint: str, stage_args) -> None:
     if changed:
         raise UsageError(
             f"altclip-train: {checkpoint} was trained with another objective ({'; '.join(changed)}); resume with "
-            "the same --loss, --matryoshka_dims, --matryoshka_weights and --gather_with_grad, or start a new "
-            "--output_dir."
+            f"the same {OBJECTIVE_FLAGS[stage]}, or start a new --output_dir."
         )

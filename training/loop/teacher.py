@@ -107,11 +107,13 @@ def precomputed_teacher_features(
     batch_size: int = 256,
     shard_rows: int = 65_536,
     wait_seconds: float = 1800.0,
+    max_length: int | None = None,
 ) -> ShardedFeatures:
     """Teacher features of `texts` (the distinct English sentences, in group order), computed by all ranks in
     parallel into half-precision shards under ``cache_root/teacher-<fingerprint>``. The fingerprint covers the
-    teacher's weights, its tokenizer, dtype and max length and the corpus, so a change recomputes."""
-    max_length = teacher_max_length(tokenizer)
+    teacher's weights, its tokenizer, dtype and max length (`max_length`, default CLIP's 77) and the corpus, so a
+    change recomputes."""
+    max_length = max_length or teacher_max_length(tokenizer)
     key = {
         "teacher": str(teacher.text_model.config._name_or_path),
         "teacher_weights": module_digest(teacher),
