@@ -140,20 +140,13 @@ def test_the_self_teacher_is_the_starting_text_tower_frozen(start_without_dropou
     assert not any(parameter.requires_grad for parameter in teacher.parameters())
 
 
-def test_a_self_teacher_needs_a_trained_model(tmp_path, toy, cli):
+def test_a_self_teacher_needs_a_trained_model(tmp_path, toy, cli, start_without_dropout):
     argv = ["teacher", "--teacher", "self", "--clip_model_name_or_path", str(toy["clip"])]
     argv += ["--text_encoder_name_or_path", str(toy["xlmr"]), "--train_files", str(toy["parallel"])]
     cli.refusal(train_main, *argv, "--output_dir", tmp_path / "out", match="--teacher self distils a trained AltCLIP")
 
-    trained = [
-        "teacher",
-        "--teacher",
-        "self",
-        "--model_name_or_path",
-        str(toy["clip"]),
-        "--train_files",
-        str(toy["parallel"]),
-    ]
+    trained = ["teacher", "--teacher", "self", "--model_name_or_path", str(start_without_dropout)]
+    trained += ["--train_files", str(toy["parallel"]), "--max_text_length", "16"]
     for flag in ("--clip_model_name_or_path", "--teacher_tokenizer_name_or_path"):  # ignored, so refused
         line = cli.refusal(train_main, *trained, flag, str(toy["clip"]), "--output_dir", tmp_path / "out2")
         assert f"{flag} is not used with --teacher self" in line
