@@ -17,7 +17,7 @@ def release_processes(after_failure: bool = False) -> None:
     rank other than 0 returns while rank 0 still writes the model. Ending the group is not enough: a Trainer is a
     reference cycle, so its DDP model (whose reducer holds the group) outlives ``train()`` until the cyclic garbage
     collector runs — at interpreter exit, if nobody runs it before. Hence ``gc.collect()`` first (measured by
-    ``benchmarks/gloo_exit_abort.py``: 3 of 20 two-process runs aborted without it, 0 of 30 with it). Local to
+    ``benchmarks/gloo_exit_abort.py``: 6 of 40 two-process runs aborted without it, 0 of 40 with it). Local to
     this process (no collective). A job that never imported torch has no process group, and this does not import
     it. A failure to end it is a warning: the job's own outcome stands. `after_failure`:
     only a gloo group is ended (locally, at once); NCCL's orderly shutdown (``ncclCommDestroy``) waits for peers that

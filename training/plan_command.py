@@ -5,6 +5,7 @@ the model configs on the meta device) and loads no weights. A plan that breaks a
 the fix (exit status 2) after the report.
 """
 
+import dataclasses
 import json
 from collections.abc import Sequence
 
@@ -12,21 +13,8 @@ from altclip.common.config_files import expand_config
 from altclip.common.errors import UsageError
 from altclip.common.number_checks import COUNT, check_number
 
-# Flags of stage 1 alone: any of them names the stage, whatever else is given (stage 1 may start from a trained
-# AltCLIP: fine-tuning, add-language).
-STAGE1_ONLY = (
-    "--teacher",
-    "--distillation_loss",
-    "--include_english_pairs",
-    "--student_dropout",
-    "--precompute_teacher_features",
-    "--teacher_dtype",
-    "--teacher_cache_dir",
-    "--teacher_cache_shard_rows",
-    "--teacher_tokenizer_name_or_path",
-    "--english_column",
-    "--translation_column",
-)
+# Stage-1 flags outside its own argument class (`TeacherLearningArguments`, whose fields are read from it).
+STAGE1_MODEL_AND_DATA = ("--teacher_tokenizer_name_or_path", "--english_column", "--translation_column")
 # A new model (no --model_name_or_path) built from a CLIP and a text encoder starts with stage 1.
 NEW_MODEL = ("--clip_model_name_or_path", "--text_encoder_name_or_path")
 
@@ -72,8 +60,12 @@ def world_of(world_size: str | None, nnodes: str | None, nproc_per_node: str | N
 def infer_stage(argv: Sequence[str]) -> str:
     """teacher when the flags (config included) name a stage-1 option or start a new model from a CLIP and a text
     encoder, else contrastive."""
+    from .arguments import TeacherLearningArguments
+
     flags = expand_config(list(argv))
-    if any(flag in flags for flag in STAGE1_ONLY):
+    # a flag of stage 1 alone names it whatever else is given (it may start from a trained AltCLIP: add-language)
+    stage1_only = [f"--{field.name}" for field in dataclasses.fields(TeacherLearningArguments)]
+    if any(flag in flags for flag in (*stage1_only, *STAGE1_MODEL_AND_DATA)):
         return "teacher"
     if "--model_name_or_path" not in flags and any(flag in flags for flag in NEW_MODEL):
         return "teacher"

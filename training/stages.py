@@ -132,7 +132,8 @@ def check_self_teacher_flags(model_args) -> None:
 
 
 def run_teacher_learning(run: RunArguments, data: RunData) -> None:
-    """Stage 1: the student text tower learns the frozen CLIP text tower's features from parallel text."""
+    """Stage 1: the student text tower learns a frozen teacher's features (CLIP's text tower, or a copy of its own)
+    from parallel text."""
     model_args, data_args, stage_args, training_args = run.model, run.data, run.stage, run.training
     with outside_zero3_init(training_args):  # the engine trains (and partitions) the text tower only
         model, processor = load_or_build_model(model_args)

@@ -1,4 +1,5 @@
-"""The frozen CLIP text teacher of stage 1, and its features precomputed once by all ranks for reuse."""
+"""The frozen text teacher of stage 1 (CLIP's, or the model's own for ``--teacher self``), and its features
+precomputed once by all ranks for reuse."""
 
 import copy
 import hashlib
