@@ -4,12 +4,14 @@ The held-out emoji of a finished ``altclip-reproduce`` run are split once, by ``
 a test half (no test-half name, in any language, is in the fine-tuning captions). The student model is fine-tuned on
 the fine-tuning half, named in ``--languages``, three ways through ``altclip-train contrastive`` (same steps, batch and
 seed): full fine-tuning of the text tower, LoRA r=16 on the text tower, and LoRA r=16 with the embeddings of the
-captions' tokens trainable; each also at WiSE-FT alpha 0.5 (fixed). Each method's learning rate is chosen among its
-candidates on a validation split of the fine-tuning half (other random views of the fine-tuning emoji, and other
-emoji the model was trained on), never on a scored set. The start model and each result are scored by zero-shot
-top-1 per language on the test half (the domain gain on unseen emoji), on as many emoji the model was trained on
-(what it forgot), and on the fine-tuned emoji themselves in fresh random views (the domain's own labels on new
-images). Writes results.json, results.md and results.png.
+captions' tokens trainable; each also at WiSE-FT alpha 0.5 (fixed). Full fine-tuning and LoRA + token embeddings also
+run with text anchors (``--anchor_texts``: the names of the other emoji the model was trained on, neither scored nor
+in the validation split, in ``--languages``), at their chosen rate and each ``--anchor_weights``. Each method's learning
+rate (and anchor weight) is chosen among its candidates on a validation split of the fine-tuning half (other random
+views of the fine-tuning emoji, and other emoji the model was trained on), never on a scored set. The start model
+and each result are scored by zero-shot top-1 per language on the test half (the domain gain on unseen emoji), on as
+many emoji the model was trained on (what it forgot), and on the fine-tuned emoji themselves in fresh random views
+(the domain's own labels on new images). Writes results.json, results.md and results.png.
 
     python -m altclip.reproduction.finetune_demonstration --reproduction_dir outputs/reproduction \\
         --output_dir outputs/finetune_demonstration
@@ -65,6 +67,8 @@ METHODS = (
     ),
 )
 VALIDATION_SETS = ("validation_views", "validation_original")
+ANCHORED = ("full", "lora_tokens")  # the methods that also run with --anchor_texts
+ANCHOR_WEIGHTS = (1.0, 10.0, 30.0)
 
 
 def check_reproduction(reproduction_dir: Path) -> None:
@@ -93,6 +97,7 @@ def fine_tune(
     """Runs `method` at `rate` through `altclip-train contrastive` in this process; its wall time and trainable
     parameters."""
     logger.info("Fine-tuning: %s (lr %g, %d steps of %d)", method.label, rate, steps, batch_size)
+    run_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     run_stage(
         "contrastive",
@@ -138,6 +143,31 @@ def validation_folders(reproduction_dir: Path, split: DomainSplit, data_dir: Pat
     }
 
 
+def write_anchor_texts(reproduction_dir: Path, excluded: set[str], languages: Sequence[str], path: Path) -> Path:
+    """The names, in `languages`, of the emoji the model was trained on except `excluded` (the scored and the
+    validation originals): the texts a user would ask fine-tuning to keep — never a name that is scored."""
+    trained = training_names(reproduction_dir / "data" / "train_captions.jsonl")
+    held = {trained[slug][x] for slug in excluded & set(trained) for x in languages if x in trained[slug]}
+    names = [trained[slug][x] for slug in sorted(set(trained) - excluded) for x in languages if x in trained[slug]]
+    names = [name for name in names if name not in held]  # another emoji of the same name would anchor a scored one
+    path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+    return path
+
+
+def folder_classes(folder: Path) -> set[str]:
+    """The class (emoji) folders of an image folder."""
+    return {path.name for path in folder.iterdir() if path.is_dir()}
+
+
+def choose(candidates: dict, what: str, label: str) -> tuple:
+    """The candidate (a rate, or an anchor weight) whose run scores best on the validation split, and each one's
+    score."""
+    chosen = max(candidates, key=lambda key: validation_score(candidates[key]["validation"]))
+    selection = {f"{key:g}": validation_score(run["validation"]) for key, run in candidates.items()}
+    logger.info("%s: validation score per %s %s; chosen %g", label, what, selection, chosen)
+    return chosen, selection
+
+
 def validation_score(scores: dict[str, dict]) -> float:
     """What a rate is chosen by: the domain's labels on validation views plus the validation original emoji (mean
     top-1 over the languages): learning and keeping weigh the same."""
@@ -169,7 +199,13 @@ def full_weights(run_dir: Path) -> Path:
 
 
 def demonstrate(
-    reproduction_dir: Path, output_dir: Path, languages: list[str], seed: int, steps: int, batch_size: int
+    reproduction_dir: Path,
+    output_dir: Path,
+    languages: list[str],
+    seed: int,
+    steps: int,
+    batch_size: int,
+    anchor_weights: Sequence[float] = ANCHOR_WEIGHTS,
 ) -> dict:
     """The whole demonstration; returns (and writes into `output_dir`) the report."""
     reproduction_dir, output_dir = reproduction_dir.resolve(), output_dir.resolve()
@@ -177,6 +213,8 @@ def demonstrate(
     start = reproduction_dir / "stage2_contrastive"
     split = split_domain(reproduction_dir, output_dir / "data", languages, seed)
     validation = validation_folders(reproduction_dir, split, output_dir / "data", seed)
+    excluded = set(split.original) | folder_classes(validation["validation_original"])
+    anchors = write_anchor_texts(reproduction_dir, excluded, languages, output_dir / "data" / "anchor_texts.txt")
     logger.info("Split (seed %d): %s", seed, split.counts())
     logger.info("Scoring the start model")
     report = {
@@ -187,6 +225,7 @@ def demonstrate(
         "original_emoji": split.original,
         "counts": split.counts(),
         "finetune_captions": str(split.finetune_captions),
+        "anchor_texts": {"path": str(anchors), "texts": len(anchors.read_text(encoding="utf-8").splitlines())},
         "before": score(start, split.folders, languages),
         "before_validation": score(start, validation, languages),
         "runs": {},
@@ -198,9 +237,7 @@ def demonstrate(
                             batch_size)  # fmt: skip
             run["validation"] = score(Path(run["output"]), validation, languages)
             candidates[rate] = run
-        chosen = max(candidates, key=lambda rate: validation_score(candidates[rate]["validation"]))
-        selection = {f"{rate:g}": validation_score(run["validation"]) for rate, run in candidates.items()}
-        logger.info("%s: validation score per rate %s; chosen %g", method.label, selection, chosen)
+        chosen, selection = choose(candidates, "rate", method.label)
         run = {**candidates[chosen], "selection": selection, "candidates": list(candidates.values())}
         run["after"] = score(Path(run["output"]), split.folders, languages)
         report["runs"][method.name] = run
@@ -213,6 +250,25 @@ def demonstrate(
             "output": str(wise_dir),
             "after": score(wise_dir, split.folders, languages),
         }
+    for name in ANCHORED:
+        base = report["runs"][name]
+        method = next(method for method in METHODS if method.name == name)
+        weighed = {}
+        for weight in anchor_weights:
+            anchored = Method(
+                f"{name}_anchored", f"{method.label} + anchors", (base["learning_rate"],),
+                (*method.flags, "--anchor_texts", str(anchors), "--anchor_weight", f"{weight:g}"),
+            )  # fmt: skip
+            run_dir = output_dir / "runs" / anchored.name / f"weight-{weight:g}"
+            run = fine_tune(anchored, base["learning_rate"], start, split, run_dir, steps, batch_size)
+            run["anchor_weight"] = weight
+            run["validation"] = score(Path(run["output"]), validation, languages)
+            weighed[weight] = run
+        chosen, selection = choose(weighed, "anchor weight", f"{method.label} + anchors")
+        run = {**weighed[chosen], "anchor_selection": selection, "candidates": list(weighed.values())}
+        run["label"] = f"{method.label} + anchors (weight {chosen:g})"
+        run["after"] = score(Path(run["output"]), split.folders, languages)
+        report["runs"][f"{name}_anchored"] = run
     return write_report(report, output_dir)
 
 
@@ -225,6 +281,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int_in_range(1), default=200, help="training steps of every run")
     parser.add_argument("--batch_size", type=int_in_range(1), default=64, help="training batch of every run")
     parser.add_argument("--threads", type=int_in_range(1), default=1, help="torch threads (1: steady on a shared CPU)")
+    parser.add_argument(
+        "--anchor_weights",
+        default=",".join(f"{weight:g}" for weight in ANCHOR_WEIGHTS),
+        help="comma-separated --anchor_weight candidates of the anchored runs (chosen on validation)",
+    )
     one_line_parser_errors(parser, PROGRAM)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -239,9 +300,23 @@ def demonstration_command(args: argparse.Namespace) -> None:
     unknown = sorted(set(languages) - set(LANGUAGES))
     if unknown or not languages:
         raise UsageError(f"{PROGRAM}: --languages {args.languages!r}: choose among {', '.join(LANGUAGES)}.")
-    report = demonstrate(args.reproduction_dir, args.output_dir, languages, args.seed, args.steps, args.batch_size)
+    weights = anchor_weights(args.anchor_weights)
+    report = demonstrate(
+        args.reproduction_dir, args.output_dir, languages, args.seed, args.steps, args.batch_size, weights
+    )
     print(report["table"])
     print(f"Written: {args.output_dir}/results.json, results.md, results.png")
+
+
+def anchor_weights(text: str) -> list[float]:
+    """``--anchor_weights`` as positive finite numbers."""
+    try:
+        weights = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        weights = []
+    if not weights or not all(0 < weight < float("inf") for weight in weights):
+        raise UsageError(f"{PROGRAM}: --anchor_weights {text!r}: give comma-separated positive numbers, e.g. 1,10,30.")
+    return weights
 
 
 if __name__ == "__main__":

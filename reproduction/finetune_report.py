@@ -25,6 +25,8 @@ def markdown(report: dict) -> str:
     for run in report["runs"].values():
         cells = [f"{before[name]['mean']:.1f} → {run['after'][name]['mean']:.1f}" for name in SETS]
         rate = f"{run['learning_rate']:g}" + (f" (of {', '.join(run['selection'])})" if "selection" in run else "")
+        if "anchor_selection" in run:
+            rate += f" (weight of {', '.join(run['anchor_selection'])})"
         lines.append(
             f"| {run['label']} | {rate} | {run['trainable_parameters']:,} | {run['wall_s']:.0f} | {' | '.join(cells)} |"
         )

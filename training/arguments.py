@@ -221,6 +221,26 @@ class ContrastiveArguments:
         default=None,
         metadata={"help": "Comma-separated weights, one per Matryoshka width with the full width last (default: 1s)."},
     )
+    # Keeping what the model knew while fine-tuning (training/loop/text_anchors.py; docs/finetuning.md).
+    anchor_texts: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Texts whose embeddings fine-tuning keeps: .txt files (one per line) or tables (their "
+            "--anchor_text_column), e.g. the names the model knew, in its languages. Each micro-batch adds a draw "
+            "of them and --anchor_weight * (1 - cos) to the starting model's embeddings of them."
+        },
+    )
+    anchor_text_column: str = field(default="caption", metadata={"help": "The text column of --anchor_texts tables."})
+    anchor_weight: float = field(
+        default=10.0,
+        metadata={
+            "help": "Weight of the anchor term in the loss (with --anchor_texts); 10 was chosen (of 1, 10, 30) on "
+            "the fine-tuning demonstration's validation split (docs/finetuning.md): sweep it on yours."
+        },
+    )
+    anchor_batch_size: int | None = field(
+        default=None, metadata={"help": "Anchor texts per micro-batch and device (default: the per-device batch)."}
+    )
 
 
 @dataclass

@@ -32,6 +32,8 @@ FLAG_RANGES: dict[str, NumberRange] = {
     # TeacherLearningArguments / ContrastiveArguments
     "teacher_cache_shard_rows": COUNT,
     "max_logit_scale": POSITIVE,
+    "anchor_weight": NON_NEGATIVE,  # 0 with --anchor_texts is refused (text_anchors.check_anchor_arguments)
+    "anchor_batch_size": COUNT,
     # ZeroShotArguments
     "zeroshot_steps": WHOLE_NON_NEGATIVE,  # 0: off
     # FineTuningArguments (0 for --lora_r: no adapter)

@@ -252,16 +252,19 @@ def layer_activation_bytes(seq: int, batch: int, hidden: int, bf16: bool) -> int
     return 34 * seq * batch * hidden * (1 if bf16 else 2)
 
 
-def activation_bytes(config, stage: str, batch: int, text_length: int, bf16: bool, checkpointing: bool, trains_vision):
-    """Activations of the trained towers for one micro-batch."""
-    towers = [(config.text_config, text_length)]
+def activation_bytes(
+    config, stage: str, batch: int, text_length: int, bf16: bool, checkpointing: bool, trains_vision, anchors: int = 0
+):
+    """Activations of the trained towers for one micro-batch; the text tower also reads `anchors` anchor texts
+    (``--anchor_texts``) in the same forward."""
+    towers = [(config.text_config, text_length, batch + anchors)]
     if trains_vision:
         vision = config.vision_config
-        towers.append((vision, (vision.image_size // vision.patch_size) ** 2 + 1))
+        towers.append((vision, (vision.image_size // vision.patch_size) ** 2 + 1, batch))
     total = 0
-    for tower, seq in towers:
-        layer = layer_activation_bytes(seq, batch, tower.hidden_size, bf16)
-        inputs = 2 * seq * batch * tower.hidden_size * (1 if bf16 else 2)
+    for tower, seq, rows in towers:
+        layer = layer_activation_bytes(seq, rows, tower.hidden_size, bf16)
+        inputs = 2 * seq * rows * tower.hidden_size * (1 if bf16 else 2)
         layers = tower.num_hidden_layers
         total += layers * inputs + layer if checkpointing else layers * layer
     return total
@@ -292,8 +295,11 @@ def model_report(run, stage: str, world: int) -> dict:
     bf16 = bool(training.bf16)
     memory = memory_report(params, backend, world, bf16)
     batch, length = training.per_device_train_batch_size, run.data.max_text_length
+    anchors = 0  # anchor texts per micro-batch (stage 2 with --anchor_texts): more rows through the text tower
+    if getattr(run.stage, "anchor_texts", None):
+        anchors = run.stage.anchor_batch_size or batch
     activations = {
-        flag: activation_bytes(config, stage, batch, length, bf16, flag, unfreeze and stage != "teacher")
+        flag: activation_bytes(config, stage, batch, length, bf16, flag, unfreeze and stage != "teacher", anchors)
         for flag in (False, True)
     }
     checkpointing = bool(getattr(training, "activation_checkpointing", False) or training.gradient_checkpointing)

@@ -16,7 +16,7 @@ from altclip.common.records import write_jsonl
 from altclip.reproduction.domain_split import split_domain
 from altclip.reproduction.emoji_data import LANGUAGES as ALL_LANGUAGES
 from altclip.reproduction.emoji_data import normalised
-from altclip.reproduction.finetune_demonstration import METHODS, main, validation_score
+from altclip.reproduction.finetune_demonstration import ANCHORED, METHODS, main, validation_score
 
 LANGUAGES = ["en", "de", "zh"]
 
@@ -29,7 +29,8 @@ def demonstration(tmp_path_factory, tiny_reproduction):
     threads = torch.get_num_threads()
     try:
         arguments = ["--reproduction_dir", str(reproduction), "--output_dir", str(root / "demo")]
-        main([*arguments, "--languages", ",".join(LANGUAGES), "--steps", "4", "--batch_size", "8", "--threads", "1"])
+        settings = ["--languages", ",".join(LANGUAGES), "--steps", "4", "--batch_size", "8", "--threads", "1"]
+        main([*arguments, *settings, "--anchor_weights", "10"])
     finally:
         torch.set_num_threads(threads)
     results = json.loads((root / "demo" / "results.json").read_text(encoding="utf-8"))
@@ -61,6 +62,20 @@ def test_held_out_emoji_are_split_once_into_disjoint_halves(demonstration):
 
 
 @pytest.mark.slow
+def test_the_anchor_texts_are_names_the_model_knew_and_none_is_scored_or_validated(demonstration):
+    reproduction, demo, results = demonstration
+    anchors = set(Path(results["anchor_texts"]["path"]).read_text(encoding="utf-8").splitlines())
+    rows = read_jsonl(reproduction / "data" / "train_captions.jsonl")
+    names = {}
+    for row in rows:
+        names.setdefault(Path(row["image"]).stem, {})[row["language"]] = row["caption"]
+    held = set(results["original_emoji"]) | {path.name for path in (demo / "data" / "validation_original").iterdir()}
+    scored = {names[slug][x] for slug in held for x in LANGUAGES if x in names[slug]}
+    expected = {names[slug][x] for slug in set(names) - held for x in LANGUAGES if x in names[slug]} - scored
+    assert anchors and anchors == expected and not anchors & scored
+
+
+@pytest.mark.slow
 def test_no_test_half_name_is_in_the_fine_tuning_captions(demonstration):
     reproduction, demo, results = demonstration
     rows = read_jsonl(demo / "data" / "finetune_captions.jsonl")
@@ -77,7 +92,8 @@ def test_no_test_half_name_is_in_the_fine_tuning_captions(demonstration):
 @pytest.mark.slow
 def test_every_method_is_scored_before_and_after_on_both_sets_in_every_language(demonstration):
     _, demo, results = demonstration
-    assert list(results["runs"]) == [name for method in METHODS for name in (method.name, f"{method.name}_wise_ft")]
+    expected = [name for method in METHODS for name in (method.name, f"{method.name}_wise_ft")]
+    assert list(results["runs"]) == [*expected, *(f"{name}_anchored" for name in ANCHORED)]
     for scores in [results["before"], *(run["after"] for run in results["runs"].values())]:
         assert set(scores) == {"finetune_new_views", "test_half", "original_emoji"}
         for scored in scores.values():
@@ -117,6 +133,14 @@ def test_every_method_is_scored_before_and_after_on_both_sets_in_every_language(
         for key in moved:
             expected = (start[key].reshape(end[key].shape) + end[key]) / 2
             torch.testing.assert_close(halfway[key], expected, rtol=1e-5, atol=1e-6)
+
+    # anchored rows: the base method's chosen rate, with the anchor texts, each weight scored on validation only
+    for name in ANCHORED:
+        run, base = results["runs"][f"{name}_anchored"], results["runs"][name]
+        assert run["learning_rate"] == base["learning_rate"] and run["anchor_selection"].keys() == {"10"}
+        summary = json.loads((Path(run["output"]) / "training_summary.json").read_text(encoding="utf-8"))
+        assert summary["anchors"] == {"texts": results["anchor_texts"]["texts"], "weight": 10.0}
+        assert "--anchor_texts" in run["flags"] and set(base["flags"]) <= set(run["flags"])
 
     table = (demo / "results.md").read_text(encoding="utf-8")
     assert all(run["label"] in table for run in results["runs"].values())

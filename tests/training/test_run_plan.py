@@ -194,3 +194,19 @@ def test_a_stage_1_flag_names_the_stage_and_the_teacher_counts_in_the_total(toy,
     assert memory["frozen_teacher"] > 0 and memory["total"] == sum(memory[part] for part in parts)
     precomputed = json.loads(plan_output(capsys, *flags, "--precompute_teacher_features", "true", "--format", "json"))
     assert precomputed["model"]["memory_per_device"]["frozen_teacher"] == 0  # freed before the first step
+
+
+def test_anchor_texts_count_in_the_text_towers_activations(tmp_path, toy, teacher_model_dir, capsys):
+    """``--anchor_texts`` puts `--anchor_batch_size` more texts through the text tower in every forward: with a
+    frozen image tower, the plan's activations grow by that share of the batch."""
+    anchors = tmp_path / "anchors.txt"
+    anchors.write_text("a red circle\nein blauer Kreis\n", encoding="utf-8")
+    flags = ["--model_name_or_path", str(teacher_model_dir), "--train_files", str(toy["captions"]), "--format", "json"]
+    flags += ["--per_device_train_batch_size", "8"]
+
+    def activations(*extra: str) -> int:
+        return json.loads(plan_output(capsys, *flags, *extra))["model"]["memory_per_device"]["activations"]
+
+    plain = activations()
+    assert activations("--anchor_texts", str(anchors)) == 2 * plain  # default: as many anchors as captions
+    assert activations("--anchor_texts", str(anchors), "--anchor_batch_size", "4") == plain * 3 // 2

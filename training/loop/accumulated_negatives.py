@@ -44,9 +44,11 @@ def accumulated_contrastive_step(
 ) -> torch.Tensor:
     """Back-propagates the loss of all `batches` together (see the module docstring) and returns it, detached.
 
-    `embed(model, batch)` gives (image_embeds, text_embeds); `loss_of(images, texts, *parameters)` the contrastive
-    loss of the whole (local) batch given the model's `loss_parameters` (``logit_scale``, and SigLIP's
-    ``logit_bias``); `usable[i]` cuts batch i's placeholder rows.
+    `embed(model, batch)` gives (image_embeds, text_embeds, penalty): the penalty (the anchor term of
+    ``--anchor_texts``, or None) is a loss of the batch alone, back-propagated with it at weight 1/k over the k
+    micro-batches, as plain accumulation would; `loss_of(images, texts, *parameters)` the contrastive loss of the
+    whole (local) batch given the model's `loss_parameters` (``logit_scale``, and SigLIP's ``logit_bias``);
+    `usable[i]` cuts batch i's placeholder rows.
     """
     device = trainer.args.device
     states, images, texts = [], [], []
@@ -54,7 +56,7 @@ def accumulated_contrastive_step(
         for batch, rows in zip(batches, usable):
             states.append(rng_state(device))
             with trainer.compute_loss_context_manager():
-                image, text = embed(model, batch)
+                image, text, _ = embed(model, batch)
             images.append(image[:rows].float())
             texts.append(text[:rows].float())
     image_leaf = torch.cat(images).requires_grad_()
@@ -62,17 +64,20 @@ def accumulated_contrastive_step(
     parameter_leaves = [parameter.detach().float().requires_grad_() for parameter in loss_parameters]
     loss = loss_of(image_leaf, text_leaf, *parameter_leaves)
     image_grad, text_grad, *parameter_grads = torch.autograd.grad(loss, [image_leaf, text_leaf, *parameter_leaves])
-    offset = 0
+    offset, penalties = 0, torch.zeros((), device=loss.device)
     for number, (batch, rows, state) in enumerate(zip(batches, usable, states)):
         last = number == len(batches) - 1
         sync = contextlib.nullcontext if last else functools.partial(trainer.accelerator.no_sync, model=model)
         with sync():
             set_rng_state(state, device)
             with trainer.compute_loss_context_manager():
-                image, text = embed(model, batch)
+                image, text, penalty = embed(model, batch)
                 image, text = image[:rows], text[:rows]
                 end = offset + len(text)
                 surrogate = (text.float() * text_grad[offset:end]).sum()
+                if penalty is not None:
+                    surrogate = surrogate + penalty / len(batches)
+                    penalties = penalties + penalty.detach() / len(batches)
                 if image.requires_grad:
                     surrogate = surrogate + (image.float() * image_grad[offset:end]).sum()
                 if last:  # the temperature's (and bias') gradient, once; every trained parameter gets its gradient
@@ -80,4 +85,4 @@ def accumulated_contrastive_step(
                         surrogate = surrogate + (parameter.float() * gradient).sum()
             trainer.accelerator.backward(surrogate)
         offset = end
-    return loss.detach()
+    return loss.detach() + penalties

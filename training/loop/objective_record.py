@@ -1,20 +1,22 @@
 """A stage's objective, written into every checkpoint and compared when a run resumes.
 
-A requeued job re-reads its config: had the config's ``loss``, ``matryoshka_dims``/``_weights`` or
-``gather_with_grad`` (stage 2), or its ``teacher``, ``distillation_loss`` or ``include_english_pairs`` (stage 1),
-changed in between, the run would continue on another objective without a word — its logged loss jumping (a
-Matryoshka loss is a sum over widths; a self teacher starts at 0), its saved config naming widths the first part
-never trained. Like the data plan (`data/data_plan.py`), a resumption that changes it is refused with the
-difference named.
+A requeued job re-reads its config: had the config's ``loss``, ``matryoshka_dims``/``_weights``,
+``gather_with_grad`` or anchor texts (stage 2), or its ``teacher``, ``distillation_loss`` or
+``include_english_pairs`` (stage 1), changed in between, the run would continue on another objective without a
+word — its logged loss jumping (a Matryoshka loss is a sum over widths; a self teacher starts at 0), its saved
+config naming widths the first part never trained. Like the data plan (`data/data_plan.py`), a resumption that
+changes it is refused with the difference named.
 """
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from altclip.common.errors import UsageError
 
 from ..data.data_plan import CheckpointRecordCallback
 from .contrastive_objective import parse_dims
+from .text_anchors import texts_digest
 
 OBJECTIVE_FILE = "objective.json"
 
@@ -22,13 +24,14 @@ OBJECTIVE_FILE = "objective.json"
 # The flags of each stage's objective, named in the refusal.
 OBJECTIVE_FLAGS = {
     "teacher": "--teacher, --distillation_loss and --include_english_pairs",
-    "contrastive": "--loss, --matryoshka_dims, --matryoshka_weights and --gather_with_grad",
+    "contrastive": "--loss, --matryoshka_dims, --matryoshka_weights, --gather_with_grad and --anchor_*",
 }
 
 
-def objective_settings(stage_args, stage: str = "contrastive") -> dict:
-    """What a resumed run must share with the run it continues: stage 2's loss and its widths as asked; stage 1's
-    teacher (CLIP's or the model's own) and loss."""
+def objective_settings(stage_args, stage: str = "contrastive", anchor_texts: Sequence[str] = ()) -> dict:
+    """What a resumed run must share with the run it continues: stage 2's loss, its widths as asked and its anchor
+    term (the texts by their digest, as `anchor_texts` holds them read, not their file's path); stage 1's teacher
+    (CLIP's or the model's own) and loss."""
     if stage == "teacher":
         return {
             "teacher": stage_args.teacher,
@@ -40,6 +43,14 @@ def objective_settings(stage_args, stage: str = "contrastive") -> dict:
         "matryoshka_dims": parse_dims(stage_args.matryoshka_dims),
         "matryoshka_weights": stage_args.matryoshka_weights,
         "gather_with_grad": bool(stage_args.gather_with_grad),
+        "anchors": {
+            "texts_sha256": texts_digest(anchor_texts),
+            "texts": len(anchor_texts),
+            "weight": stage_args.anchor_weight,
+            "batch_size": stage_args.anchor_batch_size,
+        }
+        if anchor_texts
+        else None,
     }
 
 
@@ -47,9 +58,11 @@ class ObjectiveRecordCallback(CheckpointRecordCallback):
     """Its own class: the Trainer warns when a second callback of one class is added (the data plan's is one)."""
 
 
-def objective_record_callback(stage_args, stage: str = "contrastive") -> CheckpointRecordCallback:
+def objective_record_callback(
+    stage_args, stage: str = "contrastive", anchor_texts: Sequence[str] = ()
+) -> CheckpointRecordCallback:
     """Writes the run's objective settings into every checkpoint (process 0)."""
-    return ObjectiveRecordCallback(OBJECTIVE_FILE, objective_settings(stage_args, stage))
+    return ObjectiveRecordCallback(OBJECTIVE_FILE, objective_settings(stage_args, stage, anchor_texts))
 
 
 def checkpoint_config(checkpoint: Path) -> dict:
@@ -75,11 +88,13 @@ def prefix_widths(dims: list[int], full: int | None) -> list[int]:
     return sorted({int(dim) for dim in dims if dim != full})
 
 
-def check_resumed_objective(checkpoint: str, stage_args, stage: str = "contrastive") -> None:
+def check_resumed_objective(
+    checkpoint: str, stage_args, stage: str = "contrastive", anchor_texts: Sequence[str] = ()
+) -> None:
     """Refuses to resume `checkpoint` with another objective, naming each difference."""
     config = checkpoint_config(Path(checkpoint))
     saved = saved_settings(Path(checkpoint), config, stage)
-    current = objective_settings(stage_args, stage)
+    current = objective_settings(stage_args, stage, anchor_texts)
     full = config.get("projection_dim")
     for settings in (saved, current):
         if "matryoshka_dims" in settings:

@@ -23,6 +23,7 @@ from .feature_caches import ImageEmbeddingCache
 from .losses import distillation_loss
 from .teacher import FrozenTextTeacher
 from .temperature import LogitScaleClamp
+from .text_anchors import TextAnchors
 
 TRAINED_KEYS_FOLDER = "trained_keys"
 
@@ -212,7 +213,9 @@ class ContrastiveTrainer(AltCLIPTrainer):
     With a frozen image tower its embeddings are computed without gradients outside the trained forward, read from
     an `ImageEmbeddingCache` where earlier epochs stored them; ``image_tower_rows`` in the logs counts the images
     this process ran through the tower. With ``full_batch_negatives`` and gradient accumulation, every pair is
-    scored against the whole accumulated batch (`accumulated_negatives`).
+    scored against the whole accumulated batch (`accumulated_negatives`). With `anchors` (``--anchor_texts``), each
+    training micro-batch's texts also hold a draw of anchor texts, and the loss adds their distance to the starting
+    model's embeddings (`text_anchors`).
     """
 
     def __init__(
@@ -223,9 +226,12 @@ class ContrastiveTrainer(AltCLIPTrainer):
         full_batch_negatives: bool = True,
         image_cache: ImageEmbeddingCache | None = None,
         objective: Objective | None = None,
+        anchors: TextAnchors | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.anchors = anchors
+        self._anchor_step, self._anchor_micro_batch = -1, 0
         self.max_logit_scale = max_logit_scale
         self.max_log_logit_scale = math.log(max_logit_scale)
         self.add_callback(LogitScaleClamp(self, self.max_log_logit_scale))
@@ -282,10 +288,31 @@ class ContrastiveTrainer(AltCLIPTrainer):
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], return_logit_scale=True, **images
         )
 
-    def _embed(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image_embeds, text_embeds) of a batch (see `_forward`)."""
+    def _add_anchors(self, inputs: dict, micro_batch: int | None = None) -> None:
+        """Appends this micro-batch's anchor texts to a training batch's texts (once; see `text_anchors`). The draw
+        is keyed by the optimizer step and the micro-batch's place in it (counted here unless given)."""
+        if self.anchors is None or "anchor_rows" in inputs:
+            return
+        step = self.state.global_step
+        if micro_batch is None:
+            if step != self._anchor_step:
+                self._anchor_step, self._anchor_micro_batch = step, 0
+            micro_batch, self._anchor_micro_batch = self._anchor_micro_batch, self._anchor_micro_batch + 1
+        self.anchors.join(inputs, self.anchors.draw(step, micro_batch))
+
+    def _split_anchors(self, text_embeds: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the captions' embeddings, the anchor term) of a forward over captions and anchors; no term without
+        anchors."""
+        rows = inputs.get("anchor_rows")
+        if rows is None:
+            return text_embeds, None
+        captions = len(text_embeds) - len(rows)
+        return text_embeds[:captions], self.anchors.loss(text_embeds[captions:], rows)
+
+    def _embed(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(image_embeds, the captions' text_embeds, the anchor term or None) of a batch (see `_forward`)."""
         outputs = self._forward(model, inputs)
-        return outputs.image_embeds, outputs.text_embeds
+        return outputs.image_embeds, *self._split_anchors(outputs.text_embeds, inputs)
 
     def _loss(
         self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
@@ -297,9 +324,14 @@ class ContrastiveTrainer(AltCLIPTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         usable = self._take_bookkeeping(inputs)
+        if model.training:
+            self._add_anchors(inputs)
         outputs = self._forward(model, inputs)
-        image_embeds, text_embeds = outputs.image_embeds, outputs.text_embeds
+        image_embeds = outputs.image_embeds
+        text_embeds, anchor_term = self._split_anchors(outputs.text_embeds, inputs)
         loss = self._loss(image_embeds[:usable], text_embeds[:usable], outputs.logit_scale_exp, outputs.logit_bias)
+        if anchor_term is not None:
+            loss = loss + anchor_term
         return (loss, (image_embeds, text_embeds)) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -313,6 +345,8 @@ class ContrastiveTrainer(AltCLIPTrainer):
         batches, self._window = [self._prepare_inputs(batch) for batch in self._window], []
         model.train()
         usable = [self._take_bookkeeping(batch) for batch in batches]
+        for number, batch in enumerate(batches):
+            self._add_anchors(batch, number)
         unwrapped = self.accelerator.unwrap_model(model)
         parameters = [unwrapped.logit_scale]
         if getattr(unwrapped, "logit_bias", None) is not None:
@@ -325,4 +359,7 @@ class ContrastiveTrainer(AltCLIPTrainer):
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         logs["image_tower_rows"] = self.image_tower_rows  # this process's count
+        distance = self.anchors.logged() if self.anchors is not None else None
+        if distance is not None:  # this process's mean 1 - cos of its anchors since the last log (before the weight)
+            logs["anchor_distance"] = distance
         super().log(logs, *args, **kwargs)
