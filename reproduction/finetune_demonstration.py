@@ -6,7 +6,7 @@ the fine-tuning half, named in ``--languages``, three ways through ``altclip-tra
 seed): full fine-tuning of the text tower, LoRA r=16 on the text tower, and LoRA r=16 with the embeddings of the
 captions' tokens trainable; each also at WiSE-FT alpha 0.5 (fixed). Full fine-tuning and LoRA + token embeddings also
 run with text anchors (``--anchor_texts``: the names of the other emoji the model was trained on, neither scored nor
-in the validation split, in ``--languages``), at their chosen rate and each ``--anchor_weights``. Each method's learning
+in the validation split, in ``--languages``), at each of `ANCHOR_RATES` and ``--anchor_weights``. Each method's learning
 rate (and anchor weight) is chosen among its candidates on a validation split of the fine-tuning half (other random
 views of the fine-tuning emoji, and other emoji the model was trained on), never on a scored set. The start model
 and each result are scored by zero-shot top-1 per language on the test half (the domain gain on unseen emoji), on as
@@ -57,18 +57,22 @@ class Method:
     flags: tuple[str, ...] = ()
 
 
-# Candidates around each method's usual rate: full fine-tuning at and above a fifth of stage 2's 1e-3; LoRA from the
-# previous demonstration's 1e-3 neighbourhood up to 1e-2, where LoRA learned the new labels in controlled runs.
+# Candidates around each method's usual rate: full fine-tuning from a fifth of stage 2's 1e-3 to 3e-3; LoRA from
+# the previous demonstration's 1e-3 neighbourhood up to 1e-2, where LoRA learned the new labels in controlled runs.
 METHODS = (
-    Method("full", "full fine-tuning (text tower)", (2e-4, 1e-3)),
+    Method("full", "full fine-tuning (text tower)", (2e-4, 1e-3, 3e-3)),
     Method("lora", "LoRA r=16 (text tower)", (1e-3, 1e-2), (*LORA_FLAGS, "--lora_trainable_tokens", "none")),
     Method(
-        "lora_tokens", "LoRA r=16 + token embeddings", (1e-3, 1e-2), (*LORA_FLAGS, "--lora_trainable_tokens", "auto")
+        "lora_tokens",
+        "LoRA r=16 + token embeddings",
+        (1e-3, 3e-3, 1e-2),
+        (*LORA_FLAGS, "--lora_trainable_tokens", "auto"),
     ),
 )
 VALIDATION_SETS = ("validation_views", "validation_original")
-ANCHORED = ("full", "lora_tokens")  # the methods that also run with --anchor_texts
-ANCHOR_WEIGHTS = (1.0, 10.0, 30.0)
+ANCHORED = ("full", "lora_tokens")  # the methods that also run with --anchor_texts, at each rate and weight below
+ANCHOR_RATES = (1e-3, 3e-3)
+ANCHOR_WEIGHTS = (3.0, 10.0, 30.0)
 
 
 def check_reproduction(reproduction_dir: Path) -> None:
@@ -159,12 +163,12 @@ def folder_classes(folder: Path) -> set[str]:
     return {path.name for path in folder.iterdir() if path.is_dir()}
 
 
-def choose(candidates: dict, what: str, label: str) -> tuple:
-    """The candidate (a rate, or an anchor weight) whose run scores best on the validation split, and each one's
-    score."""
+def choose(candidates: dict[str, dict], label: str) -> tuple[str, dict[str, float]]:
+    """The candidate (named by its rate, or rate and anchor weight) whose run scores best on the validation split,
+    and each one's score."""
     chosen = max(candidates, key=lambda key: validation_score(candidates[key]["validation"]))
-    selection = {f"{key:g}": validation_score(run["validation"]) for key, run in candidates.items()}
-    logger.info("%s: validation score per %s %s; chosen %g", label, what, selection, chosen)
+    selection = {key: validation_score(run["validation"]) for key, run in candidates.items()}
+    logger.info("%s: validation score per candidate %s; chosen %s", label, selection, chosen)
     return chosen, selection
 
 
@@ -236,8 +240,8 @@ def demonstrate(
             run = fine_tune(method, rate, start, split, output_dir / "runs" / method.name / f"lr-{rate:g}", steps,
                             batch_size)  # fmt: skip
             run["validation"] = score(Path(run["output"]), validation, languages)
-            candidates[rate] = run
-        chosen, selection = choose(candidates, "rate", method.label)
+            candidates[f"{rate:g}"] = run
+        chosen, selection = choose(candidates, method.label)
         run = {**candidates[chosen], "selection": selection, "candidates": list(candidates.values())}
         run["after"] = score(Path(run["output"]), split.folders, languages)
         report["runs"][method.name] = run
@@ -251,22 +255,22 @@ def demonstrate(
             "after": score(wise_dir, split.folders, languages),
         }
     for name in ANCHORED:
-        base = report["runs"][name]
         method = next(method for method in METHODS if method.name == name)
-        weighed = {}
-        for weight in anchor_weights:
-            anchored = Method(
-                f"{name}_anchored", f"{method.label} + anchors", (base["learning_rate"],),
-                (*method.flags, "--anchor_texts", str(anchors), "--anchor_weight", f"{weight:g}"),
-            )  # fmt: skip
-            run_dir = output_dir / "runs" / anchored.name / f"weight-{weight:g}"
-            run = fine_tune(anchored, base["learning_rate"], start, split, run_dir, steps, batch_size)
-            run["anchor_weight"] = weight
-            run["validation"] = score(Path(run["output"]), validation, languages)
-            weighed[weight] = run
-        chosen, selection = choose(weighed, "anchor weight", f"{method.label} + anchors")
-        run = {**weighed[chosen], "anchor_selection": selection, "candidates": list(weighed.values())}
-        run["label"] = f"{method.label} + anchors (weight {chosen:g})"
+        candidates = {}
+        for rate in ANCHOR_RATES:
+            for weight in anchor_weights:
+                anchored = Method(
+                    f"{name}_anchored", f"{method.label} + anchors", (rate,),
+                    (*method.flags, "--anchor_texts", str(anchors), "--anchor_weight", f"{weight:g}"),
+                )  # fmt: skip
+                run_dir = output_dir / "runs" / anchored.name / f"lr-{rate:g}-weight-{weight:g}"
+                run = fine_tune(anchored, rate, start, split, run_dir, steps, batch_size)
+                run["anchor_weight"] = weight
+                run["validation"] = score(Path(run["output"]), validation, languages)
+                candidates[f"{rate:g} @ {weight:g}"] = run
+        chosen, selection = choose(candidates, f"{method.label} + anchors (lr @ weight)")
+        run = {**candidates[chosen], "anchor_selection": selection, "candidates": list(candidates.values())}
+        run["label"] = f"{method.label} + anchors (weight {run['anchor_weight']:g})"
         run["after"] = score(Path(run["output"]), split.folders, languages)
         report["runs"][f"{name}_anchored"] = run
     return write_report(report, output_dir)
@@ -284,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--anchor_weights",
         default=",".join(f"{weight:g}" for weight in ANCHOR_WEIGHTS),
-        help="comma-separated --anchor_weight candidates of the anchored runs (chosen on validation)",
+        help="comma-separated --anchor_weight candidates of the anchored runs, each at every anchored rate (chosen on "
+        "validation)",
     )
     one_line_parser_errors(parser, PROGRAM)
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ def markdown(report: dict) -> str:
         cells = [f"{before[name]['mean']:.1f} → {run['after'][name]['mean']:.1f}" for name in SETS]
         rate = f"{run['learning_rate']:g}" + (f" (of {', '.join(run['selection'])})" if "selection" in run else "")
         if "anchor_selection" in run:
-            rate += f" (weight of {', '.join(run['anchor_selection'])})"
+            rate += f" (of lr @ weight {', '.join(run['anchor_selection'])})"
         lines.append(
             f"| {run['label']} | {rate} | {run['trainable_parameters']:,} | {run['wall_s']:.0f} | {' | '.join(cells)} |"
         )
