@@ -4,7 +4,7 @@ Trainer reads. ``altclip-train plan`` and the run call the same functions on the
 run's plan; nothing is cached between calls."""
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
@@ -21,7 +21,7 @@ from .data.sources import Source, parse_sources
 from .data.tables import built_first, check_columns
 from .data.text_data import ParallelText
 from .loop.contrastive_objective import check_objective_flags
-from .loop.text_anchors import check_anchor_arguments, read_anchor_texts
+from .loop.text_anchors import AnchorTexts, check_anchor_arguments, read_anchor_texts
 from .run_plan import plan_problems, shard_data_report
 
 
@@ -33,7 +33,7 @@ class RunData:
     train_sources: list[Source]
     validation_sources: list[Source] | None
     sized: SizedShards | None = None  # shard sources only: samples per shard and where each size came from
-    anchor_texts: list[str] = field(default_factory=list)  # --anchor_texts, read and checked (stage 2)
+    anchors: AnchorTexts | None = None  # --anchor_texts: this rank's share, their count and digest (stage 2)
 
     @property
     def is_shards(self) -> bool:
@@ -48,9 +48,12 @@ def get_data(run: RunArguments, stage: str) -> RunData:
     check_balancing_flags(run.data, train_sources)
     data = RunData(stage, train_sources, validation_sources)
     if stage == "contrastive":
-        check_anchor_arguments(run.stage, run.flags_given)
+        check_anchor_arguments(run.stage, run.flags_given, run.model.model_name_or_path)
         if run.stage.anchor_texts:
-            data.anchor_texts = read_anchor_texts(run.stage.anchor_texts, run.stage.anchor_text_column)
+            stage_args, training = run.stage, run.training
+            data.anchors = read_anchor_texts(
+                stage_args.anchor_texts, stage_args.anchor_text_column, training.process_index, training.world_size
+            )
     if not data.is_shards:
         given = [flag for flag in ("shard_sizes", "train_num_samples", "dataset_resampled") if getattr(run.data, flag)]
         if given:

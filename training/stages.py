@@ -40,7 +40,7 @@ from .loop.model_setup import (
     load_or_build_model,
     load_teacher_for,
 )
-from .loop.objective_record import check_resumed_objective, objective_record_callback
+from .loop.objective_record import check_resumed_anchor_start, check_resumed_objective, objective_record_callback
 from .loop.output_folder import check_output_folder, check_room
 from .loop.preemption import (
     PreemptionCallback,
@@ -102,7 +102,7 @@ def run_stage(run: RunArguments, stage: str) -> None:
     checkpoint = resume_checkpoint(run.training)  # refuse an occupied output folder before loading anything
     if checkpoint is not None:
         check_resumed_plan(checkpoint, run.data, run.training)
-        check_resumed_objective(checkpoint, run.stage, stage, data.anchor_texts)
+        check_resumed_objective(checkpoint, run.stage, stage, data.anchors)
     inputs = [run.model.model_name_or_path, run.model.clip_model_name_or_path, run.model.text_encoder_name_or_path]
     check_output_folder(run.training.output_dir, inputs, run.output.overwrite_output_dir)
     check_model_arguments(run.model, needs_teacher=stage == "teacher" and run.stage.teacher == "clip")
@@ -209,12 +209,14 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
         freeze_image_tower(model)
     objective = objective_for(stage_args, model, lora=lora_enabled(run.tuning))  # SigLIP's bias joins the model
     anchors = None
-    if data.anchor_texts:  # the starting model's embeddings of them, before any adapter or step changes it
+    if data.anchors is not None:  # the starting model's embeddings of them, before any adapter or step changes it
         anchors = TextAnchors.for_rank(
-            model, processor.tokenizer, data.anchor_texts, data_args.max_text_length, stage_args.anchor_weight,
+            model, processor.tokenizer, data.anchors, data_args.max_text_length, stage_args.anchor_weight,
             stage_args.anchor_batch_size or training_args.per_device_train_batch_size, training_args.seed,
-            training_args.process_index, training_args.world_size, training_args.device,
+            training_args.process_index, training_args.device,
         )  # fmt: skip
+        if training_args.resume_from_checkpoint:
+            check_resumed_anchor_start(training_args.resume_from_checkpoint, anchors.start)
     image_processor = processor.image_processor
     train_data = train_dataset(data, run, image_processor)
     adapter = None
@@ -247,14 +249,15 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     )
     if image_cache is not None:
         trainer.add_callback(ImageCacheCallback(image_cache))
-    trainer.add_callback(objective_record_callback(stage_args, "contrastive", data.anchor_texts))
+    start = anchors.start if anchors is not None else None
+    trainer.add_callback(objective_record_callback(stage_args, "contrastive", data.anchors, start))
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_data)
     scoring = BeforeAfter.start(trainer, run.tuning, run.zeroshot, trained, model, processor)
     train_until_done_or_preempted(trainer, run)
     extra = {"image_tower_frozen": not stage_args.unfreeze_vision, "loss": stage_args.loss}
     if anchors is not None:
-        extra["anchors"] = {"texts": len(data.anchor_texts), "weight": stage_args.anchor_weight}
+        extra["anchors"] = {"texts": data.anchors.count, "weight": stage_args.anchor_weight}
     extra["matryoshka_dims"] = model.config.matryoshka_dims
     extra.update(fine_tuning_summary(run.tuning, trained, scoring.finish()))
     saved = model if adapter is not None else trainer.accelerator.unwrap_model(trainer.model)

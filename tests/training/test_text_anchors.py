@@ -26,13 +26,18 @@ from stage_runs import run_stage, stage_refusal, torchrun
 
 from altclip.common.errors import InputDataError, UsageError
 from altclip.training.loop.accumulated_negatives import accumulated_contrastive_step
-from altclip.training.loop.objective_record import OBJECTIVE_FILE, check_resumed_objective, objective_settings
+from altclip.training.loop.objective_record import (
+    ANCHORS_START,
+    OBJECTIVE_FILE,
+    check_resumed_anchor_start,
+    check_resumed_objective,
+    objective_settings,
+)
 from altclip.training.loop.text_anchors import (
+    AnchorTexts,
     TextAnchors,
     read_anchor_texts,
-    share_of,
     starting_embeddings,
-    texts_digest,
 )
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
@@ -55,9 +60,9 @@ def test_text_files_and_tables_give_their_distinct_texts_in_order(tmp_path, capl
     csv_table = write_lines(tmp_path / "c.csv", ["name,text", "x,yellow moon", "y,green star"])
     with caplog.at_level(logging.WARNING):
         texts = read_anchor_texts([str(text), str(table)], "caption")
-    assert texts == ["red circle", "blue square", "green star"]
+    assert texts.share == ["red circle", "blue square", "green star"] and texts.count == 3
     assert "3 record(s) skipped" in caplog.text and f"{table}:2" in caplog.text  # counted, the first located
-    assert read_anchor_texts([str(csv_table)], "text") == ["yellow moon", "green star"]
+    assert read_anchor_texts([str(csv_table)], "text").share == ["yellow moon", "green star"]
 
 
 @pytest.mark.parametrize(
@@ -92,8 +97,9 @@ def cli_flags(toy, *extra: str) -> list[str]:
         (["--anchor_texts", "{missing}"], "missing.txt: no such file"),
         (["--anchor_texts", "{anchors}", "--anchor_batch_size", "0"], "--anchor_batch_size"),
         (["--anchor_texts", "{anchors}", "--anchor_weight", "nan"], "--anchor_weight"),
+        (["--anchor_texts", "{anchors}", "--model_name_or_path="], "keeps a trained model's embeddings"),
     ],
-    ids=["weight alone", "weight 0", "missing file", "batch 0", "nan weight"],
+    ids=["weight alone", "weight 0", "missing file", "batch 0", "nan weight", "no trained model"],
 )
 def test_anchor_flags_that_cannot_work_are_refused_before_a_model_loads(tmp_path, toy, cli, extra, message):
     anchors = write_lines(tmp_path / "anchors.txt", ANCHORS)
@@ -108,7 +114,12 @@ def test_anchor_flags_that_cannot_work_are_refused_before_a_model_loads(tmp_path
 def test_starting_embeddings_are_the_models_own_and_anchors_leave_the_captions_unchanged(start_without_dropout):
     model = AltCLIPModel.from_pretrained(start_without_dropout).eval()
     tokenizer = AltCLIPProcessor.from_pretrained(start_without_dropout).tokenizer
-    ids, targets = starting_embeddings(model, tokenizer, ANCHORS, 16, "cpu", batch_size=4)
+    ids, targets, start = starting_embeddings(model, tokenizer, ANCHORS, 16, "cpu", batch_size=4)
+    assert start == starting_embeddings(model, tokenizer, ANCHORS[:1], 16, "cpu")[2]  # the weights', not the texts'
+    with torch.no_grad():
+        model.text_projection.weight[0, 0] += 1
+        assert start != starting_embeddings(model, tokenizer, ANCHORS[:1], 16, "cpu")[2]
+        model.text_projection.weight[0, 0] -= 1
     assert all(parameter.device.type == "cpu" for parameter in model.parameters())
     with torch.no_grad():
         for text, target in zip(ANCHORS, targets):  # one text at a time: no padding involved
@@ -132,20 +143,30 @@ def test_starting_embeddings_are_the_models_own_and_anchors_leave_the_captions_u
         torch.testing.assert_close(anchors.loss(moved, inputs["anchor_rows"]), expected)
 
 
-def test_every_rank_holds_a_disjoint_share_and_draws_are_keyed_by_rank_step_and_micro_batch():
+def test_every_rank_reads_a_disjoint_share_of_the_distinct_texts_with_the_same_count_and_digest(tmp_path):
+    generator = random.Random(0)
+    for case in range(300):
+        lines = [f"t{generator.randint(0, 80)}" for _ in range(generator.randint(1, 60))]
+        path = write_lines(tmp_path / f"{case}.txt", lines)
+        distinct, world = list(dict.fromkeys(lines)), generator.randint(1, 9)
+        shares = [read_anchor_texts([str(path)], "caption", rank, world) for rank in range(world)]
+        assert {(share.count, share.digest) for share in shares} == {(len(distinct), shares[0].digest)}
+        if len(distinct) >= world:  # disjoint, covering, in first-seen order
+            assert all(share.share == distinct[rank::world] for rank, share in enumerate(shares))
+        else:
+            assert all(share.share == distinct for share in shares)
+    reordered = write_lines(tmp_path / "reordered.txt", ["b", "a"])
+    assert read_anchor_texts([str(reordered)], "caption").digest != read_anchor_texts([str(path)], "caption").digest
+
+
+def test_draws_are_keyed_by_rank_step_and_micro_batch():
     generator = random.Random(0)
     for _ in range(2000):
-        texts, world = [f"t{i}" for i in range(generator.randint(1, 60))], generator.randint(1, 9)
-        shares = [share_of(texts, rank, world) for rank in range(world)]
-        if len(texts) >= world:  # disjoint and covering
-            assert sorted(sum(shares, [])) == sorted(texts) and all(shares)
-        else:
-            assert all(share == texts for share in shares)
-        batch = generator.randint(1, 70)
-        anchors = TextAnchors([[0]] * len(shares[0]), torch.zeros(len(shares[0]), 2), 1.0, batch, 1, 7, rank=1)
+        share, batch = generator.randint(1, 60), generator.randint(1, 70)
+        anchors = TextAnchors([[0]] * share, torch.zeros(share, 2), 1.0, batch, 1, 7, rank=1)
         drawn = anchors.draw(generator.randint(0, 10**6), generator.randint(0, 8))
-        assert len(drawn) == min(batch, len(shares[0])) == len(set(drawn.tolist()))
-        assert 0 <= drawn.min() and drawn.max() < len(shares[0])
+        assert len(drawn) == min(batch, share) == len(set(drawn.tolist()))
+        assert 0 <= drawn.min() and drawn.max() < share
     anchors = TextAnchors([[0]] * 1000, torch.zeros(1000, 2), 1.0, 8, 1, seed=3, rank=0)
     other_rank = TextAnchors([[0]] * 1000, torch.zeros(1000, 2), 1.0, 8, 1, seed=3, rank=1)
     assert np.array_equal(anchors.draw(4, 1), anchors.draw(4, 1))
@@ -205,8 +226,8 @@ def run_flags(toy, start: Path, *extra: str) -> list[str]:
 def anchor_drift(model_dir: Path, start: Path, texts: list[str]) -> float:
     """Mean 1 - cos between the anchors' embeddings by `model_dir` and by the start model."""
     tokenizer = AltCLIPProcessor.from_pretrained(start).tokenizer
-    _, before = starting_embeddings(AltCLIPModel.from_pretrained(start), tokenizer, texts, 32, "cpu")
-    _, after = starting_embeddings(AltCLIPModel.from_pretrained(model_dir), tokenizer, texts, 32, "cpu")
+    _, before, _ = starting_embeddings(AltCLIPModel.from_pretrained(start), tokenizer, texts, 32, "cpu")
+    _, after, _ = starting_embeddings(AltCLIPModel.from_pretrained(model_dir), tokenizer, texts, 32, "cpu")
     return float((1 - (before * after).sum(-1)).mean())
 
 
@@ -224,7 +245,10 @@ def test_the_anchor_term_is_in_effect_in_a_real_run_with_full_batch_negatives(tm
     distances = [entry["anchor_distance"] for entry in history if "anchor_distance" in entry]
     assert len(distances) == 6 and distances[0] == pytest.approx(0.0, abs=1e-4)  # the start model's own at step 1
     record = json.loads((anchored / "checkpoint-6" / OBJECTIVE_FILE).read_text())["anchors"]
-    assert record == {"texts_sha256": texts_digest(ANCHORS), "texts": 6, "weight": 100.0, "batch_size": 4}
+    assert record == {
+        "texts_sha256": read_anchor_texts([str(anchors)], "caption").digest, "texts": 6, "weight": 100.0,
+        "batch_size": 4,
+    }  # fmt: skip
     one_batch = tmp_path / "one_batch"  # no accumulation: the term rides in the Trainer's own training step
     run_stage("contrastive", one_batch, *run_flags(toy, start_without_dropout, "--max_steps", "6", *with_anchors))
     drift_plain = anchor_drift(plain, start_without_dropout, ANCHORS)
@@ -294,9 +318,9 @@ def test_the_record_compares_anchor_texts_by_content_not_path():
         loss="infonce", matryoshka_dims=None, matryoshka_weights=None, gather_with_grad=True, anchor_weight=10.0,
         anchor_batch_size=None,
     )  # fmt: skip
-    same = objective_settings(args, "contrastive", ANCHORS)
-    assert same == objective_settings(args, "contrastive", list(ANCHORS))
-    assert same != objective_settings(args, "contrastive", ANCHORS[::-1])
+    same = objective_settings(args, "contrastive", AnchorTexts(["a"], 6, "digest"))
+    assert same == objective_settings(args, "contrastive", AnchorTexts(["b"], 6, "digest"))  # another rank's share
+    assert same != objective_settings(args, "contrastive", AnchorTexts(["a"], 6, "other"))
     assert objective_settings(args, "contrastive")["anchors"] is None
 
 
@@ -308,7 +332,12 @@ def test_an_older_checkpoint_without_the_anchor_record_resumes(tmp_path):
         loss="infonce", matryoshka_dims=None, matryoshka_weights=None, gather_with_grad=True, anchor_weight=1.0,
         anchor_batch_size=None,
     )  # fmt: skip
-    check_resumed_objective(str(folder), args, "contrastive", ANCHORS)
+    check_resumed_objective(str(folder), args, "contrastive", AnchorTexts(ANCHORS, 6, "digest"))
+    check_resumed_anchor_start(str(folder), "any start")  # no start recorded: nothing to compare
     (folder / OBJECTIVE_FILE).write_text(json.dumps({"loss": "infonce", "anchors": None}))
     with pytest.raises(UsageError, match="anchors None -> "):
-        check_resumed_objective(str(folder), args, "contrastive", ANCHORS)
+        check_resumed_objective(str(folder), args, "contrastive", AnchorTexts(ANCHORS, 6, "digest"))
+    (folder / OBJECTIVE_FILE).write_text(json.dumps({"loss": "infonce", ANCHORS_START: "start A"}))
+    check_resumed_anchor_start(str(folder), "start A")
+    with pytest.raises(UsageError, match="by another start model"):
+        check_resumed_anchor_start(str(folder), "start B")

@@ -9,16 +9,16 @@ changes it is refused with the difference named.
 """
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 from altclip.common.errors import UsageError
 
 from ..data.data_plan import CheckpointRecordCallback
 from .contrastive_objective import parse_dims
-from .text_anchors import texts_digest
+from .text_anchors import AnchorTexts
 
 OBJECTIVE_FILE = "objective.json"
+ANCHORS_START = "anchors_start"  # the digest of the start model's text side, known once the model has loaded
 
 
 # The flags of each stage's objective, named in the refusal.
@@ -28,10 +28,10 @@ OBJECTIVE_FLAGS = {
 }
 
 
-def objective_settings(stage_args, stage: str = "contrastive", anchor_texts: Sequence[str] = ()) -> dict:
+def objective_settings(stage_args, stage: str = "contrastive", anchors: AnchorTexts | None = None) -> dict:
     """What a resumed run must share with the run it continues: stage 2's loss, its widths as asked and its anchor
-    term (the texts by their digest, as `anchor_texts` holds them read, not their file's path); stage 1's teacher
-    (CLIP's or the model's own) and loss."""
+    term (the texts by their digest, not their files' paths); stage 1's teacher (CLIP's or the model's own) and
+    loss."""
     if stage == "teacher":
         return {
             "teacher": stage_args.teacher,
@@ -44,12 +44,12 @@ def objective_settings(stage_args, stage: str = "contrastive", anchor_texts: Seq
         "matryoshka_weights": stage_args.matryoshka_weights,
         "gather_with_grad": bool(stage_args.gather_with_grad),
         "anchors": {
-            "texts_sha256": texts_digest(anchor_texts),
-            "texts": len(anchor_texts),
+            "texts_sha256": anchors.digest,
+            "texts": anchors.count,
             "weight": stage_args.anchor_weight,
             "batch_size": stage_args.anchor_batch_size,
         }
-        if anchor_texts
+        if anchors is not None
         else None,
     }
 
@@ -59,10 +59,14 @@ class ObjectiveRecordCallback(CheckpointRecordCallback):
 
 
 def objective_record_callback(
-    stage_args, stage: str = "contrastive", anchor_texts: Sequence[str] = ()
+    stage_args, stage: str = "contrastive", anchors: AnchorTexts | None = None, anchors_start: str | None = None
 ) -> CheckpointRecordCallback:
-    """Writes the run's objective settings into every checkpoint (process 0)."""
-    return ObjectiveRecordCallback(OBJECTIVE_FILE, objective_settings(stage_args, stage, anchor_texts))
+    """Writes the run's objective settings into every checkpoint (process 0), and with anchors the digest of the
+    start model's text side their targets came from (`check_resumed_anchor_start`)."""
+    settings = objective_settings(stage_args, stage, anchors)
+    if anchors_start is not None:
+        settings[ANCHORS_START] = anchors_start
+    return ObjectiveRecordCallback(OBJECTIVE_FILE, settings)
 
 
 def checkpoint_config(checkpoint: Path) -> dict:
@@ -89,12 +93,12 @@ def prefix_widths(dims: list[int], full: int | None) -> list[int]:
 
 
 def check_resumed_objective(
-    checkpoint: str, stage_args, stage: str = "contrastive", anchor_texts: Sequence[str] = ()
+    checkpoint: str, stage_args, stage: str = "contrastive", anchors: AnchorTexts | None = None
 ) -> None:
     """Refuses to resume `checkpoint` with another objective, naming each difference."""
     config = checkpoint_config(Path(checkpoint))
     saved = saved_settings(Path(checkpoint), config, stage)
-    current = objective_settings(stage_args, stage, anchor_texts)
+    current = objective_settings(stage_args, stage, anchors)
     full = config.get("projection_dim")
     for settings in (saved, current):
         if "matryoshka_dims" in settings:
@@ -108,4 +112,17 @@ def check_resumed_objective(
         raise UsageError(
             f"altclip-train: {checkpoint} was trained with another objective ({'; '.join(changed)}); resume with "
             f"the same {OBJECTIVE_FLAGS[stage]}, or start a new --output_dir."
+        )
+
+
+def check_resumed_anchor_start(checkpoint: str, start: str) -> None:
+    """Refuses to resume an anchored run whose start model (``--model_name_or_path``, whose embeddings of the anchors
+    are the targets) is not the one the run started from: retrained, overwritten, or a newer Hub revision."""
+    path = Path(checkpoint) / OBJECTIVE_FILE
+    saved = json.loads(path.read_text(encoding="utf-8")).get(ANCHORS_START) if path.is_file() else None
+    if saved is not None and saved != start:
+        raise UsageError(
+            f"altclip-train: {checkpoint} was trained toward the anchors' embeddings by another start model (its "
+            "text tower's weights differ from --model_name_or_path's now); resume from the model the run started "
+            "from, or start a new --output_dir."
         )
