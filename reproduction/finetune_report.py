@@ -52,10 +52,22 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SHORT_NAMES = {"full": "full FT", "lora": "LoRA", "lora_tokens": "LoRA + tokens"}
+SUFFIXES = {"_wise_ft": " + WiSE-FT", "_anchored": " + anchors"}
+
+
+def short_label(run_name: str) -> str:
+    """A chart's tick label for a run (``lora_tokens_anchored`` -> "LoRA + tokens + anchors")."""
+    for suffix, label in SUFFIXES.items():
+        if run_name.endswith(suffix):
+            return SHORT_NAMES.get(run_name.removesuffix(suffix), run_name) + label
+    return SHORT_NAMES.get(run_name, run_name)
+
+
 def draw(report: dict, path: Path) -> None:
     """Before and after bars (mean top-1 over the languages) per method, one panel per scored set."""
     runs = list(report["runs"].values())
-    figure, axes = plt.subplots(1, len(SETS), figsize=(16, 4.4), dpi=120)
+    figure, axes = plt.subplots(1, len(SETS), figsize=(16, 5.2), dpi=120)
     classes = {"finetune_new_views": "finetune", "test_half": "test_half"}
     width = 0.38
     for axis, (name, title) in zip(axes, SETS.items()):
@@ -64,7 +76,7 @@ def draw(report: dict, path: Path) -> None:
         axis.bar([x + width / 2 for x in xs], [run["after"][name]["mean"] for run in runs], width, label="after")
         chance = 100 / len(report["split"][classes[name]] if name in classes else report["original_emoji"])
         axis.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
-        axis.set_xticks(list(xs), [run["label"].replace(" (", "\n(").replace(" + ", "\n+ ") for run in runs])
+        axis.set_xticks(list(xs), [short_label(name) for name in report["runs"]], rotation=45, ha="right")
         axis.tick_params(axis="x", labelsize=8)
         axis.set_title(f"{title}\nzero-shot top-1 (%)", fontsize=9)
         axis.grid(axis="y", alpha=0.3)
