@@ -76,7 +76,11 @@ def test_a_real_checkpoint_records_the_objective_and_a_changed_config_is_refused
     run_stage("contrastive", tmp_path, *flags, "--matryoshka_dims", "4")
     record = json.loads((tmp_path / "checkpoint-2" / OBJECTIVE_FILE).read_text())
     assert record == {
-        "loss": "infonce", "matryoshka_dims": [4], "matryoshka_weights": None, "gather_with_grad": True, "anchors": None
+        "loss": "infonce",
+        "matryoshka_dims": [4],
+        "matryoshka_weights": None,
+        "gather_with_grad": True,
+        "anchors": None,
     }
 
     import altclip.training.stages as stages
