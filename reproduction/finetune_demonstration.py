@@ -153,7 +153,8 @@ def write_anchor_texts(reproduction_dir: Path, excluded: set[str], languages: Se
     trained = training_names(reproduction_dir / "data" / "train_captions.jsonl")
     held = {trained[slug][x] for slug in excluded & set(trained) for x in languages if x in trained[slug]}
     names = [trained[slug][x] for slug in sorted(set(trained) - excluded) for x in languages if x in trained[slug]]
-    names = [name for name in names if name not in held]  # another emoji of the same name would anchor a scored one
+    # distinct (the trainer keeps each text once), and never a held-out emoji's name under another emoji
+    names = [name for name in dict.fromkeys(names) if name not in held]
     path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
     return path
 

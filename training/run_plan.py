@@ -285,7 +285,7 @@ def memory_report(params: dict, backend: str, world: int, bf16: bool) -> dict:
     return {"weights": int(weights), "gradients": int(gradients), "optimizer_states": int(optimizer)}
 
 
-def model_report(run, stage: str, world: int) -> dict:
+def model_report(run, stage: str, world: int, anchor_count: int = 0) -> dict:
     """Parameters, memory per device (both with and without activation checkpointing) and disk of the run."""
     training = run.training
     config, note = model_config(run.model, stage)
@@ -321,6 +321,10 @@ def model_report(run, stage: str, world: int) -> dict:
             "total": fixed + activations[checkpointing],
         },
     }
+    if anchors:  # the start model's embeddings of this rank's share of the anchor texts, float32 on the device
+        held = math.ceil(anchor_count / world) * config.projection_dim * 4
+        report["memory_per_device"]["anchor_targets"] = held
+        report["memory_per_device"]["total"] += held
     if stage == "teacher":
         # the frozen teacher in --teacher_dtype: the text tower's size (exact for --teacher self; CLIP's text tower
         # is smaller, so an upper bound), held unless --precompute_teacher_features frees it before training
@@ -433,10 +437,10 @@ def steps(data: dict, training_args) -> tuple[int, int]:
     return per_epoch, total
 
 
-def full_report(run, stage: str, world: int, data: dict, sources: list[dict], rows: int) -> dict:
+def full_report(run, stage: str, world: int, data: dict, sources: list[dict], rows: int, anchor_count: int = 0) -> dict:
     """The whole plan: data, model, disk, notes."""
     per_epoch, total = steps(data, run.training)
-    model = model_report(run, stage, world)
+    model = model_report(run, stage, world, anchor_count)
     config, _ = model_config(run.model, stage)
     disk = disk_report(model["parameters"], model["backend"], run.training, rows, run.stage, config.projection_dim)
     return {
@@ -517,7 +521,8 @@ def run_report(run, run_data, plan, world: int) -> dict:
                 source["samples_per_epoch"] = sum(
                     group["samples_per_epoch"] for group in data["languages"] if group["source"] == source["spec"]
                 )
-    report = full_report(run, run_data.stage, world, data, described, data["samples_per_epoch"])
+    anchor_count = run_data.anchors.count if run_data.anchors is not None else 0
+    report = full_report(run, run_data.stage, world, data, described, data["samples_per_epoch"], anchor_count)
     report["notes"] += repeat_notes(described, data.get("languages"))
     return report
 

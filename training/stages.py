@@ -52,7 +52,7 @@ from .loop.preemption import (
 from .loop.reporting import LOSS_CURVE_FILE, SUMMARY_FILE, save_loss_curve, save_summary
 from .loop.saving import save_complete_model
 from .loop.teacher import precomputed_teacher_features, teacher_max_length
-from .loop.text_anchors import TextAnchors
+from .loop.text_anchors import TextAnchors, start_digest
 from .loop.trainers import ContrastiveTrainer, TeacherLearningTrainer
 from .loop.zeroshot_monitor import ZeroShotMonitor, check_zeroshot_arguments
 from .run_data import RunData, check_shard_plan, get_data, train_dataset, validation_dataset
@@ -210,13 +210,14 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     objective = objective_for(stage_args, model, lora=lora_enabled(run.tuning))  # SigLIP's bias joins the model
     anchors = None
     if data.anchors is not None:  # the starting model's embeddings of them, before any adapter or step changes it
+        start = start_digest(model)
+        if training_args.resume_from_checkpoint:  # before the embedding work: a changed start is refused at once
+            check_resumed_anchor_start(training_args.resume_from_checkpoint, start)
         anchors = TextAnchors.for_rank(
             model, processor.tokenizer, data.anchors, data_args.max_text_length, stage_args.anchor_weight,
             stage_args.anchor_batch_size or training_args.per_device_train_batch_size, training_args.seed,
-            training_args.process_index, training_args.device,
+            training_args.process_index, training_args.device, start,
         )  # fmt: skip
-        if training_args.resume_from_checkpoint:
-            check_resumed_anchor_start(training_args.resume_from_checkpoint, anchors.start)
     image_processor = processor.image_processor
     train_data = train_dataset(data, run, image_processor)
     adapter = None

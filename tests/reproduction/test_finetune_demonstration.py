@@ -76,7 +76,9 @@ def test_held_out_emoji_are_split_once_into_disjoint_halves(demonstration):
 @pytest.mark.slow
 def test_the_anchor_texts_are_names_the_model_knew_and_none_is_scored_or_validated(demonstration):
     reproduction, demo, results = demonstration
-    anchors = set(Path(results["anchor_texts"]["path"]).read_text(encoding="utf-8").splitlines())
+    lines = Path(results["anchor_texts"]["path"]).read_text(encoding="utf-8").splitlines()
+    anchors = set(lines)
+    assert len(lines) == len(anchors) == results["anchor_texts"]["texts"]  # each once, as the trainer keeps them
     rows = read_jsonl(reproduction / "data" / "train_captions.jsonl")
     names = {}
     for row in rows:

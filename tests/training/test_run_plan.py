@@ -15,7 +15,7 @@ from altclip.training.data import shard_stream
 from altclip.training.data.sizing import inner_url, resolve_shard_sizes
 from altclip.training.data.sources import parse_sources
 from altclip.training.run_plan import count_parameters, memory_report
-from modeling_altclip import AltCLIPConfig
+from modeling_altclip import AltCLIPConfig, AltCLIPModel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -210,3 +210,10 @@ def test_anchor_texts_count_in_the_text_towers_activations(tmp_path, toy, teache
     plain = activations()
     assert activations("--anchor_texts", str(anchors)) == 2 * plain  # default: as many anchors as captions
     assert activations("--anchor_texts", str(anchors), "--anchor_batch_size", "4") == plain * 3 // 2
+    for world in (1, 2):  # and their start embeddings, float32 on the device: this rank's share of 2 texts
+        memory = json.loads(plan_output(capsys, *flags, "--anchor_texts", str(anchors), "--world_size", str(world)))
+        memory = memory["model"]["memory_per_device"]
+        width = AltCLIPModel.from_pretrained(teacher_model_dir).config.projection_dim
+        assert memory["anchor_targets"] == (2 // world) * width * 4
+        parts = ("weights", "gradients", "optimizer_states", "activations", "anchor_targets")
+        assert memory["total"] == sum(memory[part] for part in parts)

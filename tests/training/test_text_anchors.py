@@ -9,6 +9,7 @@ run equals the uninterrupted one; a resumption with other anchors is refused.
 """
 
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -37,6 +38,7 @@ from altclip.training.loop.text_anchors import (
     AnchorTexts,
     TextAnchors,
     read_anchor_texts,
+    start_digest,
     starting_embeddings,
 )
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
@@ -114,11 +116,12 @@ def test_anchor_flags_that_cannot_work_are_refused_before_a_model_loads(tmp_path
 def test_starting_embeddings_are_the_models_own_and_anchors_leave_the_captions_unchanged(start_without_dropout):
     model = AltCLIPModel.from_pretrained(start_without_dropout).eval()
     tokenizer = AltCLIPProcessor.from_pretrained(start_without_dropout).tokenizer
-    ids, targets, start = starting_embeddings(model, tokenizer, ANCHORS, 16, "cpu", batch_size=4)
-    assert start == starting_embeddings(model, tokenizer, ANCHORS[:1], 16, "cpu")[2]  # the weights', not the texts'
+    ids, targets = starting_embeddings(model, tokenizer, ANCHORS, 16, "cpu", batch_size=4)
+    start = start_digest(model)
+    assert start == start_digest(AltCLIPModel.from_pretrained(start_without_dropout))
     with torch.no_grad():
         model.text_projection.weight[0, 0] += 1
-        assert start != starting_embeddings(model, tokenizer, ANCHORS[:1], 16, "cpu")[2]
+        assert start != start_digest(model)
         model.text_projection.weight[0, 0] -= 1
     assert all(parameter.device.type == "cpu" for parameter in model.parameters())
     with torch.no_grad():
@@ -155,8 +158,22 @@ def test_every_rank_reads_a_disjoint_share_of_the_distinct_texts_with_the_same_c
             assert all(share.share == distinct[rank::world] for rank, share in enumerate(shares))
         else:
             assert all(share.share == distinct for share in shares)
-    reordered = write_lines(tmp_path / "reordered.txt", ["b", "a"])
-    assert read_anchor_texts([str(reordered)], "caption").digest != read_anchor_texts([str(path)], "caption").digest
+    forward, backward = write_lines(tmp_path / "ab.txt", ["a", "b", "a"]), write_lines(tmp_path / "ba.txt", ["b", "a"])
+    digest = read_anchor_texts([str(forward)], "caption").digest
+    assert digest == hashlib.sha256(b"a\0b\0").hexdigest()  # the distinct texts in first-seen order
+    assert read_anchor_texts([str(backward)], "caption").digest == hashlib.sha256(b"b\0a\0").hexdigest() != digest
+    separators = write_lines(tmp_path / "separators.txt", ["a\u2028b", "c\x0cd"])  # str.splitlines' line ends
+    assert read_anchor_texts([str(separators)], "caption").share == ["a", "b", "c", "d"]
+
+
+def test_files_that_change_between_the_two_passes_are_refused(tmp_path, monkeypatch):
+    import altclip.training.loop.text_anchors as text_anchors
+
+    path = write_lines(tmp_path / "anchors.txt", ["a", "b"])
+    reads = iter([["a", "b"], ["a", "b", "c"]])
+    monkeypatch.setattr(text_anchors, "iter_anchor_texts", lambda *args: iter(next(reads)))
+    with pytest.raises(InputDataError, match="changed while being read"):
+        read_anchor_texts([str(path)], "caption")
 
 
 def test_draws_are_keyed_by_rank_step_and_micro_batch():
@@ -226,8 +243,8 @@ def run_flags(toy, start: Path, *extra: str) -> list[str]:
 def anchor_drift(model_dir: Path, start: Path, texts: list[str]) -> float:
     """Mean 1 - cos between the anchors' embeddings by `model_dir` and by the start model."""
     tokenizer = AltCLIPProcessor.from_pretrained(start).tokenizer
-    _, before, _ = starting_embeddings(AltCLIPModel.from_pretrained(start), tokenizer, texts, 32, "cpu")
-    _, after, _ = starting_embeddings(AltCLIPModel.from_pretrained(model_dir), tokenizer, texts, 32, "cpu")
+    _, before = starting_embeddings(AltCLIPModel.from_pretrained(start), tokenizer, texts, 32, "cpu")
+    _, after = starting_embeddings(AltCLIPModel.from_pretrained(model_dir), tokenizer, texts, 32, "cpu")
     return float((1 - (before * after).sum(-1)).mean())
 
 
@@ -284,6 +301,19 @@ def test_a_resumed_anchored_run_equals_the_uninterrupted_one_and_other_anchors_a
     line = stage_refusal(cli, "contrastive", refused, *changed, "--resume_from_checkpoint", "true")
     assert "was trained with another objective (anchors" in line
 
+    # the same anchors from a start model that changed since (retrained, overwritten): refused once it has loaded
+    record = json.loads((whole / "checkpoint-2" / OBJECTIVE_FILE).read_text())
+    assert record[ANCHORS_START] == start_digest(AltCLIPModel.from_pretrained(start_without_dropout))
+    changed_start = tmp_path / "changed_start"
+    shutil.copytree(start_without_dropout, changed_start)
+    model = AltCLIPModel.from_pretrained(changed_start)
+    with torch.no_grad():
+        model.text_projection.weight[0, 0] += 1
+    model.save_pretrained(changed_start)
+    moved_start = [flag if flag != str(start_without_dropout) else str(changed_start) for flag in flags]
+    line = stage_refusal(cli, "contrastive", refused, *moved_start, "--resume_from_checkpoint", "true")
+    assert "was trained toward the anchors' embeddings by another start model" in line
+
 
 @pytest.mark.slow
 def test_two_processes_with_their_shares_of_the_anchors_train_like_one_process_with_all(
@@ -324,7 +354,7 @@ def test_the_record_compares_anchor_texts_by_content_not_path():
     assert objective_settings(args, "contrastive")["anchors"] is None
 
 
-def test_an_older_checkpoint_without_the_anchor_record_resumes(tmp_path):
+def test_a_checkpoint_without_anchors_resumes_only_without_them(tmp_path):
     folder = tmp_path / "checkpoint-2"
     folder.mkdir()
     (folder / OBJECTIVE_FILE).write_text(json.dumps({"loss": "infonce", "matryoshka_dims": []}))
@@ -332,11 +362,12 @@ def test_an_older_checkpoint_without_the_anchor_record_resumes(tmp_path):
         loss="infonce", matryoshka_dims=None, matryoshka_weights=None, gather_with_grad=True, anchor_weight=1.0,
         anchor_batch_size=None,
     )  # fmt: skip
-    check_resumed_objective(str(folder), args, "contrastive", AnchorTexts(ANCHORS, 6, "digest"))
+    check_resumed_objective(str(folder), args, "contrastive")  # it had no anchors: it resumes without
     check_resumed_anchor_start(str(folder), "any start")  # no start recorded: nothing to compare
-    (folder / OBJECTIVE_FILE).write_text(json.dumps({"loss": "infonce", "anchors": None}))
-    with pytest.raises(UsageError, match="anchors None -> "):
-        check_resumed_objective(str(folder), args, "contrastive", AnchorTexts(ANCHORS, 6, "digest"))
+    for record in ({"loss": "infonce", "matryoshka_dims": []}, {"loss": "infonce", "anchors": None}):
+        (folder / OBJECTIVE_FILE).write_text(json.dumps(record))
+        with pytest.raises(UsageError, match="anchors None -> "):  # anchors added to a run that had none
+            check_resumed_objective(str(folder), args, "contrastive", AnchorTexts(ANCHORS, 6, "digest"))
     (folder / OBJECTIVE_FILE).write_text(json.dumps({"loss": "infonce", ANCHORS_START: "start A"}))
     check_resumed_anchor_start(str(folder), "start A")
     with pytest.raises(UsageError, match="by another start model"):

@@ -99,6 +99,8 @@ def check_resumed_objective(
     config = checkpoint_config(Path(checkpoint))
     saved = saved_settings(Path(checkpoint), config, stage)
     current = objective_settings(stage_args, stage, anchors)
+    if stage == "contrastive":  # a checkpoint from before anchors existed was trained without them
+        saved.setdefault("anchors", None)
     full = config.get("projection_dim")
     for settings in (saved, current):
         if "matryoshka_dims" in settings:

@@ -53,7 +53,8 @@ def _text_file_lines(path: Path, name: str) -> Iterator[str]:
         raise InputDataError(f"--anchor_texts {name}: no such file; give a .txt (one text per line) or a table.")
     try:
         with path.open(encoding="utf-8-sig") as handle:
-            yield from handle
+            for line in handle:  # str.splitlines' line ends (\u2028, \x0c, ...), not only \n
+                yield from line.splitlines()
     except UnicodeDecodeError as error:
         raise InputDataError(f"--anchor_texts {name}: not UTF-8 text ({error.reason}); save it as UTF-8.") from None
 
@@ -116,32 +117,51 @@ def read_anchor_texts(paths: Sequence[str], column: str, rank: int = 0, world_si
     first[np.unique(hashes, return_index=True)[1]] = True
     count = int(first.sum())
     del hashes
-    share, digest, distinct = [], hashlib.sha256(), 0
+    share, digest, distinct, read = [], hashlib.sha256(), 0, 0
     for index, text in enumerate(iter_anchor_texts(paths, column, SkipCounter(log_first=0))):
+        read = index + 1
+        if read > len(first):
+            break
         if not first[index]:
             continue
         digest.update(text.encode("utf-8") + b"\0")
         if count < world_size or distinct % world_size == rank:
             share.append(text)
         distinct += 1
+    if read != len(first) or distinct != count:
+        raise InputDataError(
+            f"--anchor_texts {' '.join(paths)}: the files changed while being read ({len(first)} texts, then "
+            f"{read}); give files that stay as they are for the run."
+        )
     return AnchorTexts(share, count, digest.hexdigest())
+
+
+def text_side_of(model) -> torch.nn.Module:
+    return torch.nn.ModuleDict({"text_model": model.text_model, "text_projection": model.text_projection})
+
+
+def start_digest(model) -> str:
+    """The digest of the model's text side's weights (gathered whole if ZeRO-3 partitioned them): the start a resumed
+    anchored run must share."""
+    text_side = text_side_of(model)
+    with gathered(text_side):
+        return module_digest(text_side)
 
 
 @torch.no_grad()
 def starting_embeddings(
     model, tokenizer, texts: Sequence[str], max_length: int, device: torch.device | str, batch_size: int = 256
-) -> tuple[list[list[int]], torch.Tensor, str]:
-    """Token ids (truncated to `max_length`), L2-normalised embeddings (on `device`) of `texts` by `model` as it is
-    now, in eval mode, and the digest of the text side's weights (the start a resumed run must share); the text side
-    is moved to `device` for the work and back (gathered whole if ZeRO-3 partitioned it)."""
-    text_side = torch.nn.ModuleDict({"text_model": model.text_model, "text_projection": model.text_projection})
+) -> tuple[list[list[int]], torch.Tensor]:
+    """Token ids (truncated to `max_length`) and L2-normalised embeddings (on `device`) of `texts` by `model` as it is
+    now, in eval mode; its text side is moved to `device` for the work and back (gathered whole if ZeRO-3
+    partitioned it)."""
+    text_side = text_side_of(model)
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     embeddings = []
     was_training = text_side.training
     with gathered(text_side):
         parameter = next(text_side.parameters())
         partitioned, home = hasattr(parameter, "ds_id"), parameter.device
-        start = module_digest(text_side)
         if not partitioned:
             text_side.to(device)
         text_side.eval()
@@ -156,7 +176,7 @@ def starting_embeddings(
             text_side.train(was_training)
             if not partitioned:
                 text_side.to(home)
-    return ids, torch.cat(embeddings), start
+    return ids, torch.cat(embeddings)
 
 
 class TextAnchors:
@@ -184,10 +204,11 @@ class TextAnchors:
     @classmethod
     def for_rank(
         cls, model, tokenizer, texts: AnchorTexts, max_length: int, weight: float, batch_size: int, seed: int,
-        rank: int, device: torch.device | str,
+        rank: int, device: torch.device | str, start: str = "",
     ) -> "TextAnchors":  # fmt: skip
-        """This rank's share of the anchor texts (`read_anchor_texts`), embedded by `model`."""
-        ids, targets, start = starting_embeddings(model, tokenizer, texts.share, max_length, device)
+        """This rank's share of the anchor texts (`read_anchor_texts`), embedded by `model` (whose `start_digest` is
+        `start`)."""
+        ids, targets = starting_embeddings(model, tokenizer, texts.share, max_length, device)
         logger.info("Anchor texts: %d on this rank (of %d), %d per micro-batch, weight %g", len(texts.share),
                     texts.count, min(batch_size, len(texts.share)), weight)  # fmt: skip
         return cls(ids, targets, weight, batch_size, tokenizer.pad_token_id, seed, rank, start)
