@@ -13,5 +13,6 @@ python benchmarks/search.py
 python benchmarks/search_service.py
 python benchmarks/search_scale.py
 python benchmarks/gloo_exit_abort.py --runs 40
+python benchmarks/text_anchors.py --lines 2000000 --world_size 64
 # last, so that everything above is written first: exit status 1 if the default path lost to the reference here
 python benchmarks/default_path_check.py --remeasure_kernel
