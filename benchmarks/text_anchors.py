@@ -81,12 +81,12 @@ def reading(lines: int, world_size: int) -> dict:
             "peak_mib": round(peak_streamed, 1),
             "kept_mib": round(kept_share, 1),
             "seconds": round(seconds_streamed, 2),
-        },  # fmt: skip
+        },
         "all_texts": {
             "peak_mib": round(peak_whole, 1),
             "kept_mib": round(kept_whole, 1),
             "seconds": round(seconds_whole, 2),
-        },  # fmt: skip
+        },
         "at_50m_lines_gib": {
             "streamed_peak": round(peak_streamed * scale / 1024, 2),
             "streamed_kept": round(kept_share * scale / 1024, 2),
@@ -123,7 +123,7 @@ def step(repeats: int, batch: int = 64) -> dict:
         "seconds": {f"{anchors} anchors": round(value, 3) for anchors, value in seconds.items()},
         "ratio_to_captions_alone": {
             f"{anchors} anchors": round(value / seconds[0], 2) for anchors, value in seconds.items()
-        },  # fmt: skip
+        },
     }
 
 

@@ -32,6 +32,7 @@ import torch
 from altclip.common.cli_errors import SEED, int_in_range, one_line_parser_errors, run_with_one_line_errors
 from altclip.common.embedding import Embedder
 from altclip.common.errors import InputDataError, UsageError
+from altclip.common.number_checks import POSITIVE, number_type
 from modeling_altclip import AltCLIPModel, AltCLIPProcessor
 
 from .domain_split import DomainSplit, missing_reproduction_files, new_views, split_domain, training_names
@@ -288,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int_in_range(1), default=1, help="torch threads (1: steady on a shared CPU)")
     parser.add_argument(
         "--anchor_weights",
-        default=",".join(f"{weight:g}" for weight in ANCHOR_WEIGHTS),
+        type=positive_numbers,
+        default=list(ANCHOR_WEIGHTS),
         help="comma-separated --anchor_weight candidates of the anchored runs, each at every anchored rate (chosen on "
         "validation)",
     )
@@ -306,23 +308,16 @@ def demonstration_command(args: argparse.Namespace) -> None:
     unknown = sorted(set(languages) - set(LANGUAGES))
     if unknown or not languages:
         raise UsageError(f"{PROGRAM}: --languages {args.languages!r}: choose among {', '.join(LANGUAGES)}.")
-    weights = anchor_weights(args.anchor_weights)
     report = demonstrate(
-        args.reproduction_dir, args.output_dir, languages, args.seed, args.steps, args.batch_size, weights
+        args.reproduction_dir, args.output_dir, languages, args.seed, args.steps, args.batch_size, args.anchor_weights
     )
     print(report["table"])
     print(f"Written: {args.output_dir}/results.json, results.md, results.png")
 
 
-def anchor_weights(text: str) -> list[float]:
-    """``--anchor_weights`` as positive finite numbers."""
-    try:
-        weights = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        weights = []
-    if not weights or not all(0 < weight < float("inf") for weight in weights):
-        raise UsageError(f"{PROGRAM}: --anchor_weights {text!r}: give comma-separated positive numbers, e.g. 1,10,30.")
-    return weights
+def positive_numbers(text: str) -> list[float]:
+    """Comma-separated positive numbers (``--anchor_weights``), each read by `number_type` (one-line errors)."""
+    return [number_type(POSITIVE)(part) for part in text.split(",")]
 
 
 if __name__ == "__main__":

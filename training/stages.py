@@ -208,7 +208,7 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     if not stage_args.unfreeze_vision:
         freeze_image_tower(model)
     objective = objective_for(stage_args, model, lora=lora_enabled(run.tuning))  # SigLIP's bias joins the model
-    anchors = None
+    anchors, start = None, None
     if data.anchors is not None:  # the starting model's embeddings of them, before any adapter or step changes it
         start = start_digest(model)
         if training_args.resume_from_checkpoint:  # before the embedding work: a changed start is refused at once
@@ -216,7 +216,7 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
         anchors = TextAnchors.for_rank(
             model, processor.tokenizer, data.anchors, data_args.max_text_length, stage_args.anchor_weight,
             stage_args.anchor_batch_size or training_args.per_device_train_batch_size, training_args.seed,
-            training_args.process_index, training_args.device, start,
+            training_args.process_index, training_args.device,
         )  # fmt: skip
     image_processor = processor.image_processor
     train_data = train_dataset(data, run, image_processor)
@@ -250,7 +250,6 @@ def run_contrastive(run: RunArguments, data: RunData) -> None:
     )
     if image_cache is not None:
         trainer.add_callback(ImageCacheCallback(image_cache))
-    start = anchors.start if anchors is not None else None
     trainer.add_callback(objective_record_callback(stage_args, "contrastive", data.anchors, start))
     ZeroShotMonitor.attach(trainer, run.zeroshot, model, processor)
     check_room(training_args.output_dir, trainer.model, model, training_args, train_data)

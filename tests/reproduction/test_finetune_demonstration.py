@@ -208,3 +208,15 @@ def test_a_folder_that_is_not_a_finished_reproduction_is_refused_in_one_line(tmp
     assert "is not a finished altclip-reproduce output" in message and "stage2_contrastive/model.safetensors" in message
     assert "altclip-reproduce --output_dir" in message
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize(
+    "weights, problem",
+    [("1,x", "'x' is not a number"), ("10,0", "0 is too small"), ("nan", "NaN"), ("", "'' is not a number")],
+)
+def test_anchor_weights_that_are_not_positive_numbers_are_refused_in_one_line(tmp_path, cli, weights, problem):
+    """Refused by the parser, before the reproduction folder is even read."""
+    cli.refusal(
+        main, "--reproduction_dir", tmp_path / "none", "--anchor_weights", weights,
+        contains=["--anchor_weights", problem],
+    )  # fmt: skip

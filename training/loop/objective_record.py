@@ -120,8 +120,7 @@ def check_resumed_objective(
 def check_resumed_anchor_start(checkpoint: str, start: str) -> None:
     """Refuses to resume an anchored run whose start model (``--model_name_or_path``, whose embeddings of the anchors
     are the targets) is not the one the run started from: retrained, overwritten, or a newer Hub revision."""
-    path = Path(checkpoint) / OBJECTIVE_FILE
-    saved = json.loads(path.read_text(encoding="utf-8")).get(ANCHORS_START) if path.is_file() else None
+    saved = saved_settings(Path(checkpoint), {}).get(ANCHORS_START)  # none recorded: nothing to compare
     if saved is not None and saved != start:
         raise UsageError(
             f"altclip-train: {checkpoint} was trained toward the anchors' embeddings by another start model (its "

@@ -128,7 +128,7 @@ def read_anchor_texts(paths: Sequence[str], column: str, rank: int = 0, world_si
         if count < world_size or distinct % world_size == rank:
             share.append(text)
         distinct += 1
-    if read != len(first) or distinct != count:
+    if read != len(first):  # every first occurrence was met again (distinct == count) exactly when this holds
         raise InputDataError(
             f"--anchor_texts {' '.join(paths)}: the files changed while being read ({len(first)} texts, then "
             f"{read}); give files that stay as they are for the run."
@@ -181,7 +181,7 @@ def starting_embeddings(
 
 class TextAnchors:
     """This rank's share of the anchor texts: their token ids, their starting embeddings (kept on the training
-    device: no copy in the step), the digest of the start model's text side, and the draw of each micro-batch."""
+    device: no copy in the step), and the draw of each micro-batch."""
 
     def __init__(
         self,
@@ -192,26 +192,24 @@ class TextAnchors:
         pad_token_id: int,
         seed: int,
         rank: int = 0,
-        start: str = "",
     ):
         if len(ids) != len(targets) or not ids:
             raise ValueError(f"TextAnchors needs one target per text, and texts ({len(ids)} texts, {len(targets)}).")
         self.ids, self.targets = ids, targets
         self.weight, self.batch_size = weight, min(batch_size, len(ids))
-        self.pad_token_id, self.seed, self.rank, self.start = pad_token_id, seed, rank, start
+        self.pad_token_id, self.seed, self.rank = pad_token_id, seed, rank
         self.loss_sum, self.loss_count = 0.0, 0
 
     @classmethod
     def for_rank(
         cls, model, tokenizer, texts: AnchorTexts, max_length: int, weight: float, batch_size: int, seed: int,
-        rank: int, device: torch.device | str, start: str = "",
+        rank: int, device: torch.device | str,
     ) -> "TextAnchors":  # fmt: skip
-        """This rank's share of the anchor texts (`read_anchor_texts`), embedded by `model` (whose `start_digest` is
-        `start`)."""
+        """This rank's share of the anchor texts (`read_anchor_texts`), embedded by `model`."""
         ids, targets = starting_embeddings(model, tokenizer, texts.share, max_length, device)
         logger.info("Anchor texts: %d on this rank (of %d), %d per micro-batch, weight %g", len(texts.share),
                     texts.count, min(batch_size, len(texts.share)), weight)  # fmt: skip
-        return cls(ids, targets, weight, batch_size, tokenizer.pad_token_id, seed, rank, start)
+        return cls(ids, targets, weight, batch_size, tokenizer.pad_token_id, seed, rank)
 
     def draw(self, step: int, micro_batch: int) -> np.ndarray:
         """Indices of the anchors of optimizer step `step`'s micro-batch `micro_batch` on this rank (no repeats)."""
